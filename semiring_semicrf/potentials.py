@@ -1,0 +1,265 @@
+"""Potentials of a semi-Markov CRF: what a segmentation's score is made of.
+
+Conventions (DESIGN.md section 1). A segmentation tiles `[0, L)` with labelled
+segments; segment `[s, s + d)` labelled `c` after a segment labelled `c'`
+scores
+
+    scores[s:s+d, c].sum() + duration[d-1, c] + transition[c', c]   (or start[c] if s == 0)
+    + start_scores[s, c] + end_scores[s+d-1, c]                      (optional extras)
+    + end[c]                                                         (if s + d == L)
+
+with `transition` either `(C, C)` (`[c_src, c_dst]`) or duration-dependent
+`(K, C, C)` (`[d-1, c_src, c_dst]`, flash-semicrf's layout).
+
+The content term is evaluated from prefix sums of *zero-centred* scores:
+`x - m[b, c]` with `m` the mean over the valid positions. A segment of
+length `d` then loses `d * m[b, c]`, which is put back exactly as a
+per-label duration term, so the model is the one the user wrote while the
+prefix sums stay small at any T.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from . import validation as V
+
+
+@dataclass(frozen=True)
+class LogFactors:
+    """A segment's log-potential split into factors the scan combines.
+
+    `w(s, d, c) = enter[b, s, c] + duration[b, d-1, c] + leave[b, s+d-1, c]`,
+    where `enter = start_scores - cum[:, :T]`, `leave = cum[:, 1:] + end_scores`
+    and `duration` already holds the exact zero-centring compensation
+    `d * mean`. Shapes: `enter`, `leave (B, T, C)`; `duration (B, K, C)`;
+    `transition (C, C)` or `(K, C, C)`; `start`, `end (C,)`.
+    """
+
+    enter: torch.Tensor
+    leave: torch.Tensor
+    duration: torch.Tensor
+    transition: torch.Tensor
+    start: torch.Tensor
+    end: torch.Tensor
+
+
+class SemiMarkovPotentials:
+    """Structured potentials (see module docstring for the score).
+
+    Args:
+        scores: `(B, T, C)` per-position label scores.
+        transition: `(C, C)` `[c_src, c_dst]`, or `(K, C, C)` `[d-1, c_src, c_dst]`.
+        duration: `(K, C)` `[d-1, c]`; its first dim defines K (>= 1).
+        lengths: `(B,)` integers in `[1, T]`; default all T.
+        start, end: `(C,)` first/last-segment label scores; default zeros.
+        start_scores, end_scores: optional `(B, T, C)` scores of a segment
+            starting at / ending at (inclusive) a position.
+        validate_args: also reject NaN in any input (shape, dtype and range
+            checks always run).
+
+    Half and bfloat16 inputs are upcast to float32; all floating inputs must
+    then share one dtype and one device (lengths may live on the CPU).
+    """
+
+    is_explicit = False
+
+    def __init__(self, scores, transition, duration, lengths=None, start=None, end=None,
+                 start_scores=None, end_scores=None, *, validate_args: bool = True):
+        scores = V.as_float_tensor("scores", scores, ndim=3)
+        B, T, C = scores.shape
+        if T < 1 or C < 1:
+            raise ValueError(f"scores must have shape (B, T, C) with T >= 1 and C >= 1, got {tuple(scores.shape)}")
+        duration = V.as_float_tensor("duration", duration, ndim=2)
+        K = duration.shape[0]
+        if K < 1:
+            raise ValueError(f"duration must have shape (K, C) with K >= 1 (the longest segment), got {tuple(duration.shape)}")
+        V.check_shape("duration", duration, (K, C), "(K, C)")
+        transition = V.as_float_tensor("transition", transition)
+        if transition.dim() == 3:
+            V.check_shape("transition", transition, (K, C, C), "(K, C, C)")
+        else:
+            V.check_shape("transition", transition, (C, C), "(C, C) or (K, C, C)")
+        start = scores.new_zeros(C) if start is None else V.as_float_tensor("start", start)
+        end = scores.new_zeros(C) if end is None else V.as_float_tensor("end", end)
+        V.check_shape("start", start, (C,), "(C,)")
+        V.check_shape("end", end, (C,), "(C,)")
+        extras = {}
+        for name, value in (("start_scores", start_scores), ("end_scores", end_scores)):
+            if value is not None:
+                value = V.as_float_tensor(name, value)
+                V.check_shape(name, value, (B, T, C), "(B, T, C)")
+            extras[name] = value
+        named = {"transition": transition, "duration": duration, "start": start, "end": end,
+                 **{k: v for k, v in extras.items() if v is not None}}
+        for name, value in named.items():
+            V.check_same(name, value, scores, "scores")
+        self.lengths = V.check_lengths(lengths, B, T, scores.device)
+        if validate_args:
+            for name, value in {"scores": scores, **named}.items():
+                V.check_no_nan(name, value)
+        self.scores, self.transition, self.duration = scores, transition, duration
+        self.start, self.end = start, end
+        self.start_scores, self.end_scores = extras["start_scores"], extras["end_scores"]
+        self._factors: Optional[LogFactors] = None
+
+    # -- sizes ---------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return self.scores.shape[0]
+
+    @property
+    def T(self) -> int:
+        return self.scores.shape[1]
+
+    @property
+    def C(self) -> int:
+        return self.scores.shape[2]
+
+    @property
+    def K(self) -> int:
+        return self.duration.shape[0]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.scores.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.scores.device
+
+    @property
+    def duration_dependent(self) -> bool:
+        """True when `transition` is `(K, C, C)` (no factorized scan then)."""
+        return self.transition.dim() == 3
+
+    def tensors(self) -> dict:
+        """The user's tensors by name (extras only where given)."""
+        out = {"scores": self.scores, "transition": self.transition, "duration": self.duration,
+               "start": self.start, "end": self.end}
+        for name in ("start_scores", "end_scores"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
+
+    def replace(self, **tensors) -> "SemiMarkovPotentials":
+        """A copy with some tensors replaced (same lengths), checked again."""
+        args = {**self.tensors(), **tensors}
+        return SemiMarkovPotentials(lengths=self.lengths, validate_args=False, **args)
+
+    # -- derived quantities ---------------------------------------------------
+    def valid_mask(self) -> torch.Tensor:
+        """`(B, T)` bool: position `t < lengths[b]`."""
+        return torch.arange(self.T, device=self.device) < self.lengths[:, None]
+
+    def prefix_sums(self):
+        """Zero-centred prefix sums `cum (B, T+1, C)` and the removed mean
+        `mean (B, C)` (over the valid positions; padding counts as 0)."""
+        mask = self.valid_mask().unsqueeze(-1)
+        x = torch.where(mask, self.scores, torch.zeros_like(self.scores))
+        mean = x.sum(dim=1) / self.lengths.to(x.dtype)[:, None]
+        centred = torch.where(mask, x - mean[:, None], torch.zeros_like(x))
+        cum = torch.nn.functional.pad(centred.cumsum(dim=1), (0, 0, 1, 0))
+        return cum, mean
+
+    def log_factors(self) -> LogFactors:
+        """The factors of every segment's log-potential (cached)."""
+        if self._factors is None:
+            cum, mean = self.prefix_sums()
+            enter = -cum[:, :-1]
+            leave = cum[:, 1:]
+            if self.start_scores is not None:
+                enter = enter + self.start_scores
+            if self.end_scores is not None:
+                leave = leave + self.end_scores
+            d = torch.arange(1, self.K + 1, device=self.device, dtype=self.dtype)
+            duration = self.duration[None] + d[None, :, None] * mean[:, None, :]
+            self._factors = LogFactors(enter, leave, duration, self.transition, self.start, self.end)
+        return self._factors
+
+    def segment_log_potentials(self) -> torch.Tensor:
+        """`w[b, s, d-1, c]`: a segment `[s, s+d)` labelled `c`, without
+        transition/start/end terms; `-inf` where `s + d > T`. Shape
+        `(B, T, K, C)`: materialized, for tests and small problems only."""
+        f = self.log_factors()
+        s = torch.arange(self.T, device=self.device)[:, None]
+        e = s + torch.arange(self.K, device=self.device)[None, :]  # inclusive end
+        inside = e < self.T
+        leave = f.leave[:, e.clamp(max=self.T - 1)]  # (B, T, K, C)
+        w = f.enter[:, :, None] + f.duration[:, None] + leave
+        return w.masked_fill(~inside[None, :, :, None], float("-inf"))
+
+    def to_edges(self) -> torch.Tensor:
+        """Materialize pytorch-struct's edge tensor `edge[b, s, d, c_dst, c_src]`,
+        shape `(B, T, K+1, C, C)` (slot `d = 0` unused, `-inf`).
+
+        The label before the first segment is pinned to `c_src = 0`, which
+        carries `start[c_dst]` (all other `c_src` at `s = 0` are `-inf`);
+        `end[c]` is added to segments that end at `lengths[b]`, and segments
+        past the length are `-inf`. Feed pytorch-struct `lengths + 1`.
+        """
+        B, T, K, C = self.batch_size, self.T, self.K, self.C
+        w = self.segment_log_potentials()  # (B, T, K, C)
+        s = torch.arange(T, device=self.device)
+        d = torch.arange(1, K + 1, device=self.device)
+        ends = s[:, None] + d[None, :]  # (T, K)
+        w = w.masked_fill(ends[None, :, :, None] > self.lengths[:, None, None, None], float("-inf"))
+        at_end = (ends[None] == self.lengths[:, None, None])[..., None]
+        w = w + torch.where(at_end, self.end, torch.zeros_like(self.end))
+        trans = self.transition if self.duration_dependent else self.transition.expand(K, C, C)
+        trans_t = trans.transpose(-1, -2)  # (K, C_dst, C_src)
+        edge = w[..., None] + trans_t[None, None]  # (B, T, K, C_dst, C_src)
+        first = torch.full((C, C), float("-inf"), dtype=self.dtype, device=self.device)
+        first[:, 0] = 0.0
+        first = first + self.start[:, None]
+        edge0 = w[:, :1, :, :, None] + first
+        edge = torch.cat([edge0, edge[:, 1:]], dim=1)
+        pad = torch.full((B, T, 1, C, C), float("-inf"), dtype=self.dtype, device=self.device)
+        return torch.cat([pad, edge], dim=2)
+
+    @staticmethod
+    def from_edges(edge, lengths=None, *, validate_args: bool = True) -> "EdgePotentials":
+        """Explicit potentials from an edge tensor in pytorch-struct's layout;
+        see :class:`EdgePotentials`."""
+        return EdgePotentials(edge, lengths, validate_args=validate_args)
+
+
+class EdgePotentials:
+    """Explicit potentials `edge[b, s, d, c_dst, c_src]`, shape
+    `(B, T, K+1, C, C)` (slot `d = 0` ignored), pytorch-struct's layout.
+
+    As in pytorch-struct, the label before the first segment is latent: the
+    partition sums (Max maximizes) over it, and there is no end term.
+    `lengths (B,)` in `[1, T]` are sequence lengths (pytorch-struct's minus 1).
+    Cost of a scan: `O(K C^2)` per position.
+    """
+
+    is_explicit = True
+    duration_dependent = True
+
+    def __init__(self, edge, lengths=None, *, validate_args: bool = True):
+        edge = V.as_float_tensor("edge", edge, ndim=5)
+        B, T, K1, C, C2 = edge.shape
+        if K1 < 2 or C != C2 or T < 1 or C < 1:
+            raise ValueError(
+                "edge must have shape (B, T, K+1, C, C) with K >= 1 and T, C >= 1, "
+                f"got {tuple(edge.shape)}")
+        self.lengths = V.check_lengths(lengths, B, T, edge.device)
+        if validate_args:
+            V.check_no_nan("edge", edge)
+        self.edge = edge
+
+    batch_size = property(lambda self: self.edge.shape[0])
+    T = property(lambda self: self.edge.shape[1])
+    K = property(lambda self: self.edge.shape[2] - 1)
+    C = property(lambda self: self.edge.shape[3])
+    dtype = property(lambda self: self.edge.dtype)
+    device = property(lambda self: self.edge.device)
+
+    def tensors(self) -> dict:
+        return {"edge": self.edge}
+
+    def to_edges(self) -> torch.Tensor:
+        return self.edge

@@ -1,0 +1,129 @@
+"""Expectation semirings in log space: Entropy, CrossEntropy, KL.
+
+A value holds `m` log-masses `A_1..A_m` (one per model: p, or p and q) and
+`E`, the expectation under the normalized weights of `A_1` (the model p) of an
+additive functional `f` of the structure's log-potentials. Products add every
+component (the functional is additive over a structure's parts); sums combine
+log-masses by log-sum-exp and expectations as mixtures weighted by p.
+
+For a whole set of structures with `A_p = log Z_p`, `A_q = log Z_q`:
+
+- Entropy:        f = -log p~,        H(p)      = A_p + E
+- CrossEntropy:   f = -log q~,        H(p, q)   = A_q + E
+- KL:             f = log p~ - log q~, KL(p||q) = A_q - A_p + E
+
+(`p~`, `q~` unnormalized weights). Forbidden parts (`-inf` under p) carry
+`f = 0` so that a zero weight never multiplies an infinity.
+"""
+from __future__ import annotations
+
+import torch
+
+from abc import abstractmethod
+
+from .base import Semiring, check_dim
+from .real import logsumexp
+
+
+def _weights(log_mass: torch.Tensor, total: torch.Tensor, dim: int) -> torch.Tensor:
+    """`exp(log_mass - total)` along `dim`, 0 where the total is `-inf`."""
+    finite = torch.isfinite(total).unsqueeze(dim)
+    safe_total = torch.where(finite, total.unsqueeze(dim), torch.zeros_like(total.unsqueeze(dim)))
+    return torch.where(finite, (log_mass - safe_total).exp(), torch.zeros_like(log_mass))
+
+
+def _weighted(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """`weights * values` with 0 (not NaN) where a weight is 0."""
+    return torch.where(weights > 0, weights * values, torch.zeros_like(values))
+
+
+class ExpectationSemiring(Semiring):
+    """Base of the log-space expectation semirings (see module docstring).
+
+    A subclass sets `num_potentials` (m) and defines :meth:`functional`
+    (the additive `f` from the log-potentials) and :meth:`finalize`.
+    """
+
+    num_potentials = 1
+
+    @property
+    def size(self) -> int:  # m log-masses and one expectation
+        return self.num_potentials + 1
+
+    @abstractmethod
+    def functional(self, log_potentials: torch.Tensor) -> torch.Tensor:
+        """The additive functional `f`, from `(num_potentials, *shape)`."""
+
+    @abstractmethod
+    def finalize(self, log_masses: torch.Tensor, expectation: torch.Tensor) -> torch.Tensor:
+        """The user-facing result from `(m, *shape)` log-masses and `E`."""
+
+    def zero(self, shape, dtype=torch.float64, device=None):
+        out = torch.zeros((self.size, *tuple(shape)), dtype=dtype, device=device)
+        out[:-1] = float("-inf")
+        return out
+
+    def one(self, shape, dtype=torch.float64, device=None):
+        return torch.zeros((self.size, *tuple(shape)), dtype=dtype, device=device)
+
+    def plus(self, a, b):
+        a, b = torch.broadcast_tensors(a, b)
+        return self.sum(torch.stack([a, b], dim=-1), dim=-1)
+
+    def times(self, a, b):
+        return a + b
+
+    def sum(self, x, dim):
+        dim = check_dim(dim)
+        masses = logsumexp(x[:-1], dim)
+        weights = _weights(x[0], masses[0], dim)
+        expectation = _weighted(weights, x[-1]).sum(dim=dim)
+        return torch.cat([masses, expectation.unsqueeze(0)], dim=0)
+
+    def embed(self, log_potentials):
+        if log_potentials.shape[0] != self.num_potentials:
+            raise ValueError(
+                f"{type(self).__name__}.embed expects {self.num_potentials} stacked potential sets, "
+                f"got a leading dimension of {log_potentials.shape[0]}")
+        f = self.functional(log_potentials)
+        f = torch.where(log_potentials[0] == float("-inf"), torch.zeros_like(f), f)
+        return torch.cat([log_potentials, f.unsqueeze(0)], dim=0)
+
+    def extract(self, value):
+        return self.finalize(value[:-1], value[-1])
+
+
+class EntropySemiring(ExpectationSemiring):
+    """Entropy `H(p) = -sum_y p(y) log p(y)` over structures (nats)."""
+
+    num_potentials = 1
+
+    def functional(self, log_potentials):
+        return -log_potentials[0]
+
+    def finalize(self, log_masses, expectation):
+        return log_masses[0] + expectation
+
+
+class CrossEntropySemiring(ExpectationSemiring):
+    """Cross-entropy `H(p, q) = -sum_y p(y) log q(y)`; embeds `(p, q)` stacked."""
+
+    num_potentials = 2
+
+    def functional(self, log_potentials):
+        return -log_potentials[1]
+
+    def finalize(self, log_masses, expectation):
+        return log_masses[1] + expectation
+
+
+class KLDivergenceSemiring(ExpectationSemiring):
+    """`KL(p || q) = sum_y p(y) log(p(y) / q(y))`; embeds `(p, q)` stacked."""
+
+    num_potentials = 2
+
+    def functional(self, log_potentials):
+        return log_potentials[0] - log_potentials[1]
+
+    def finalize(self, log_masses, expectation):
+        return log_masses[1] - log_masses[0] + expectation

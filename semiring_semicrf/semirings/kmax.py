@@ -1,0 +1,65 @@
+"""KMax(k): the k best structure scores (sorted, descending, with repeats
+where several structures tie). State dimension: the k entries of a list."""
+from __future__ import annotations
+
+import torch
+
+from .base import Semiring, check_dim, full
+
+
+class KMaxSemiring(Semiring):
+    """Values hold k scores sorted descending; `-inf` pads missing entries.
+
+    `plus` merges two lists and keeps the k largest, `times` forms all
+    pairwise sums and keeps the k largest. Ties are kept (a list of the k best
+    *structures*, so two structures with one score appear twice).
+    """
+
+    def __init__(self, k: int):
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"KMaxSemiring: k must be an int >= 1, got {k!r}")
+        self.k = k
+        self.size = k
+
+    def __repr__(self) -> str:
+        return f"KMaxSemiring(k={self.k})"
+
+    def zero(self, shape, dtype=torch.float64, device=None):
+        return full(self.k, shape, float("-inf"), dtype, device)
+
+    def one(self, shape, dtype=torch.float64, device=None):
+        out = self.zero(shape, dtype, device)
+        out[0] = 0.0
+        return out
+
+    def _top(self, x: torch.Tensor) -> torch.Tensor:
+        """k largest along dim 0 (sorted descending)."""
+        if x.shape[0] < self.k:
+            pad = x.new_full((self.k - x.shape[0], *x.shape[1:]), float("-inf"))
+            x = torch.cat([x, pad], dim=0)
+        return x.topk(self.k, dim=0).values
+
+    def plus(self, a, b):
+        a, b = torch.broadcast_tensors(a, b)
+        return self._top(torch.cat([a, b], dim=0))
+
+    def times(self, a, b):
+        a, b = torch.broadcast_tensors(a, b)
+        pairs = a.unsqueeze(1) + b.unsqueeze(0)  # (k, k, ...)
+        return self._top(pairs.flatten(0, 1))
+
+    def sum(self, x, dim):
+        dim = check_dim(dim)
+        moved = x.movedim(dim, 1)  # (k, n, ...)
+        return self._top(moved.flatten(0, 1))
+
+    def embed(self, log_potentials):
+        first = log_potentials[:1]
+        pad = first.new_full((self.k - 1, *first.shape[1:]), float("-inf"))
+        return torch.cat([first, pad], dim=0)
+
+    def extract(self, value):
+        return value
+
+    def times_potential(self, a, log_potentials):
+        return a + log_potentials

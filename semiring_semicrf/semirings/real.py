@@ -1,0 +1,88 @@
+"""Scalar semirings over the reals: Log (sum-product in log space), Max
+(max-plus, Viterbi) and Std (the ordinary (+, *) semiring, for counting and
+tiny exact checks). Each value has a state dimension of size 1."""
+from __future__ import annotations
+
+import torch
+
+from .base import Semiring, check_dim, full
+
+
+def logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """`log(sum(exp(x)))` over `dim` that is `-inf` (not NaN) when every entry
+    is `-inf`, with a zero (not NaN) gradient there."""
+    m = x.amax(dim=dim, keepdim=True).detach()
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    total = (x - m).exp().sum(dim=dim)
+    positive = total > 0
+    safe = torch.where(positive, total, torch.ones_like(total))
+    return torch.where(positive, safe.log() + m.squeeze(dim), torch.full_like(total, float("-inf")))
+
+
+class LogSemiring(Semiring):
+    """`(logaddexp, +, -inf, 0)`: the sum over structures of exp(score).
+
+    Contract: results are log-masses; a reduction over all `-inf` gives
+    `-inf`. Gradients of the partition w.r.t. log-potentials are marginals.
+    """
+
+    def zero(self, shape, dtype=torch.float64, device=None):
+        return full(1, shape, float("-inf"), dtype, device)
+
+    def one(self, shape, dtype=torch.float64, device=None):
+        return full(1, shape, 0.0, dtype, device)
+
+    def plus(self, a, b):
+        return torch.logaddexp(a, b)
+
+    def times(self, a, b):
+        return a + b
+
+    def sum(self, x, dim):
+        return logsumexp(x, check_dim(dim))
+
+    def embed(self, log_potentials):
+        return log_potentials
+
+    def extract(self, value):
+        return value[0]
+
+    def times_potential(self, a, log_potentials):
+        return a + log_potentials
+
+
+class MaxSemiring(LogSemiring):
+    """`(max, +, -inf, 0)`: the best structure's score (Viterbi)."""
+
+    def plus(self, a, b):
+        return torch.maximum(a, b)
+
+    def sum(self, x, dim):
+        return x.amax(dim=check_dim(dim))
+
+
+class StdSemiring(Semiring):
+    """`(+, *, 0, 1)` on exp(potentials): counts structures when every
+    potential is 0, and sums probabilities exactly for tiny problems. Values
+    are not in log space, so it over/underflows where Log would not."""
+
+    def zero(self, shape, dtype=torch.float64, device=None):
+        return full(1, shape, 0.0, dtype, device)
+
+    def one(self, shape, dtype=torch.float64, device=None):
+        return full(1, shape, 1.0, dtype, device)
+
+    def plus(self, a, b):
+        return a + b
+
+    def times(self, a, b):
+        return a * b
+
+    def sum(self, x, dim):
+        return x.sum(dim=check_dim(dim))
+
+    def embed(self, log_potentials):
+        return log_potentials.exp()
+
+    def extract(self, value):
+        return value[0]

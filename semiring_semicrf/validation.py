@@ -1,0 +1,73 @@
+"""Argument checks shared by every public entry point.
+
+Each check raises a `TypeError` (wrong kind of object or dtype) or a
+`ValueError` (wrong shape, range or device) that names the argument, the
+expected and the given shape, before any computation runs.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+#: Low-precision floats are upcast to this dtype before any scan (the prefix
+#: sums and log-sum-exps need float32's mantissa at least).
+UPCAST_DTYPE = torch.float32
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def as_float_tensor(name: str, value, *, ndim: int | None = None) -> torch.Tensor:
+    """Check that `value` is a floating tensor (half/bfloat16 upcast to float32)."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+    if ndim is not None and value.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(value.shape)}")
+    if value.dtype in _LOW_PRECISION:
+        value = value.to(UPCAST_DTYPE)
+    return value
+
+
+def check_shape(name: str, value: torch.Tensor, expected: Sequence[int], meaning: str) -> None:
+    """Raise unless `value.shape == expected`; `meaning` spells the axes."""
+    if tuple(value.shape) != tuple(expected):
+        raise ValueError(
+            f"{name} must have shape {meaning} = {tuple(expected)}, got {tuple(value.shape)}")
+
+
+def check_same(name: str, value: torch.Tensor, reference: torch.Tensor, ref_name: str) -> None:
+    """Raise unless `value` has the dtype and device of `reference`."""
+    if value.dtype != reference.dtype:
+        raise ValueError(
+            f"{name} has dtype {value.dtype} but {ref_name} has {reference.dtype}; "
+            "pass every potential in one floating dtype")
+    if value.device != reference.device:
+        raise ValueError(
+            f"{name} is on {value.device} but {ref_name} is on {reference.device}; "
+            "put every potential on one device")
+
+
+def check_lengths(lengths, batch: int, T: int, device: torch.device) -> torch.Tensor:
+    """Return `lengths` as int64 `(B,)` on `device`; default: all `T`."""
+    if lengths is None:
+        return torch.full((batch,), T, dtype=torch.int64, device=device)
+    if not isinstance(lengths, torch.Tensor):
+        if isinstance(lengths, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in lengths):
+            lengths = torch.tensor(lengths, dtype=torch.int64)
+        else:
+            raise TypeError(f"lengths must be a 1-D integer tensor (or list of ints), got {type(lengths).__name__}")
+    if lengths.dtype == torch.bool or lengths.is_floating_point() or lengths.is_complex():
+        raise TypeError(f"lengths must have an integer dtype, got {lengths.dtype}")
+    check_shape("lengths", lengths, (batch,), "(B,)")
+    if lengths.numel() and (int(lengths.min()) < 1 or int(lengths.max()) > T):
+        raise ValueError(
+            f"lengths must lie in [1, T] = [1, {T}], got values in "
+            f"[{int(lengths.min())}, {int(lengths.max())}]")
+    return lengths.to(device=device, dtype=torch.int64)
+
+
+def check_no_nan(name: str, value: torch.Tensor) -> None:
+    """Raise if `value` holds NaN (used under `validate_args`)."""
+    if torch.isnan(value).any():
+        raise ValueError(f"{name} contains NaN")
