@@ -10,7 +10,10 @@ from .base import Semiring, check_dim, full
 
 def logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
     """`log(sum(exp(x)))` over `dim` that is `-inf` (not NaN) when every entry
-    is `-inf`, with a zero (not NaN) gradient there."""
+    is `-inf`, with a zero (not NaN) gradient there. Without a gradient to
+    track, this is torch's fused `logsumexp` (which is -inf there too)."""
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        return torch.logsumexp(x, dim=dim)
     m = x.amax(dim=dim, keepdim=True).detach()
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     total = (x - m).exp().sum(dim=dim)
