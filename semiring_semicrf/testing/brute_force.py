@@ -76,48 +76,58 @@ class Enumeration:
         return int(torch.isfinite(self.scores).sum())
 
 
+@functools.lru_cache(maxsize=None)
+def _segment_arrays(length: int, K: int, C: int):
+    """Segment tables of every segmentation, `(N, M)` int64 each (M = the
+    most segments any has): start, end, label, previous label (-1 for the
+    first segment), and a validity mask."""
+    structures = enumerate_segmentations(length, K, C)
+    M = max(len(x) for x in structures)
+    rows = []
+    for segs in structures:
+        labels = [c for _, _, c in segs]
+        row = [(s, e, c, p) for (s, e, c), p in zip(segs, [-1] + labels[:-1])]
+        rows.append(row + [(0, 1, 0, -1)] * (M - len(row)))
+    arr = torch.tensor(rows, dtype=torch.int64).reshape(len(structures), M, 4)
+    mask = torch.tensor([[j < len(segs) for j in range(M)] for segs in structures], dtype=torch.bool)
+    return arr[..., 0], arr[..., 1], arr[..., 2], arr[..., 3], mask
+
+
 def _structured(pot: SemiMarkovPotentials, b: int) -> Enumeration:
     L = int(pot.lengths[b])
-    structures = list(enumerate_segmentations(L, pot.K, pot.C))
-    x = pot.scores[b].detach().to(torch.float64)
+    s, e, c, prev, mask = _segment_arrays(L, pot.K, pot.C)
+    f64 = {k: v.detach().to("cpu", torch.float64) for k, v in pot.tensors().items()}
+    x = f64["scores"][b]
     cs = torch.cat([x.new_zeros(1, pot.C), x.cumsum(0)])
-    f64 = {k: v.detach().to(torch.float64) for k, v in pot.tensors().items()}
-    scores = []
-    for segs in structures:
-        total = x.new_zeros(())
-        prev = None
-        for s, e, c in segs:
-            d = e - s
-            total = total + cs[e, c] - cs[s, c] + f64["duration"][d - 1, c]
-            if prev is None:
-                total = total + f64["start"][c]
-            elif pot.duration_dependent:
-                total = total + f64["transition"][d - 1, prev, c]
-            else:
-                total = total + f64["transition"][prev, c]
-            if "start_scores" in f64:
-                total = total + f64["start_scores"][b, s, c]
-            if "end_scores" in f64:
-                total = total + f64["end_scores"][b, e - 1, c]
-            prev = c
-        scores.append(total + f64["end"][prev])
-    return Enumeration(structures, torch.stack(scores))
+    d = e - s
+    part = cs[e, c] - cs[s, c] + f64["duration"][(d - 1).clamp(min=0), c]
+    first = prev < 0
+    if pot.duration_dependent:
+        trans = f64["transition"][(d - 1).clamp(min=0), prev.clamp(min=0), c]
+    else:
+        trans = f64["transition"][prev.clamp(min=0), c]
+    part = part + torch.where(first, f64["start"][c], trans)
+    if "start_scores" in f64:
+        part = part + f64["start_scores"][b][s, c]
+    if "end_scores" in f64:
+        part = part + f64["end_scores"][b][(e - 1).clamp(min=0), c]
+    scores = torch.where(mask, part, torch.zeros_like(part)).sum(dim=1)
+    last = c.gather(1, (mask.sum(1, keepdim=True) - 1)).squeeze(1)
+    scores = scores + f64["end"][last]
+    return Enumeration(list(enumerate_segmentations(L, pot.K, pot.C)), scores)
 
 
 def _explicit(pot: EdgePotentials, b: int) -> Enumeration:
     L = int(pot.lengths[b])
-    edge = pot.edge[b].detach().to(torch.float64)
+    s, e, c, prev, mask = _segment_arrays(L, pot.K, pot.C)
+    edge = pot.edge[b].detach().to("cpu", torch.float64)
     structures, scores = [], []
     for c0 in range(pot.C):
-        for segs in enumerate_segmentations(L, pot.K, pot.C):
-            total = edge.new_zeros(())
-            prev = c0
-            for s, e, c in segs:
-                total = total + edge[s, e - s, c, prev]
-                prev = c
-            structures.append((c0, segs))
-            scores.append(total)
-    return Enumeration(structures, torch.stack(scores))
+        src = torch.where(prev < 0, torch.full_like(prev, c0), prev)
+        part = edge[s, e - s, c, src]
+        scores.append(torch.where(mask, part, torch.zeros_like(part)).sum(dim=1))
+        structures.extend((c0, segs) for segs in enumerate_segmentations(L, pot.K, pot.C))
+    return Enumeration(structures, torch.cat(scores))
 
 
 def enumerate_structures(potentials, b: int) -> Enumeration:
