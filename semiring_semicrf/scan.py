@@ -22,6 +22,11 @@ General recurrence (explicit edges, or `(K, C, C)` transitions):
 Working memory is `O(S B K C)` whatever T is (S = the semiring's state size);
 `return_tables=True` additionally keeps the `O(S B T C)` tables of alpha (and
 u) that sampling and decoding walk back through.
+
+Numerics: every `RENORM_INTERVAL` positions the ring is renormalized: a
+per-sequence log-scale (see :meth:`Semiring.log_mass`) is factored out and
+carried in float64, so a float32 scan keeps O(1) state values at any T and the
+result is exact up to float32 rounding of O(1) numbers.
 """
 from __future__ import annotations
 
@@ -35,10 +40,14 @@ from .semirings import LogSemiring, Semiring
 
 AnyPotentials = Union[SemiMarkovPotentials, EdgePotentials]
 
+#: Positions between two renormalizations of the ring buffer.
+RENORM_INTERVAL = 16
+
 
 @dataclass
 class ScanTables:
-    """Inside tables, semiring values with the state dim first.
+    """Inside tables, semiring values with the state dim first, in float64
+    (true values, renormalization undone, so long sequences keep precision).
 
     `alpha (S, B, T+1, C)`: all prefixes whose last segment ends at `e` with
     label `c` (`alpha[:, :, 0]` is the initial state). `u (S, B, T+1, C)`: all
@@ -173,6 +182,26 @@ class ScanProgram:
         trans = torch.where(is_first, self.first_block[:, None], trans)  # (P, K, C, C)
         return w[..., None] + trans[:, None]
 
+    def renormalize(self, ring: torch.Tensor):
+        """Factor a per-sequence log-scale out of the ring.
+
+        Returns `(ring', shift)` with `ring = times_potential(ring', shift)`;
+        `shift (P, B)` float64 (zeros if the semiring has no `log_mass`).
+        The shift is a constant for autograd: gradients stay exact.
+        """
+        S = self.semiring
+        mass = S.log_mass(ring.detach())
+        if mass is None:
+            return ring, torch.zeros(S.num_potentials, self.B, dtype=torch.float64, device=self.device)
+        shift = mass.amax(dim=(-1, -2))
+        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+        return S.times_potential(ring, -shift[..., None, None]), shift.double()
+
+    def rescale(self, value: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        """`value (S, B, ...)` times the accumulated float64 `offset (P, B)`, in float64."""
+        extra = value.dim() - 2
+        return self.semiring.times_potential(value.double(), offset.reshape(*offset.shape, *([1] * extra)))
+
     def finish(self, alpha: torch.Tensor) -> torch.Tensor:
         """The result for sequences ending here, `(S, B)`."""
         S = self.semiring
@@ -197,23 +226,30 @@ def semimarkov_scan(potentials, semiring: Semiring = LogSemiring(), *, return_ta
         asked.
     """
     program = ScanProgram(potentials, semiring)
+    S, B, C = semiring, program.B, program.C
     ring = program.initial_ring()
-    result = semiring.zero((program.B,), dtype=program.dtype, device=program.device)
+    offset = torch.zeros(S.num_potentials, B, dtype=torch.float64, device=program.device)
+    result = S.zero((B,), dtype=torch.float64, device=program.device)
     ends = set(program.lengths.tolist())
-    alphas = [program.initial_alpha_or_v() if not program.factorized else
-              semiring.zero((program.B, program.C), dtype=program.dtype, device=program.device)]
-    us = [program.initial_u()] if program.factorized else None
+    alphas, us = [], []
+    if return_tables:
+        first = program.initial_alpha_or_v() if not program.factorized else S.zero((B, C), dtype=program.dtype,
+                                                                                     device=program.device)
+        alphas.append(first.double())
+        us.append(program.initial_u().double() if program.factorized else None)
     for e in range(1, program.T + 1):
+        if e % RENORM_INTERVAL == 0:
+            ring, shift = program.renormalize(ring)
+            offset = offset + shift
         ring, alpha, u = program.step(ring, e)
         if e in ends:
-            result = torch.where(program.lengths == e, program.finish(alpha), result)
+            result = torch.where(program.lengths == e, program.rescale(program.finish(alpha), offset), result)
         if return_tables:
-            alphas.append(alpha)
-            if us is not None:
-                us.append(u if u is not None else semiring.zero((program.B, program.C), dtype=program.dtype,
-                                                                 device=program.device))
-    out = semiring.extract(result)
+            alphas.append(program.rescale(alpha, offset))
+            if program.factorized:
+                us.append(program.rescale(u, offset) if u is not None else S.zero((B, C), device=program.device))
+    out = S.extract(result).to(program.dtype)
     if not return_tables:
         return out
-    tables = ScanTables(torch.stack(alphas, dim=2), torch.stack(us, dim=2) if us is not None else None)
+    tables = ScanTables(torch.stack(alphas, dim=2), torch.stack(us, dim=2) if program.factorized else None)
     return out, tables

@@ -80,6 +80,17 @@ class Semiring(ABC):
         """
         return self.sum(self.times(a.unsqueeze(-1), m), dim=-2)
 
+    def log_mass(self, value: torch.Tensor):
+        """Log-magnitude of a value per potential set, `(num_potentials, *shape)`,
+        or None if the semiring has no such notion.
+
+        The scan uses it to renormalize: it factors a per-sequence shift `s`
+        out of its state as `value = times_potential(value', s)` (exact, as
+        `embed` is a homomorphism) and carries `s` in float64, so float32
+        states stay O(1) at any T. Returning None (the default) opts out.
+        """
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 

@@ -71,7 +71,10 @@ class ExpectationSemiring(Semiring):
         return self.sum(torch.stack([a, b], dim=-1), dim=-1)
 
     def times(self, a, b):
-        return a + b
+        out = a + b
+        # Keep zero canonical, (-inf, ..., 0): a zero weight carries no expectation.
+        forbidden = out[0] == float("-inf")
+        return torch.cat([out[:-1], torch.where(forbidden, torch.zeros_like(out[-1]), out[-1]).unsqueeze(0)])
 
     def sum(self, x, dim):
         dim = check_dim(dim)
@@ -91,6 +94,9 @@ class ExpectationSemiring(Semiring):
 
     def extract(self, value):
         return self.finalize(value[:-1], value[-1])
+
+    def log_mass(self, value):
+        return value[:-1]
 
 
 class EntropySemiring(ExpectationSemiring):

@@ -53,6 +53,9 @@ class LogSemiring(Semiring):
     def times_potential(self, a, log_potentials):
         return a + log_potentials
 
+    def log_mass(self, value):
+        return value
+
 
 class MaxSemiring(LogSemiring):
     """`(max, +, -inf, 0)`: the best structure's score (Viterbi)."""
@@ -89,3 +92,6 @@ class StdSemiring(Semiring):
 
     def extract(self, value):
         return value[0]
+
+    def log_mass(self, value):
+        return value.log()
