@@ -83,7 +83,9 @@ def stack_potentials(potentials, semiring: Semiring) -> tuple:
 
 
 def _stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.stack(list(tensors), dim=0)
+    """Stack potential sets on a new dim 0 (a view when there is only one)."""
+    tensors = list(tensors)
+    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors, dim=0)
 
 
 class ScanProgram:
