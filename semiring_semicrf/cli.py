@@ -1,0 +1,388 @@
+"""The ``semicrf`` command (also ``python -m semiring_semicrf``).
+
+    semicrf demo [--out DIR]     synthetic data: summary table, PNG plots
+    semicrf bench [...]          forward / forward+backward / Viterbi timings
+    semicrf info                 versions, devices, backend per semiring
+
+Errors are reported as one line on stderr (``semicrf: error: ...``) with a
+non-zero exit status: 2 for bad usage, 1 for a failure while running.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from typing import Callable, Optional, Sequence
+
+PROG = "semicrf"
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported on one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error on one line instead of two."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+# -- small terminal helpers -----------------------------------------------------
+
+class ProgressBar:
+    """A one-line progress bar on a stream (stderr by default), redrawn in
+    place when the stream is a terminal and printed once per step otherwise."""
+
+    def __init__(self, total: int, stream=None, width: int = 28):
+        self.total, self.done, self.width = max(total, 1), 0, width
+        self.stream = sys.stderr if stream is None else stream
+        self.interactive = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def step(self, text: str) -> None:
+        """Announce the step about to run (`text`), drawn with the count done."""
+        filled = round(self.width * self.done / self.total)
+        bar = "#" * filled + "-" * (self.width - filled)
+        line = f"[{bar}] {self.done}/{self.total} {text}"
+        if self.interactive:
+            self.stream.write("\r\033[K" + line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+        self.done += 1
+
+    def close(self) -> None:
+        if self.interactive:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain-text table: columns holding numbers right-aligned, others left-aligned."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    numeric = [any(re.fullmatch(r"[-+]?[0-9][0-9.,e+-]*x?", row[i]) for row in cells[1:]) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) if n else c.ljust(w) for c, w, n in zip(row, widths, numeric)).rstrip()
+             for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# -- semicrf info -----------------------------------------------------------------
+
+_VERSIONED = ("semiring-semicrf", "torch", "triton", "numpy", "matplotlib", "torch-struct", "flash-semicrf")
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _devices() -> list:
+    import torch
+
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return devices
+
+
+def _tiny_potentials(device: str, duration_dependent: bool):
+    import torch
+
+    from .potentials import SemiMarkovPotentials
+
+    K, C = 4, 3
+    transition = torch.zeros((K, C, C) if duration_dependent else (C, C), device=device)
+    return SemiMarkovPotentials(torch.zeros(1, 8, C, device=device), transition, torch.zeros(K, C, device=device))
+
+
+def backend_rows(devices: Sequence[str]) -> list:
+    """`(semiring, potentials kind, device, backend, why)` for each case."""
+    from . import backends
+
+    rows = []
+    for dependent, kind in ((False, "(C, C) transition"), (True, "(K, C, C) transition")):
+        for device in devices:
+            potentials = _tiny_potentials(device, dependent)
+            chosen = backends.resolve("auto", potentials)
+            why = "" if chosen == "triton" else backends.triton_unsupported_reason(potentials)
+            rows.append(("Log, Max", kind, device, chosen, why))
+    rows.append(("any other", "any", "any", "torch (generic scan)", "kernels exist for Log and Max only"))
+    return rows
+
+
+def command_info(args) -> int:
+    import torch
+
+    print(format_table(["package", "version"], [(name, _version(name)) for name in _VERSIONED]))
+    print(f"\npython {platform.python_version()} on {platform.platform()}")
+    print(f"cpu: {os.cpu_count()} cores, torch uses {torch.get_num_threads()} threads")
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            print(f"cuda:{i}: {p.name}, {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs")
+    else:
+        print("cuda: not available")
+    print("\nbackend='auto' picks:")
+    print(format_table(["semiring", "potentials", "device", "backend", "why not triton"], backend_rows(_devices())))
+    return 0
+
+
+# -- semicrf demo -----------------------------------------------------------------
+
+def command_demo(args) -> int:
+    from . import demo
+
+    os.makedirs(args.out, exist_ok=True)
+    before = set(os.listdir(args.out))
+    status = demo.main(["--out", args.out, *args.demo_args])
+    written = sorted(f for f in os.listdir(args.out) if f.endswith(".png") and f not in before)
+    if written:
+        print(f"\nplots written to {os.path.abspath(args.out)}:")
+        for name in written:
+            print(f"  {name}")
+    return status
+
+
+# -- semicrf bench ----------------------------------------------------------------
+
+#: (B, T, K, C) per preset and device; the GPU rows are those of DESIGN.md.
+BENCH_SIZES = {
+    ("quick", "cpu"): [(2, 200, 8, 4)],
+    ("quick", "cuda"): [(4, 1000, 32, 24)],
+    ("full", "cpu"): [(2, 1000, 16, 8), (2, 4000, 32, 24), (1, 20000, 16, 8)],
+    ("full", "cuda"): [(4, 1000, 32, 24), (16, 2000, 16, 12), (4, 10000, 100, 24), (1, 100000, 64, 8)],
+}
+#: pytorch-struct builds charts of about T K^2 C^2 entries (and more): skip it beyond this.
+TORCH_STRUCT_LIMIT = 4_000_000
+OPS = ("forward", "forward+backward", "viterbi")
+
+
+def _bench_inputs(B, T, K, C, device, dtype):
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(B, T, C, generator=g, dtype=dtype)
+    transition = 0.5 * torch.randn(C, C, generator=g, dtype=dtype)
+    duration = 0.5 * torch.randn(K, C, generator=g, dtype=dtype)
+    return [x.to(device) for x in (scores, transition, duration)]
+
+
+def _ours(op: str, B, T, K, C, device, dtype) -> Callable[[], object]:
+    import torch
+
+    from . import backends
+    from .autograd import log_partition
+    from .potentials import SemiMarkovPotentials
+
+    scores, transition, duration = _bench_inputs(B, T, K, C, device, dtype)
+    if op == "forward+backward":
+        leaves = [x.requires_grad_() for x in (scores, transition, duration)]
+
+        def run():
+            log_partition(SemiMarkovPotentials(*leaves)).sum().backward()
+        return run
+    potentials = SemiMarkovPotentials(scores, transition, duration)
+    backend = backends.get("auto", potentials)
+    if op == "forward":
+        return lambda: torch.no_grad()(backend.inside)(potentials)
+    return lambda: backend.viterbi(potentials)
+
+
+def _torch_struct(op: str, B, T, K, C, device, dtype) -> Optional[Callable[[], object]]:
+    if T * K * K * C * C > TORCH_STRUCT_LIMIT:
+        return None
+    import torch
+    import torch_struct
+
+    from .potentials import SemiMarkovPotentials
+
+    scores, transition, duration = _bench_inputs(B, T, K, C, device, dtype)
+    lengths = torch.full((B,), T + 1, device=device)
+    semiring = torch_struct.MaxSemiring if op == "viterbi" else torch_struct.LogSemiring
+    if op == "forward+backward":
+        scores.requires_grad_()
+
+    def run():
+        edges = SemiMarkovPotentials(scores, transition, duration).to_edges()
+        with torch.set_grad_enabled(op == "forward+backward"):
+            value = torch_struct.SemiMarkov(semiring).logpartition(edges, lengths=lengths)[0]
+        if op == "forward+backward":
+            value.sum().backward()
+    return run
+
+
+def _flash_semicrf(op: str, B, T, K, C, device, dtype) -> Optional[Callable[[], object]]:
+    import torch
+    from flash_semicrf import semi_crf_streaming_forward
+
+    scores, transition, duration = _bench_inputs(B, T, K, C, device, dtype)
+    lengths = torch.full((B,), T, device=device, dtype=torch.long)
+    kwargs = dict(semiring="max" if op == "viterbi" else "log", use_triton=device.startswith("cuda"))
+    if op == "forward+backward":
+        scores.requires_grad_()
+
+    def run():
+        cum = torch.nn.functional.pad(scores.cumsum(dim=1), (0, 0, 1, 0))
+        with torch.set_grad_enabled(op == "forward+backward"):
+            value = semi_crf_streaming_forward(cum, transition, duration, lengths, K, **kwargs)
+        if op == "forward+backward":
+            value.sum().backward()
+    return run
+
+
+ANCHORS = {"torch-struct": ("torch_struct", _torch_struct), "flash-semicrf": ("flash_semicrf", _flash_semicrf)}
+
+
+def time_call(fn: Callable[[], object], repeat: int, device: str) -> float:
+    """Median wall time of `repeat` calls after one warm-up, in seconds."""
+    import torch
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    fn()
+    sync()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _measure(factory, op, size, device, dtype, repeat):
+    """Seconds, or a short reason when the method does not run this case."""
+    import torch
+
+    try:
+        fn = factory(op, *size, device, dtype)
+        if fn is None:
+            return "too big"
+        return time_call(fn, repeat, device)
+    except (torch.OutOfMemoryError, MemoryError):
+        return "out of memory"
+    except RuntimeError as err:
+        if "can't allocate memory" in str(err):
+            return "out of memory"
+        raise
+    finally:
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+
+def _ms(value) -> str:
+    return f"{value * 1e3:.1f}" if isinstance(value, float) else value
+
+
+def _ratio(anchor, ours) -> str:
+    return f"{anchor / ours:.1f}x" if isinstance(anchor, float) and isinstance(ours, float) else "-"
+
+
+def command_bench(args) -> int:
+    import torch
+
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+    if device == "auto":
+        device = "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but torch sees no CUDA device")
+    if args.repeat < 1:
+        raise UsageError(f"--repeat must be at least 1, got {args.repeat}")
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    sizes = args.size or BENCH_SIZES[("quick" if args.quick else "full", device)]
+    ops = args.ops or list(OPS)
+    anchors = {}
+    if args.anchors:
+        for name, (module, factory) in ANCHORS.items():
+            if importlib.util.find_spec(module) is None:
+                print(f"note: {name} is not installed, no comparison with it", file=sys.stderr)
+            else:
+                anchors[name] = factory
+    methods = {"ours": _ours, **anchors}
+    progress = ProgressBar(len(sizes) * len(ops) * len(methods))
+    rows = []
+    for size in sizes:
+        for op in ops:
+            seconds = {}
+            for name, factory in methods.items():
+                progress.step(f"{name} {op} B={size[0]} T={size[1]} K={size[2]} C={size[3]}")
+                seconds[name] = _measure(factory, op, size, device, dtype, args.repeat)
+            row = [*size, op, _ms(seconds["ours"])]
+            for name in anchors:
+                row += [_ms(seconds[name]), _ratio(seconds[name], seconds["ours"])]
+            rows.append(row)
+    progress.close()
+    header = ["B", "T", "K", "C", "op", "ours ms"]
+    for name in anchors:
+        header += [f"{name} ms", f"{name}/ours"]
+    print(f"device {device}, {args.dtype}, median of {args.repeat} calls after a warm-up")
+    print(format_table(header, rows))
+    if anchors:
+        print("anchor times include building their inputs from the same scores "
+              "(pytorch-struct: the edge tensor; flash-semicrf: prefix sums)")
+    return 0
+
+
+def _size(text: str) -> tuple:
+    try:
+        size = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        size = ()
+    if len(size) != 4 or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"--size takes B,T,K,C (four positive integers), got {text!r}")
+    return size
+
+
+# -- entry point ------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Exact streaming semi-Markov CRFs over any semiring.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    demo = commands.add_parser("demo", help="train on synthetic data, print a summary table, write PNG plots")
+    demo.add_argument("--out", default="semicrf-demo", help="folder for the PNG plots (default: %(default)s)")
+    demo.add_argument("demo_args", nargs=argparse.REMAINDER, help="further options passed to the demo")
+    demo.set_defaults(run=command_demo)
+
+    bench = commands.add_parser("bench", help="time forward, forward+backward and Viterbi (CPU or GPU)")
+    bench.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                       help="where to run (default: cuda when available)")
+    bench.add_argument("--quick", action="store_true", help="one small size, seconds")
+    bench.add_argument("--size", type=_size, action="append", metavar="B,T,K,C",
+                       help="a problem size (repeatable; default: a preset per device)")
+    bench.add_argument("--ops", nargs="+", choices=OPS, help="what to time (default: all)")
+    bench.add_argument("--anchors", action="store_true",
+                       help="also time pytorch-struct and flash-semicrf where installed, with ratios")
+    bench.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    bench.add_argument("--repeat", type=int, default=3, help="timed calls per case (default: %(default)s)")
+    bench.set_defaults(run=command_bench)
+
+    info = commands.add_parser("info", help="versions, devices, and which backend each semiring uses")
+    info.set_defaults(run=command_info)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+        return args.run(args)
+    except UsageError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, RuntimeError, OSError, ImportError) as err:
+        print(f"{PROG}: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
