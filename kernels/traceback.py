@@ -1,0 +1,51 @@
+"""Viterbi traceback: segments out of the Max sweep's backpointers.
+
+One program per sequence walks back from the best last label at `L`:
+the best duration `d` of `alpha[e, c]` gives the segment `[e - d, e)`
+labelled `c` (written as one masked block store), then the best source label
+of `u[e - d, c]` gives the label of the segment before. Two dependent loads
+per segment.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import KernelInputs, pad
+from .forward import forward_sweep
+
+
+@triton.jit
+def traceback_kernel(best_duration_ptr, best_source_ptr, final_ptr, lengths_ptr, labels_ptr, starts_ptr,
+                     T, C, KP: tl.constexpr):
+    """Writes `labels (B, T)` int64 and `starts (B, T)` bool over `[0, L)`
+    (the caller fills the rest with -1 / False)."""
+    b = tl.program_id(0)
+    e = tl.load(lengths_ptr + b)
+    b = b.to(tl.int64)
+    table = b * (T + 1) * C
+    row = b * T
+    c = tl.load(final_ptr + b).to(tl.int32)
+    offsets = tl.arange(0, KP)
+    while e > 0:
+        # Clamps keep the walk in bounds when no path has a finite score.
+        d = tl.minimum(tl.load(best_duration_ptr + table + e * C + c).to(tl.int32) + 1, e)
+        s = e - d
+        tl.store(labels_ptr + row + s + offsets, tl.full((KP,), 0, tl.int64) + c, mask=offsets < d)
+        tl.store(starts_ptr + row + s, 1)
+        source = tl.load(best_source_ptr + table + s * C + c, mask=s > 0, other=0).to(tl.int32)
+        c = tl.minimum(source, C - 1)
+        e = s
+
+
+def viterbi_decode(inputs: KernelInputs, num_warps: int | None = None):
+    """Max sweep + traceback. Returns `(score (B,), labels (B, T) int64,
+    starts (B, T) bool)`, -1 / False past each length."""
+    B, T, K, C = inputs.shape
+    score, last_label, best_duration, best_source, _ = forward_sweep(inputs, True, num_warps)
+    labels = torch.full((B, T), -1, dtype=torch.int64, device=score.device)
+    starts = torch.zeros((B, T), dtype=torch.int8, device=score.device)
+    traceback_kernel[(B,)](best_duration, best_source, last_label, inputs.lengths, labels, starts,
+                           T, C, KP=pad(K), num_warps=1)
+    return score, labels, starts.bool()

@@ -1,0 +1,256 @@
+"""The Triton kernels against the float64 PyTorch scan, on fresh random inputs.
+
+Without CUDA the kernels run on CPU tensors through Triton's interpreter
+(``TRITON_INTERPRET=1``, set here before Triton is imported), so sizes stay
+tiny. Tests marked ``gpu`` run at scale when a GPU is present.
+
+References: log Z and the best score from :func:`semimarkov_scan` in float64;
+posteriors as gradients of its log Z (one sequence at a time); a decoded
+path is scored from the model's definition and must reach the best score.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+pytest.importorskip("triton")
+
+from semiring_semicrf import MaxSemiring, SemiMarkovPotentials, semimarkov_scan  # noqa: E402
+from semiring_semicrf.backends import Posterior  # noqa: E402
+from semiring_semicrf import kernels  # noqa: E402
+from strategies import tiny_problems  # noqa: E402
+
+# log(0) = -inf is how a log-sum-exp over impossible terms ends; numpy warns.
+pytestmark = pytest.mark.filterwarnings("ignore:divide by zero encountered in log:RuntimeWarning")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+POSTERIOR_FIELDS = ("segment_start", "segment_end", "transition", "duration", "first", "last")
+
+
+# -- references ---------------------------------------------------------------
+def converted(p: SemiMarkovPotentials, device, dtype) -> SemiMarkovPotentials:
+    """The same model with every tensor in `dtype` on `device`."""
+    return SemiMarkovPotentials(lengths=p.lengths.to(device), validate_args=False,
+                                **{k: v.detach().to(device, dtype) for k, v in p.tensors().items()})
+
+
+def reference_posterior(p: SemiMarkovPotentials) -> Posterior:
+    """Expected counts as gradients of the float64 scan's log Z, one sequence
+    at a time, w.r.t. (zero) boundary scores, transition, duration, start, end."""
+    p = converted(p, p.device, torch.float64)
+    B, T, C = p.batch_size, p.T, p.C
+    leaves = {k: v.clone().requires_grad_() for k, v in p.tensors().items()}
+    for name in ("start_scores", "end_scores"):
+        leaves.setdefault(name, torch.zeros(B, T, C, dtype=torch.float64, device=p.device, requires_grad=True))
+    log_z = semimarkov_scan(SemiMarkovPotentials(lengths=p.lengths, validate_args=False, **leaves))
+    names = ("start_scores", "end_scores", "transition", "duration", "start", "end")
+    inputs = [leaves[n] for n in names]
+    grads = [[torch.zeros_like(x) if g is None else g
+              for x, g in zip(inputs, torch.autograd.grad(log_z[b], inputs, retain_graph=True, allow_unused=True))]
+             for b in range(B)]
+    per_sequence = [torch.stack([g[i][b] if i < 2 else g[i] for b, g in enumerate(grads)]) for i in range(6)]
+    return Posterior(log_z.detach(), *per_sequence)
+
+
+def segments_of(labels: torch.Tensor, starts: torch.Tensor, length: int) -> list:
+    """`[(start, end, label), ...]` of one decoded sequence; the labels must
+    be constant inside each segment."""
+    bounds = [t for t in range(length) if bool(starts[t])] + [length]
+    assert bounds[0] == 0, "the first position must start a segment"
+    segments = []
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        assert bool((labels[s:e] == labels[s]).all()), f"label changes inside segment [{s}, {e})"
+        segments.append((s, e, int(labels[s])))
+    return segments
+
+
+def segmentation_score(p: SemiMarkovPotentials, b: int, segments: list) -> float:
+    """Float64 score of one segmentation of sequence `b` from the model's
+    definition (no prefix sums, no factorization)."""
+    t = {k: v.detach().to("cpu", torch.float64) for k, v in p.tensors().items()}
+    total, previous = 0.0, None
+    for s, e, c in segments:
+        total += float(t["scores"][b, s:e, c].sum() + t["duration"][e - s - 1, c])
+        total += float(t["start"][c] if previous is None else t["transition"][previous, c])
+        total += float(t["start_scores"][b, s, c]) if "start_scores" in t else 0.0
+        total += float(t["end_scores"][b, e - 1, c]) if "end_scores" in t else 0.0
+        previous = c
+    return total + float(t["end"][previous])
+
+
+# -- checks -------------------------------------------------------------------
+def check_log_z(p64: SemiMarkovPotentials, rtol=1e-4):
+    p = converted(p64, DEVICE, torch.float32)
+    log_z, _ = kernels.inside(p)
+    ref = semimarkov_scan(p64)
+    assert log_z.dtype == torch.float32 and log_z.shape == (p.batch_size,)
+    torch.testing.assert_close(log_z.double().cpu(), ref.cpu(), rtol=rtol, atol=rtol)
+
+
+def check_posterior(p64: SemiMarkovPotentials, atol=2e-5):
+    p = converted(p64, DEVICE, torch.float32)
+    log_z, saved = kernels.inside(p)
+    post = kernels.outside(p, saved)
+    ref = reference_posterior(p64)
+    torch.testing.assert_close(post.log_z.double().cpu(), ref.log_z.cpu(), rtol=1e-4, atol=1e-4)
+    for name in POSTERIOR_FIELDS:
+        got, want = getattr(post, name), getattr(ref, name)
+        assert got.shape == want.shape and got.dtype == torch.float32, name
+        torch.testing.assert_close(got.double().cpu(), want.cpu(), rtol=1e-4, atol=atol, msg=name)
+
+
+def check_viterbi(p64: SemiMarkovPotentials, rtol=1e-4):
+    p = converted(p64, DEVICE, torch.float32)
+    score, labels, starts = kernels.viterbi(p)
+    best = semimarkov_scan(p64, MaxSemiring())
+    torch.testing.assert_close(score.double().cpu(), best.cpu(), rtol=rtol, atol=rtol)
+    assert labels.dtype == torch.int64 and starts.dtype == torch.bool
+    labels, starts = labels.cpu(), starts.cpu()
+    for b, length in enumerate(p64.lengths.tolist()):
+        assert bool((labels[b, length:] == -1).all()) and not bool(starts[b, length:].any())
+        segments = segments_of(labels[b], starts[b], length)
+        assert all(1 <= e - s <= p64.K and 0 <= c < p64.C for s, e, c in segments)
+        path = segmentation_score(p64, b, segments)
+        assert abs(path - float(best[b])) <= rtol * max(1.0, abs(float(best[b]))), (b, path, float(best[b]))
+
+
+def structured_problems(**kw):
+    return tiny_problems(duration_dependent=False, **kw)
+
+
+def random_problem(B, T, K, C, lengths=None, extras=False, seed=0, device="cpu", scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return (scale * torch.randn(*shape, generator=g, dtype=torch.float64)).to(device)
+
+    extra = {"start_scores": rand(B, T, C), "end_scores": rand(B, T, C)} if extras else {}
+    return SemiMarkovPotentials(rand(B, T, C), rand(C, C), rand(K, C), lengths, start=rand(C), end=rand(C),
+                                **extra)
+
+
+# -- property tests (tiny, interpreter-friendly) -------------------------------
+@settings(deadline=None, max_examples=25)
+@given(structured_problems(max_B=4, max_T=9, max_K=6, max_C=5))
+def test_inside_matches_scan(p64):
+    check_log_z(p64)
+
+
+@settings(deadline=None, max_examples=15)
+@given(structured_problems(max_B=3, max_T=8, max_K=5, max_C=4))
+def test_outside_matches_scan_gradients(p64):
+    check_posterior(p64)
+
+
+@settings(deadline=None, max_examples=20)
+@given(structured_problems(max_B=3, max_T=9, max_K=5, max_C=5))
+def test_viterbi_reaches_the_best_score(p64):
+    check_viterbi(p64)
+
+
+@pytest.mark.parametrize("C", [3, 5, 7])
+@pytest.mark.parametrize("K", [1, 2, 5])
+def test_odd_sizes_all_kernels(K, C):
+    # T = 4 < K = 5 covers K > T; lengths of 1 and mixed.
+    p64 = random_problem(3, 4, K, C, torch.tensor([4, 1, 3]), extras=(C == 5), seed=10 * K + C)
+    check_log_z(p64)
+    check_posterior(p64)
+    check_viterbi(p64)
+
+
+def test_many_sequences_mixed_lengths():
+    B = 40
+    lengths = torch.randint(1, 6, (B,), generator=torch.Generator().manual_seed(3))
+    p64 = random_problem(B, 5, 3, 3, lengths, seed=4)
+    check_posterior(p64)
+    check_viterbi(p64)
+
+
+def test_posterior_sums():
+    p64 = random_problem(2, 7, 3, 4, torch.tensor([7, 5]), seed=5)
+    p = converted(p64, DEVICE, torch.float32)
+    post = kernels.outside(p, kernels.inside(p)[1])
+    n_segments = post.segment_start.sum(dim=(1, 2))
+    torch.testing.assert_close(post.first.sum(-1), torch.ones(2, device=DEVICE))
+    torch.testing.assert_close(post.last.sum(-1), torch.ones(2, device=DEVICE))
+    torch.testing.assert_close(post.duration.sum(dim=(1, 2)), n_segments)
+    torch.testing.assert_close(post.transition.sum(dim=(1, 2)), n_segments - 1)
+    torch.testing.assert_close(post.segment_end.sum(dim=(1, 2)), n_segments)
+    inside = p.valid_mask()
+    torch.testing.assert_close(post.label_marginals().sum(-1)[inside], torch.ones(12, device=DEVICE))
+
+
+def test_outputs_zero_past_length():
+    p = converted(random_problem(2, 6, 2, 3, torch.tensor([6, 2]), seed=6), DEVICE, torch.float32)
+    post = kernels.outside(p, kernels.inside(p)[1])
+    assert not bool(post.segment_start[1, 2:].any()) and not bool(post.segment_end[1, 2:].any())
+
+
+def test_hard_constraints_and_large_scores():
+    # -inf transitions (no path through some pairs) and scores ~100: no NaN,
+    # same answers as the float64 scan.
+    p64 = random_problem(2, 8, 3, 4, torch.tensor([8, 6]), seed=7, scale=30.0)
+    transition = p64.transition.clone()
+    transition[0, 1:] = float("-inf")
+    transition[2, 0] = float("-inf")
+    p64 = p64.replace(transition=transition)
+    check_log_z(p64)
+    check_posterior(p64, atol=1e-4)
+    check_viterbi(p64)
+
+
+def test_bitwise_deterministic():
+    p = converted(random_problem(3, 9, 4, 5, torch.tensor([9, 4, 7]), seed=8), DEVICE, torch.float32)
+    runs = []
+    for _ in range(2):
+        log_z, saved = kernels.inside(p)
+        post = kernels.outside(p, saved)
+        runs.append([log_z] + [getattr(post, n) for n in POSTERIOR_FIELDS] + list(kernels.viterbi(p)))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+# -- what the kernels refuse --------------------------------------------------
+def test_unsupported_reason():
+    p = random_problem(1, 4, 2, 3, seed=9)
+    assert "CUDA" in kernels.unsupported_reason(p)
+    dependent = p.replace(transition=torch.randn(2, 3, 3, dtype=torch.float64))
+    assert "duration-dependent" in kernels.common.kernel_limits_reason(dependent)
+    assert "float32" in kernels.common.kernel_limits_reason(p)
+    with pytest.raises(ValueError, match="duration-dependent"):
+        kernels.inside(converted(dependent, DEVICE, torch.float32))
+    explicit = SemiMarkovPotentials.from_edges(p.to_edges())
+    assert "explicit" in kernels.common.kernel_limits_reason(explicit)
+    assert kernels.common.kernel_limits_reason(converted(p, DEVICE, torch.float32)) is None
+
+
+# -- at scale, on a GPU -------------------------------------------------------
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("B,T,K,C", [(8, 300, 12, 7), (5, 200, 40, 24), (2, 150, 100, 3)])
+def test_gpu_against_scan(B, T, K, C):
+    lengths = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(T))
+    lengths[0] = T
+    p64 = random_problem(B, T, K, C, lengths, extras=True, seed=B + T)
+    check_log_z(p64)
+    check_viterbi(p64)
+    check_posterior(p64, atol=1e-4)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_long_sequence_float32_holds():
+    # T = 1e5: running normalization keeps float32 within 1e-4 of float64.
+    p64 = random_problem(1, 100_000, 8, 4, seed=11)
+    check_log_z(p64)
+    check_viterbi(p64)
