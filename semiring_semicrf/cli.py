@@ -167,84 +167,91 @@ TORCH_STRUCT_LIMIT = 4_000_000
 OPS = ("forward", "forward+backward", "viterbi")
 
 
-def _bench_inputs(B, T, K, C, device, dtype):
-    import torch
+class BenchProblem:
+    """One random problem for every method: `scores (B, T, C)`, `transition
+    (C, C)`, `duration (K, C)` and the `start` that makes our model equal to
+    flash-semicrf's free first label (log-sum-exp over sources for Log, max
+    for Viterbi); pytorch-struct gets our model through `to_edges()`.
+    Every method's call returns log Z (or the best score), `(B,)`."""
 
-    g = torch.Generator().manual_seed(0)
-    scores = torch.randn(B, T, C, generator=g, dtype=dtype)
-    transition = 0.5 * torch.randn(C, C, generator=g, dtype=dtype)
-    duration = 0.5 * torch.randn(K, C, generator=g, dtype=dtype)
-    return [x.to(device) for x in (scores, transition, duration)]
+    def __init__(self, op: str, B: int, T: int, K: int, C: int, device: str, dtype):
+        import torch
+
+        g = torch.Generator().manual_seed(0)
+        self.op, self.B, self.T, self.K, self.C, self.device = op, B, T, K, C, device
+        self.scores = torch.randn(B, T, C, generator=g, dtype=dtype).to(device)
+        self.transition = (0.5 * torch.randn(C, C, generator=g, dtype=dtype)).to(device)
+        self.duration = (0.5 * torch.randn(K, C, generator=g, dtype=dtype)).to(device)
+        self.gradient = op == "forward+backward"
+        self.scores.requires_grad_(self.gradient)
+
+    def potentials(self):
+        from .potentials import SemiMarkovPotentials
+
+        source = self.transition.amax(dim=0) if self.op == "viterbi" else self.transition.logsumexp(dim=0)
+        return SemiMarkovPotentials(self.scores, self.transition, self.duration, start=source)
 
 
-def _ours(op: str, B, T, K, C, device, dtype) -> Callable[[], object]:
+def _ours(problem: BenchProblem) -> Callable:
     import torch
 
     from . import backends
     from .autograd import log_partition
-    from .potentials import SemiMarkovPotentials
 
-    scores, transition, duration = _bench_inputs(B, T, K, C, device, dtype)
-    if op == "forward+backward":
-        leaves = [x.requires_grad_() for x in (scores, transition, duration)]
-
+    if problem.gradient:
         def run():
-            log_partition(SemiMarkovPotentials(*leaves)).sum().backward()
+            log_z = log_partition(problem.potentials())
+            log_z.sum().backward()
+            return log_z
         return run
-    potentials = SemiMarkovPotentials(scores, transition, duration)
+    potentials = problem.potentials()
     backend = backends.get("auto", potentials)
-    if op == "forward":
-        return lambda: torch.no_grad()(backend.inside)(potentials)
-    return lambda: backend.viterbi(potentials)
+    if problem.op == "forward":
+        return lambda: torch.no_grad()(backend.inside)(potentials)[0]
+    return lambda: backend.viterbi(potentials)[0]
 
 
-def _torch_struct(op: str, B, T, K, C, device, dtype) -> Optional[Callable[[], object]]:
-    if T * K * K * C * C > TORCH_STRUCT_LIMIT:
+def _torch_struct(problem: BenchProblem) -> Optional[Callable]:
+    if problem.T * (problem.K * problem.C) ** 2 > TORCH_STRUCT_LIMIT:
         return None
     import torch
     import torch_struct
 
-    from .potentials import SemiMarkovPotentials
-
-    scores, transition, duration = _bench_inputs(B, T, K, C, device, dtype)
-    lengths = torch.full((B,), T + 1, device=device)
-    semiring = torch_struct.MaxSemiring if op == "viterbi" else torch_struct.LogSemiring
-    if op == "forward+backward":
-        scores.requires_grad_()
+    lengths = torch.full((problem.B,), problem.T + 1, device=problem.device)
+    semiring = torch_struct.MaxSemiring if problem.op == "viterbi" else torch_struct.LogSemiring
 
     def run():
-        edges = SemiMarkovPotentials(scores, transition, duration).to_edges()
-        with torch.set_grad_enabled(op == "forward+backward"):
-            value = torch_struct.SemiMarkov(semiring).logpartition(edges, lengths=lengths)[0]
-        if op == "forward+backward":
+        with torch.set_grad_enabled(problem.gradient):
+            value = torch_struct.SemiMarkov(semiring).logpartition(problem.potentials().to_edges(), lengths=lengths)[0]
+        if problem.gradient:
             value.sum().backward()
+        return value.reshape(problem.B)
     return run
 
 
-def _flash_semicrf(op: str, B, T, K, C, device, dtype) -> Optional[Callable[[], object]]:
+def _flash_semicrf(problem: BenchProblem) -> Callable:
     import torch
     from flash_semicrf import semi_crf_streaming_forward
 
-    scores, transition, duration = _bench_inputs(B, T, K, C, device, dtype)
-    lengths = torch.full((B,), T, device=device, dtype=torch.long)
-    kwargs = dict(semiring="max" if op == "viterbi" else "log", use_triton=device.startswith("cuda"))
-    if op == "forward+backward":
-        scores.requires_grad_()
+    lengths = torch.full((problem.B,), problem.T, device=problem.device, dtype=torch.long)
+    options = dict(semiring="max" if problem.op == "viterbi" else "log", use_triton=problem.device.startswith("cuda"))
 
     def run():
-        cum = torch.nn.functional.pad(scores.cumsum(dim=1), (0, 0, 1, 0))
-        with torch.set_grad_enabled(op == "forward+backward"):
-            value = semi_crf_streaming_forward(cum, transition, duration, lengths, K, **kwargs)
-        if op == "forward+backward":
+        with torch.set_grad_enabled(problem.gradient):
+            cum = torch.nn.functional.pad(problem.scores.cumsum(dim=1), (0, 0, 1, 0))
+            value = semi_crf_streaming_forward(cum, problem.transition, problem.duration, lengths, problem.K,
+                                               **options)
+        if problem.gradient:
             value.sum().backward()
+        return value
     return run
 
 
 ANCHORS = {"torch-struct": ("torch_struct", _torch_struct), "flash-semicrf": ("flash_semicrf", _flash_semicrf)}
 
 
-def time_call(fn: Callable[[], object], repeat: int, device: str) -> float:
-    """Median wall time of `repeat` calls after one warm-up, in seconds."""
+def time_call(fn: Callable, repeat: int, device: str) -> tuple:
+    """`(median seconds of `repeat` calls after one warm-up, the last result)`."""
     import torch
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -253,29 +260,30 @@ def time_call(fn: Callable[[], object], repeat: int, device: str) -> float:
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        fn()
+        result = fn()
         sync()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times), result
 
 
-def _measure(factory, op, size, device, dtype, repeat):
-    """Seconds, or a short reason when the method does not run this case."""
+def _measure(factory, problem: BenchProblem, repeat: int) -> tuple:
+    """`(seconds, result)`, or `(a short reason, None)` when the method does
+    not run this case."""
     import torch
 
     try:
-        fn = factory(op, *size, device, dtype)
+        fn = factory(problem)
         if fn is None:
-            return "too big"
-        return time_call(fn, repeat, device)
+            return "too big", None
+        return time_call(fn, repeat, problem.device)
     except (torch.OutOfMemoryError, MemoryError):
-        return "out of memory"
+        return "out of memory", None
     except RuntimeError as err:
         if "can't allocate memory" in str(err):
-            return "out of memory"
+            return "out of memory", None
         raise
     finally:
-        if device.startswith("cuda"):
+        if problem.device.startswith("cuda"):
             torch.cuda.empty_cache()
 
 
@@ -285,6 +293,15 @@ def _ms(value) -> str:
 
 def _ratio(anchor, ours) -> str:
     return f"{anchor / ours:.1f}x" if isinstance(anchor, float) and isinstance(ours, float) else "-"
+
+
+def _relative_difference(results: dict) -> str:
+    """Largest relative difference of any method's result from ours."""
+    ours = results["ours"].detach().double()
+    others = [r.detach().double().to(ours.device) for name, r in results.items() if name != "ours" and r is not None]
+    if not others:
+        return "-"
+    return f"{max(((o - ours).abs() / ours.abs().clamp(min=1e-30)).max().item() for o in others):.1e}"
 
 
 def command_bench(args) -> int:
@@ -312,23 +329,24 @@ def command_bench(args) -> int:
     rows = []
     for size in sizes:
         for op in ops:
-            seconds = {}
+            seconds, results = {}, {}
             for name, factory in methods.items():
                 progress.step(f"{name} {op} B={size[0]} T={size[1]} K={size[2]} C={size[3]}")
-                seconds[name] = _measure(factory, op, size, device, dtype, args.repeat)
+                seconds[name], results[name] = _measure(factory, BenchProblem(op, *size, device, dtype), args.repeat)
             row = [*size, op, _ms(seconds["ours"])]
             for name in anchors:
                 row += [_ms(seconds[name]), _ratio(seconds[name], seconds["ours"])]
-            rows.append(row)
+            rows.append(row + ([_relative_difference(results)] if anchors else []))
     progress.close()
     header = ["B", "T", "K", "C", "op", "ours ms"]
     for name in anchors:
         header += [f"{name} ms", f"{name}/ours"]
     print(f"device {device}, {args.dtype}, median of {args.repeat} calls after a warm-up")
-    print(format_table(header, rows))
+    print(format_table(header + (["max rel. diff"] if anchors else []), rows))
     if anchors:
-        print("anchor times include building their inputs from the same scores "
-              "(pytorch-struct: the edge tensor; flash-semicrf: prefix sums)")
+        print("All methods compute the same model (log Z, or the best score for viterbi); 'max rel. diff' is the "
+              "largest relative difference of an anchor's result from ours. Anchor times include building their "
+              "inputs (pytorch-struct: the edge tensor; flash-semicrf: the prefix sums).")
     return 0
 
 

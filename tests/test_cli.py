@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 
@@ -83,3 +84,22 @@ def test_format_table_aligns_numbers_right_and_text_left():
         "ours            1.5",
         "torch-struct  120.0",
     ]
+
+
+def test_bench_prints_a_table_with_agreeing_anchors(capsys):
+    status, out, err = run(capsys, "bench", "--device", "cpu", "--size", "2,30,4,3", "--repeat", "1", "--anchors")
+    assert status == 0, err
+    lines = out.splitlines()
+    header = next(line for line in lines if line.startswith("B "))
+    rows = [line.split() for line in lines if line.startswith("2 ")]
+    assert [row[4] for row in rows] == ["forward", "forward+backward", "viterbi"]
+    if "max rel. diff" in header:  # anchors installed: every one agrees with us
+        assert all(float(row[-1]) < 1e-4 for row in rows), out
+    assert re.search(r"^\[[#-]+\] 0/(3|6|9) ours forward B=2 T=30", err, re.M), err  # progress on stderr
+
+
+def test_bench_skips_pytorch_struct_when_its_charts_would_be_huge(capsys):
+    import torch
+
+    problem = cli.BenchProblem("forward", 1, 10_000, 32, 24, "cpu", torch.float32)
+    assert cli._torch_struct(problem) is None
