@@ -1,0 +1,352 @@
+"""Segmentations as values: what `log_prob`, `argmax`, `topk` and `sample` speak.
+
+A :class:`Segmentation` holds, for every sequence of a batch,
+
+- ``labels (..., T)`` int64: the label of the segment covering each position,
+  ``-1`` past the sequence's length;
+- ``starts (..., T)`` bool: True where a segment starts (always at position 0
+  of a non-empty sequence), False past the length;
+- ``lengths (...)`` int64: the number of positions covered.
+
+The leading dims ``...`` are sample/batch dims; the last of them is the
+potentials' batch dim ``B`` when the value is scored against potentials
+(``(B, T)`` for one segmentation per sequence, ``(N, B, T)`` for ``N``
+samples or the ``k`` best). A segment runs from a start up to (excluding) the
+next start or the length, so two adjacent segments with one label are kept
+apart by their starts. A sequence of length 0 (all ``-1``) is the *empty*
+segmentation: it marks a missing entry (a k-best list shorter than k, or a
+sequence without any allowed segmentation) and is never a valid structure.
+
+Conversions: :meth:`Segmentation.from_segments` / :meth:`Segmentation.to_segments`
+(lists of ``(start, end, label)``, end exclusive) and
+:meth:`Segmentation.from_labels` (per-position labels; a new segment wherever
+the label changes unless ``starts`` say otherwise) / the ``labels`` attribute.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from .potentials import EdgePotentials, SemiMarkovPotentials
+
+
+class Segmentation:
+    """Labelled segmentations of a batch of sequences (see module docstring).
+
+    Args:
+        labels: `(..., T)` integer tensor, `-1` past each length.
+        starts: `(..., T)` bool tensor, True where a segment starts.
+        lengths: `(...)` integer tensor; default: the number of labels >= 0.
+
+    Raises:
+        TypeError/ValueError when the three do not describe a tiling of each
+        `[0, length)`: a label below 0 inside the length or not -1 past it, a
+        start past the length, no start at position 0, or a label change
+        without a start.
+    """
+
+    def __init__(self, labels: torch.Tensor, starts: torch.Tensor, lengths: Optional[torch.Tensor] = None):
+        if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.dtype == torch.bool:
+            raise TypeError(f"labels must be an integer tensor of shape (..., T), got {_describe(labels)}")
+        if not isinstance(starts, torch.Tensor) or starts.dtype != torch.bool:
+            raise TypeError(f"starts must be a bool tensor of shape (..., T), got {_describe(starts)}")
+        if labels.dim() < 1 or labels.shape[-1] < 1:
+            raise ValueError(f"labels must have shape (..., T) with T >= 1, got {tuple(labels.shape)}")
+        if starts.shape != labels.shape:
+            raise ValueError(f"starts must have the shape of labels {tuple(labels.shape)}, got {tuple(starts.shape)}")
+        labels = labels.to(torch.int64)
+        if lengths is None:
+            lengths = (labels >= 0).sum(dim=-1)
+        elif not isinstance(lengths, torch.Tensor) or lengths.is_floating_point() or lengths.dtype == torch.bool:
+            raise TypeError(f"lengths must be an integer tensor of shape {tuple(labels.shape[:-1])}, "
+                            f"got {_describe(lengths)}")
+        lengths = lengths.to(device=labels.device, dtype=torch.int64)
+        if lengths.shape != labels.shape[:-1]:
+            raise ValueError(f"lengths must have shape labels.shape[:-1] = {tuple(labels.shape[:-1])}, "
+                             f"got {tuple(lengths.shape)}")
+        self.labels, self.starts, self.lengths = labels, starts.to(labels.device), lengths
+        self._check_tiling()
+
+    # -- structure ------------------------------------------------------------
+    @property
+    def shape(self) -> torch.Size:
+        """`(..., T)`, the shape of `labels`."""
+        return self.labels.shape
+
+    @property
+    def T(self) -> int:
+        return self.labels.shape[-1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.labels.device
+
+    def valid_mask(self) -> torch.Tensor:
+        """`(..., T)` bool: position `t < lengths`."""
+        return torch.arange(self.T, device=self.device) < self.lengths[..., None]
+
+    def ends(self) -> torch.Tensor:
+        """`(..., T)` bool: True at the last position of each segment."""
+        following = torch.nn.functional.pad(self.starts[..., 1:], (0, 1), value=True)
+        last = torch.arange(self.T, device=self.device) == (self.lengths[..., None] - 1)
+        return self.valid_mask() & (following | last)
+
+    def durations(self) -> torch.Tensor:
+        """`(..., T)` int64: the length of the segment starting at each start,
+        0 elsewhere."""
+        t = torch.arange(self.T, device=self.device)
+        marker = torch.where(self.starts, t, torch.full_like(t, self.T))
+        following = torch.nn.functional.pad(marker[..., 1:], (0, 1), value=self.T)
+        next_start = following.flip(-1).cummin(dim=-1).values.flip(-1)
+        next_start = torch.minimum(next_start, self.lengths[..., None])
+        return torch.where(self.starts, next_start - t, torch.zeros_like(next_start))
+
+    def num_segments(self) -> torch.Tensor:
+        """`(...)` int64: the number of segments of each sequence."""
+        return self.starts.sum(dim=-1)
+
+    def __getitem__(self, index) -> "Segmentation":
+        """Index the leading dims (never T): `seg[0]`, `seg[:, 2]`, ..."""
+        index = index if isinstance(index, tuple) else (index,)
+        if any(i is Ellipsis for i in index):
+            raise IndexError("Segmentation indexing takes the leading dims explicitly (no Ellipsis)")
+        if len(index) > self.lengths.dim():
+            raise IndexError(f"too many indices for a Segmentation with {self.lengths.dim()} leading dim(s)")
+        return Segmentation(self.labels[index], self.starts[index], self.lengths[index])
+
+    def to(self, device) -> "Segmentation":
+        return Segmentation(self.labels.to(device), self.starts.to(device), self.lengths.to(device))
+
+    def equal(self, other: "Segmentation") -> bool:
+        """True when both hold the same segmentations (same shape)."""
+        return (self.shape == other.shape and torch.equal(self.labels, other.labels.to(self.device))
+                and torch.equal(self.starts, other.starts.to(self.device))
+                and torch.equal(self.lengths, other.lengths.to(self.device)))
+
+    def __repr__(self) -> str:
+        if self.labels.numel() <= 200:
+            return f"Segmentation({self.to_segments()})"
+        return f"Segmentation(shape={tuple(self.shape)})"
+
+    # -- conversions ----------------------------------------------------------
+    @classmethod
+    def from_segments(cls, segments: Sequence, T: Optional[int] = None, *, device=None) -> "Segmentation":
+        """From one list of `(start, end, label)` segments per sequence.
+
+        Args:
+            segments: a list (the batch) of lists of `(start, end, label)`
+                with `end` exclusive, in order, tiling `[0, length)`.
+            T: number of positions (default: the longest length, at least 1).
+
+        Returns:
+            a `(B, T)` Segmentation.
+
+        Raises:
+            ValueError naming the sequence and the segment that is empty,
+            overlaps the previous one, leaves a gap, has a negative label or
+            runs past `T`.
+        """
+        if not isinstance(segments, (list, tuple)):
+            raise TypeError(f"segments must be a list (one entry per sequence) of lists of (start, end, label), "
+                            f"got {type(segments).__name__}")
+        spans = []
+        for b, sequence in enumerate(segments):
+            position = 0
+            for segment in sequence:
+                try:
+                    start, end, label = (int(x) for x in segment)
+                except (TypeError, ValueError):
+                    raise ValueError(f"segments[{b}]: each segment must be (start, end, label) integers, "
+                                     f"got {segment!r}") from None
+                if start < position:
+                    raise ValueError(f"segments[{b}]: segment {tuple(segment)} overlaps the previous segment, "
+                                     f"which ends at {position}")
+                if start > position:
+                    raise ValueError(f"segments[{b}]: segment {tuple(segment)} leaves a gap [{position}, {start})")
+                if end <= start:
+                    raise ValueError(f"segments[{b}]: segment {tuple(segment)} is empty (end <= start)")
+                if label < 0:
+                    raise ValueError(f"segments[{b}]: segment {tuple(segment)} has a negative label")
+                spans.append((b, start, end, label))
+                position = end
+        lengths = [max((e for bb, _, e, _ in spans if bb == b), default=0) for b in range(len(segments))]
+        T = max(max(lengths, default=0), 1) if T is None else T
+        if max(lengths, default=0) > T:
+            b = max(range(len(lengths)), key=lambda i: lengths[i])
+            raise ValueError(f"segments[{b}] covers [0, {lengths[b]}), past T = {T}")
+        labels = torch.full((len(segments), T), -1, dtype=torch.int64)
+        starts = torch.zeros((len(segments), T), dtype=torch.bool)
+        for b, start, end, label in spans:
+            labels[b, start:end] = label
+            starts[b, start] = True
+        return cls(labels.to(device), starts.to(device), torch.tensor(lengths, dtype=torch.int64, device=device))
+
+    def to_segments(self) -> list:
+        """Nested lists (one level per leading dim) of `(start, end, label)`."""
+        starts, ends, labels = self.starts.cpu(), self.ends().cpu(), self.labels.cpu()
+
+        def convert(s, e, lab):
+            if s.dim() > 1:
+                return [convert(s[i], e[i], lab[i]) for i in range(s.shape[0])]
+            first = s.nonzero().flatten().tolist()
+            last = e.nonzero().flatten().tolist()
+            return [(a, z + 1, int(lab[a])) for a, z in zip(first, last)]
+
+        return convert(starts, ends, labels)
+
+    @classmethod
+    def from_labels(cls, labels: torch.Tensor, starts: Optional[torch.Tensor] = None,
+                    lengths: Optional[torch.Tensor] = None) -> "Segmentation":
+        """From per-position labels `(..., T)`.
+
+        Args:
+            labels: integer labels; positions past `lengths` are ignored
+                (set to -1). Without `lengths`, the labels >= 0 must form a
+                prefix of each sequence and define the length.
+            starts: where segments start; default: position 0 and wherever
+                the label changes (so adjacent segments of one label merge;
+                pass `starts` to keep them apart).
+            lengths: `(...)`, optional.
+        """
+        if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.dtype == torch.bool:
+            raise TypeError(f"labels must be an integer tensor of shape (..., T), got {_describe(labels)}")
+        labels = labels.to(torch.int64)
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths, device=labels.device)
+            inside = torch.arange(labels.shape[-1], device=labels.device) < lengths[..., None]
+            labels = torch.where(inside, labels, torch.full_like(labels, -1))
+        if starts is None:
+            changed = labels[..., 1:] != labels[..., :-1]
+            starts = torch.nn.functional.pad(changed, (1, 0), value=True) & (labels >= 0)
+        return cls(labels, starts, lengths)
+
+    # -- checks against a problem -----------------------------------------------
+    def validate(self, potentials) -> None:
+        """Raise ValueError unless every entry is a segmentation allowed by
+        `potentials`: shape `(..., B, T)`, lengths equal to the potentials'
+        (no segment past the length, none missing), labels in `[0, C)` and
+        durations in `[1, K]`."""
+        B, T, K, C = potentials.batch_size, potentials.T, potentials.K, potentials.C
+        if self.labels.dim() < 2 or self.shape[-2:] != (B, T):
+            raise ValueError(f"value must be a Segmentation of shape (..., B, T) = (..., {B}, {T}), "
+                             f"got {tuple(self.shape)}")
+        lengths = potentials.lengths.to(self.device)
+        wrong = self.lengths != lengths
+        if wrong.any():
+            where = wrong.nonzero()[0].tolist()
+            got, want = int(self.lengths[tuple(where)]), int(lengths[where[-1]])
+            what = "runs past the sequence's length" if got > want else "does not cover the whole sequence"
+            raise ValueError(f"value{where}: the segmentation covers [0, {got}) but the sequence has length "
+                             f"{want}: it {what}")
+        if int(self.labels.max()) >= C:
+            where = (self.labels >= C).nonzero()[0].tolist()
+            raise ValueError(f"value{where[:-1]}: label {int(self.labels[tuple(where)])} at position {where[-1]} "
+                             f"is out of range [0, {C})")
+        durations = self.durations()
+        if int(durations.max()) > K:
+            where = (durations > K).nonzero()[0].tolist()
+            raise ValueError(f"value{where[:-1]}: the segment starting at {where[-1]} has length "
+                             f"{int(durations[tuple(where)])}, longer than K = {K}")
+
+    # -- scores -----------------------------------------------------------------
+    def log_potential(self, potentials) -> torch.Tensor:
+        """The (unnormalized) log-potential of each segmentation, `(...)`.
+
+        `O(T C)`: gathers of the content scores, durations, transitions and
+        boundary terms, differentiable w.r.t. every potential. For explicit
+        edge potentials the latent label before the first segment is summed
+        out (log-sum-exp), as in their partition.
+        """
+        self.validate(potentials)
+        if isinstance(potentials, EdgePotentials):
+            return self._edge_log_potential(potentials)
+        if not isinstance(potentials, SemiMarkovPotentials):
+            raise TypeError(f"potentials must be SemiMarkovPotentials or EdgePotentials, "
+                            f"got {type(potentials).__name__}")
+        label = self.labels.clamp(min=0)
+        inside, starts, ends = self.valid_mask(), self.starts, self.ends()
+        duration = self.durations().clamp(min=1)
+        previous = torch.nn.functional.pad(label[..., :-1], (1, 0))
+        zero = potentials.scores.new_zeros(())
+
+        def at(table, index, mask):
+            """`sum_t table[..., t, index[..., t]]` over positions in `mask`."""
+            values = table.expand(*self.shape, table.shape[-1]).gather(-1, index[..., None]).squeeze(-1)
+            return torch.where(mask, values, zero).sum(dim=-1)
+
+        total = at(potentials.scores, label, inside)
+        total = total + at(potentials.duration.flatten()[None], (duration - 1) * potentials.C + label, starts)
+        if potentials.duration_dependent:
+            pair = ((duration - 1) * potentials.C + previous) * potentials.C + label
+        else:
+            pair = previous * potentials.C + label
+        later = starts.clone()
+        later[..., 0] = False
+        total = total + at(potentials.transition.flatten()[None], pair, later)
+        total = total + potentials.start[label[..., 0]]
+        last = label.gather(-1, (self.lengths - 1).clamp(min=0)[..., None]).squeeze(-1)
+        total = total + potentials.end[last]
+        if potentials.start_scores is not None:
+            total = total + at(potentials.start_scores, label, starts)
+        if potentials.end_scores is not None:
+            total = total + at(potentials.end_scores, label, ends)
+        return total
+
+    def _edge_log_potential(self, potentials: EdgePotentials) -> torch.Tensor:
+        B, T, K, C = potentials.batch_size, potentials.T, potentials.K, potentials.C
+        label = self.labels.clamp(min=0)
+        duration = self.durations()
+        previous = torch.nn.functional.pad(label[..., :-1], (1, 0))
+        t = torch.arange(T, device=self.device)
+        b = torch.arange(B, device=self.device)[:, None].expand(B, T)
+        # flat index of edge[b, s, d, c, c_prev] (c_prev = 0 at s = 0, fixed below)
+        index = ((((b * T + t) * (K + 1) + duration) * C + label) * C + previous)
+        flat = potentials.edge.flatten()
+        later = self.starts.clone()
+        later[..., 0] = False
+        zero = potentials.edge.new_zeros(())
+        rest = torch.where(later, flat[index], zero).sum(dim=-1)
+        first_index = index[..., 0]  # (..., B), c_prev = 0: the latent label spans [0, C)
+        first = flat[first_index[..., None] + torch.arange(C, device=self.device)]
+        return rest + torch.logsumexp(first, dim=-1)
+
+    # -- internal -------------------------------------------------------------
+    def _check_tiling(self) -> None:
+        inside = self.valid_mask()
+        if bool((self.lengths < 0).any()) or bool((self.lengths > self.T).any()):
+            raise ValueError(f"lengths must lie in [0, T] = [0, {self.T}]")
+        if bool((inside & (self.labels < 0)).any()):
+            where = (inside & (self.labels < 0)).nonzero()[0].tolist()
+            raise ValueError(f"labels{where}: negative label inside the length (a gap in the segmentation)")
+        if bool((~inside & (self.labels != -1)).any()):
+            where = (~inside & (self.labels != -1)).nonzero()[0].tolist()
+            raise ValueError(f"labels{where}: labels past the length must be -1 (a segment runs past the length)")
+        if bool((~inside & self.starts).any()):
+            where = (~inside & self.starts).nonzero()[0].tolist()
+            raise ValueError(f"starts{where}: a segment starts past the length")
+        if bool((inside[..., 0] & ~self.starts[..., 0]).any()):
+            raise ValueError("starts: every non-empty sequence must have a segment starting at position 0")
+        changed = (self.labels[..., 1:] != self.labels[..., :-1]) & inside[..., 1:]
+        if bool((changed & ~self.starts[..., 1:]).any()):
+            where = (changed & ~self.starts[..., 1:]).nonzero()[0].tolist()
+            where[-1] += 1
+            raise ValueError(f"labels{where}: the label changes inside a segment (no start there)")
+
+
+def labels_from_starts(starts: torch.Tensor, start_labels: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Per-position labels `(..., T)` from the segment starts `(..., T)` and
+    the label at each start (`start_labels`, read only where `starts`): each
+    label is carried forward to the next start; -1 past `lengths`
+    (broadcastable to `(...)`) and everywhere in an entry without a start."""
+    t = torch.arange(starts.shape[-1], device=starts.device)
+    last_start = torch.where(starts, t, torch.full_like(t, -1)).cummax(dim=-1).values
+    labels = start_labels.gather(-1, last_start.clamp(min=0))
+    inside = (t < lengths[..., None]) & (last_start >= 0)
+    return torch.where(inside, labels, torch.full_like(labels, -1))
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of dtype {value.dtype} and shape {tuple(value.shape)}"
+    return type(value).__name__
