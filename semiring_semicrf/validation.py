@@ -60,6 +60,9 @@ def check_lengths(lengths, batch: int, T: int, device: torch.device) -> torch.Te
     if lengths.dtype == torch.bool or lengths.is_floating_point() or lengths.is_complex():
         raise TypeError(f"lengths must have an integer dtype, got {lengths.dtype}")
     check_shape("lengths", lengths, (batch,), "(B,)")
+    if lengths.device.type == "meta":
+        raise ValueError("lengths is on the meta device, which holds no values to check; "
+                         "pass lengths on the CPU or on the potentials' device")
     if lengths.numel() and (int(lengths.min()) < 1 or int(lengths.max()) > T):
         raise ValueError(
             f"lengths must lie in [1, T] = [1, {T}], got values in "
@@ -68,6 +71,12 @@ def check_lengths(lengths, batch: int, T: int, device: torch.device) -> torch.Te
 
 
 def check_no_nan(name: str, value: torch.Tensor) -> None:
-    """Raise if `value` holds NaN (used under `validate_args`)."""
+    """Raise if `value` holds NaN or +inf (used under `validate_args`).
+
+    Log-potentials are finite, or -inf for a forbidden move; +inf has no
+    meaning (it would make the partition infinite).
+    """
     if torch.isnan(value).any():
         raise ValueError(f"{name} contains NaN")
+    if torch.isposinf(value).any():
+        raise ValueError(f"{name} contains +inf; log-potentials must be finite, or -inf to forbid a move")
