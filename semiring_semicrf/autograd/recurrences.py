@@ -1,0 +1,377 @@
+"""The Log-semiring sweeps, one row at a time, without autograd.
+
+All log-values here are in bits (base-2 logs, see :mod:`.problem`).
+
+Each sweep walks the rows of :mod:`.problem` (left to right for the inside,
+right to left for the outside) holding a ring of the last K rows, and writes
+per-row tables when asked. Every per-row value is stored *relative to a
+running per-sequence log-scale* `R[r]` (float64, `(B,)`): after each row the
+row's maximum over labels is moved into `R` and subtracted from the ring, so
+that every float32 value stays of the order of a few segments' scores at any
+T, and `alpha + abar - log Z` is formed as `alpha_hat + abar_hat + (R_in +
+R_out - log Z)` with the large terms cancelling in float64.
+
+Factorized transitions `(C, C)`, DESIGN.md section 2. The inside sweep
+
+    alpha[r, c] = leave_rows[r, c] + LSE_d (v[r-d, c] + duration[d-1, c])
+    u[r, c]     = LSE_c' alpha[r, c'] + transition[c', c]       (u[0] = start)
+    v[r, c]     = u[r, c] + enter_rows[r, c]
+
+is also the outside sweep of the mirrored problem (rows walked backwards,
+`enter_rows` and `leave_rows` swapped, the transition transposed, `end` in
+the role of `start`, injected at row `lengths[b]`): its `alpha` is
+`ubar[r]` (all suffixes from a segment starting at r), its `u` is `abar[r]`
+(all suffixes after a segment ending at r). One loop serves both.
+
+Duration-dependent transitions `(K, C, C)` (`[d-1, src, dst]`, d the
+duration of the *entered* segment) do not factorize; per row, `O(K C^2)`:
+
+    alpha[r, c] = leave_rows[r, c] + LSE_{d, c'} (alpha~[r-d, c'] + trans~[d-1, c', c]
+                                                  + enter_rows[r-d, c] + duration[d-1, c])
+    abar[r, c'] = LSE_{d, c} (trans[d-1, c', c] + enter_rows[r, c] + duration[d-1, c]
+                              + abar[r+d, c] + leave_rows[r+d, c])      (abar[L] = end)
+
+where `alpha~` appends a virtual source label that is 0 at row 0 and
+`trans~[d-1, virtual, c] = start[c]`, so the first segment needs no special
+case.
+
+Rings are double-buffered `(K, ...)` windows in age order: slot `j` holds the
+row `K - j` rows away (duration `K - j`), so they pair with
+`duration.flip`; a push is one shifted subtract (the rebase) plus one write.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .problem import LN2, LOG2E, FactorRows, LogProblem
+
+NEG_INF = float("-inf")
+
+
+def logsumexp_into(x: torch.Tensor, dims, peak: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """`out = log2(sum(exp2(x), dims))` (bits), `-inf` (not NaN) where all of
+    `x` is `-inf`. Overwrites `x` and `peak` (`x.amax(dims, keepdim=True)`'s shape)."""
+    torch.amax(x, dims, keepdim=True, out=peak)
+    peak.nan_to_num_(neginf=0.0)
+    x.sub_(peak).exp2_()
+    torch.sum(x, dims, out=out)
+    return out.log2_().add_(peak.view(out.shape))
+
+
+def rebase_(row: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Move the per-sequence maximum of `row` `(B, C)` into `shift` `(B, 1)`
+    (0 where the row is all `-inf`) and subtract it from `row`."""
+    torch.amax(row, -1, keepdim=True, out=shift)
+    shift.nan_to_num_(neginf=0.0)
+    return row.sub_(shift)
+
+
+@dataclass
+class SweepTables:
+    """Per-row results of one sweep over rows `[r0, r0 + n)`, relative to `scale`.
+
+    `alpha (n, B, C)`: inside alpha, or outside ubar (None where the sweep
+    does not produce it); `u (n, B, C)`: inside u, or outside abar (None for
+    the duration-dependent inside); `scale (n, B)` float64: the log-scale R.
+    """
+
+    r0: int
+    alpha: Optional[torch.Tensor]
+    u: Optional[torch.Tensor]
+    scale: torch.Tensor
+
+
+def new_tables(problem: LogProblem, r0: int, n: int, alpha: bool, u: bool) -> SweepTables:
+    shape = (n, problem.B, problem.C)
+    make = lambda wanted: torch.empty(shape, dtype=problem.dtype, device=problem.device) if wanted else None  # noqa: E731
+    return SweepTables(r0, make(alpha), make(u), torch.empty((n, problem.B), dtype=torch.float64,
+                                                              device=problem.device))
+
+
+class Ring:
+    """A double-buffered window of the last K rows along `axis`, oldest first.
+
+    :meth:`push` shifts it by one row (optionally subtracting a broadcastable
+    per-sequence rebase on the way) and returns the newest slot to fill; the
+    buffers' views are made once, so a push costs one op plus the write.
+    """
+
+    def __init__(self, window: torch.Tensor, axis: int = 0):
+        self.axis = axis
+        self._buffers = (window, torch.empty_like(window))
+        self._views = tuple((b.narrow(axis, 1, b.shape[axis] - 1), b.narrow(axis, 0, b.shape[axis] - 1),
+                             b.select(axis, -1)) for b in self._buffers)
+        self._current = 0
+
+    @property
+    def window(self) -> torch.Tensor:
+        return self._buffers[self._current]
+
+    def push(self, rebase: Optional[torch.Tensor] = None) -> torch.Tensor:
+        older, _, _ = self._views[self._current]
+        self._current ^= 1
+        _, kept, newest = self._views[self._current]
+        if rebase is None:
+            kept.copy_(older)
+        else:
+            torch.sub(older, rebase, out=kept)
+        return newest
+
+    def clone(self) -> "Ring":
+        return Ring(self.window.clone(), self.axis)
+
+
+@dataclass
+class RingState:
+    """A sweep's state between rows: its ring(s), the log-scale `R (B,)`
+    (float64, bits) and, for the inside, the log partition found so far."""
+
+    rings: tuple
+    scale: torch.Tensor
+    log_z: torch.Tensor
+
+    def clone(self) -> "RingState":
+        return RingState(tuple(r.clone() for r in self.rings), self.scale.clone(), self.log_z.clone())
+
+
+class _Sweeps:
+    """What both recurrences share: buffers, the rebase, injections, log Z."""
+
+    def __init__(self, problem: LogProblem):
+        self.problem = problem
+        p = problem
+        self.K, self.B, self.C = p.K, p.B, p.C
+        self.durf = p.duration.flip(1).transpose(0, 1).contiguous()  # (K, B, C): slot j <-> d = K - j
+        self.length_rows = frozenset(p.lengths.tolist())
+
+    def empty(self, *shape) -> torch.Tensor:
+        return torch.empty(shape, dtype=self.problem.dtype, device=self.problem.device)
+
+    def _state(self, *ring_shapes, axes=None) -> RingState:
+        p = self.problem
+        axes = axes or (0,) * len(ring_shapes)
+        rings = tuple(Ring(torch.full(s, NEG_INF, dtype=p.dtype, device=p.device), a) for s, a in zip(ring_shapes, axes))
+        return RingState(rings, torch.zeros(p.B, dtype=torch.float64, device=p.device),
+                         torch.full((p.B,), NEG_INF, dtype=torch.float64, device=p.device))
+
+    def _rows_out(self, tables: Optional[SweepTables], name: str, n: int) -> tuple:
+        """Row views of `tables.<name>`, or one scratch row reused n times."""
+        table = getattr(tables, name) if tables is not None else None
+        return table.unbind(0) if table is not None else (self.empty(self.B, self.C),) * n
+
+    def _shifts(self, n: int) -> torch.Tensor:
+        """A block's per-row rebases `(n, B, 1)`, summed into the scale after it."""
+        return self.empty(n, self.B, 1)
+
+    @staticmethod
+    def _advance_scale(state: RingState, shifts: torch.Tensor, tables: Optional[SweepTables], reverse: bool) -> None:
+        """`R` after each row of a block from its rebases (in sweep order)."""
+        steps = shifts[:, :, 0].to(torch.float64)
+        if reverse:
+            scale = state.scale + steps.flip(0).cumsum(0).flip(0)
+            last = scale[0] if len(scale) else state.scale
+        else:
+            scale = state.scale + steps.cumsum(0)
+            last = scale[-1] if len(scale) else state.scale
+        if tables is not None:
+            tables.scale.copy_(scale)
+        state.scale = last
+
+    def _record_log_z(self, state: RingState, r: int, alpha_hat: torch.Tensor, shifts_so_far: torch.Tensor) -> None:
+        """At a row where some sequences end, their log Z (bits) from alpha[r] + end."""
+        p = self.problem
+        scale = state.scale + shifts_so_far[:, :, 0].to(torch.float64).sum(0)
+        z = torch.logsumexp((alpha_hat + p.end).to(torch.float64) * LN2, dim=-1) * LOG2E + scale
+        state.log_z = torch.where(p.lengths == r, z, state.log_z)
+
+    def _inject(self, row: torch.Tensor, r: int, value: torch.Tensor) -> None:
+        """Set `row[b] = value` for the sequences with `lengths[b] == r`."""
+        row.copy_(torch.where((self.problem.lengths == r)[:, None], value, row))
+
+
+class FactorizedSweeps(_Sweeps):
+    """Inside and outside sweeps for `(C, C)` transitions (one loop, mirrored)."""
+
+    def __init__(self, problem: LogProblem):
+        super().__init__(problem)
+        K, B, C = self.K, self.B, self.C
+        self.transition = problem.transition.contiguous()
+        self.transition_t = problem.transition.t().contiguous()
+        self._x, self._peak_k = self.empty(K, B, C), self.empty(1, B, C)
+        self._y, self._peak_c = self.empty(B, C, C), self.empty(B, 1, C)
+
+    def initial(self) -> RingState:
+        return self._state((self.K, self.B, self.C))
+
+    def inside(self, state: RingState, rows: FactorRows, tables: Optional[SweepTables] = None) -> RingState:
+        """Rows `rows.r0 ..` left to right; `tables.alpha/u` get alpha and u."""
+        return self._run(state, rows, tables, reverse=False)
+
+    def outside(self, state: RingState, rows: FactorRows, tables: Optional[SweepTables] = None) -> RingState:
+        """Rows right to left; `tables.alpha` gets ubar, `tables.u` gets abar."""
+        return self._run(state, rows, tables, reverse=True)
+
+    def _run(self, state: RingState, rows: FactorRows, tables: Optional[SweepTables], reverse: bool) -> RingState:
+        p, n = self.problem, rows.n
+        if reverse:
+            close, open_, trans, first, first_rows = rows.enter, rows.leave, self.transition_t, p.end, self.length_rows
+            order = range(n - 1, -1, -1)
+        else:
+            close, open_, trans, first, first_rows = rows.leave, rows.enter, self.transition, p.start, frozenset([0])
+            order = range(n)
+        closes, opens = close.unbind(0), open_.unbind(0)
+        alphas, us = self._rows_out(tables, "alpha", n), self._rows_out(tables, "u", n)
+        shifts = self._shifts(n)
+        shift_rows = shifts.unbind(0)
+        x, peak_k, y, peak_c, durf = self._x, self._peak_k, self._y, self._peak_c, self.durf
+        (ring,) = state.rings
+        for i in order:
+            r = rows.r0 + i
+            alpha, u, shift = alphas[i], us[i], shift_rows[i]
+            torch.add(ring.window, durf, out=x)
+            logsumexp_into(x, 0, peak_k, alpha).add_(closes[i])
+            rebase_(alpha, shift)
+            if not reverse and r in self.length_rows:
+                self._record_log_z(state, r, alpha, shifts[:i + 1])
+            torch.add(alpha.unsqueeze(-1), trans, out=y)
+            logsumexp_into(y, 1, peak_c, u)
+            if r in first_rows:
+                if reverse:
+                    self._inject(u, r, first)
+                else:
+                    u.copy_(first)
+            torch.add(u, opens[i], out=ring.push(shift))
+        self._advance_scale(state, shifts, tables, reverse)
+        return state
+
+    def segment_terms(self, ins: SweepTables, outs: SweepTables, rows: FactorRows, i0: int, i1: int,
+                      later: torch.Tensor, offset: torch.Tensor, acc) -> torch.Tensor:
+        """Accumulate the posterior of segments starting at rows `[i0, i1)` of
+        the block, and of transitions at those rows; return the per-segment
+        probabilities `(m, B, K, C)` `[s, b, d-1, c]`.
+
+        `later (m, B, K, C)`: `abar + leave_rows` at row `s + d`, relative to
+        its own scale; `offset (m, B, K)`: `R_in[s] + R_out[s+d] - log Z`.
+        """
+        v = ins.u[i0:i1] + rows.enter[i0:i1]  # (m, B, C)
+        seg = later + offset[..., None]
+        seg += self.problem.duration
+        seg += v[:, :, None]
+        seg.exp2_()
+        acc.duration += seg.sum(0)
+        row_offset = (ins.scale[i0:i1] + outs.scale[i0:i1] - acc.log_z_safe).to(seg.dtype)  # (m, B)
+        pair = ins.alpha[i0:i1, :, :, None] + self.transition
+        pair += outs.alpha[i0:i1, :, None, :]
+        pair += row_offset[..., None, None]
+        acc.transition += pair.exp2_().sum(0)
+        acc.write_starts(rows.r0 + i0, (ins.u[i0:i1] + outs.alpha[i0:i1] + row_offset[..., None]).exp2_())
+        return seg
+
+    def combine_chunk(self) -> int:
+        """How many rows' `(B, K, C)` and `(B, C, C)` terms one chunk may hold."""
+        return max(self.K, self.C)
+
+
+class DurationSweeps(_Sweeps):
+    """Inside and outside sweeps for duration-dependent `(K, C, C)` transitions.
+
+    Per row, one `(B, C, K, C')` block of terms is reduced over its last two
+    dims (duration slot and the summed-over label), which keeps the
+    reductions contiguous; rings are laid out `(B, K, .)` to match.
+    """
+
+    def __init__(self, problem: LogProblem):
+        super().__init__(problem)
+        K, B, C = self.K, self.B, self.C
+        trans = problem.transition  # (K, C, C) [d-1, src, dst]
+        virtual = problem.start.expand(K, 1, C)
+        self.transition_ext = torch.cat([trans, virtual], dim=1).contiguous()  # (K, C+1, C)
+        # [dst, slot j, src~] and [src, slot j, dst], slot j <-> d = K - j
+        self._trans_in = self.transition_ext.flip(0).permute(2, 0, 1).contiguous()
+        self._trans_out = trans.flip(0).permute(1, 0, 2).contiguous()
+        self._durf_ckj = self.durf.permute(1, 2, 0).contiguous()  # (B, C, K)
+        self._durf_kc = self.durf.transpose(0, 1).contiguous()  # (B, K, C)
+        self._per_slot_in, self._per_slot_out = self.empty(B, C, K), self.empty(B, K, C)
+        self._x_in, self._x_out = self.empty(B, C, K, C + 1), self.empty(B, C, K, C)
+        self._peak = self.empty(B, C, 1, 1)
+
+    def initial_inside(self) -> RingState:
+        """Rings: alpha~ rows `(B, K, C+1)` and their enter rows `(B, C, K)`."""
+        return self._state((self.B, self.K, self.C + 1), (self.B, self.C, self.K), axes=(1, 2))
+
+    def initial_outside(self) -> RingState:
+        """Ring: `abar + leave_rows` rows `(B, K, C)`."""
+        return self._state((self.B, self.K, self.C), axes=(1,))
+
+    def inside(self, state: RingState, rows: FactorRows, tables: Optional[SweepTables] = None) -> RingState:
+        """Rows left to right; `tables.alpha` gets alpha."""
+        C, n, x, peak, per_slot = self.C, rows.n, self._x_in, self._peak, self._per_slot_in
+        alphas, leaves, enters_in = self._rows_out(tables, "alpha", n), rows.leave.unbind(0), rows.enter.unbind(0)
+        shifts = self._shifts(n)
+        shift_rows = shifts.unbind(0)
+        ring, enters = state.rings
+        for i in range(n):
+            r = rows.r0 + i
+            alpha, shift = alphas[i], shift_rows[i]
+            torch.add(enters.window, self._durf_ckj, out=per_slot)
+            torch.add(ring.window.unsqueeze(1), self._trans_in, out=x)
+            x += per_slot.unsqueeze(-1)
+            logsumexp_into(x, (2, 3), peak, alpha).add_(leaves[i])
+            rebase_(alpha, shift)
+            if r in self.length_rows:
+                self._record_log_z(state, r, alpha, shifts[:i + 1])
+            newest = ring.push(shift.unsqueeze(-1))
+            newest[:, :C].copy_(alpha)
+            newest[:, C].fill_(0.0 if r == 0 else NEG_INF)
+            enters.push().copy_(enters_in[i])
+        self._advance_scale(state, shifts, tables, reverse=False)
+        return state
+
+    def outside(self, state: RingState, rows: FactorRows, tables: Optional[SweepTables] = None) -> RingState:
+        """Rows right to left; `tables.u` gets abar."""
+        p, n = self.problem, rows.n
+        x, peak, per_slot = self._x_out, self._peak, self._per_slot_out
+        abars, enters, leaves = self._rows_out(tables, "u", n), rows.enter.unbind(0), rows.leave.unbind(0)
+        shifts = self._shifts(n)
+        shift_rows = shifts.unbind(0)
+        (ring,) = state.rings
+        for i in range(n - 1, -1, -1):
+            r = rows.r0 + i
+            abar, shift = abars[i], shift_rows[i]
+            torch.add(ring.window, self._durf_kc, out=per_slot)
+            per_slot += enters[i].unsqueeze(1)
+            torch.add(per_slot.unsqueeze(1), self._trans_out, out=x)
+            logsumexp_into(x, (2, 3), peak, abar)
+            if r in self.length_rows:
+                self._inject(abar, r, p.end)
+            rebase_(abar, shift)
+            torch.add(abar, leaves[i], out=ring.push(shift.unsqueeze(-1)))
+        self._advance_scale(state, shifts, tables, reverse=True)
+        return state
+
+    def segment_terms(self, ins: SweepTables, outs: SweepTables, rows: FactorRows, i0: int, i1: int,
+                      later: torch.Tensor, offset: torch.Tensor, acc) -> torch.Tensor:
+        """As :meth:`FactorizedSweeps.segment_terms`, summing over the source
+        label (and the virtual start label) of the `(m, B, K, C+1, C)` terms."""
+        C = self.C
+        virtual = torch.full_like(ins.alpha[i0:i1, :, :1], NEG_INF)
+        if rows.r0 + i0 == 0:
+            virtual[0] = 0.0
+        source = torch.cat([ins.alpha[i0:i1], virtual], dim=-1)  # (m, B, C+1)
+        entered = later + offset[..., None]
+        entered += self.problem.duration
+        entered += rows.enter[i0:i1, :, None]  # (m, B, K, C)
+        terms = source[:, :, None, :, None] + self.transition_ext
+        terms += entered[:, :, :, None, :]
+        terms.exp2_()  # (m, B, K, C+1, C)
+        acc.transition += terms[..., :C, :].sum(0)
+        seg = terms.sum(3)
+        acc.duration += seg.sum(0)
+        acc.write_starts(rows.r0 + i0, seg.sum(2))
+        return seg
+
+    def combine_chunk(self) -> int:
+        return self.K * (self.C + 1)
