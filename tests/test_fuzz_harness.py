@@ -119,6 +119,24 @@ def reference_log_z(kwargs: dict) -> torch.Tensor:
     return torch.where(out < MASKED / 2, torch.full_like(out, float("-inf")), out)
 
 
+def reference_label_marginals(potentials) -> torch.Tensor:
+    """Brute-force `(B, T, C)` P(position t lies in a segment labelled c)
+    (zero past each length, and for a sequence without any allowed
+    segmentation)."""
+    B, T, C = potentials.batch_size, potentials.T, potentials.C
+    out = torch.zeros(B, T, C, dtype=torch.float64)
+    for b in range(B):
+        enum = enumerate_structures(potentials, b)
+        if not torch.isfinite(enum.log_partition):
+            continue
+        probabilities = enum.probabilities
+        for structure, prob in zip(enum.structures, probabilities.tolist()):
+            segments = structure[1] if potentials.is_explicit else structure
+            for s, e, c in segments:
+                out[b, s:e, c] += prob
+    return out
+
+
 def assert_matches(result: torch.Tensor, expected: torch.Tensor, rtol=1e-7, atol=1e-7) -> None:
     """`result` equals `expected` (same -inf pattern; no NaN unless expected)."""
     result = result.detach().to("cpu", torch.float64)
