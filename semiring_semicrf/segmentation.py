@@ -24,6 +24,7 @@ the label changes unless ``starts`` say otherwise) / the ``labels`` attribute.
 """
 from __future__ import annotations
 
+import operator
 from typing import Optional, Sequence
 
 import torch
@@ -47,24 +48,13 @@ class Segmentation:
     """
 
     def __init__(self, labels: torch.Tensor, starts: torch.Tensor, lengths: Optional[torch.Tensor] = None):
-        if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.dtype == torch.bool:
-            raise TypeError(f"labels must be an integer tensor of shape (..., T), got {_describe(labels)}")
+        labels = _checked_labels(labels)
         if not isinstance(starts, torch.Tensor) or starts.dtype != torch.bool:
             raise TypeError(f"starts must be a bool tensor of shape (..., T), got {_describe(starts)}")
-        if labels.dim() < 1 or labels.shape[-1] < 1:
-            raise ValueError(f"labels must have shape (..., T) with T >= 1, got {tuple(labels.shape)}")
+        _check_has_values("starts", starts)
         if starts.shape != labels.shape:
             raise ValueError(f"starts must have the shape of labels {tuple(labels.shape)}, got {tuple(starts.shape)}")
-        labels = labels.to(torch.int64)
-        if lengths is None:
-            lengths = (labels >= 0).sum(dim=-1)
-        elif not isinstance(lengths, torch.Tensor) or lengths.is_floating_point() or lengths.dtype == torch.bool:
-            raise TypeError(f"lengths must be an integer tensor of shape {tuple(labels.shape[:-1])}, "
-                            f"got {_describe(lengths)}")
-        lengths = lengths.to(device=labels.device, dtype=torch.int64)
-        if lengths.shape != labels.shape[:-1]:
-            raise ValueError(f"lengths must have shape labels.shape[:-1] = {tuple(labels.shape[:-1])}, "
-                             f"got {tuple(lengths.shape)}")
+        lengths = (labels >= 0).sum(dim=-1) if lengths is None else _checked_lengths(lengths, labels)
         self.labels, self.starts, self.lengths = labels, starts.to(labels.device), lengths
         self._check_tiling()
 
@@ -150,15 +140,25 @@ class Segmentation:
         if not isinstance(segments, (list, tuple)):
             raise TypeError(f"segments must be a list (one entry per sequence) of lists of (start, end, label), "
                             f"got {type(segments).__name__}")
-        spans = []
+        if T is not None:
+            try:
+                T = operator.index(T)
+            except TypeError:
+                raise ValueError(f"T must be an int >= 1 (the number of positions), got {T!r}") from None
+            if T < 1:
+                raise ValueError(f"T must be an int >= 1 (the number of positions), got {T}")
+        label_rows, start_rows = [], []
         for b, sequence in enumerate(segments):
-            position = 0
+            if not isinstance(sequence, (list, tuple)):
+                raise ValueError(f"segments[{b}] must be a list of (start, end, label), got {type(sequence).__name__}")
+            labels, starts = [], []
             for segment in sequence:
                 try:
-                    start, end, label = (int(x) for x in segment)
+                    start, end, label = (operator.index(x) for x in segment)
                 except (TypeError, ValueError):
                     raise ValueError(f"segments[{b}]: each segment must be (start, end, label) integers, "
                                      f"got {segment!r}") from None
+                position = len(labels)
                 if start < position:
                     raise ValueError(f"segments[{b}]: segment {tuple(segment)} overlaps the previous segment, "
                                      f"which ends at {position}")
@@ -168,18 +168,17 @@ class Segmentation:
                     raise ValueError(f"segments[{b}]: segment {tuple(segment)} is empty (end <= start)")
                 if label < 0:
                     raise ValueError(f"segments[{b}]: segment {tuple(segment)} has a negative label")
-                spans.append((b, start, end, label))
-                position = end
-        lengths = [max((e for bb, _, e, _ in spans if bb == b), default=0) for b in range(len(segments))]
+                labels += [label] * (end - start)
+                starts += [True] + [False] * (end - start - 1)
+            label_rows.append(labels)
+            start_rows.append(starts)
+        lengths = [len(row) for row in label_rows]
         T = max(max(lengths, default=0), 1) if T is None else T
         if max(lengths, default=0) > T:
             b = max(range(len(lengths)), key=lambda i: lengths[i])
             raise ValueError(f"segments[{b}] covers [0, {lengths[b]}), past T = {T}")
-        labels = torch.full((len(segments), T), -1, dtype=torch.int64)
-        starts = torch.zeros((len(segments), T), dtype=torch.bool)
-        for b, start, end, label in spans:
-            labels[b, start:end] = label
-            starts[b, start] = True
+        labels = torch.tensor([row + [-1] * (T - len(row)) for row in label_rows], dtype=torch.int64).view(-1, T)
+        starts = torch.tensor([row + [False] * (T - len(row)) for row in start_rows], dtype=torch.bool).view(-1, T)
         return cls(labels.to(device), starts.to(device), torch.tensor(lengths, dtype=torch.int64, device=device))
 
     def to_segments(self) -> list:
@@ -209,11 +208,9 @@ class Segmentation:
                 pass `starts` to keep them apart).
             lengths: `(...)`, optional.
         """
-        if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.dtype == torch.bool:
-            raise TypeError(f"labels must be an integer tensor of shape (..., T), got {_describe(labels)}")
-        labels = labels.to(torch.int64)
+        labels = _checked_labels(labels)
         if lengths is not None:
-            lengths = torch.as_tensor(lengths, device=labels.device)
+            lengths = _checked_lengths(lengths, labels)
             inside = torch.arange(labels.shape[-1], device=labels.device) < lengths[..., None]
             labels = torch.where(inside, labels, torch.full_like(labels, -1))
         if starts is None:
@@ -224,15 +221,15 @@ class Segmentation:
     # -- checks against a problem -----------------------------------------------
     def validate(self, potentials) -> None:
         """Raise ValueError unless every entry is a segmentation allowed by
-        `potentials`: shape `(..., B, T)`, lengths equal to the potentials'
-        (no segment past the length, none missing), labels in `[0, C)` and
-        durations in `[1, K]`."""
+        `potentials` or empty: shape `(..., B, T)`, lengths equal to the
+        potentials' (no segment past the length, none missing), labels in
+        `[0, C)` and durations in `[1, K]`."""
         B, T, K, C = potentials.batch_size, potentials.T, potentials.K, potentials.C
         if self.labels.dim() < 2 or self.shape[-2:] != (B, T):
             raise ValueError(f"value must be a Segmentation of shape (..., B, T) = (..., {B}, {T}), "
                              f"got {tuple(self.shape)}")
         lengths = potentials.lengths.to(self.device)
-        wrong = self.lengths != lengths
+        wrong = (self.lengths != lengths) & (self.lengths > 0)
         if wrong.any():
             where = wrong.nonzero()[0].tolist()
             got, want = int(self.lengths[tuple(where)]), int(lengths[where[-1]])
@@ -250,20 +247,32 @@ class Segmentation:
                              f"{int(durations[tuple(where)])}, longer than K = {K}")
 
     # -- scores -----------------------------------------------------------------
-    def log_potential(self, potentials) -> torch.Tensor:
-        """The (unnormalized) log-potential of each segmentation, `(...)`.
+    def log_potential(self, potentials, *, validate: bool = True) -> torch.Tensor:
+        """The (unnormalized) log-potential of each segmentation, `(...)`;
+        `-inf` for empty entries.
 
         `O(T C)`: gathers of the content scores, durations, transitions and
-        boundary terms, differentiable w.r.t. every potential. For explicit
-        edge potentials the latent label before the first segment is summed
-        out (log-sum-exp), as in their partition.
+        boundary terms (summed in float64), differentiable w.r.t. every
+        potential. For explicit edge potentials the latent label before the
+        first segment is summed out (log-sum-exp), as in their partition.
+
+        Args:
+            potentials: the problem the segmentations belong to.
+            validate: check them first (:meth:`validate`); without the check
+                an invalid segmentation gets a meaningless number.
         """
-        self.validate(potentials)
-        if isinstance(potentials, EdgePotentials):
-            return self._edge_log_potential(potentials)
-        if not isinstance(potentials, SemiMarkovPotentials):
+        if not isinstance(potentials, (SemiMarkovPotentials, EdgePotentials)):
             raise TypeError(f"potentials must be SemiMarkovPotentials or EdgePotentials, "
                             f"got {type(potentials).__name__}")
+        if validate:
+            self.validate(potentials)
+        if isinstance(potentials, EdgePotentials):
+            total = self._edge_log_potential(potentials)
+        else:
+            total = self._structured_log_potential(potentials)
+        return torch.where(self.lengths > 0, total, torch.full_like(total, float("-inf")))
+
+    def _structured_log_potential(self, potentials: SemiMarkovPotentials) -> torch.Tensor:
         label = self.labels.clamp(min=0)
         inside, starts, ends = self.valid_mask(), self.starts, self.ends()
         duration = self.durations().clamp(min=1)
@@ -273,7 +282,7 @@ class Segmentation:
         def at(table, index, mask):
             """`sum_t table[..., t, index[..., t]]` over positions in `mask`."""
             values = table.expand(*self.shape, table.shape[-1]).gather(-1, index[..., None]).squeeze(-1)
-            return torch.where(mask, values, zero).sum(dim=-1)
+            return torch.where(mask, values, zero).sum(dim=-1, dtype=torch.float64)
 
         total = at(potentials.scores, label, inside)
         total = total + at(potentials.duration.flatten()[None], (duration - 1) * potentials.C + label, starts)
@@ -291,7 +300,7 @@ class Segmentation:
             total = total + at(potentials.start_scores, label, starts)
         if potentials.end_scores is not None:
             total = total + at(potentials.end_scores, label, ends)
-        return total
+        return total.to(potentials.dtype)
 
     def _edge_log_potential(self, potentials: EdgePotentials) -> torch.Tensor:
         B, T, K, C = potentials.batch_size, potentials.T, potentials.K, potentials.C
@@ -344,6 +353,38 @@ def labels_from_starts(starts: torch.Tensor, start_labels: torch.Tensor, lengths
     labels = start_labels.gather(-1, last_start.clamp(min=0))
     inside = (t < lengths[..., None]) & (last_start >= 0)
     return torch.where(inside, labels, torch.full_like(labels, -1))
+
+
+def _is_integer_tensor(value) -> bool:
+    return (isinstance(value, torch.Tensor) and not value.is_floating_point() and not value.is_complex()
+            and value.dtype != torch.bool)
+
+
+def _check_has_values(name: str, value: torch.Tensor) -> None:
+    if value.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device; a Segmentation needs its values")
+
+
+def _checked_labels(labels) -> torch.Tensor:
+    """`labels` as int64 `(..., T)`, T >= 1, or a clear error."""
+    if not _is_integer_tensor(labels):
+        raise TypeError(f"labels must be an integer tensor of shape (..., T), got {_describe(labels)}")
+    _check_has_values("labels", labels)
+    if labels.dim() < 1 or labels.shape[-1] < 1:
+        raise ValueError(f"labels must have shape (..., T) with T >= 1, got {tuple(labels.shape)}")
+    return labels.to(torch.int64)
+
+
+def _checked_lengths(lengths, labels: torch.Tensor) -> torch.Tensor:
+    """`lengths` as int64 of shape `labels.shape[:-1]` on the labels' device."""
+    if not _is_integer_tensor(lengths):
+        raise TypeError(f"lengths must be an integer tensor of shape {tuple(labels.shape[:-1])}, "
+                        f"got {_describe(lengths)}")
+    _check_has_values("lengths", lengths)
+    if lengths.shape != labels.shape[:-1]:
+        raise ValueError(f"lengths must have shape labels.shape[:-1] = {tuple(labels.shape[:-1])}, "
+                         f"got {tuple(lengths.shape)}")
+    return lengths.to(device=labels.device, dtype=torch.int64)
 
 
 def _describe(value) -> str:
