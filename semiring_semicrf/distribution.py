@@ -1,0 +1,348 @@
+"""`SemiMarkovDistribution`: a semi-Markov CRF as a `torch.distributions.Distribution`.
+
+The distribution over segmentations of each of `B` sequences,
+`p(y) = exp(score(y)) / Z` (DESIGN.md section 1). Values are
+:class:`~semiring_semicrf.segmentation.Segmentation` objects (`(..., B, T)`).
+
+Everything is streamed (nothing of size `T K C` unless asked for with
+:attr:`segment_marginals`):
+
+- `partition`, the marginals and the expected counts: one Log forward-backward
+  of the chosen backend (:mod:`semiring_semicrf.autograd`);
+- `argmax`/`max`: the backend's Viterbi; `topk`: the k-best sweep
+  (:mod:`semiring_semicrf.decoding`); `sample`: forward filtering, backward
+  sampling (:mod:`semiring_semicrf.sampling`);
+- `entropy`, `cross_entropy`, `kl`: from the expected counts of `p`, which
+  make them linear in the potentials,
+
+      H(p)     = log Z_p - <mu_p, theta_p>
+      H(p, q)  = log Z_q - <mu_p, theta_q>
+      KL(p||q) = H(p, q) - H(p)
+
+  (`mu_p` the posterior expected counts of every part: label marginals,
+  durations, transitions, first/last labels, segment starts/ends). Their
+  gradient with respect to `q` is exact this way (`mu_q - mu_p`); a gradient
+  with respect to `p` needs the derivative of `mu_p` itself, so when `p`'s
+  potentials require grad these are computed by the block-checkpointed
+  generic scan in the Entropy/CrossEntropy/KL semiring instead (same value,
+  differentiable, memory sublinear in T).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from torch.distributions import Distribution, register_kl
+
+from . import autograd, backends
+from .decoding import topk as kbest
+from .potentials import SemiMarkovPotentials
+from .sampling import sample as draw_samples
+from .scan import semimarkov_scan
+from .segmentation import Segmentation
+from .semirings import CrossEntropySemiring, EntropySemiring, KLDivergenceSemiring, StdSemiring
+from .testing import enumerate_segmentations
+
+#: Default limit on the number of segmentations of one sequence that
+#: :meth:`SemiMarkovDistribution.enumerate_support` will list.
+SUPPORT_LIMIT = 10_000
+
+
+class TopK(NamedTuple):
+    """The k best segmentations: `scores (k, B)` (differentiable, `-inf` for
+    missing entries) and `segmentations` `(k, B, T)`, best first."""
+
+    scores: torch.Tensor
+    segmentations: Segmentation
+
+
+class _CountingSemiring(StdSemiring):
+    """Std without the scan's renormalization, so that counts of
+    segmentations stay exact integers in float64 (up to 2**53)."""
+
+    def log_mass(self, value):
+        return None
+
+
+class SemiMarkovDistribution(Distribution):
+    """Distribution over the segmentations of a batch of sequences.
+
+    Args:
+        scores: `(B, T, C)` per-position label scores.
+        transition: `(C, C)` `[c_src, c_dst]` or `(K, C, C)` `[d-1, c_src, c_dst]`.
+        duration: `(K, C)` `[d-1, c]` (K = the longest segment).
+        lengths: `(B,)` in `[1, T]` (default all T).
+        start, end: `(C,)` scores of the first / last segment's label.
+        start_scores, end_scores: optional `(B, T, C)` scores of a segment
+            starting / ending (inclusive) at a position.
+        backend: "auto", "torch" or "triton" for the Log and Max sweeps.
+        validate_args: check the potentials for NaN and the values given to
+            :meth:`log_prob` (default: torch's global setting).
+
+    `batch_shape` is `(B,)`, `event_shape` `(T,)`.
+    """
+
+    arg_constraints: dict = {}
+    has_enumerate_support = True
+
+    def __init__(self, scores, transition, duration, lengths=None, start=None, end=None, *,
+                 start_scores=None, end_scores=None, backend: str = "auto", validate_args: Optional[bool] = None):
+        check = Distribution._validate_args if validate_args is None else bool(validate_args)
+        potentials = SemiMarkovPotentials(scores, transition, duration, lengths, start, end,
+                                          start_scores=start_scores, end_scores=end_scores, validate_args=check)
+        self._setup(potentials, backend, validate_args)
+
+    @classmethod
+    def from_potentials(cls, potentials: SemiMarkovPotentials, backend: str = "auto",
+                        validate_args: Optional[bool] = None) -> "SemiMarkovDistribution":
+        """The distribution of existing :class:`SemiMarkovPotentials`."""
+        if not isinstance(potentials, SemiMarkovPotentials):
+            raise TypeError(
+                f"potentials must be SemiMarkovPotentials, got {type(potentials).__name__} (explicit edge "
+                "potentials carry a latent first label; use semiring_semicrf.decoding / .sampling on them)")
+        self = cls.__new__(cls)
+        self._setup(potentials, backend, validate_args)
+        return self
+
+    def _setup(self, potentials: SemiMarkovPotentials, backend: str, validate_args: Optional[bool]) -> None:
+        if backend not in backends.BACKEND_NAMES:
+            raise ValueError(f"backend must be one of {backends.BACKEND_NAMES}, got {backend!r}")
+        self.potentials, self.backend = potentials, backend
+        self._cache: dict = {}
+        super().__init__(torch.Size([potentials.batch_size]), torch.Size([potentials.T]), validate_args=validate_args)
+
+    def __repr__(self) -> str:
+        p = self.potentials
+        return (f"SemiMarkovDistribution(B={p.batch_size}, T={p.T}, K={p.K}, C={p.C}, dtype={p.dtype}, "
+                f"device={p.device}, backend={self.backend!r})")
+
+    def _cached(self, name: str, compute):
+        """Compute once per distribution and grad mode; a result that carries
+        an autograd graph is recomputed at every call (so each use owns its
+        graph and can be backpropagated on its own)."""
+        key = (name, torch.is_grad_enabled())
+        if key in self._cache:
+            return self._cache[key]
+        result = compute()
+        if not (isinstance(result, torch.Tensor) and result.requires_grad):
+            self._cache[key] = result
+        return result
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.potentials.lengths
+
+    def to(self, device) -> "SemiMarkovDistribution":
+        """The same distribution with its potentials on `device`."""
+        tensors = {name: t.to(device) for name, t in self.potentials.tensors().items()}
+        moved = SemiMarkovPotentials(lengths=self.potentials.lengths.to(device), validate_args=False, **tensors)
+        return SemiMarkovDistribution.from_potentials(moved, self.backend, self._validate_args)
+
+    # -- normalizer and probabilities ---------------------------------------------
+    @property
+    def partition(self) -> torch.Tensor:
+        """`log Z (B,)`, differentiable (streaming backward)."""
+        return self._cached("partition", lambda: autograd.log_partition(self.potentials, backend=self.backend))
+
+    def log_prob(self, value: Segmentation) -> torch.Tensor:
+        """`log p(value)`, `(..., B)` for a `(..., B, T)` Segmentation;
+        `-inf` for empty entries. Raises ValueError (under `validate_args`)
+        for segments past the length, gaps, labels out of range or segments
+        longer than K."""
+        if not isinstance(value, Segmentation):
+            raise TypeError(f"value must be a Segmentation (see Segmentation.from_segments / from_labels), "
+                            f"got {type(value).__name__}")
+        return value.log_potential(self.potentials, validate=self._validate_args) - self.partition
+
+    @property
+    def count(self) -> torch.Tensor:
+        """`(B,)` float64: the number of allowed segmentations (forbidden
+        `-inf` potentials excluded), exact integers up to 2**53."""
+        def compute():
+            tensors = {name: torch.where(torch.isneginf(t), t, torch.zeros_like(t)).double().detach()
+                       for name, t in self.potentials.tensors().items()}
+            unit = SemiMarkovPotentials(lengths=self.lengths, validate_args=False, **tensors)
+            with torch.no_grad():
+                return semimarkov_scan(unit, _CountingSemiring())
+        return self._cached("count", compute)
+
+    def enumerate_support(self, expand: bool = True, *, limit: int = SUPPORT_LIMIT) -> Segmentation:
+        """Every allowed segmentation, `(n, B, T)`, for tiny problems.
+
+        `n` is the largest number of allowed segmentations of a sequence;
+        shorter lists are padded with empty entries (`log_prob` -inf). The
+        support differs per sequence, so it is always expanded (`expand` is
+        accepted for torch's API). Raises ValueError when a sequence has more
+        than `limit` segmentations, forbidden ones included (checked before
+        listing any).
+        """
+        p = self.potentials
+        sizes = [_number_of_segmentations(L, p.K, p.C) for L in p.lengths.tolist()]
+        if max(sizes) > limit:
+            b = max(range(len(sizes)), key=lambda i: sizes[i])
+            raise ValueError(f"enumerate_support: sequence {b} (length {int(p.lengths[b])}, K={p.K}, C={p.C}) has "
+                             f"more than limit={limit} segmentations; it is meant for tiny problems")
+        n = max(sizes)
+        batch = [[list(enumerate_segmentations(L, p.K, p.C)[i]) if i < size else [] for L, size in
+                  zip(p.lengths.tolist(), sizes)] for i in range(n)]
+        flat = Segmentation.from_segments([seq for row in batch for seq in row], p.T, device=p.device)
+        shape = (n, p.batch_size, p.T)
+        value = Segmentation(flat.labels.view(shape), flat.starts.view(shape), flat.lengths.view(shape[:-1]))
+        allowed = torch.isfinite(value.log_potential(p).detach())
+        order = torch.sort(allowed.to(torch.int8), dim=0, descending=True, stable=True).indices  # allowed first
+        n_allowed = int(allowed.sum(dim=0).max())
+        labels = value.labels.gather(0, order[..., None].expand(shape))[:n_allowed]
+        starts = value.starts.gather(0, order[..., None].expand(shape))[:n_allowed]
+        keep = allowed.gather(0, order)[:n_allowed, :, None]
+        return Segmentation(torch.where(keep, labels, torch.full_like(labels, -1)), starts & keep)
+
+    # -- marginals ------------------------------------------------------------------
+    @property
+    def posterior(self) -> backends.Posterior:
+        """The :class:`~semiring_semicrf.backends.Posterior` expected counts
+        (no gradient)."""
+        return self._cached("posterior", lambda: autograd.posterior(self.potentials, backend=self.backend))
+
+    @property
+    def marginals(self) -> torch.Tensor:
+        """`(B, T, C)`: P(position t lies in a segment labelled c)."""
+        return self.posterior.label_marginals()
+
+    @property
+    def boundary_marginals(self) -> torch.Tensor:
+        """`(B, T)`: P(a segment starts at t)."""
+        return self.posterior.boundary_marginals()
+
+    @property
+    def segment_marginals(self) -> torch.Tensor:
+        """`(B, T, K, C)`: P(segment `[s, s+d)` labelled c) at `[b, s, d-1, c]`.
+        Materialized (`O(B T K C)`): for moderate sizes."""
+        return autograd.segment_marginals(self.potentials)
+
+    @property
+    def transition_marginals(self) -> torch.Tensor:
+        """`(B, C, C)` expected `[c_src, c_dst]` transition counts (or
+        `(B, K, C, C)` for duration-dependent transitions)."""
+        return self.posterior.transition
+
+    @property
+    def duration_marginals(self) -> torch.Tensor:
+        """`(B, K, C)` expected number of segments of length d with label c."""
+        return self.posterior.duration
+
+    # -- decoding -------------------------------------------------------------------
+    @property
+    def argmax(self) -> Segmentation:
+        """The Viterbi segmentation `(B, T)` (ties: see :mod:`semiring_semicrf.decoding`);
+        empty where no segmentation is allowed."""
+        def compute():
+            _, labels, starts = backends.get(self.backend, self.potentials).viterbi(self.potentials)
+            return Segmentation(labels, starts)
+        return self._cached("argmax", compute)
+
+    @property
+    def max(self) -> torch.Tensor:
+        """`(B,)` the best score, differentiable (its gradient is the
+        indicator of the argmax's parts); `-inf` where nothing is allowed."""
+        return self.argmax.log_potential(self.potentials, validate=False)
+
+    def topk(self, k: int) -> TopK:
+        """The k best distinct segmentations and their scores, best first."""
+        _, labels, starts = kbest(self.potentials, k)
+        value = Segmentation(labels, starts)
+        return TopK(value.log_potential(self.potentials, validate=False), value)
+
+    def sample(self, sample_shape=torch.Size(), generator: Optional[torch.Generator] = None) -> Segmentation:
+        """Exact samples, `(*sample_shape, B, T)`; reproducible with `generator`."""
+        sample_shape = torch.Size(sample_shape)
+        labels, starts = draw_samples(self.potentials, max(1, sample_shape.numel()), generator)
+        shape = (*sample_shape, self.potentials.batch_size, self.potentials.T)
+        return Segmentation(labels.reshape(shape), starts.reshape(shape))
+
+    # -- information ------------------------------------------------------------------
+    def expected_score(self, potentials: Optional[SemiMarkovPotentials] = None) -> torch.Tensor:
+        """`(B,)`: `E_p[score(y)]` under `potentials` (default p's own), from
+        p's expected counts; differentiable w.r.t. `potentials` only.
+
+        A part that `potentials` forbid (`-inf`) contributes `-inf` if p gives
+        it an expected count above `sqrt(eps)` of the dtype, else 0 (its true
+        count is then 0 up to rounding)."""
+        q = self.potentials if potentials is None else potentials
+        _check_compatible(self.potentials, q)
+        post = self.posterior
+        tolerance = torch.finfo(post.segment_start.dtype).eps ** 0.5
+        valid = self.potentials.valid_mask()[..., None]
+
+        def dot(count, value):
+            value = value.expand_as(count)
+            forbidden = torch.isneginf(value)
+            term = torch.where(forbidden, torch.where(count > tolerance, value, torch.zeros_like(value)),
+                               count * torch.where(forbidden, torch.zeros_like(value), value))
+            return term.flatten(1).sum(dim=1)
+
+        total = dot(post.label_marginals(), torch.where(valid, q.scores, torch.zeros_like(q.scores)))
+        total = total + dot(post.duration, q.duration) + dot(post.transition, q.transition)
+        total = total + dot(post.first, q.start) + dot(post.last, q.end)
+        if q.start_scores is not None:
+            total = total + dot(post.segment_start, q.start_scores)
+        if q.end_scores is not None:
+            total = total + dot(post.segment_end, q.end_scores)
+        return total
+
+    def entropy(self) -> torch.Tensor:
+        """`H(p) (B,)` in nats."""
+        if _tracks_grad(self.potentials):
+            return autograd.checkpointed_scan(self.potentials, EntropySemiring())
+        return self.partition - self.expected_score()
+
+    def cross_entropy(self, other: "SemiMarkovDistribution") -> torch.Tensor:
+        """`H(p, q) = -E_p[log q(y)]` `(B,)`, `p = self`, `q = other`."""
+        q = _other(other)
+        if _tracks_grad(self.potentials):
+            return autograd.checkpointed_scan((self.potentials, q.potentials), CrossEntropySemiring())
+        return q.partition - self.expected_score(q.potentials)
+
+    def kl(self, other: "SemiMarkovDistribution") -> torch.Tensor:
+        """`KL(p || q) = E_p[log p(y) - log q(y)]` `(B,)`, `p = self`, `q = other`."""
+        q = _other(other)
+        if _tracks_grad(self.potentials):
+            return autograd.checkpointed_scan((self.potentials, q.potentials), KLDivergenceSemiring())
+        return q.partition - self.partition - self.expected_score(q.potentials) + self.expected_score()
+
+
+@register_kl(SemiMarkovDistribution, SemiMarkovDistribution)
+def _kl_semimarkov(p: SemiMarkovDistribution, q: SemiMarkovDistribution) -> torch.Tensor:
+    return p.kl(q)
+
+
+def _other(other) -> SemiMarkovDistribution:
+    if not isinstance(other, SemiMarkovDistribution):
+        raise TypeError(f"other must be a SemiMarkovDistribution, got {type(other).__name__}")
+    return other
+
+
+def _tracks_grad(potentials: SemiMarkovPotentials) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in potentials.tensors().values())
+
+
+def _check_compatible(p: SemiMarkovPotentials, q: SemiMarkovPotentials) -> None:
+    same = ((p.batch_size, p.T, p.K, p.C) == (q.batch_size, q.T, q.K, q.C) and p.dtype == q.dtype
+            and p.device == q.device and p.duration_dependent == q.duration_dependent)
+    if not same:
+        raise ValueError(
+            f"the two distributions must share B, T, K, C, dtype, device and the kind of transition: got "
+            f"(B, T, K, C) = {(p.batch_size, p.T, p.K, p.C)} vs {(q.batch_size, q.T, q.K, q.C)}, "
+            f"{p.dtype}/{q.dtype}, {p.device}/{q.device}, duration-dependent {p.duration_dependent}/"
+            f"{q.duration_dependent}")
+    if not torch.equal(p.lengths, q.lengths):
+        raise ValueError("the two distributions must have the same lengths")
+
+
+def _number_of_segmentations(length: int, K: int, C: int) -> int:
+    """The number of segmentations of `[0, length)` with no part forbidden,
+    `N(L) = C * sum_{d <= K} N(L - d)`, in Python integers (exact, and cheap
+    before any listing)."""
+    counts = [1]
+    for L in range(1, length + 1):
+        counts.append(C * sum(counts[max(0, L - K):L]))
+    return counts[length]

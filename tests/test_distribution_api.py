@@ -1,0 +1,142 @@
+"""SemiMarkovDistribution as a torch Distribution: construction, checks, errors."""
+import pytest
+import torch
+
+from semiring_semicrf import SemiMarkovPotentials
+from semiring_semicrf.distribution import SemiMarkovDistribution
+from semiring_semicrf.segmentation import Segmentation
+
+
+def make(B=2, T=5, K=3, C=3, lengths=(5, 3), seed=0, **kwargs):
+    g = torch.Generator().manual_seed(seed)
+    return SemiMarkovDistribution(torch.randn(B, T, C, generator=g, dtype=torch.float64),
+                                  torch.randn(C, C, generator=g, dtype=torch.float64),
+                                  torch.randn(K, C, generator=g, dtype=torch.float64),
+                                  torch.tensor(lengths), **kwargs)
+
+
+def test_shapes_and_a_torch_distribution():
+    d = make()
+    assert isinstance(d, torch.distributions.Distribution)
+    assert d.batch_shape == (2,) and d.event_shape == (5,)
+    assert d.partition.shape == d.entropy().shape == d.max.shape == d.count.shape == (2,)
+    assert d.marginals.shape == (2, 5, 3) and d.boundary_marginals.shape == (2, 5)
+    assert d.segment_marginals.shape == (2, 5, 3, 3) and d.duration_marginals.shape == (2, 3, 3)
+    assert d.transition_marginals.shape == (2, 3, 3)
+    assert "B=2, T=5, K=3, C=3" in repr(d)
+
+
+def test_constructor_and_from_potentials_agree():
+    g = torch.Generator().manual_seed(1)
+    args = dict(scores=torch.randn(2, 4, 3, generator=g, dtype=torch.float64),
+                transition=torch.randn(2, 3, 3, generator=g, dtype=torch.float64),
+                duration=torch.randn(2, 3, generator=g, dtype=torch.float64), lengths=torch.tensor([4, 2]),
+                start=torch.randn(3, generator=g, dtype=torch.float64), end=torch.randn(3, generator=g, dtype=torch.float64),
+                start_scores=torch.randn(2, 4, 3, generator=g, dtype=torch.float64),
+                end_scores=torch.randn(2, 4, 3, generator=g, dtype=torch.float64))
+    a = SemiMarkovDistribution(**args)
+    b = SemiMarkovDistribution.from_potentials(SemiMarkovPotentials(**args))
+    torch.testing.assert_close(a.partition, b.partition)
+    assert a.argmax.equal(b.argmax)
+
+
+def test_from_potentials_rejects_explicit_edges():
+    p = make().potentials
+    with pytest.raises(TypeError, match="explicit edge"):
+        SemiMarkovDistribution.from_potentials(SemiMarkovPotentials.from_edges(p.to_edges(), p.lengths))
+
+
+def test_log_prob_rejects_bad_values_with_clear_errors():
+    d = make(B=1, T=4, K=2, C=2, lengths=(3,))
+    cases = {
+        "runs past the sequence's length": [[(0, 2, 1), (2, 4, 0)]],
+        "does not cover the whole sequence": [[(0, 2, 1)]],
+        "out of range": [[(0, 2, 1), (2, 3, 5)]],
+        "longer than K = 2": [[(0, 3, 1)]],
+    }
+    for message, segments in cases.items():
+        with pytest.raises(ValueError, match=message):
+            d.log_prob(Segmentation.from_segments(segments, T=4))
+    with pytest.raises(ValueError, match="overlaps"):
+        d.log_prob(Segmentation.from_segments([[(0, 2, 1), (1, 3, 0)]], T=4))
+    with pytest.raises(TypeError, match="value must be a Segmentation"):
+        d.log_prob(torch.zeros(1, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"shape \(\.\.\., B, T\)"):
+        d.log_prob(Segmentation.from_segments([[(0, 3, 1)]], T=3))
+
+
+def test_validate_args_is_honoured():
+    scores = torch.randn(1, 3, 2)
+    scores[0, 1, 0] = float("nan")
+    with pytest.raises(ValueError, match="scores contains NaN"):
+        SemiMarkovDistribution(scores, torch.zeros(2, 2), torch.zeros(2, 2), validate_args=True)
+    d = SemiMarkovDistribution(scores, torch.zeros(2, 2), torch.zeros(2, 2), validate_args=False)
+    assert torch.isnan(d.partition).all()
+    past_the_length = Segmentation.from_segments([[(0, 2, 1), (2, 4, 0)]], T=4)
+    quiet = make(B=1, T=4, K=2, C=2, lengths=(3,), validate_args=False)
+    assert quiet.log_prob(past_the_length).shape == (1,)  # unchecked: a number, meaningless
+    with pytest.raises(ValueError, match="runs past the sequence's length"):
+        make(B=1, T=4, K=2, C=2, lengths=(3,), validate_args=True).log_prob(past_the_length)
+
+
+def test_empty_entries_have_probability_zero():
+    d = make()
+    top = d.topk(10_000)
+    assert bool((top.scores[-1] == float("-inf")).all())
+    assert bool((d.log_prob(top.segmentations)[-1] == float("-inf")).all())
+
+
+def test_kl_divergence_is_registered():
+    p, q = make(seed=0), make(seed=1)
+    torch.testing.assert_close(torch.distributions.kl_divergence(p, q), p.kl(q))
+    assert bool((p.kl(q) > 0).all()) and torch.allclose(p.kl(p), torch.zeros(2, dtype=torch.float64), atol=1e-9)
+
+
+def test_cross_entropy_needs_a_compatible_distribution():
+    with pytest.raises(ValueError, match="must share B, T, K, C"):
+        make().cross_entropy(make(K=2))
+    with pytest.raises(ValueError, match="same lengths"):
+        make().kl(make(lengths=(5, 4)))
+    with pytest.raises(TypeError, match="SemiMarkovDistribution"):
+        make().kl(torch.distributions.Normal(0.0, 1.0))
+
+
+def test_count_is_exact_at_large_numbers():
+    """Std without renormalization: integer counts stay exact past T = 16."""
+    T, K, C = 27, 4, 2
+    d = SemiMarkovDistribution(torch.zeros(1, T, C), torch.zeros(C, C), torch.zeros(K, C))
+    counts = [1]
+    for L in range(1, T + 1):
+        counts.append(C * sum(counts[max(0, L - K):L]))
+    assert counts[T] < 2**53 and int(d.count[0]) == counts[T]
+    forbid = torch.zeros(C, C)
+    forbid[0, 1] = float("-inf")
+    assert int(SemiMarkovDistribution(torch.zeros(1, 6, C), forbid, torch.zeros(K, C)).count[0]) < counts[6]
+
+
+def test_enumerate_support_refuses_large_problems():
+    with pytest.raises(ValueError, match="more than limit=10000 segmentations"):
+        SemiMarkovDistribution(torch.zeros(1, 30, 3), torch.zeros(3, 3), torch.zeros(4, 3)).enumerate_support()
+    assert make().enumerate_support(limit=10**6).shape[1:] == (2, 5)
+
+
+def test_to_device_keeps_the_distribution():
+    d = make(backend="torch")
+    moved = d.to("cpu")
+    torch.testing.assert_close(moved.partition, d.partition)
+    assert moved.backend == "torch"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        make(backend="cuda")
+
+
+def test_partition_and_max_are_differentiable():
+    d = make()
+    tensors = d.potentials.tensors()
+    scores = tensors["scores"].requires_grad_()
+    d = SemiMarkovDistribution.from_potentials(d.potentials)
+    (grad,) = torch.autograd.grad(d.partition.sum(), scores)
+    torch.testing.assert_close(grad, d.marginals)
+    (grad,) = torch.autograd.grad(d.max.sum(), scores)
+    best = d.argmax
+    expected = torch.nn.functional.one_hot(best.labels.clamp(min=0), 3) * (best.labels >= 0)[..., None]
+    torch.testing.assert_close(grad, expected.double())
