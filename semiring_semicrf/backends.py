@@ -57,10 +57,13 @@ class Posterior:
 
     def label_marginals(self) -> torch.Tensor:
         """`(B, T, C)` P(position t lies in a segment labelled c): the running
-        count of open segments, `cumsum(start) - cumsum(end)` shifted by one."""
-        opened = self.segment_start.cumsum(dim=1)
-        closed = torch.nn.functional.pad(self.segment_end.cumsum(dim=1)[:, :-1], (0, 0, 1, 0))
-        return opened - closed
+        count of open segments, the prefix sum of `start[t] - end[t-1]`.
+        Summing the difference (never two separate counts) keeps the running
+        value in [0, 1], so float32 stays exact to rounding at any T; one
+        `(B, T, C)` allocation."""
+        delta = self.segment_start.clone()
+        delta[:, 1:] -= self.segment_end[:, :-1]
+        return delta.cumsum_(dim=1)
 
     def boundary_marginals(self) -> torch.Tensor:
         """`(B, T)` P(a segment starts at t)."""
