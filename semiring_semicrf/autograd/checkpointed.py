@@ -19,18 +19,24 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..potentials import SemiMarkovPotentials
-from ..scan import ScanProgram
+from ..scan import RENORM_INTERVAL, ScanProgram
 from ..semirings import LogSemiring, Semiring
 
 
-def _run_block(program: ScanProgram, ends: frozenset, ring: torch.Tensor, result: torch.Tensor, e0: int, e1: int):
-    """Steps `e0 .. e1-1`; returns the ring after them and the running result
-    (updated where a sequence ends, `ends` = the set of lengths)."""
+def _run_block(program: ScanProgram, ends: frozenset, ring: torch.Tensor, offset: torch.Tensor,
+               result: torch.Tensor, e0: int, e1: int):
+    """Steps `e0 .. e1-1` of :func:`~semiring_semicrf.scan.semimarkov_scan`'s
+    loop (renormalizing the ring every `RENORM_INTERVAL` steps into the
+    float64 `offset`); returns the ring, the offset and the running float64
+    result (updated where a sequence ends, `ends` = the set of lengths)."""
     for e in range(e0, e1):
+        if e % RENORM_INTERVAL == 0:
+            ring, shift = program.renormalize(ring)
+            offset = offset + shift
         ring, alpha, _ = program.step(ring, e)
         if e in ends:
-            result = torch.where(program.lengths == e, program.finish(alpha), result)
-    return ring, result
+            result = torch.where(program.lengths == e, program.rescale(program.finish(alpha), offset), result)
+    return ring, offset, result
 
 
 def _fresh(potentials):
@@ -58,13 +64,16 @@ def checkpointed_scan(potentials, semiring: Semiring = LogSemiring(), block_size
     if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
     ends = frozenset(program.lengths.tolist())
+    S, B = semiring, program.B
     ring = program.initial_ring()
-    result = semiring.zero((program.B,), dtype=program.dtype, device=program.device)
+    offset = torch.zeros(S.num_potentials, B, dtype=torch.float64, device=program.device)
+    result = S.zero((B,), dtype=torch.float64, device=program.device)
     tracked = torch.is_grad_enabled()
     for e0 in range(1, T + 1, block_size):
         e1 = min(T + 1, e0 + block_size)
         if tracked:
-            ring, result = checkpoint(_run_block, program, ends, ring, result, e0, e1, use_reentrant=False)
+            ring, offset, result = checkpoint(_run_block, program, ends, ring, offset, result, e0, e1,
+                                              use_reentrant=False)
         else:
-            ring, result = _run_block(program, ends, ring, result, e0, e1)
-    return semiring.extract(result)
+            ring, offset, result = _run_block(program, ends, ring, offset, result, e0, e1)
+    return S.extract(result).to(program.dtype)

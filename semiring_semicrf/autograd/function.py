@@ -59,15 +59,15 @@ class LogPartition(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_log_z):
         post = ctx.backend.outside(ctx.potentials, ctx.saved)
-        ctx.saved = None
         grads = gradients(post, grad_log_z, ctx.names, ctx.needs_input_grad[3:])
         return (None, None, None, *grads)
 
 
 def gradients(post, grad_log_z: torch.Tensor, names: list, needed) -> list:
     """The gradient of `sum_b grad_log_z[b] * log_z[b]` for each named input
-    (None where not `needed`), from one Posterior. Reuses the Posterior's
-    storage: call once per Posterior."""
+    (None where not `needed`), from one Posterior, in the order of
+    `potentials.tensors()` (scores first). The boundary gradients reuse the
+    Posterior's storage (scaled in place): call once per Posterior."""
     g = grad_log_z.to(post.segment_start.dtype)
     g3 = g[:, None, None]
     out = []
@@ -77,9 +77,9 @@ def gradients(post, grad_log_z: torch.Tensor, names: list, needed) -> list:
         elif name == "scores":
             out.append(post.label_marginals().mul_(g3))
         elif name == "start_scores":
-            out.append(post.segment_start * g3)
+            out.append(post.segment_start.mul_(g3))
         elif name == "end_scores":
-            out.append(post.segment_end * g3)
+            out.append(post.segment_end.mul_(g3))
         elif name == "transition":
             out.append(torch.tensordot(g, post.transition, dims=1))
         elif name == "duration":

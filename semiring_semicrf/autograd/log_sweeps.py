@@ -125,7 +125,7 @@ def inside(potentials, low_memory: bool = False):
             state = sweeps.inside(state, rows, tables)
     saved = InsideSaved(state.log_z, blocks, low_memory, tables=tables,
                         checkpoints=checkpoints if low_memory else None)
-    return (state.log_z * LN2).to(problem.dtype), saved
+    return (state.log_z * LN2).to(problem.out_dtype), saved
 
 
 class _Accumulator:
@@ -135,11 +135,11 @@ class _Accumulator:
     def __init__(self, problem: LogProblem, log_z: torch.Tensor, segments: Optional[torch.Tensor]):
         p = self.problem = problem
         B, T, K, C = p.B, p.T, p.K, p.C
-        zeros = lambda *s: torch.zeros(s, dtype=p.dtype, device=p.device)  # noqa: E731
+        zeros = lambda *s, dtype=p.dtype: torch.zeros(s, dtype=dtype, device=p.device)  # noqa: E731
         self.log_z = log_z
         self.log_z_safe = torch.where(torch.isfinite(log_z), log_z, torch.zeros_like(log_z))
-        self.segment_start = zeros(B, T, C)
-        self.segment_end = zeros(B, T, C)
+        self.segment_start = zeros(B, T, C, dtype=p.out_dtype)
+        self.segment_end = zeros(B, T, C, dtype=p.out_dtype)
         self.transition = zeros(B, K, C, C) if p.duration_dependent else zeros(B, C, C)
         self.duration = zeros(B, K, C)
         self.segments = segments  # (B, T, K, C) or None
@@ -152,8 +152,9 @@ class _Accumulator:
     def posterior(self) -> Posterior:
         p = self.problem
         last = self.segment_end.gather(1, (p.lengths - 1)[:, None, None].expand(-1, 1, p.C))[:, 0]
-        return Posterior((self.log_z * LN2).to(p.dtype), self.segment_start, self.segment_end, self.transition,
-                         self.duration, self.segment_start[:, 0].clone(), last)
+        return Posterior((self.log_z * LN2).to(p.out_dtype), self.segment_start, self.segment_end,
+                         self.transition.to(p.out_dtype), self.duration.to(p.out_dtype),
+                         self.segment_start[:, 0].clone(), last)
 
 
 def _combine(sweeps, rows: FactorRows, ins: SweepTables, outs: SweepTables, tail: tuple,
