@@ -5,9 +5,9 @@
 - :func:`inside`: the Log forward sweep, one program per sequence, the ring
   buffer of the last `K` rows in registers, segment potentials evaluated on
   the fly from the factors, float32 with running normalization.
-- :func:`outside`: the outside sweep right to left from the forward's
-  `O(T C)` tables, then the transition and duration counts as parallel,
-  fixed-order reductions over blocks of positions.
+- :func:`outside`: the posterior as a mass-conserving flow right to left
+  from the forward's `O(T C)` tables (transition counts on the way), then
+  the duration counts as a parallel, fixed-order reduction over blocks.
 - :func:`viterbi`: the Max sweep storing small-integer backpointers, then a
   traceback kernel.
 
@@ -37,13 +37,12 @@ __all__ = ["inside", "outside", "viterbi", "unsupported_reason", "InsideTables"]
 @dataclass
 class InsideTables:
     """What :func:`inside` keeps for :func:`outside`: `alpha_hat`, `u_hat`
-    `(B, T+1, C)` (inside values minus the running scale), the per-position
-    shifts `norm (B, T+1)` and `final (B,)` = `log Z - N[L]`, all float32."""
+    `(B, T+1, C)` float32 (inside values minus the running scale), the scale
+    `N (B, T+1)` float64, and `log_z (B,)`."""
 
     alpha_hat: torch.Tensor
     u_hat: torch.Tensor
-    norm: torch.Tensor
-    final: torch.Tensor
+    scale: torch.Tensor
     log_z: torch.Tensor
 
 
@@ -63,16 +62,16 @@ def inside(potentials, low_memory: bool = False):
     `T K C` or `T C^2`."""
     del low_memory
     inputs = kernel_inputs(potentials)
-    log_z, final, alpha_hat, u_hat, norm = forward_sweep(inputs, max_semiring=False)
-    return log_z, InsideTables(alpha_hat, u_hat, norm, final, log_z)
+    log_z, _, alpha_hat, u_hat, scale = forward_sweep(inputs, max_semiring=False)
+    return log_z, InsideTables(alpha_hat, u_hat, scale, log_z)
 
 
 def outside(potentials, saved: InsideTables) -> Posterior:
     """Log backward sweep from :func:`inside`'s tables: the posterior
     expected counts (see :class:`~semiring_semicrf.backends.Posterior`)."""
     inputs = kernel_inputs(potentials)
-    segment_start, segment_end, transition, duration = outside_sweep(
-        inputs, saved.alpha_hat, saved.u_hat, saved.norm, saved.final)
+    segment_start, segment_end, transition, duration = outside_sweep(inputs, saved.alpha_hat, saved.u_hat,
+                                                                     saved.scale)
     batch = torch.arange(segment_end.shape[0], device=segment_end.device)
     last = segment_end[batch, potentials.lengths.to(segment_end.device) - 1]
     return Posterior(saved.log_z, segment_start, segment_end, transition, duration,

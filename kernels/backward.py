@@ -1,24 +1,31 @@
-"""The outside sweep (Log), right to left, and the expected counts.
+"""The outside pass (Log) as a flow of posterior probability, right to left.
 
-Outside recurrence (DESIGN.md section 2), per position `e = L..1`:
+Given the forward's tables, the posterior is a backward Markov chain over
+segment boundaries: the last segment ends at `L` with label `c` w.p.
+`softmax_c(alpha[L, c] + end[c])`; a segment that ends at `e` with label `c`
+has duration `d` w.p. `P(d | e, c) ∝ v[e-d, c] (x) duration[d-1, c]`
+(normalized over `d`); a segment that starts at `s > 0` with label `c`
+follows label `c'` w.p. `P(c' | s, c) ∝ alpha[s, c'] (x) transition[c', c]`
+(normalized over `c'`). Pushing the mass of each end back along these
+conditionals gives, exactly (DESIGN.md section 2's outside recurrence in
+another form):
 
-    abar[e, c]   = end[c]                                            (e = L)
-                 = (+)_{c''} ubar[e, c''] (x) transition[c, c'']     (e < L)
-    ubar[s, c]   = enter[s, c] (x) (+)_{d} vbar[s+d, c] (x) duration[d-1, c]
-    vbar[e, c]   = abar[e, c] (x) leave[e-1, c]
+    segment_end[e-1, c] = P(a segment with label c ends at e)
+    segment_start[s, c] = P(a segment with label c starts at s)
+    transition[c', c]   = sum_e P(c' -> c at boundary e)
 
-The sweep runs in the forward's frame: it stores `abar'[e] = abar[e] + N[e]
-- Z` and `ubar'[s] = ubar[s] + N[s] - Z` (`N` the forward's running scale,
-`Z` log Z), so that `alpha_hat[e] + abar'[e]` is a log-probability and no
-large number is ever formed. The ring of the last `K` rows of `vbar'` moves
-from frame `N[e]` to `N[e-1]` by subtracting the forward's shift `r[e]`.
+Each conditional is normalized by dividing by its own sum, so probability
+mass is conserved at every step up to unbiased rounding: nothing drifts at
+T = 10^6 (an outside pass in log space accumulates the bias of the
+approximate exp/log of every step). All values are probabilities in [0, 1].
 
-On the way it writes the two posteriors of a position:
-`segment_end[e-1] = exp(alpha_hat[e] + abar'[e])` and
-`segment_start[s] = exp(u_hat[s] + ubar'[s])`; and it stores `vbar'`, `ubar'`
-for :func:`expected_counts_kernel`, which sums the transition and duration
-counts over blocks of positions in parallel (fixed-order partial sums, so
-results are bitwise reproducible).
+The sweep keeps a `(KP, CP)` ring of the mass arriving at the last `K`
+starts and a ring of `v_hat[s] - (N[e] - N[s])` (the forward's inside values
+in the frame of the current end); only the `d = 1` term depends on the
+previous step, so the `K C` duration weights are computed off the
+dependency chain. It stores the log-normalizer of `P(d | e, c)`; the
+duration counts `sum_e P(d, e, c)` are then summed in parallel over blocks
+of ends (fixed order: bitwise reproducible).
 """
 from __future__ import annotations
 
@@ -26,152 +33,198 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import KernelInputs, pad, row_mask, semiring_sum, sweep_num_warps
+from .common import KernelInputs, pad, row_mask, sweep_num_warps
 
 
 @triton.jit
-def outside_sweep_kernel(
-        enter_ptr, leave_ptr, duration_ring_ptr, transition_ptr, end_ptr, lengths_ptr,
-        alpha_table_ptr, u_table_ptr, norm_ptr, final_ptr,
-        vbar_table_ptr, ubar_table_ptr, segment_start_ptr, segment_end_ptr,
-        T, K, C,
+def inside_value(u_table_ptr, enter_ptr, table, s, labels, C, T):
+    """`v_hat[s] = u_hat[s] + enter[s]` `(CP,)`, `-inf` where `s` is outside `[0, T)`."""
+    mask = row_mask(labels, C, s, T)
+    return (tl.load(u_table_ptr + table + s * C + labels, mask=mask, other=float("-inf"))
+            + tl.load(enter_ptr + s * C + labels, mask=mask, other=0.0))
+
+
+@triton.jit
+def position_inputs(alpha_table_ptr, u_table_ptr, enter_ptr, scale_row, table, e, K, labels, C, T):
+    """What the step at end `e` reads: `alpha_hat[e]`, `v_hat[e-1]`, `N[e-1]`,
+    and for the start `e - K` entering the window `v_hat[e-K]`, `N[e-K]`."""
+    alpha = tl.load(alpha_table_ptr + table + e * C + labels, mask=row_mask(labels, C, e, T + 1),
+                    other=float("-inf"))
+    newest = inside_value(u_table_ptr, enter_ptr, table, e - 1, labels, C, T)
+    oldest = inside_value(u_table_ptr, enter_ptr, table, e - K, labels, C, T)
+    scale_newest = tl.load(scale_row + tl.maximum(e - 1, 0))
+    scale_oldest = tl.load(scale_row + tl.maximum(e - K, 0))
+    return alpha, newest, scale_newest, oldest, scale_oldest
+
+
+@triton.jit
+def normalized_weights(x, axis: tl.constexpr):
+    """`(w, 1 / sum w)` of log-weights `x` along `axis`, `w = exp(x - max)`;
+    an all `-inf` slice gives zero weights and a zero inverse (no NaN). The
+    inverse is correctly rounded, so `sum(w) * inverse` is 1 up to an
+    unbiased rounding: normalized flows conserve mass."""
+    m = tl.max(x, axis=axis)
+    safe = tl.where(m == float("-inf"), 0.0, m)
+    w = tl.exp(x - tl.expand_dims(safe, axis))
+    total = tl.sum(w, axis=axis)
+    return w, tl.where(total > 0, tl.math.div_rn(1.0, total), 0.0)
+
+
+@triton.jit
+def outside_flow_kernel(
+        enter_ptr, duration_ring_ptr, transition_ptr, end_ptr, lengths_ptr,
+        alpha_table_ptr, u_table_ptr, scale_ptr,
+        segment_start_ptr, segment_end_ptr, transition_count_ptr, duration_lognorm_ptr,
+        T, K, C, enter_stride,
         KP: tl.constexpr, CP: tl.constexpr):
     """One sequence per program. Reads the forward's `alpha_hat`, `u_hat`
-    `(B, T+1, C)`, `r (B, T+1)` and `final (B,)`; writes `vbar'`, `ubar'`
-    `(B, T+1, C)` (rows 1..L and 0..L-1) and `segment_start`, `segment_end`
-    `(B, T, C)` (rows 0..L-1)."""
+    `(B, T+1, C)` and `N (B, T+1)`; writes `segment_start`, `segment_end`
+    `(B, T, C)` (rows `0..L-1`), `transition_count (B, C, C)` and the
+    log-normalizers of `P(d | e, c)` into `duration_lognorm (B, T+1, C)`
+    (rows `1..L`)."""
     b = tl.program_id(0)
-    length = tl.load(lengths_ptr + b)
+    length = tl.load(lengths_ptr + b).to(tl.int32)
     b = b.to(tl.int64)
     slots = tl.arange(0, KP)
     labels = tl.arange(0, CP)
     valid = labels < C
-    seq = b * T * C
+    enter_ptr += b * enter_stride
     table = b * (T + 1) * C
-    norm_row = norm_ptr + b * (T + 1)
-    # Computing ubar'[e - 1], slot i pairs with duration_ring[(-e) mod KP + i].
-    ring_window = duration_ring_ptr + b * 2 * KP * CP + slots[:, None] * CP + labels[None, :]
-    # transition[c, c''] with c (source) on rows: reduce over the columns.
+    seq = b * T * C
+    scale_row = scale_ptr + b * (T + 1)
+    durations = duration_ring_ptr + b * 4 * KP * CP
+    duration_1 = tl.load(durations + labels)
+    # d >= 2 (second table): at end e, slot i pairs with row (e - 1) mod KP + KP - i.
+    longer_window = durations + 3 * KP * CP - slots[:, None] * CP + labels[None, :]
     transition = tl.load(transition_ptr + labels[:, None] * C + labels[None, :],
                          mask=valid[:, None] & valid[None, :], other=float("-inf"))
+
+    # Ring of v_hat[s] - (N[L] - N[s]) for the starts L-K+1 .. L-1 (slot s mod KP).
+    scale_end = tl.load(scale_row + length)
+    starts = (length - 1) - ((length - 1 - slots) & (KP - 1))
+    in_window = (starts >= 0) & (starts > length - K)
+    window_mask = in_window[:, None] & valid[None, :]
+    inside = (tl.load(u_table_ptr + table + starts[:, None] * C + labels[None, :], mask=window_mask,
+                      other=float("-inf"))
+              + tl.load(enter_ptr + starts[:, None] * C + labels[None, :], mask=window_mask, other=0.0))
+    shift = scale_end - tl.load(scale_row + starts, mask=in_window, other=0.0)
+    inside = inside - shift.to(tl.float32)[:, None]
+    mass = tl.zeros((KP, CP), tl.float32)
+    transition_count = tl.zeros((CP, CP), tl.float32)
+
     end = tl.load(end_ptr + labels, mask=valid, other=float("-inf"))
-    abar_last = end - tl.load(final_ptr + b)
-    ring = tl.full((KP, CP), float("-inf"), tl.float32)
-    ubar = tl.full((CP,), float("-inf"), tl.float32)
-    # Inputs of position e are loaded one position ahead.
-    next_duration = tl.load(ring_window + ((0 - length) & (KP - 1)) * CP)
-    next_leave = tl.load(leave_ptr + seq + (length - 1) * C + labels, mask=valid, other=0.0)
-    next_enter = tl.load(enter_ptr + seq + (length - 1) * C + labels, mask=valid, other=0.0)
-    next_alpha = tl.load(alpha_table_ptr + table + length * C + labels, mask=valid, other=float("-inf"))
-    next_u = tl.load(u_table_ptr + table + (length - 1) * C + labels, mask=valid, other=float("-inf"))
-    next_shift = tl.load(norm_row + length)
+    last = tl.load(alpha_table_ptr + table + length * C + labels, mask=valid, other=float("-inf")) + end
+    w_last, inv_last = normalized_weights(last, 0)
+    start_mass = w_last * inv_last  # at e = L this is already the end mass
+    scale_e = scale_end
+    a1, n1, s1, o1, so1 = position_inputs(alpha_table_ptr, u_table_ptr, enter_ptr, scale_row, table, length, K,
+                                          labels, C, T)
+    a2, n2, s2, o2, so2 = position_inputs(alpha_table_ptr, u_table_ptr, enter_ptr, scale_row, table, length - 1,
+                                          K, labels, C, T)
     for i in range(0, length):
         e = length - i
-        duration, leave, enter = next_duration, next_leave, next_enter
-        alpha, u, shift = next_alpha, next_u, next_shift
-        more = row_mask(labels, C, e - 2, T)  # rows e - 2 exist: e > 1
-        next_duration = tl.load(ring_window + ((1 - e) & (KP - 1)) * CP)
-        next_leave = tl.load(leave_ptr + seq + (e - 2) * C + labels, mask=more, other=0.0)
-        next_enter = tl.load(enter_ptr + seq + (e - 2) * C + labels, mask=more, other=0.0)
-        next_alpha = tl.load(alpha_table_ptr + table + (e - 1) * C + labels, mask=more,
-                             other=float("-inf"))
-        next_u = tl.load(u_table_ptr + table + (e - 2) * C + labels, mask=more, other=float("-inf"))
-        next_shift = tl.load(norm_row + e - 1)
+        alpha, newest, scale_newest, oldest, scale_oldest = a1, n1, s1, o1, so1
+        a1, n1, s1, o1, so1 = a2, n2, s2, o2, so2
+        a2, n2, s2, o2, so2 = position_inputs(alpha_table_ptr, u_table_ptr, enter_ptr, scale_row, table, e - 2, K,
+                                              labels, C, T)
 
-        abar = semiring_sum(ubar[None, :] + transition, 1, False)
-        abar = tl.where(e == length, abar_last, abar)
-        tl.store(segment_end_ptr + seq + (e - 1) * C + labels, tl.exp(alpha + abar), mask=valid)
-        vbar = abar + leave
-        tl.store(vbar_table_ptr + table + e * C + labels, vbar, mask=valid)
-        ring = tl.where(slots[:, None] == (e & (KP - 1)), vbar[None, :], ring) - shift
-        ubar = enter + semiring_sum(ring + duration, 0, False)
-        tl.store(ubar_table_ptr + table + (e - 1) * C + labels, ubar, mask=valid)
-        tl.store(segment_start_ptr + seq + (e - 1) * C + labels, tl.exp(u + ubar), mask=valid)
+        # Off the chain: the start e - K enters the window; duration weights of end e.
+        slot_oldest = (e - K) & (KP - 1)
+        oldest = oldest - (scale_e - scale_oldest).to(tl.float32)
+        inside = tl.where(slots[:, None] == slot_oldest, oldest[None, :], inside)
+        mass = tl.where(slots[:, None] == slot_oldest, 0.0, mass)
+        x = inside + tl.load(longer_window + ((e - 1) & (KP - 1)) * CP)
+        x_1 = newest - (scale_e - scale_newest).to(tl.float32) + duration_1
+        m = tl.maximum(tl.max(x, axis=0), x_1)
+        m = tl.where(m == float("-inf"), 0.0, m)
+        w = tl.exp(x - m[None, :])
+        w_1 = tl.exp(x_1 - m)
+        total = tl.sum(w, axis=0) + w_1
+        inv = tl.where(total > 0, tl.math.div_rn(1.0, total), 0.0)
+        tl.store(duration_lognorm_ptr + table + e * C + labels, m + tl.log(total), mask=valid)
+        arrived = tl.sum(tl.where(slots[:, None] == ((e - 1) & (KP - 1)), mass, 0.0), axis=0)
+        # ... and the transition weights at boundary e (used when e < L).
+        wt, inv_t = normalized_weights(alpha[:, None] + transition, 0)
+
+        # The chain: start mass at e -> end mass at e -> start mass at e - 1.
+        if e < length:
+            coef_t = start_mass * inv_t
+            flow = wt * coef_t[None, :]
+            end_mass = tl.sum(flow, axis=1)
+            transition_count += flow
+        else:
+            end_mass = start_mass
+        tl.store(segment_end_ptr + seq + (e - 1) * C + labels, end_mass, mask=valid)
+        coef = end_mass * inv
+        start_mass = arrived + w_1 * coef
+        tl.store(segment_start_ptr + seq + (e - 1) * C + labels, start_mass, mask=valid)
+        mass += w * coef[None, :]
+
+        inside = inside + (scale_e - scale_newest).to(tl.float32)
+        scale_e = scale_newest
+
+    tl.store(transition_count_ptr + b * C * C + labels[:, None] * C + labels[None, :], transition_count,
+             mask=valid[:, None] & valid[None, :])
 
 
 @triton.jit
-def expected_counts_kernel(
-        enter_ptr, duration_ptr, transition_ptr, lengths_ptr,
-        alpha_table_ptr, u_table_ptr, norm_ptr, vbar_table_ptr, ubar_table_ptr,
-        transition_partial_ptr, duration_partial_ptr,
-        T, K, C, NUM_BLOCKS,
-        BLOCK: tl.constexpr, CP: tl.constexpr, SUB: tl.constexpr):
-    """Program `b * NUM_BLOCKS + j` sums over the positions `[j BLOCK, (j+1) BLOCK)`:
-
-    - transitions at the boundaries `e` in the block, `0 < e < L`:
-      `exp(alpha_hat[e, c'] + transition[c', c] + ubar'[e, c])`, in `SUB`
-      positions at a time, into `transition_partial[b, j] (C, C)`;
-    - segments starting at `s` in the block, for every `d` with `s + d <= L`:
-      `exp(u_hat[s] + enter[s] + duration[d-1] + vbar'[s+d] - (N[s+d] - N[s]))`
-      into `duration_partial[b, j] (K, C)`.
-    """
+def duration_counts_kernel(
+        enter_ptr, duration_ptr, lengths_ptr, u_table_ptr, scale_ptr, segment_end_ptr, duration_lognorm_ptr,
+        duration_partial_ptr,
+        T, K, C, NUM_BLOCKS, enter_stride,
+        BLOCK: tl.constexpr, CP: tl.constexpr):
+    """Program `b * NUM_BLOCKS + j` sums, over the ends `e` in
+    `[j BLOCK, (j+1) BLOCK)`, `P(d, e, c) = segment_end[e-1, c] P(d | e, c)`
+    with `P(d | e, c) = exp(v_hat[e-d, c] + duration[d-1, c] - (N[e] - N[e-d])
+    - lognorm[e, c])`, into `duration_partial[b, j] (K, C)`."""
     program = tl.program_id(0)
     b = program // NUM_BLOCKS
     j = program % NUM_BLOCKS
-    length = tl.load(lengths_ptr + b)
+    length = tl.load(lengths_ptr + b).to(tl.int32)
     b = b.to(tl.int64)
     labels = tl.arange(0, CP)
     valid = labels < C
-    seq = b * T * C
+    enter_ptr += b * enter_stride
     table = b * (T + 1) * C
-    first = j * BLOCK
-
-    transition = tl.load(transition_ptr + labels[:, None] * C + labels[None, :],
-                         mask=valid[:, None] & valid[None, :], other=float("-inf"))
-    sub = tl.arange(0, SUB)
-    pair_sum = tl.zeros((CP, CP), tl.float32)
-    for k in range(0, BLOCK, SUB):
-        e = first + k + sub
-        inside = (e > 0) & (e < length)
-        mask = inside[:, None] & valid[None, :]
-        rows = table + e[:, None] * C + labels[None, :]
-        alpha = tl.load(alpha_table_ptr + rows, mask=mask, other=float("-inf"))
-        ubar = tl.load(ubar_table_ptr + rows, mask=mask, other=float("-inf"))
-        x = alpha[:, :, None] + transition[None, :, :] + ubar[:, None, :]
-        pair_sum += tl.sum(tl.exp(x), axis=0)
-    out = transition_partial_ptr + (b * NUM_BLOCKS + j) * C * C
-    tl.store(out + labels[:, None] * C + labels[None, :], pair_sum, mask=valid[:, None] & valid[None, :])
-
-    s = first + tl.arange(0, BLOCK)
-    starts = s < length
-    smask = starts[:, None] & valid[None, :]
-    v = (tl.load(u_table_ptr + table + s[:, None] * C + labels[None, :], mask=smask, other=float("-inf"))
-         + tl.load(enter_ptr + seq + s[:, None] * C + labels[None, :], mask=smask, other=0.0))
-    window = tl.zeros((BLOCK,), tl.float32)
+    seq = b * T * C
+    e = j * BLOCK + tl.arange(0, BLOCK)
+    ends = (e >= 1) & (e <= length)
+    emask = ends[:, None] & valid[None, :]
+    end_mass = tl.load(segment_end_ptr + seq + (e[:, None] - 1) * C + labels[None, :], mask=emask, other=0.0)
+    lognorm = tl.load(duration_lognorm_ptr + table + e[:, None] * C + labels[None, :], mask=emask, other=0.0)
+    scale_e = tl.load(scale_ptr + b * (T + 1) + e, mask=ends, other=0.0)
     out = duration_partial_ptr + (b * NUM_BLOCKS + j) * K * C
     for d in range(1, K + 1):
-        e = s + d
-        ends = e <= length
-        window += tl.load(norm_ptr + b * (T + 1) + e, mask=ends, other=0.0)
-        vbar = tl.load(vbar_table_ptr + table + e[:, None] * C + labels[None, :],
-                       mask=ends[:, None] & valid[None, :], other=float("-inf"))
-        dur = tl.load(duration_ptr + (b * K + d - 1) * C + labels, mask=valid, other=float("-inf"))
-        p = tl.exp(v + dur[None, :] + vbar - window[:, None])
+        s = e - d
+        ok = ends & (s >= 0)
+        smask = ok[:, None] & valid[None, :]
+        inside = (tl.load(u_table_ptr + table + s[:, None] * C + labels[None, :], mask=smask, other=float("-inf"))
+                  + tl.load(enter_ptr + s[:, None] * C + labels[None, :], mask=smask, other=0.0))
+        shift = (scale_e - tl.load(scale_ptr + b * (T + 1) + s, mask=ok, other=0.0)).to(tl.float32)
+        duration = tl.load(duration_ptr + (b * K + d - 1) * C + labels, mask=valid, other=float("-inf"))
+        p = end_mass * tl.exp(inside + duration[None, :] - shift[:, None] - lognorm)
         tl.store(out + (d - 1) * C + labels, tl.sum(p, axis=0), mask=valid)
 
 
-def outside_sweep(inputs: KernelInputs, alpha_table, u_table, norm, final, num_warps: int | None = None):
-    """Launch the outside sweep and the counts. Returns `(segment_start,
-    segment_end (B, T, C), transition (B, C, C), duration (B, K, C))`."""
+def outside_sweep(inputs: KernelInputs, alpha_table, u_table, scale, num_warps: int | None = None):
+    """Launch the outside flow and the duration counts. Returns
+    `(segment_start, segment_end (B, T, C), transition (B, C, C), duration (B, K, C))`."""
     B, T, K, C = inputs.shape
     KP, CP = pad(K), pad(C)
     device = inputs.enter.device
-    vbar_table = torch.empty((B, T + 1, C), dtype=torch.float32, device=device)
-    ubar_table = torch.empty((B, T + 1, C), dtype=torch.float32, device=device)
     segment_start = torch.zeros((B, T, C), dtype=torch.float32, device=device)
     segment_end = torch.zeros((B, T, C), dtype=torch.float32, device=device)
-    outside_sweep_kernel[(B,)](
-        inputs.enter, inputs.leave, inputs.duration_ring, inputs.transition, inputs.end, inputs.lengths,
-        alpha_table, u_table, norm, final, vbar_table, ubar_table, segment_start, segment_end,
-        T, K, C, KP=KP, CP=CP, num_warps=num_warps or sweep_num_warps(KP, CP))
+    transition = torch.empty((B, C, C), dtype=torch.float32, device=device)
+    duration_lognorm = torch.empty((B, T + 1, C), dtype=torch.float32, device=device)
+    outside_flow_kernel[(B,)](
+        inputs.enter, inputs.duration_ring, inputs.transition, inputs.end, inputs.lengths,
+        alpha_table, u_table, scale, segment_start, segment_end, transition, duration_lognorm,
+        T, K, C, inputs.enter.stride(0), KP=KP, CP=CP, num_warps=num_warps or sweep_num_warps(KP, CP))
 
-    block = min(pad(T), max(16, 2048 // CP))
-    sub = max(1, min(block, 4096 // (CP * CP)))
-    num_blocks = triton.cdiv(T, block)
-    transition_partial = torch.empty((B, num_blocks, C, C), dtype=torch.float32, device=device)
+    block = min(pad(T + 1), max(16, 2048 // CP))
+    num_blocks = triton.cdiv(T + 1, block)
     duration_partial = torch.empty((B, num_blocks, K, C), dtype=torch.float32, device=device)
-    expected_counts_kernel[(B * num_blocks,)](
-        inputs.enter, inputs.duration, inputs.transition, inputs.lengths,
-        alpha_table, u_table, norm, vbar_table, ubar_table, transition_partial, duration_partial,
-        T, K, C, num_blocks, BLOCK=block, CP=CP, SUB=sub, num_warps=4)
-    return segment_start, segment_end, transition_partial.sum(dim=1), duration_partial.sum(dim=1)
+    duration_counts_kernel[(B * num_blocks,)](
+        inputs.enter, inputs.duration, inputs.lengths, u_table, scale, segment_end, duration_lognorm,
+        duration_partial, T, K, C, num_blocks, inputs.enter.stride(0), BLOCK=block, CP=CP, num_warps=4)
+    return segment_start, segment_end, transition, duration_partial.sum(dim=1)

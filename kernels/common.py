@@ -29,6 +29,16 @@ def semiring_sum(x, axis: tl.constexpr, MAX: tl.constexpr):
 
 
 @triton.jit
+def semiring_plus(a, b, MAX: tl.constexpr):
+    """Elementwise `(+)` of log-values: log-add-exp (Log) or max (Max)."""
+    m = tl.maximum(a, b)
+    if MAX:
+        return m
+    safe = tl.where(m == float("-inf"), 0.0, m)
+    return m + tl.log(1.0 + tl.exp(tl.minimum(a, b) - safe))
+
+
+@triton.jit
 def row_mask(labels, C, row, rows):
     """Mask of a row of `(rows, C)` at index `row`: `labels < C` when
     `0 <= row < rows`, else all False (a tensor mask also where `row` and
@@ -47,11 +57,11 @@ def sweep_num_warps(kp: int, cp: int) -> int:
     spread the `KP x CP` exponentials, few enough that the per-step
     reductions stay within a warp or two (the sweep is latency bound)."""
     size = kp * cp
-    if size <= 512:
+    if size <= 1024:
         return 1
     if size <= 2048:
         return 2
-    if size <= 8192:
+    if size <= 4096:
         return 4
     return 8
 
@@ -78,11 +88,15 @@ def kernel_limits_reason(potentials) -> Optional[str]:
 class KernelInputs:
     """The factors as contiguous float32 tensors on the potentials' device.
 
-    Shapes: `enter`, `leave (B, T, C)`; `duration (B, K, C)`;
-    `transition (C, C)` `[src, dst]`; `start`, `end (C,)`; `lengths (B,)` int32.
-    `duration_ring (B, 2 KP, CP)`: `duration[b, j mod KP, c]`, `-inf` where
-    `j mod KP >= K` or `c >= C`, so that the sweeps read the durations in the
-    ring's rotated order as one contiguous, unmasked window.
+    Shapes: `enter`, `leave (B, T, C)` (rows contiguous; the batch stride
+    may differ from `T C`); `duration (B, K, C)`; `transition (C, C)`
+    `[src, dst]`; `start`, `end (C,)`; `lengths (B,)` int64.
+
+    `duration_ring (B, 2, 2 KP, CP)`: two doubled tables whose row `j` holds
+    `duration[b, j mod KP, c]` (`-inf` where `j mod KP >= K` or `c >= C`),
+    so that a sweep reads the durations in the ring's rotated order as one
+    contiguous, unmasked window; the second table also has `-inf` for
+    `d = 1` (`j mod KP == 0`), the term the forward keeps apart.
     """
 
     enter: torch.Tensor
@@ -117,11 +131,16 @@ def kernel_inputs(potentials) -> KernelInputs:
     def prep(t: torch.Tensor) -> torch.Tensor:
         return t.detach().contiguous()
 
+    def rows(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach()
+        return t if t.stride(2) == 1 and t.stride(1) == t.shape[2] else t.contiguous()
+
     duration = prep(f.duration)
     B, K, C = duration.shape
     KP, CP = pad(K), pad(C)
-    duration_ring = duration.new_full((B, 2, KP, CP), float("-inf"))
-    duration_ring[:, :, :K, :C] = duration[:, None]
-    return KernelInputs(prep(f.enter), prep(f.leave), duration, duration_ring.view(B, 2 * KP, CP),
+    duration_ring = duration.new_full((B, 2, 2, KP, CP), float("-inf"))
+    duration_ring[:, :, :, :K, :C] = duration[:, None, None]
+    duration_ring[:, 1, :, 0] = float("-inf")
+    return KernelInputs(rows(f.enter), rows(f.leave), duration, duration_ring,
                         prep(f.transition), prep(f.start), prep(f.end),
-                        potentials.lengths.to(device=potentials.device, dtype=torch.int32).contiguous())
+                        potentials.lengths.to(potentials.device).contiguous())

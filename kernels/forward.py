@@ -9,19 +9,24 @@ Per position `e = 1..L` (DESIGN.md section 2, factorized recurrence):
 
 The last `K` rows of `v` live in a `(KP, CP)` ring held in registers: the
 start `s` sits in slot `s mod KP`, so at position `e` slot `i` pairs with
-duration `d = ((e - 1 - i) mod KP) + 1`, and the duration tile is gathered
-in that rotated order from the doubled table `duration_ring` (slots with
-`d > K` or never written are `-inf`).
+duration `d = ((e - 1 - i) mod KP) + 1`; the durations are read in that
+rotated order from a doubled table (see :class:`~.common.KernelInputs`).
+
+Only the newest row `v[e-1]` of the ring depends on the previous position,
+so each position splits its sum: the part over `d >= 2` (`K C` terms) is
+computed one position ahead, off the dependency chain, and the chain itself
+is `alpha = (v[e-1] (x) duration[0]) (+) partial`, then the `C x C` product
+with the transition.
 
 Running normalization: after each position the ring, alpha and u are shifted
 by `r[e] = max_c alpha[e, c]`, so everything stored stays O(1) at any T; the
 shifts add up in float64 to the scale `N[e] = sum_{i<=e} r[i]`.
 
 Log stores, per position, `alpha_hat[e] = alpha[e] - N[e]`,
-`u_hat[e] = u[e] - N[e]` (`u_hat[0] = start`) and `r[e]`: what the outside
-sweep needs, `O(T C)`, the order of the gradient it returns. Max stores the
-backpointers instead: the best duration `d - 1` of `alpha[e, c]` and the best
-source label of `u[e, c]`.
+`u_hat[e] = u[e] - N[e]` (`u_hat[0] = start`) and `N[e]` (float64): what the
+outside sweep needs, `O(T C)`, the order of the gradient it returns. Max
+stores the backpointers instead: the best duration `d - 1` of `alpha[e, c]`
+and the best source label of `u[e, c]`.
 """
 from __future__ import annotations
 
@@ -29,61 +34,70 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import KernelInputs, pad, row_mask, semiring_sum, sweep_num_warps
-
-NEG_INF = float("-inf")
+from .common import KernelInputs, pad, row_mask, semiring_plus, semiring_sum, sweep_num_warps
 
 
 @triton.jit
 def forward_sweep_kernel(
         enter_ptr, leave_ptr, duration_ring_ptr, transition_ptr, start_ptr, end_ptr, lengths_ptr,
-        alpha_table_ptr, u_table_ptr, norm_ptr, result_ptr, final_ptr,
-        T, K, C,
+        alpha_table_ptr, u_table_ptr, scale_ptr, result_ptr, final_ptr,
+        T, C, enter_stride, leave_stride,
         KP: tl.constexpr, CP: tl.constexpr, MAX: tl.constexpr):
-    """One sequence per program.
+    """One sequence per program (`enter`, `leave`: rows of C, batch strides given).
 
     Log: `alpha_table`, `u_table (B, T+1, C)` float32 get `alpha_hat`,
-    `u_hat`; `norm (B, T+1)` gets `r`; `result (B,)` log Z; `final (B,)`
-    `log sum_c exp(alpha_hat[L, c] + end[c])`.
+    `u_hat`; `scale (B, T+1)` float64 gets `N`; `result (B,)` log Z;
+    `final (B,)` `log sum_c exp(alpha_hat[L, c] + end[c])`.
     Max: `alpha_table`, `u_table` get the integer backpointers; `result` the
     best score; `final` the best last label.
     """
     b = tl.program_id(0)
-    length = tl.load(lengths_ptr + b)
+    length = tl.load(lengths_ptr + b).to(tl.int32)
     b = b.to(tl.int64)
     slots = tl.arange(0, KP)
     labels = tl.arange(0, CP)
     valid = labels < C
-    seq = b * T * C
+    enter_ptr += b * enter_stride
+    leave_ptr += b * leave_stride
     table = b * (T + 1) * C
-    # Slot i at position e pairs with duration_ring[(e - 1) mod KP + KP - i].
-    ring_window = duration_ring_ptr + b * 2 * KP * CP + KP * CP - slots[:, None] * CP + labels[None, :]
+    durations = duration_ring_ptr + b * 4 * KP * CP
+    duration_1 = tl.load(durations + labels)
+    # d >= 2 only (the second table): slot i at position e pairs with row (e - 1) mod KP + KP - i.
+    longer_window = durations + 3 * KP * CP - slots[:, None] * CP + labels[None, :]
     transition = tl.load(transition_ptr + labels[:, None] * C + labels[None, :],
                          mask=valid[:, None] & valid[None, :], other=float("-inf"))
     start = tl.load(start_ptr + labels, mask=valid, other=float("-inf"))
     if not MAX:
         tl.store(u_table_ptr + table + labels, start, mask=valid)
-        tl.store(norm_ptr + b * (T + 1), 0.0)
-    v0 = start + tl.load(enter_ptr + seq + labels, mask=valid, other=0.0)
-    ring = tl.where(slots[:, None] == 0, v0[None, :], float("-inf"))
+        tl.store(scale_ptr + b * (T + 1), 0.0)
+    newest = start + tl.load(enter_ptr + labels, mask=valid, other=0.0)  # v[0]
+    ring = tl.where(slots[:, None] == 0, newest[None, :], float("-inf"))
+    partial = tl.full((CP,), float("-inf"), tl.float32)  # d >= 2 part of position 1: none
+    partial_best = tl.zeros((CP,), tl.int32)
     alpha = tl.full((CP,), float("-inf"), tl.float32)
-    norm = tl.full([], 0.0, tl.float64)
-    # Inputs of position e are loaded one position ahead (their latency
-    # then overlaps the previous position's reductions).
-    next_duration = tl.load(ring_window)
-    next_leave = tl.load(leave_ptr + seq + labels, mask=valid, other=0.0)
-    next_enter = tl.load(enter_ptr + seq + C + labels, mask=row_mask(labels, C, 1, T), other=0.0)
+    scale = tl.full([], 0.0, tl.float64)
+    # Rows of `leave` / `enter` are loaded two positions ahead.
+    leave_1 = tl.load(leave_ptr + labels, mask=valid, other=0.0)
+    leave_2 = tl.load(leave_ptr + C + labels, mask=row_mask(labels, C, 1, T), other=0.0)
+    enter_1 = tl.load(enter_ptr + C + labels, mask=row_mask(labels, C, 1, T), other=0.0)
+    enter_2 = tl.load(enter_ptr + 2 * C + labels, mask=row_mask(labels, C, 2, T), other=0.0)
     for e in range(1, length + 1):
-        duration, leave, enter = next_duration, next_leave, next_enter
-        next_duration = tl.load(ring_window + (e & (KP - 1)) * CP)
-        next_leave = tl.load(leave_ptr + seq + e * C + labels, mask=row_mask(labels, C, e, T), other=0.0)
-        next_enter = tl.load(enter_ptr + seq + (e + 1) * C + labels, mask=row_mask(labels, C, e + 1, T), other=0.0)
+        leave, enter = leave_1, enter_1
+        leave_1, enter_1 = leave_2, enter_2
+        leave_2 = tl.load(leave_ptr + (e + 1) * C + labels, mask=row_mask(labels, C, e + 1, T), other=0.0)
+        enter_2 = tl.load(enter_ptr + (e + 2) * C + labels, mask=row_mask(labels, C, e + 2, T), other=0.0)
 
-        x = ring + duration
+        # Off the chain: the d >= 2 part of position e + 1 (slot e mod KP is d = 1 there: -inf row).
+        x = ring + tl.load(longer_window + (e & (KP - 1)) * CP)
         if MAX:
-            a, best_slot = tl.max(x, axis=0, return_indices=True)
+            next_partial, next_slot = tl.max(x, axis=0, return_indices=True)
+            next_best = (e - next_slot) & (KP - 1)
         else:
-            a = semiring_sum(x, 0, MAX)
+            next_partial = semiring_sum(x, 0, False)
+
+        # The chain: alpha[e] from the newest row and the partial, then u[e].
+        newest_term = newest + duration_1
+        a = semiring_plus(newest_term, partial, MAX)
         alpha = a + leave
         r = tl.max(alpha, axis=0)
         r = tl.where(r == float("-inf"), 0.0, r)
@@ -91,25 +105,30 @@ def forward_sweep_kernel(
         if MAX:
             u, best_source = tl.max(y, axis=0, return_indices=True)
         else:
-            u = semiring_sum(y, 0, MAX)
+            u = semiring_sum(y, 0, False)
         alpha = alpha - r
         u = u - r
         row = table + e * C + labels
         if MAX:
-            tl.store(alpha_table_ptr + row, ((e - 1 - best_slot) & (KP - 1)).to(alpha_table_ptr.dtype.element_ty),
-                     mask=valid)
+            best = tl.where(newest_term >= partial, 0, partial_best)
+            tl.store(alpha_table_ptr + row, best.to(alpha_table_ptr.dtype.element_ty), mask=valid)
             tl.store(u_table_ptr + row, best_source.to(u_table_ptr.dtype.element_ty), mask=valid)
         else:
             tl.store(alpha_table_ptr + row, alpha, mask=valid)
             tl.store(u_table_ptr + row, u, mask=valid)
-            tl.store(norm_ptr + b * (T + 1) + e, r)
-        norm += r.to(tl.float64)
-        ring = tl.where(slots[:, None] == (e & (KP - 1)), (u + enter)[None, :], ring - r)
+        scale += r.to(tl.float64)
+        if not MAX:
+            tl.store(scale_ptr + b * (T + 1) + e, scale)
+        newest = u + enter
+        partial = next_partial - r
+        if MAX:
+            partial_best = next_best
+        ring = tl.where(slots[:, None] == (e & (KP - 1)), newest[None, :], ring - r)
 
     end = tl.load(end_ptr + labels, mask=valid, other=float("-inf"))
     last = alpha + end
     final = semiring_sum(last, 0, MAX)
-    tl.store(result_ptr + b, (norm + final.to(tl.float64)).to(tl.float32))
+    tl.store(result_ptr + b, (scale + final.to(tl.float64)).to(tl.float32))
     if MAX:
         tl.store(final_ptr + b, tl.argmax(last, axis=0).to(final_ptr.dtype.element_ty))
     else:
@@ -123,25 +142,25 @@ def backpointer_dtype(n: int) -> torch.dtype:
 
 def forward_sweep(inputs: KernelInputs, max_semiring: bool, num_warps: int | None = None):
     """Launch the sweep. Returns `(result (B,), final (B,), alpha_table,
-    u_table, norm)` as documented on :func:`forward_sweep_kernel` (`norm` is
-    None for Max)."""
+    u_table, scale)` as documented on :func:`forward_sweep_kernel` (`scale`
+    is None for Max)."""
     B, T, K, C = inputs.shape
     KP, CP = pad(K), pad(C)
     device = inputs.enter.device
     if max_semiring:
         alpha_table = torch.empty((B, T + 1, C), dtype=backpointer_dtype(KP), device=device)
         u_table = torch.empty((B, T + 1, C), dtype=backpointer_dtype(CP), device=device)
-        norm = None
+        scale = None
         final = torch.empty(B, dtype=torch.int64, device=device)
     else:
         alpha_table = torch.empty((B, T + 1, C), dtype=torch.float32, device=device)
         u_table = torch.empty((B, T + 1, C), dtype=torch.float32, device=device)
-        norm = torch.empty((B, T + 1), dtype=torch.float32, device=device)
+        scale = torch.empty((B, T + 1), dtype=torch.float64, device=device)
         final = torch.empty(B, dtype=torch.float32, device=device)
     result = torch.empty(B, dtype=torch.float32, device=device)
     forward_sweep_kernel[(B,)](
         inputs.enter, inputs.leave, inputs.duration_ring, inputs.transition, inputs.start, inputs.end,
-        inputs.lengths, alpha_table, u_table, alpha_table if norm is None else norm, result, final,
-        T, K, C, KP=KP, CP=CP, MAX=max_semiring,
+        inputs.lengths, alpha_table, u_table, alpha_table if scale is None else scale, result, final,
+        T, C, inputs.enter.stride(0), inputs.leave.stride(0), KP=KP, CP=CP, MAX=max_semiring,
         num_warps=num_warps or sweep_num_warps(KP, CP))
-    return result, final, alpha_table, u_table, norm
+    return result, final, alpha_table, u_table, scale
