@@ -98,15 +98,6 @@ def _change_without_start(problem, kwargs):
     kwargs["labels"], kwargs["starts"] = labels, starts
 
 
-UNCHECKED_COMPLEX = ("Segmentation accepts complex labels (is_floating_point() is False for complex dtypes) "
-                     "and casts them with a UserWarning; segmentation.py should require an integer dtype")
-BROADCAST_LENGTHS = ("from_labels broadcasts lengths against labels (torch.where) without checking their shape: "
-                     "lengths (2B,) or (B, 1) with labels (B, T) give a (2B, T) or (B, B, T) segmentation "
-                     "silently when starts is None, else an error naming starts, not lengths")
-UNCHECKED_META = ("Segmentation on the meta device fails deep inside (_check_tiling reads values: {error}); "
-                  "check labels/starts/lengths devices up front")
-
-
 def init_cases() -> list:
     entry = "Segmentation"
 
@@ -119,7 +110,7 @@ def init_cases() -> list:
         Case(entry, "labels: float dtype", _init(_put("labels", lambda p, t: t.double())), Raises("labels")),
         Case(entry, "labels: bool dtype", _init(_put("labels", lambda p, t: t > 0)), Raises("labels")),
         Case(entry, "labels: complex dtype", _init(_put("labels", lambda p, t: t.to(torch.complex64))),
-             Raises("labels"), known_failure=UNCHECKED_COMPLEX),
+             Raises("labels")),
         Case(entry, "labels: int32 (accepted)", _init(_put("labels", lambda p, t: t.int())), Returns(equal_to_input)),
         Case(entry, "labels: 0-dim", _init(lambda p, kw: kw.update(labels=kw["labels"][0, 0],
                                                                    starts=kw["starts"][0, 0], lengths=None)),
@@ -128,8 +119,7 @@ def init_cases() -> list:
                                                                    starts=kw["starts"][:, :0], lengths=None)),
              Raises("labels")),
         Case(entry, "labels: meta device", _init(_put("labels", lambda p, t: t.to("meta"))),
-             Raises("labels", "starts", "lengths"),
-             known_failure=UNCHECKED_META.format(error="RuntimeError: Tensor.item() cannot be called on meta tensors")),
+             Raises("labels", "starts", "lengths")),
         Case(entry, "labels: gap (-1 inside a length)", _init(_gap), Raises("labels")),
         Case(entry, "labels: -2 past a length", _init(_at_random("labels", -2, "past")), Raises("labels")),
         Case(entry, "labels: label change without a start", _init(_change_without_start), Raises("labels", "starts")),
@@ -143,8 +133,7 @@ def init_cases() -> list:
         Case(entry, "starts: a start past a length", _init(_at_random("starts", True, "past")),
              Raises("starts", "labels")),
         Case(entry, "starts: meta device", _init(_put("starts", lambda p, t: t.to("meta"))),
-             Raises("starts", "labels"),
-             known_failure=UNCHECKED_META.format(error="NotImplementedError: Cannot copy out of meta tensor")),
+             Raises("starts", "labels")),
         Case(entry, "lengths: None (from labels)", _init(_put("lengths", lambda p, t: None)), Returns(equal_to_input)),
         Case(entry, "lengths: int32 (accepted)", _init(_put("lengths", lambda p, t: t.int())), Returns(equal_to_input)),
         Case(entry, "lengths: float dtype", _init(_put("lengths", lambda p, t: t.double())), Raises("lengths")),
@@ -154,8 +143,7 @@ def init_cases() -> list:
         Case(entry, "lengths: disagree with labels", _init(_put("lengths", lambda p, t: t - 1)),
              Raises("lengths", "labels", "starts")),
         Case(entry, "lengths: wrong shape", _init(_put("lengths", lambda p, t: torch.cat([t, t]))), Raises("lengths")),
-        Case(entry, "lengths: meta device", _init(_put("lengths", lambda p, t: t.to("meta"))), Raises("lengths"),
-             known_failure=UNCHECKED_META.format(error="NotImplementedError: Cannot copy out of meta tensor")),
+        Case(entry, "lengths: meta device", _init(_put("lengths", lambda p, t: t.to("meta"))), Raises("lengths")),
     ]
 
 
@@ -185,15 +173,11 @@ def from_segments_cases() -> list:
              Returns(lambda r, s: same_segments(r, [list(x) for x in s]))),
         Case(entry, "segments: a tensor", _segments(lambda p, s: torch.tensor(s[0])), bad),
         Case(entry, "segments: a string", _segments(lambda p, s: "0-2:0"), bad),
-        Case(entry, "segments: None for a sequence", _segments(lambda p, s: [None] + s[1:]), bad,
-             known_failure="from_segments([None]) raises TypeError(\"'NoneType' object is not iterable\"), "
-                           "which names neither segments nor the sequence"),
+        Case(entry, "segments: None for a sequence", _segments(lambda p, s: [None] + s[1:]), bad),
         Case(entry, "segments: flat (start, end, label) list", _segments(lambda p, s: [list(s[0][0])]), bad),
         Case(entry, "segments: a 2-tuple segment", _segments(_edit_last(lambda p, x: x[:2])), bad),
         Case(entry, "segments: a 4-tuple segment", _segments(_edit_last(lambda p, x: x + (0,))), bad),
-        Case(entry, "segments: a float end", _segments(_edit_last(lambda p, x: (x[0], x[1] - 0.5, x[2]))), bad,
-             known_failure="from_segments truncates a float end (0, 1.5, c) to (0, 1, c) with int() instead "
-                           "of rejecting it: a silently different segmentation"),
+        Case(entry, "segments: a float end", _segments(_edit_last(lambda p, x: (x[0], x[1] - 0.5, x[2]))), bad),
         Case(entry, "segments: a string label", _segments(_edit_last(lambda p, x: (x[0], x[1], "B"))), bad),
         Case(entry, "segments: a negative label", _segments(_edit_last(lambda p, x: (x[0], x[1], -1))), bad),
         Case(entry, "segments: an empty segment", _segments(_edit_last(lambda p, x: (x[0], x[0], x[2]))), bad),
@@ -205,11 +189,8 @@ def from_segments_cases() -> list:
         Case(entry, "T: shorter than the segments", _segments(lambda p, s: s, lambda p: p.T - 1 if p.T > 1 else 0),
              Raises("segments", "T")),
         Case(entry, "T: zero", _segments(lambda p, s: s, lambda p: 0), Raises("segments", "T")),
-        Case(entry, "T: a float", _segments(lambda p, s: s, lambda p: p.T + 0.5), Raises("T"),
-             known_failure="from_segments(T=2.5) raises torch.full's TypeError ('argument size failed to "
-                           "unpack...'), which does not name T"),
-        Case(entry, "T: a string", _segments(lambda p, s: s, lambda p: "8"), Raises("T"),
-             known_failure="from_segments(T='8') raises a TypeError from a comparison that does not name T"),
+        Case(entry, "T: a float", _segments(lambda p, s: s, lambda p: p.T + 0.5), Raises("T")),
+        Case(entry, "T: a string", _segments(lambda p, s: s, lambda p: "8"), Raises("T")),
         Case(entry, "T: None (longest length)", _segments(lambda p, s: s, lambda p: None), Returns(same_segments)),
         Case(entry, "T: more than needed (padding)", _segments(lambda p, s: s, lambda p: p.T + 3),
              Returns(same_segments)),
@@ -239,21 +220,18 @@ def from_labels_cases() -> list:
              Returns(same_as_parts)),
         Case(entry, "labels: float dtype", _labels(_put("labels", lambda p, t: t.float())), Raises("labels")),
         Case(entry, "labels: complex dtype", _labels(_put("labels", lambda p, t: t.to(torch.complex64))),
-             Raises("labels"), known_failure=UNCHECKED_COMPLEX),
+             Raises("labels")),
         Case(entry, "labels: 0-dim", _labels(lambda p, kw: kw.update(labels=kw["labels"][0, 0], starts=None,
                                                                      lengths=None)),
-             Raises("labels"), known_failure="from_labels(labels=0-dim tensor) raises IndexError('too many indices "
-                                             "for tensor of dimension 0') from labels[..., 1:]"),
+             Raises("labels")),
         Case(entry, "labels: gap", _labels(lambda p, kw: (_gap(p, kw), kw.update(starts=None))), Raises("labels")),
         Case(entry, "starts: float dtype", _labels(_put("starts", lambda p, t: t.float())), Raises("starts")),
         Case(entry, "starts: wrong shape", _labels(_put("starts", lambda p, t: t[:, :-1])), Raises("starts")),
         Case(entry, "lengths: T + 1", _labels(_put("lengths", lambda p, t: t + p.T + 1 - t.max())), Raises("lengths")),
         Case(entry, "lengths: float", _labels(_put("lengths", lambda p, t: t.float() + 0.5)), Raises("lengths")),
         Case(entry, "lengths: one per sequence too many", _labels(_put("lengths", lambda p, t: torch.cat([t, t]))),
-             Raises("lengths"),
-             known_failure=BROADCAST_LENGTHS),
-        Case(entry, "lengths: 2-D", _labels(_put("lengths", lambda p, t: t[:, None])), Raises("lengths"),
-             known_failure=BROADCAST_LENGTHS),
+             Raises("lengths")),
+        Case(entry, "lengths: 2-D", _labels(_put("lengths", lambda p, t: t[:, None])), Raises("lengths")),
     ]
 
 
