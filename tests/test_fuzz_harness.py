@@ -101,6 +101,19 @@ def problems(draw, max_B=3, max_T=6, max_K=3, max_C=3, min_B=1):
     return Problem(B, T, K, C, lengths, tensors, g)
 
 
+def random_segments(problem) -> list:
+    """One valid segmentation per sequence: `(start, end, label)` lists."""
+    out = []
+    for length in problem.lengths:
+        position, segments = 0, []
+        while position < length:
+            d = 1 + problem.pick((min(problem.K, length - position),))[0]
+            segments.append((position, position + d, problem.pick((problem.C,))[0]))
+            position += d
+        out.append(segments)
+    return out
+
+
 # -- the oracle ------------------------------------------------------------------
 def unmask(x: torch.Tensor) -> torch.Tensor:
     """`x` with -inf replaced by :data:`MASKED` (NaN and +inf kept)."""

@@ -5,23 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from hypothesis import assume, given, settings
-from test_fuzz_harness import Case, Raises, Returns, assert_matches, params, problems
+from test_fuzz_harness import Case, Raises, Returns, assert_matches, params, problems, random_segments
 
 from semiring_semicrf.segmentation import Segmentation
 from semiring_semicrf.testing import enumerate_structures
-
-
-def random_segments(problem) -> list:
-    """One valid segmentation per sequence: `(start, end, label)` lists."""
-    out = []
-    for length in problem.lengths:
-        position, segments = 0, []
-        while position < length:
-            d = 1 + problem.pick((min(problem.K, length - position),))[0]
-            segments.append((position, position + d, problem.pick((problem.C,))[0]))
-            position += d
-        out.append(segments)
-    return out
 
 
 def parts(problem) -> dict:
