@@ -31,6 +31,7 @@ are zero-centred before the prefix sums); otherwise float rounding decides.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .scan import RENORM_INTERVAL, ScanProgram
@@ -80,8 +81,7 @@ def _top(candidates: torch.Tensor, k: int):
     """The k largest along the last dim, `(values, indices)`, sorted
     descending; among equal values the smaller index first."""
     if k == 1:
-        index = candidates.argmax(dim=-1, keepdim=True)  # first maximal index
-        return candidates.gather(-1, index), index
+        return candidates.max(dim=-1, keepdim=True)  # the first maximal index
     if candidates.shape[-1] < k:
         pad = candidates.new_full((*candidates.shape[:-1], k - candidates.shape[-1]), float("-inf"))
         candidates = torch.cat([candidates, pad], dim=-1)
@@ -104,7 +104,6 @@ class _Sweep:
         self.p, self.k = potentials, k
         self.B, self.T, self.K, self.C = potentials.batch_size, potentials.T, potentials.K, potentials.C
         self.lengths = potentials.lengths
-        self.rows = torch.arange(self.B, device=potentials.device)
 
     def run(self):
         """Forward sweep; returns `best (B, k)` and the final pointers
@@ -135,26 +134,30 @@ class _Sweep:
         return shift.double()
 
     def traceback(self, final: torch.Tensor, alive: torch.Tensor):
-        """Follow the pointers of every `(rank, sequence)` chain at once.
+        """Follow the pointers of every `(rank, sequence)` chain at once, on
+        the host (one small step per segment: numpy's per-call cost, not a
+        device launch, bounds it).
 
         Returns `starts (k, B, T)` bool and `first_labels (k, B, T)` int64
-        (the label at each start, -1 elsewhere)."""
+        (the label at each start, -1 elsewhere), on the potentials' device."""
         k, B, T = self.k, self.B, self.T
-        b = self.rows.repeat(k)  # chain n = rank * B + sequence
-        alive = alive.T.reshape(-1).clone()
-        e = self.lengths.repeat(k)
-        c, r = final.T.reshape(-1).div(k, rounding_mode="floor"), final.T.reshape(-1) % k
-        starts = torch.zeros((k * B, T), dtype=torch.bool, device=self.p.device)
-        first_labels = torch.full((k * B, T), -1, dtype=torch.int64, device=self.p.device)
-        chains = torch.arange(k * B, device=self.p.device)
-        while bool(alive.any()):
-            n, b_, e_, c_, r_ = chains[alive], b[alive], e[alive], c[alive], r[alive]
-            s, c_prev, r_prev = self.back(b_, e_, c_, r_)
+        self.host = {name: table.cpu().numpy() for name, table in self.pointers.items()}
+        final = final.T.reshape(-1).cpu().numpy()
+        n = np.flatnonzero(alive.T.reshape(-1).cpu().numpy())  # chain n = rank * B + sequence
+        b = n % B
+        e = self.lengths.cpu().numpy()[b]
+        c, r = final[n] // k, final[n] % k
+        starts = np.zeros((k * B, T), dtype=bool)
+        first_labels = np.full((k * B, T), -1, dtype=np.int64)
+        while n.size:
+            s, c_prev, r_prev = self.back(b, e, c, r)
             starts[n, s] = True
-            first_labels[n, s] = c_
-            e[n], c[n], r[n] = s, c_prev, r_prev
-            alive[n] = s > 0
-        return starts.view(k, B, T), first_labels.view(k, B, T)
+            first_labels[n, s] = c
+            more = s > 0
+            n, b, e, c, r = n[more], b[more], s[more], c_prev[more], r_prev[more]
+        device = self.p.device
+        return (torch.from_numpy(starts).view(k, B, T).to(device),
+                torch.from_numpy(first_labels).view(k, B, T).to(device))
 
 
 class _FactorizedSweep(_Sweep):
@@ -165,37 +168,38 @@ class _FactorizedSweep(_Sweep):
         B, T, K, C = self.B, self.T, self.K, self.C
         self.f = potentials.log_factors()
         self.transition_t = self.f.transition.T[None, :, :, None]  # (1, C_dst, C_src, 1)
-        ring = torch.full((B, K, C, k), float("-inf"), dtype=potentials.dtype, device=potentials.device)
-        ring[:, 0, :, 0] = self.f.start + self.f.enter[:, 0]
-        self.ring = ring  # v[s] = u[s] + enter[s], slot j = start e-1-j
-        self.duration = self.f.duration[..., None]  # (B, K, C, 1)
-        self.alpha_pointers = _pointer_table(B, T, C, k, K * k, potentials.device)  # (j, rank)
-        self.u_pointers = _pointer_table(B, T, C, k, C * k, potentials.device)  # (c', rank)
+        ring = torch.full((B, C, K, k), float("-inf"), dtype=potentials.dtype, device=potentials.device)
+        ring[:, :, 0, 0] = self.f.start + self.f.enter[:, 0]
+        self.ring = ring  # v[s] = u[s] + enter[s], slot j = start e-1-j (dim 2)
+        self.duration = self.f.duration.transpose(1, 2)[..., None]  # (B, C, K, 1)
+        self.pointers = {"alpha": _pointer_table(B, T, C, k, K * k, potentials.device),  # (j, rank)
+                         "u": _pointer_table(B, T, C, k, C * k, potentials.device)}  # (c', rank)
 
     def step(self, e: int) -> torch.Tensor:
         B, K, C, k = self.B, self.K, self.C, self.k
-        candidates = (self.ring + self.duration).permute(0, 2, 1, 3).reshape(B, C, K * k)
+        candidates = (self.ring + self.duration).view(B, C, K * k)
         values, index = _top(candidates, k)
-        self.alpha_pointers[:, e] = index
+        self.pointers["alpha"][:, e] = index
         alpha = values + self.f.leave[:, e - 1, :, None]
         if e < self.T:
             candidates = (alpha[:, None] + self.transition_t).reshape(B, C, C * k)
             values, index = _top(candidates, k)
-            self.u_pointers[:, e] = index
+            self.pointers["u"][:, e] = index
             v = values + self.f.enter[:, e, :, None]
-            self.ring = torch.cat([v[:, None], self.ring[:, :-1]], dim=1)
+            self.ring = torch.cat([v[:, :, None], self.ring[:, :, :-1]], dim=2)
         return alpha
 
     def closing(self, alpha: torch.Tensor) -> torch.Tensor:
         return alpha + self.f.end[None, :, None]
 
     def back(self, b, e, c, r):
+        """From chains at `(b, e, c, r)` (numpy): the start of their segment,
+        the previous label and its rank."""
         k = self.k
-        index = self.alpha_pointers[b, e, c, r].long()
-        s = e - 1 - index.div(k, rounding_mode="floor")
-        r = index % k
-        index = self.u_pointers[b, s, c, r].long()  # row 0 is never read: s = 0 ends the chain
-        return s, index.div(k, rounding_mode="floor"), index % k
+        index = self.host["alpha"][b, e, c, r].astype(np.int64)
+        s = e - 1 - index // k
+        index = self.host["u"][b, s, c, index % k].astype(np.int64)  # row 0 unused: s = 0 ends the chain
+        return s, index // k, index % k
 
 
 class _GeneralSweep(_Sweep):
@@ -209,14 +213,14 @@ class _GeneralSweep(_Sweep):
         ring = torch.full((B, K, C, k), float("-inf"), dtype=potentials.dtype, device=potentials.device)
         ring[:, 0, :, 0] = self.program.initial_alpha_or_v()[0]
         self.ring = ring  # alpha rows, slot j = position e-1-j
-        self.pointers = _pointer_table(B, T, C, k, K * C * k, potentials.device)  # (j, c', rank)
+        self.pointers = {"alpha": _pointer_table(B, T, C, k, K * C * k, potentials.device)}  # (j, c', rank)
 
     def step(self, e: int) -> torch.Tensor:
         B, K, C, k = self.B, self.K, self.C, self.k
         block = self.program.edge_block(e)[0]  # (B, K, C_dst, C_src)
         candidates = self.ring[:, :, None] + block[..., None]  # (B, K, C_dst, C_src, k)
         values, index = _top(candidates.permute(0, 2, 1, 3, 4).reshape(B, C, K * C * k), k)
-        self.pointers[:, e] = index
+        self.pointers["alpha"][:, e] = index
         self.ring = torch.cat([values[:, None], self.ring[:, :-1]], dim=1)
         return values
 
@@ -227,6 +231,6 @@ class _GeneralSweep(_Sweep):
 
     def back(self, b, e, c, r):
         k, C = self.k, self.C
-        index = self.pointers[b, e, c, r].long()
-        j, rest = index.div(C * k, rounding_mode="floor"), index % (C * k)
-        return e - 1 - j, rest.div(k, rounding_mode="floor"), rest % k
+        index = self.host["alpha"][b, e, c, r].astype(np.int64)
+        j, rest = index // (C * k), index % (C * k)
+        return e - 1 - j, rest // k, rest % k
