@@ -176,13 +176,15 @@ class SemiMarkovDistribution(Distribution):
         than `limit` segmentations, forbidden ones included (checked before
         listing any).
         """
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise ValueError(f"limit must be an int >= 0, got {limit!r}")
         p = self.potentials
         sizes = [_number_of_segmentations(L, p.K, p.C) for L in p.lengths.tolist()]
-        if max(sizes) > limit:
+        if max(sizes, default=0) > limit:
             b = max(range(len(sizes)), key=lambda i: sizes[i])
             raise ValueError(f"enumerate_support: sequence {b} (length {int(p.lengths[b])}, K={p.K}, C={p.C}) has "
                              f"more than limit={limit} segmentations; it is meant for tiny problems")
-        n = max(sizes)
+        n = max(sizes, default=0)
         batch = [[list(enumerate_segmentations(L, p.K, p.C)[i]) if i < size else [] for L, size in
                   zip(p.lengths.tolist(), sizes)] for i in range(n)]
         flat = Segmentation.from_segments([seq for row in batch for seq in row], p.T, device=p.device)
@@ -190,7 +192,7 @@ class SemiMarkovDistribution(Distribution):
         value = Segmentation(flat.labels.view(shape), flat.starts.view(shape), flat.lengths.view(shape[:-1]))
         allowed = torch.isfinite(value.log_potential(p).detach())
         order = torch.sort(allowed.to(torch.int8), dim=0, descending=True, stable=True).indices  # allowed first
-        n_allowed = int(allowed.sum(dim=0).max())
+        n_allowed = int(allowed.sum(dim=0).max()) if allowed.numel() else 0
         labels = value.labels.gather(0, order[..., None].expand(shape))[:n_allowed]
         starts = value.starts.gather(0, order[..., None].expand(shape))[:n_allowed]
         keep = allowed.gather(0, order)[:n_allowed, :, None]
@@ -255,8 +257,14 @@ class SemiMarkovDistribution(Distribution):
     def sample(self, sample_shape=torch.Size(), generator: Optional[torch.Generator] = None) -> Segmentation:
         """Exact samples, `(*sample_shape, B, T)`; reproducible with `generator`."""
         sample_shape = torch.Size(sample_shape)
-        labels, starts = draw_samples(self.potentials, max(1, sample_shape.numel()), generator)
+        if any(n < 0 for n in sample_shape):
+            raise ValueError(f"sample_shape must hold non-negative ints, got {tuple(sample_shape)}")
         shape = (*sample_shape, self.potentials.batch_size, self.potentials.T)
+        if sample_shape.numel() == 0 or self.potentials.batch_size == 0:
+            device = self.potentials.device
+            return Segmentation(torch.full(shape, -1, dtype=torch.int64, device=device),
+                                torch.zeros(shape, dtype=torch.bool, device=device))
+        labels, starts = draw_samples(self.potentials, sample_shape.numel(), generator)
         return Segmentation(labels.reshape(shape), starts.reshape(shape))
 
     # -- information ------------------------------------------------------------------
@@ -268,6 +276,8 @@ class SemiMarkovDistribution(Distribution):
         it an expected count above `sqrt(eps)` of the dtype, else 0 (its true
         count is then 0 up to rounding)."""
         q = self.potentials if potentials is None else potentials
+        if not isinstance(q, SemiMarkovPotentials):
+            raise TypeError(f"potentials must be SemiMarkovPotentials, got {type(q).__name__}")
         _check_compatible(self.potentials, q)
         post = self.posterior
         tolerance = torch.finfo(post.segment_start.dtype).eps ** 0.5
@@ -289,6 +299,13 @@ class SemiMarkovDistribution(Distribution):
             total = total + dot(post.segment_end, q.end_scores)
         return total
 
+    def _other(self, other) -> "SemiMarkovDistribution":
+        """`other`, checked to be a distribution of the same shapes."""
+        if not isinstance(other, SemiMarkovDistribution):
+            raise TypeError(f"other must be a SemiMarkovDistribution, got {type(other).__name__}")
+        _check_compatible(self.potentials, other.potentials)
+        return other
+
     def entropy(self) -> torch.Tensor:
         """`H(p) (B,)` in nats."""
         if _tracks_grad(self.potentials):
@@ -297,14 +314,14 @@ class SemiMarkovDistribution(Distribution):
 
     def cross_entropy(self, other: "SemiMarkovDistribution") -> torch.Tensor:
         """`H(p, q) = -E_p[log q(y)]` `(B,)`, `p = self`, `q = other`."""
-        q = _other(other)
+        q = self._other(other)
         if _tracks_grad(self.potentials):
             return autograd.checkpointed_scan((self.potentials, q.potentials), CrossEntropySemiring())
         return q.partition - self.expected_score(q.potentials)
 
     def kl(self, other: "SemiMarkovDistribution") -> torch.Tensor:
         """`KL(p || q) = E_p[log p(y) - log q(y)]` `(B,)`, `p = self`, `q = other`."""
-        q = _other(other)
+        q = self._other(other)
         if _tracks_grad(self.potentials):
             return autograd.checkpointed_scan((self.potentials, q.potentials), KLDivergenceSemiring())
         return q.partition - self.partition - self.expected_score(q.potentials) + self.expected_score()
@@ -313,12 +330,6 @@ class SemiMarkovDistribution(Distribution):
 @register_kl(SemiMarkovDistribution, SemiMarkovDistribution)
 def _kl_semimarkov(p: SemiMarkovDistribution, q: SemiMarkovDistribution) -> torch.Tensor:
     return p.kl(q)
-
-
-def _other(other) -> SemiMarkovDistribution:
-    if not isinstance(other, SemiMarkovDistribution):
-        raise TypeError(f"other must be a SemiMarkovDistribution, got {type(other).__name__}")
-    return other
 
 
 def _tracks_grad(potentials: SemiMarkovPotentials) -> bool:

@@ -53,6 +53,12 @@ class SemiMarkovCRFHead(nn.Module):
         if hidden.dim() != 3 or hidden.shape[-1] != self.hidden_dim:
             raise ValueError(f"hidden must have shape (B, T, H) with H = hidden_dim = {self.hidden_dim}, "
                              f"got {tuple(hidden.shape)}")
+        weight = self.projection.weight
+        if hidden.device != weight.device:
+            raise ValueError(f"hidden is on {hidden.device} but the head's parameters are on {weight.device}")
+        if hidden.dtype != weight.dtype and not torch.is_autocast_enabled(hidden.device.type):
+            raise TypeError(f"hidden has dtype {hidden.dtype} but the head's parameters have {weight.dtype}; "
+                            f"cast one to the other (e.g. head.to({hidden.dtype})) or run under torch.autocast")
         scores = self.projection(hidden)
         dtype = scores.dtype if scores.dtype in (torch.float32, torch.float64) else torch.float32
         return SemiMarkovDistribution(scores.to(dtype), self.transition.to(dtype), self.duration.to(dtype), lengths,

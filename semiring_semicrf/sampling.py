@@ -47,6 +47,11 @@ def sample(potentials, num_samples: int, generator: Optional[torch.Generator] = 
     """
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
         raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        if generator.device.type != potentials.device.type:
+            raise ValueError(f"generator is on {generator.device} but the potentials are on {potentials.device}")
     with torch.no_grad():
         sampler = _Sampler(potentials, num_samples, generator)
         starts, start_labels = sampler.run()
@@ -63,7 +68,7 @@ class _Sampler:
     def __init__(self, potentials, num_samples: int, generator):
         self.p, self.generator = potentials, generator
         self.B, self.T, self.K, self.C = potentials.batch_size, potentials.T, potentials.K, potentials.C
-        self.N = num_samples * self.B
+        self.num_samples, self.N = num_samples, num_samples * self.B
         log_z, tables = semimarkov_scan(potentials, LogSemiring(), return_tables=True)
         self.alpha = tables.alpha[0]  # (B, T+1, C)
         self.u = None if tables.u is None else tables.u[0]
@@ -98,7 +103,7 @@ class _Sampler:
             if self.u is not None:
                 self.previous_labels(e)
             self.segments_ending(e)
-        shape = (self.N // self.B, self.B, self.T)
+        shape = (self.num_samples, self.B, self.T)
         return self.starts.view(shape), self.start_labels.view(shape)
 
     def previous_labels(self, e: int) -> None:

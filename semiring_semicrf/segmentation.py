@@ -236,6 +236,8 @@ class Segmentation:
             what = "runs past the sequence's length" if got > want else "does not cover the whole sequence"
             raise ValueError(f"value{where}: the segmentation covers [0, {got}) but the sequence has length "
                              f"{want}: it {what}")
+        if self.labels.numel() == 0:
+            return
         if int(self.labels.max()) >= C:
             where = (self.labels >= C).nonzero()[0].tolist()
             raise ValueError(f"value{where[:-1]}: label {int(self.labels[tuple(where)])} at position {where[-1]} "

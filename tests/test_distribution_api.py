@@ -140,3 +140,24 @@ def test_partition_and_max_are_differentiable():
     best = d.argmax
     expected = torch.nn.functional.one_hot(best.labels.clamp(min=0), 3) * (best.labels >= 0)[..., None]
     torch.testing.assert_close(grad, expected.double())
+
+
+def test_sample_and_query_arguments_are_checked():
+    d = make()
+    assert d.sample((0, 3)).shape == (0, 3, 2, 5)
+    with pytest.raises(ValueError, match="sample_shape must hold non-negative ints"):
+        d.sample((-1,))
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        d.sample((2,), generator=3)
+    with pytest.raises(ValueError, match="must share B, T, K, C"):
+        d.kl(make(B=3, lengths=(5, 3, 2)))
+    with pytest.raises(TypeError, match="potentials must be SemiMarkovPotentials"):
+        d.expected_score(torch.zeros(2, 5, 3))
+    with pytest.raises(ValueError, match="limit must be an int >= 0"):
+        d.enumerate_support(limit="x")
+
+
+def test_an_empty_batch_gives_empty_results_where_the_distribution_decides():
+    d = SemiMarkovDistribution(torch.zeros(0, 4, 3), torch.zeros(3, 3), torch.zeros(2, 3))
+    assert d.argmax.shape == (0, 4) and d.topk(2).scores.shape == (2, 0) and d.count.shape == (0,)
+    assert d.sample((2,)).shape == (2, 0, 4) and d.enumerate_support().shape == (0, 0, 4)

@@ -39,6 +39,10 @@ def test_head_rejects_bad_arguments():
         head(torch.zeros(2, 7, 5, dtype=torch.long))
     with pytest.raises(ValueError, match="lengths must lie in"):
         head(torch.zeros(2, 7, 5), torch.tensor([8, 3]))
+    with pytest.raises(TypeError, match="hidden has dtype torch.float64 but the head's parameters have torch.float32"):
+        head(torch.zeros(2, 7, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="hidden is on meta"):
+        head(torch.zeros(2, 7, 5, device="meta"))
 
 
 def test_head_recovers_planted_segments():
