@@ -4,19 +4,19 @@
 `inside(potentials, low_memory=False) -> (log_z (B,), saved)` runs the
 forward sweep (:mod:`.recurrences`); `outside(potentials, saved) ->
 Posterior` runs the backward sweep right to left and turns the two into
-expected counts, in one parallel pass per block of rows (chunked so that no
-temporary exceeds a block's own `(rows, B, C)` tables). Neither builds an
-autograd graph; nothing of size `T K C` or `T C^2` is ever allocated.
+expected counts. Both walk blocks of `~sqrt(T K)` rows: a block's factor
+rows, outside tables and the parallel pass that forms its counts (chunked,
+no temporary above a block's own size) exist one block at a time. Neither
+builds an autograd graph; nothing of size `T K C` or `T C^2` is allocated.
 
 Memory (beyond the inputs and the `(B, T, C)` fields of the Posterior):
 
-- default: the inside keeps alpha and u, `2 (T+1) B C` values, and the
-  outside its own two tables: `O(B T C)`, the inputs' order; the sweeps are
-  independent, and nothing is computed twice.
-- `low_memory=True`: the inside keeps only a ring checkpoint (`K` rows, and
-  the running prefix sum) every `~sqrt(T K)` rows; the outside recomputes one
-  block of inside rows at a time. `O(B C sqrt(T K))`, at the price of a
-  second inside sweep.
+- default: the inside keeps its alpha and u for every row, `2 (T+1) B C`
+  values in the potentials' dtype: `O(B T C)`, the inputs' order, and the
+  outside needs no recomputation.
+- `low_memory=True`: the inside keeps only a ring checkpoint (`K` rows) and
+  the running prefix sum per block; the outside recomputes one block of
+  inside rows at a time: `O(B C sqrt(T K))`, for a second inside sweep.
 
 Cost per row: `O(K C + C^2)` for `(C, C)` transitions, `O(K C^2)` for
 duration-dependent ones. Each row is a fixed handful of fused tensor ops
@@ -46,15 +46,16 @@ SMALL_ROW_ELEMENTS = 1 << 18
 class InsideSaved:
     """What :func:`inside` leaves for :func:`outside`.
 
-    `log_z (B,)` float64, in bits; `blocks`: row ranges `[(r0, r1), ...]` covering
-    `[0, T+1)`; default mode: `tables` (the inside's alpha/u/scale for all
-    rows); low-memory: `checkpoints[i] = (ring state before block i, cum
-    at its first row)`.
+    `log_z (B,)` float64, in bits; `blocks`: row ranges `[(r0, r1), ...]`
+    covering `[0, T+1)`; `cums[i]`: the prefix sum at block i's first row;
+    default mode: `tables` (the inside's alpha/u for all rows, in the
+    potentials' dtype, and their float64 scale); low-memory:
+    `checkpoints[i]` = the ring state before block i.
     """
 
     log_z: torch.Tensor
     blocks: list
-    low_memory: bool
+    cums: list
     tables: Optional[SweepTables] = None
     checkpoints: Optional[list] = None
 
@@ -71,20 +72,16 @@ def _initial_outside(sweeps) -> RingState:
     return sweeps.initial_outside() if isinstance(sweeps, DurationSweeps) else sweeps.initial()
 
 
-def _inside_tables(sweeps, r0: int, n: int) -> SweepTables:
+def _inside_tables(sweeps, r0: int, n: int, dtype=None) -> SweepTables:
     factorized = isinstance(sweeps, FactorizedSweeps)
-    return new_tables(sweeps.problem, r0, n, alpha=True, u=factorized)
+    return new_tables(sweeps.problem, r0, n, alpha=True, u=factorized, dtype=dtype)
 
 
-def _outside_tables(sweeps, r0: int, n: int) -> SweepTables:
-    factorized = isinstance(sweeps, FactorizedSweeps)
-    return new_tables(sweeps.problem, r0, n, alpha=factorized, u=True)
-
-
-def block_rows(T: int, K: int, low_memory: bool) -> list:
-    """Row ranges: one block `[0, T+1)`, or blocks of `~sqrt((T+1) K)` rows."""
+def block_rows(T: int, K: int) -> list:
+    """Row ranges of `~sqrt((T+1) K)` rows covering `[0, T+1)`: per-block
+    work tensors and low-memory checkpoints then both stay sublinear in T."""
     rows = T + 1
-    size = rows if not low_memory else max(1, min(rows, math.isqrt(rows * K)))
+    size = max(1, min(rows, math.isqrt(rows * K)))
     return [(r0, min(rows, r0 + size)) for r0 in range(0, rows, size)]
 
 
@@ -92,7 +89,7 @@ def block_rows(T: int, K: int, low_memory: bool) -> list:
 def sweep_threads(problem: LogProblem):
     """Run the sweeps with one intra-op thread on the CPU when a row's
     largest tensor is small (tiny ops do not amortize thread hand-offs;
-    measured: `exp` on 1,536 floats takes ~1 us on one thread, ~20 us on two
+    measured: `exp2` on 1,536 floats takes ~1 us on one thread, ~20 us on two
     on a busy 2-core machine). The caller's setting is restored on exit."""
     width = problem.K * problem.B * problem.C * (problem.C if problem.duration_dependent else 1)
     previous = torch.get_num_threads()
@@ -111,26 +108,31 @@ def inside(potentials, low_memory: bool = False):
     """Forward sweep: `(log_z (B,), saved)` (see module docstring)."""
     problem = LogProblem.from_potentials(potentials)
     sweeps = sweeps_for(problem)
-    blocks = block_rows(problem.T, problem.K, low_memory)
+    blocks = block_rows(problem.T, problem.K)
     state = _initial_inside(sweeps)
     cum = problem.initial_cum()
-    checkpoints, tables = [], None
+    saved = InsideSaved(None, blocks, [])
+    if low_memory:
+        saved.checkpoints = []
+    else:
+        saved.tables = _inside_tables(sweeps, 0, problem.T + 1, dtype=problem.out_dtype)
     with sweep_threads(problem):
         for r0, r1 in blocks:
+            saved.cums.append(cum)
             if low_memory:
-                checkpoints.append((state.clone(), cum))
+                saved.checkpoints.append(state.clone())
             rows, cum = problem.rows(r0, r1, cum)
-            if not low_memory:
-                tables = _inside_tables(sweeps, r0, r1 - r0)
-            state = sweeps.inside(state, rows, tables)
-    saved = InsideSaved(state.log_z, blocks, low_memory, tables=tables,
-                        checkpoints=checkpoints if low_memory else None)
+            block = None if low_memory else _inside_tables(sweeps, r0, r1 - r0)
+            state = sweeps.inside(state, rows, block)
+            if block is not None:
+                saved.tables.store(block)
+    saved.log_z = state.log_z
     return (state.log_z * LN2).to(problem.out_dtype), saved
 
 
 class _Accumulator:
-    """The Posterior under construction, `(T, B, C)`-strided views into
-    `(B, T, C)` outputs so that rows are written in place."""
+    """The Posterior under construction (`(B, T, C)` fields written block by
+    block, counts summed in float64)."""
 
     def __init__(self, problem: LogProblem, log_z: torch.Tensor, segments: Optional[torch.Tensor]):
         p = self.problem = problem
@@ -149,6 +151,12 @@ class _Accumulator:
         m = min(values.shape[0], self.problem.T - r0)
         self.segment_start[:, r0:r0 + m] = values[:m].transpose(0, 1)
 
+    def write_ends(self, r0: int, values: torch.Tensor) -> None:
+        """`values (m, B, C)` = P(a segment ends at rows r0..r0+m-1), i.e. its
+        last position is the row minus one; row 0 dropped."""
+        lo = 1 if r0 == 0 else 0
+        self.segment_end[:, r0 + lo - 1:r0 + values.shape[0] - 1] = values[lo:].transpose(0, 1)
+
     def posterior(self) -> Posterior:
         p = self.problem
         last = self.segment_end.gather(1, (p.lengths - 1)[:, None, None].expand(-1, 1, p.C))[:, 0]
@@ -157,22 +165,26 @@ class _Accumulator:
                          self.segment_start[:, 0].clone(), last)
 
 
-def _combine(sweeps, rows: FactorRows, ins: SweepTables, outs: SweepTables, tail: tuple,
-             acc: _Accumulator) -> tuple:
-    """Add one block's expected counts to `acc`; return the tail (the block's
-    first K rows of `abar + leave_rows` and their scale) for the block before."""
+#: A parallel chunk holds at least this many elements (when the block has
+#: them), so that small problems are not cut into needlessly many chunks.
+CHUNK_FLOOR = 1 << 15
+
+
+def _combine(sweeps, rows: FactorRows, ins: SweepTables, outs: SweepTables, acc: _Accumulator) -> tuple:
+    """Add one block's expected counts to `acc`. `outs` has K extra rows
+    holding the tail (`abar + leave_rows` of the K rows after the block, and
+    their scale); returns the tail for the block before."""
     p = sweeps.problem
-    K, n, r0 = p.K, rows.n, rows.r0
-    tail_later, tail_scale = tail
-    row_offset = (ins.scale + outs.scale - acc.log_z_safe).to(p.dtype)  # (n, B)
-    lo = 1 if r0 == 0 else 0  # row 0 ends no segment
-    ends = ins.alpha[lo:] + outs.u[lo:]
-    ends += row_offset[lo:, :, None]
-    acc.segment_end[:, r0 + lo - 1:r0 + n - 1] = ends.exp2_().transpose(0, 1)
-    del ends
-    later = torch.cat([outs.u + rows.leave, tail_later], dim=0)  # rows r0 .. r0+n+K-1
-    later_scale = torch.cat([outs.scale, tail_scale], dim=0)
-    chunk = max(1, n // sweeps.combine_chunk())
+    K, B, C, n, r0 = p.K, p.B, p.C, rows.n, rows.r0
+    width = sweeps.combine_chunk()
+    chunk = max(1, min(n, max(n // width, CHUNK_FLOOR // (B * C * width))))
+    for i0 in range(0, n, chunk):
+        i1 = min(n, i0 + chunk)
+        ends = ins.alpha[i0:i1] + outs.u[i0:i1]
+        ends += (ins.scale[i0:i1] + outs.scale[i0:i1] - acc.log_z_safe).to(p.dtype)[..., None]
+        acc.write_ends(r0 + i0, ends.exp2_())
+    later, later_scale = outs.u, outs.scale  # rows r0 .. r0+n+K-1
+    later[:n] += rows.leave
     for i0 in range(0, n, chunk):
         i1 = min(n, i0 + chunk)
         # windows of the K rows after each start: (m, B, C, K) -> (m, B, K, C)
@@ -196,6 +208,7 @@ def outside(potentials, saved: InsideSaved, segments: Optional[torch.Tensor] = N
     it is `O(T K C)`)."""
     problem = LogProblem.from_potentials(potentials)
     sweeps = sweeps_for(problem)
+    factorized = isinstance(sweeps, FactorizedSweeps)
     acc = _Accumulator(problem, saved.log_z, segments)
     B, C, K = problem.B, problem.C, problem.K
     tail = (torch.full((K, B, C), NEG_INF, dtype=problem.dtype, device=problem.device),
@@ -204,15 +217,15 @@ def outside(potentials, saved: InsideSaved, segments: Optional[torch.Tensor] = N
     with sweep_threads(problem):
         for index in range(len(saved.blocks) - 1, -1, -1):
             r0, r1 = saved.blocks[index]
-            if saved.low_memory:
-                checkpoint, cum = saved.checkpoints[index]
-                rows, _ = problem.rows(r0, r1, cum)
-                ins = _inside_tables(sweeps, r0, r1 - r0)
-                sweeps.inside(checkpoint.clone(), rows, ins)
+            n = r1 - r0
+            rows, _ = problem.rows(r0, r1, saved.cums[index])
+            if saved.checkpoints is not None:
+                ins = _inside_tables(sweeps, r0, n)
+                sweeps.inside(saved.checkpoints[index].clone(), rows, ins)
             else:
-                rows, _ = problem.rows(r0, r1, problem.initial_cum())
-                ins = saved.tables
-            outs = _outside_tables(sweeps, r0, r1 - r0)
+                ins = saved.tables.rows(r0, r1)
+            outs = new_tables(problem, r0, n, alpha=factorized, u=True, extra_rows=K)
+            outs.u[n:], outs.scale[n:] = tail
             state = sweeps.outside(state, rows, outs)
-            tail = _combine(sweeps, rows, ins, outs, tail, acc)
+            tail = _combine(sweeps, rows, ins, outs, acc)
     return acc.posterior()

@@ -66,8 +66,10 @@ class FactorRows:
 
 @dataclass
 class LogProblem:
-    """Detached, prepared inputs of the Log sweeps for one set of potentials,
-    in the working dtype (float64); `out_dtype` is the potentials' own.
+    """Detached, prepared inputs of the Log sweeps for one set of potentials.
+
+    The `(B, T, C)` tensors stay as the user gave them (rows convert one
+    block at a time); the small ones are in the working dtype (float64).
 
     Attributes:
         scores, start_scores, end_scores: the user's `(B, T, C)` tensors
@@ -89,7 +91,6 @@ class LogProblem:
     transition: torch.Tensor
     start: torch.Tensor
     end: torch.Tensor
-    out_dtype: torch.dtype
 
     @classmethod
     def from_potentials(cls, potentials) -> "LogProblem":
@@ -98,15 +99,15 @@ class LogProblem:
                 "the Log sweeps take SemiMarkovPotentials, got "
                 f"{type(potentials).__name__}; explicit EdgePotentials go through "
                 "semiring_semicrf.autograd.log_partition / posterior (autograd through the scan)")
-        t = {name: value.detach().to(WORK_DTYPE) for name, value in potentials.tensors().items()}
+        t = {name: value.detach() for name, value in potentials.tensors().items()}
+        small = {name: t[name].to(WORK_DTYPE) for name in ("transition", "duration", "start", "end")}
         scores, lengths = t["scores"], potentials.lengths
-        B, T, C = scores.shape
-        mean = torch.stack([scores[b, :n].mean(dim=0) for b, n in enumerate(lengths.tolist())])
-        K = t["duration"].shape[0]
-        d = torch.arange(1, K + 1, device=scores.device, dtype=scores.dtype)
-        duration = t["duration"][None] + d[None, :, None] * mean[:, None, :]
+        mean = torch.stack([scores[b, :n].sum(dim=0, dtype=WORK_DTYPE) / n for b, n in enumerate(lengths.tolist())])
+        K = small["duration"].shape[0]
+        d = torch.arange(1, K + 1, device=scores.device, dtype=WORK_DTYPE)
+        duration = small["duration"][None] + d[None, :, None] * mean[:, None, :]
         return cls(scores, t.get("start_scores"), t.get("end_scores"), lengths, mean, duration * LOG2E,
-                   t["transition"] * LOG2E, t["start"] * LOG2E, t["end"] * LOG2E, potentials.dtype)
+                   small["transition"] * LOG2E, small["start"] * LOG2E, small["end"] * LOG2E)
 
     # -- sizes ---------------------------------------------------------------
     @property
@@ -127,6 +128,12 @@ class LogProblem:
 
     @property
     def dtype(self) -> torch.dtype:
+        """The working dtype of every sweep tensor."""
+        return WORK_DTYPE
+
+    @property
+    def out_dtype(self) -> torch.dtype:
+        """The potentials' dtype, that of the results."""
         return self.scores.dtype
 
     @property
@@ -139,24 +146,29 @@ class LogProblem:
 
     def initial_cum(self) -> torch.Tensor:
         """`cum[0] = 0`, `(B, C)`."""
-        return self.scores.new_zeros(self.B, self.C)
+        return torch.zeros(self.B, self.C, dtype=WORK_DTYPE, device=self.device)
 
     def rows(self, r0: int, r1: int, cum_r0: torch.Tensor) -> tuple[FactorRows, torch.Tensor]:
         """Factors of rows `[r0, r1)` (`0 <= r0 < r1 <= T + 1`), in bits, from
         the running prefix sum `cum_r0 = cum[r0]` `(B, C)` (nats); returns
         them and `cum[r1]`."""
-        T = self.T
+        T, n = self.T, r1 - r0
         t_hi = min(r1, T)
-        x = self.scores[:, r0:t_hi]  # positions r0 .. t_hi-1
-        valid = (torch.arange(r0, t_hi, device=self.device) < self.lengths[:, None])[..., None]
-        centred = torch.where(valid, x - self.mean[:, None], torch.zeros_like(x))
-        cum = torch.cat([cum_r0[:, None], cum_r0[:, None] + centred.cumsum(dim=1)], dim=1)  # rows r0 .. t_hi
-        n = r1 - r0
-        cum_next = cum[:, n] if r1 <= T else cum[:, -1]
-        leave = cum[:, :n].transpose(0, 1).contiguous()  # (n, B, C) = cum rows
+        m = t_hi - r0  # positions r0 .. t_hi-1
+        centred = torch.empty((m, self.B, self.C), dtype=WORK_DTYPE, device=self.device)
+        centred.copy_(self.scores[:, r0:t_hi].transpose(0, 1)).sub_(self.mean)
+        valid = torch.arange(r0, t_hi, device=self.device)[:, None] < self.lengths[None, :]
+        centred.masked_fill_(~valid[..., None], 0.0)
+        cum = torch.empty((m + 1, self.B, self.C), dtype=WORK_DTYPE, device=self.device)  # rows r0 .. t_hi
+        cum[0] = cum_r0
+        torch.cumsum(centred, dim=0, out=cum[1:])
+        del centred
+        cum[1:] += cum_r0
+        cum_next = cum[n].clone() if r1 <= T else cum[-1].clone()
+        leave = cum[:n]
         enter = leave.neg()
         if self.start_scores is not None:
-            enter[: t_hi - r0] += self.start_scores[:, r0:t_hi].transpose(0, 1)
+            enter[:m] += self.start_scores[:, r0:t_hi].transpose(0, 1)
         if self.end_scores is not None:
             lo = max(r0, 1)
             leave[lo - r0:] += self.end_scores[:, lo - 1:r1 - 1].transpose(0, 1)

@@ -76,6 +76,8 @@ class SweepTables:
     `alpha (n, B, C)`: inside alpha, or outside ubar (None where the sweep
     does not produce it); `u (n, B, C)`: inside u, or outside abar (None for
     the duration-dependent inside); `scale (n, B)` float64: the log-scale R.
+    Tables may carry extra rows past the block (the outside keeps the K rows
+    after it there).
     """
 
     r0: int
@@ -83,12 +85,26 @@ class SweepTables:
     u: Optional[torch.Tensor]
     scale: torch.Tensor
 
+    def rows(self, r0: int, r1: int) -> "SweepTables":
+        """Views of rows `[r0, r1)` (absolute row numbers)."""
+        i0, i1 = r0 - self.r0, r1 - self.r0
+        pick = lambda t: None if t is None else t[i0:i1]  # noqa: E731
+        return SweepTables(r0, pick(self.alpha), pick(self.u), self.scale[i0:i1])
 
-def new_tables(problem: LogProblem, r0: int, n: int, alpha: bool, u: bool) -> SweepTables:
-    shape = (n, problem.B, problem.C)
-    make = lambda wanted: torch.empty(shape, dtype=problem.dtype, device=problem.device) if wanted else None  # noqa: E731
-    return SweepTables(r0, make(alpha), make(u), torch.empty((n, problem.B), dtype=torch.float64,
-                                                              device=problem.device))
+    def store(self, block: "SweepTables") -> None:
+        """Copy (and cast) a block's tables into these, at its rows."""
+        view = self.rows(block.r0, block.r0 + block.scale.shape[0])
+        for mine, theirs in ((view.alpha, block.alpha), (view.u, block.u), (view.scale, block.scale)):
+            if mine is not None:
+                mine.copy_(theirs)
+
+
+def new_tables(problem: LogProblem, r0: int, n: int, alpha: bool, u: bool, extra_rows: int = 0,
+               dtype: Optional[torch.dtype] = None) -> SweepTables:
+    shape = (n + extra_rows, problem.B, problem.C)
+    dtype = dtype or problem.dtype
+    make = lambda wanted: torch.empty(shape, dtype=dtype, device=problem.device) if wanted else None  # noqa: E731
+    return SweepTables(r0, make(alpha), make(u), torch.empty(shape[:2], dtype=torch.float64, device=problem.device))
 
 
 class Ring:
@@ -153,7 +169,8 @@ class _Sweeps:
     def _state(self, *ring_shapes, axes=None) -> RingState:
         p = self.problem
         axes = axes or (0,) * len(ring_shapes)
-        rings = tuple(Ring(torch.full(s, NEG_INF, dtype=p.dtype, device=p.device), a) for s, a in zip(ring_shapes, axes))
+        rings = tuple(Ring(torch.full(shape, NEG_INF, dtype=p.dtype, device=p.device), axis)
+                      for shape, axis in zip(ring_shapes, axes))
         return RingState(rings, torch.zeros(p.B, dtype=torch.float64, device=p.device),
                          torch.full((p.B,), NEG_INF, dtype=torch.float64, device=p.device))
 
@@ -177,7 +194,7 @@ class _Sweeps:
             scale = state.scale + steps.cumsum(0)
             last = scale[-1] if len(scale) else state.scale
         if tables is not None:
-            tables.scale.copy_(scale)
+            tables.scale[:len(scale)].copy_(scale)
         state.scale = last
 
     def _record_log_z(self, state: RingState, r: int, alpha_hat: torch.Tensor, shifts_so_far: torch.Tensor) -> None:
