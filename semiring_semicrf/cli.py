@@ -143,13 +143,13 @@ def command_demo(args) -> int:
     from . import demo
 
     os.makedirs(args.out, exist_ok=True)
-    before = set(os.listdir(args.out))
-    status = demo.main(["--out", args.out, *args.demo_args])
-    written = sorted(f for f in os.listdir(args.out) if f.endswith(".png") and f not in before)
-    if written:
-        print(f"\nplots written to {os.path.abspath(args.out)}:")
-        for name in written:
-            print(f"  {name}")
+    before = {name: os.path.getmtime(os.path.join(args.out, name)) for name in os.listdir(args.out)}
+    status = demo.main(["--out", args.out, "--steps", str(args.steps), "--seed", str(args.seed)])
+    written = sorted(name for name in os.listdir(args.out) if name.endswith(".png")
+                     and before.get(name) != os.path.getmtime(os.path.join(args.out, name)))
+    if status == 0 and not written:
+        raise RuntimeError(f"the demo finished but wrote no PNG to {os.path.abspath(args.out)}")
+    print(f"\n{len(written)} plot(s) in {os.path.abspath(args.out)}: {', '.join(written)}")
     return status
 
 
@@ -312,8 +312,6 @@ def command_bench(args) -> int:
         device = "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for but torch sees no CUDA device")
-    if args.repeat < 1:
-        raise UsageError(f"--repeat must be at least 1, got {args.repeat}")
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     sizes = args.size or BENCH_SIZES[("quick" if args.quick else "full", device)]
     ops = args.ops or list(OPS)
@@ -350,6 +348,16 @@ def command_bench(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _size(text: str) -> tuple:
     try:
         size = tuple(int(x) for x in text.split(","))
@@ -368,8 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
 
     demo = commands.add_parser("demo", help="train on synthetic data, print a summary table, write PNG plots")
-    demo.add_argument("--out", default="semicrf-demo", help="folder for the PNG plots (default: %(default)s)")
-    demo.add_argument("demo_args", nargs=argparse.REMAINDER, help="further options passed to the demo")
+    demo.add_argument("--out", default="outputs", help="folder for the PNG plots (default: %(default)s)")
+    demo.add_argument("--steps", type=_positive_int, default=300, help="training steps (default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the data and the model (default: %(default)s)")
     demo.set_defaults(run=command_demo)
 
     bench = commands.add_parser("bench", help="time forward, forward+backward and Viterbi (CPU or GPU)")
@@ -382,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--anchors", action="store_true",
                        help="also time pytorch-struct and flash-semicrf where installed, with ratios")
     bench.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    bench.add_argument("--repeat", type=int, default=3, help="timed calls per case (default: %(default)s)")
+    bench.add_argument("--repeat", type=_positive_int, default=3, help="timed calls per case (default: %(default)s)")
     bench.set_defaults(run=command_bench)
 
     info = commands.add_parser("info", help="versions, devices, and which backend each semiring uses")

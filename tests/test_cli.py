@@ -31,7 +31,8 @@ def test_module_entry_point_help_lists_the_commands():
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["bench", "--size", "2,100"], "B,T,K,C"),
     (["bench", "--device", "tpu"], "invalid choice: 'tpu'"),
-    (["bench", "--repeat", "0"], "--repeat must be at least 1"),
+    (["bench", "--repeat", "0"], "expected a positive integer"),
+    (["demo", "--steps", "-3"], "expected a positive integer"),
 ])
 def test_bad_usage_is_one_line_and_exit_code_2(capsys, argv, fragment):
     status, out, err = run(capsys, *argv)
@@ -103,3 +104,13 @@ def test_bench_skips_pytorch_struct_when_its_charts_would_be_huge(capsys):
 
     problem = cli.BenchProblem("forward", 1, 10_000, 32, 24, "cpu", torch.float32)
     assert cli._torch_struct(problem) is None
+
+
+def test_demo_writes_its_plots_and_says_where(capsys, tmp_path):
+    status, out, err = run(capsys, "demo", "--out", str(tmp_path), "--steps", "5")
+    assert status == 0, err
+    pngs = sorted(tmp_path.glob("*.png"))
+    assert pngs and all(p.stat().st_size > 10_000 for p in pngs)
+    for fragment in ("log Z", "Viterbi", "top-1", "sample 1", "entropy", "Segment F1"):
+        assert fragment in out
+    assert f"plot(s) in {tmp_path}: " in out and pngs[0].name in out.splitlines()[-1]
