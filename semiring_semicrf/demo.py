@@ -19,7 +19,6 @@ from typing import Optional, Sequence
 import torch
 
 from .nn import SemiMarkovCRFHead
-from .segmentation import Segmentation
 from .synthetic import duration_ranges, make_synthetic, segment_f1
 
 NUM_CLASSES, MAX_DURATION, HIDDEN_DIM = 4, 12, 16

@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import tiny_problems
 
-from semiring_semicrf import MaxSemiring, SemiMarkovPotentials, semimarkov_scan
+from semiring_semicrf import EdgePotentials, MaxSemiring, SemiMarkovPotentials, semimarkov_scan
 from semiring_semicrf.decoding import topk, viterbi
 from semiring_semicrf.segmentation import Segmentation
 from semiring_semicrf.testing import enumerate_structures
@@ -14,7 +14,7 @@ def close(actual, expected, tol=1e-9):
     torch.testing.assert_close(actual, expected, rtol=tol, atol=tol)
 
 
-def random_edges(p: SemiMarkovPotentials, seed: int) -> "EdgePotentials":  # noqa: F821
+def random_edges(p: SemiMarkovPotentials, seed: int) -> EdgePotentials:
     """Explicit potentials with a free latent first label."""
     g = torch.Generator().manual_seed(seed)
     edge = torch.randn(p.batch_size, p.T, p.K + 1, p.C, p.C, generator=g, dtype=torch.float64)

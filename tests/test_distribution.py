@@ -7,7 +7,6 @@ from strategies import perturbed, tiny_problems
 from semiring_semicrf import (CrossEntropySemiring, EntropySemiring, KLDivergenceSemiring, SemiMarkovPotentials,
                               semimarkov_scan)
 from semiring_semicrf.distribution import SemiMarkovDistribution
-from semiring_semicrf.segmentation import Segmentation
 from semiring_semicrf.testing import enumerate_structures
 
 
