@@ -1,6 +1,15 @@
-"""semiring-semicrf: exact streaming inference for semi-Markov CRFs over any semiring."""
+"""semiring-semicrf: exact streaming inference for semi-Markov CRFs over any semiring.
+
+The public API is re-exported here; the implementation lives in the modules
+below (see the package layout in README.md).
+"""
+from .autograd import checkpointed_scan, log_partition, posterior, segment_marginals
+from .backends import Posterior
+from .distribution import SemiMarkovDistribution
+from .nn import SemiMarkovCRFHead
 from .potentials import EdgePotentials, LogFactors, SemiMarkovPotentials
 from .scan import ScanProgram, ScanTables, semimarkov_scan
+from .segmentation import Segmentation
 from .semirings import (CrossEntropySemiring, EntropySemiring, ExpectationSemiring, KLDivergenceSemiring,
                         KMaxSemiring, LogSemiring, MaxSemiring, Semiring, StdSemiring)
 
@@ -9,6 +18,8 @@ __version__ = "0.1.0"
 __all__ = [
     "SemiMarkovPotentials", "EdgePotentials", "LogFactors",
     "semimarkov_scan", "ScanProgram", "ScanTables",
+    "log_partition", "posterior", "segment_marginals", "checkpointed_scan", "Posterior",
+    "SemiMarkovDistribution", "Segmentation", "SemiMarkovCRFHead",
     "Semiring", "LogSemiring", "MaxSemiring", "StdSemiring", "KMaxSemiring",
     "ExpectationSemiring", "EntropySemiring", "CrossEntropySemiring", "KLDivergenceSemiring",
 ]

@@ -1,9 +1,15 @@
 import os
 import sys
 
+import torch
 from hypothesis import settings
 
 sys.path.insert(0, os.path.dirname(__file__))
+
+# Under pytest-xdist every worker owns one core: torch's intra-op threads would
+# oversubscribe them and slow the per-position loops tenfold.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 settings.register_profile("ci", deadline=None, max_examples=40, derandomize=True, print_blob=True)
 settings.register_profile("dev", deadline=None, max_examples=40)
