@@ -157,7 +157,7 @@ def ours(shape, tensors, refs, record):
     import torch
     from semiring_semicrf import kernels
     from semiring_semicrf.kernels.backward import outside_sweep
-    from semiring_semicrf.kernels.common import kernel_inputs, pad, sweep_num_warps
+    from semiring_semicrf.kernels.common import flow_num_warps, kernel_inputs, pad, sweep_num_warps
     from semiring_semicrf.kernels.forward import forward_sweep
     B, T, K, C = shape
     gpu = [t.cuda() for t in tensors]
@@ -209,10 +209,10 @@ def ours(shape, tensors, refs, record):
     # num_warps sweep of the two sweeps alone (factors prepared once)
     inputs = kernel_inputs(fresh())
     KP, CP = pad(K), pad(C)
-    chosen = sweep_num_warps(KP, CP)
+    chosen = f"{sweep_num_warps(KP, CP)}/{flow_num_warps(KP, CP)}"
     sweep = {}
     for w in (1, 2, 4, 8):
-        if (w == 1 and KP * CP > 4096) or (w == 8 and KP * CP < 2048):
+        if (w == 1 and KP * CP > 4096) or (w == 8 and KP * CP < 4096):
             continue
         f = cuda_time(lambda: forward_sweep(inputs, False, num_warps=w), budget_s=1.0)
         _, _, alpha_hat, u_hat, scale = forward_sweep(inputs, False, num_warps=w)

@@ -20,10 +20,10 @@ T = 10^6 (an outside pass in log space accumulates the bias of the
 approximate exp/log of every step). All values are probabilities in [0, 1].
 
 The sweep keeps a `(KP, CP)` ring of the mass arriving at the last `K`
-starts and a ring of `v_hat[s] - (N[e] - N[s])` (the forward's inside values
-in the frame of the current end); only the `d = 1` term depends on the
-previous step, so the `K C` duration weights are computed off the
-dependency chain. It stores the log-normalizer of `P(d | e, c)`; the
+starts and a ring of the forward's inside values `v_hat[s]` (shifted to a
+common scale); the `K C` duration weights depend on the forward's tables
+only, so they are computed off the dependency chain, which is one `C x C`
+product and a few `C`-wide operations per step. It stores the log-normalizer of `P(d | e, c)`; the
 duration counts `sum_e P(d, e, c)` are then summed in parallel over blocks
 of ends (fixed order: bitwise reproducible).
 """
@@ -33,55 +33,38 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import KernelInputs, pad, row_mask, sweep_num_warps
+from .common import LN2, LOG2E, KernelInputs, fast_exp2, fast_log2, flow_num_warps, pad
 
 
 @triton.jit
-def inside_value(u_table_ptr, enter_ptr, table, s, labels, C, T):
-    """`v_hat[s] = u_hat[s] + enter[s]` `(CP,)`, `-inf` where `s` is outside `[0, T)`."""
-    mask = row_mask(labels, C, s, T)
-    return (tl.load(u_table_ptr + table + s * C + labels, mask=mask, other=float("-inf"))
-            + tl.load(enter_ptr + s * C + labels, mask=mask, other=0.0))
-
-
-@triton.jit
-def position_inputs(alpha_table_ptr, u_table_ptr, enter_ptr, scale_row, table, e, K, labels, C, T):
-    """What the step at end `e` reads: `alpha_hat[e]`, `v_hat[e-1]`, `N[e-1]`,
-    and for the start `e - K` entering the window `v_hat[e-K]`, `N[e-K]`."""
-    alpha = tl.load(alpha_table_ptr + table + e * C + labels, mask=row_mask(labels, C, e, T + 1),
-                    other=float("-inf"))
-    newest = inside_value(u_table_ptr, enter_ptr, table, e - 1, labels, C, T)
-    oldest = inside_value(u_table_ptr, enter_ptr, table, e - K, labels, C, T)
-    scale_newest = tl.load(scale_row + tl.maximum(e - 1, 0))
-    scale_oldest = tl.load(scale_row + tl.maximum(e - K, 0))
-    return alpha, newest, scale_newest, oldest, scale_oldest
-
-
-@triton.jit
-def normalized_weights(x, axis: tl.constexpr):
-    """`(w, 1 / sum w)` of log-weights `x` along `axis`, `w = exp(x - max)`;
-    an all `-inf` slice gives zero weights and a zero inverse (no NaN). The
-    inverse is correctly rounded, so `sum(w) * inverse` is 1 up to an
-    unbiased rounding: normalized flows conserve mass."""
-    m = tl.max(x, axis=axis)
-    safe = tl.where(m == float("-inf"), 0.0, m)
-    w = tl.exp(x - tl.expand_dims(safe, axis))
-    total = tl.sum(w, axis=axis)
-    return w, tl.where(total > 0, tl.math.div_rn(1.0, total), 0.0)
+def divide(num, den):
+    """`num / den` to within rounding, 0 where `den == 0`: the approximate
+    quotient refined by one Newton step, so that the error has no bias
+    (normalized flows then conserve mass over millions of steps)."""
+    ok = den > 0
+    den = tl.where(ok, den, 1.0)
+    q = num / den
+    q = tl.fma(tl.fma(-q, den, num), 1.0 / den, q)
+    return tl.where(ok, q, 0.0)
 
 
 @triton.jit
 def outside_flow_kernel(
-        enter_ptr, duration_ring_ptr, transition_ptr, end_ptr, lengths_ptr,
+        enter_ptr, leave_ptr, duration_ring_ptr, transition_ptr, end_ptr, lengths_ptr,
         alpha_table_ptr, u_table_ptr, scale_ptr,
         segment_start_ptr, segment_end_ptr, transition_count_ptr, duration_lognorm_ptr,
-        T, K, C, enter_stride,
+        T, K, C, enter_stride, leave_stride,
         KP: tl.constexpr, CP: tl.constexpr):
     """One sequence per program. Reads the forward's `alpha_hat`, `u_hat`
     `(B, T+1, C)` and `N (B, T+1)`; writes `segment_start`, `segment_end`
     `(B, T, C)` (rows `0..L-1`), `transition_count (B, C, C)` and the
     log-normalizers of `P(d | e, c)` into `duration_lognorm (B, T+1, C)`
-    (rows `1..L`)."""
+    (rows `1..L`).
+
+    The forward's own log-sums stabilize the exponentials (`alpha_hat[e] -
+    leave[e-1]` is the log-sum of the duration terms of end `e`, `u_hat[e]`
+    that of the transition terms), so no maximum is taken; the weights are
+    still normalized by their computed sums."""
     b = tl.program_id(0)
     length = tl.load(lengths_ptr + b).to(tl.int32)
     b = b.to(tl.int64)
@@ -89,8 +72,12 @@ def outside_flow_kernel(
     labels = tl.arange(0, CP)
     valid = labels < C
     enter_ptr += b * enter_stride
-    table = b * (T + 1) * C
-    seq = b * T * C
+    leave_ptr += b * leave_stride
+    alpha_ptr = alpha_table_ptr + b * (T + 1) * C
+    u_ptr = u_table_ptr + b * (T + 1) * C
+    lognorm_ptr = duration_lognorm_ptr + b * (T + 1) * C
+    start_out = segment_start_ptr + b * T * C
+    end_out = segment_end_ptr + b * T * C
     scale_row = scale_ptr + b * (T + 1)
     durations = duration_ring_ptr + b * 4 * KP * CP
     duration_1 = tl.load(durations + labels)
@@ -99,69 +86,94 @@ def outside_flow_kernel(
     transition = tl.load(transition_ptr + labels[:, None] * C + labels[None, :],
                          mask=valid[:, None] & valid[None, :], other=float("-inf"))
 
-    # Ring of v_hat[s] - (N[L] - N[s]) for the starts L-K+1 .. L-1 (slot s mod KP).
-    scale_end = tl.load(scale_row + length)
+    # Ring of v_hat[s] + (N[s] - base) for the starts L-K+1 .. L-1 (slot s mod
+    # KP); `base` (a scale N) moves every KP positions, so entries stay O(K r).
+    base = tl.load(scale_row + length)
     starts = (length - 1) - ((length - 1 - slots) & (KP - 1))
     in_window = (starts >= 0) & (starts > length - K)
     window_mask = in_window[:, None] & valid[None, :]
-    inside = (tl.load(u_table_ptr + table + starts[:, None] * C + labels[None, :], mask=window_mask,
-                      other=float("-inf"))
-              + tl.load(enter_ptr + starts[:, None] * C + labels[None, :], mask=window_mask, other=0.0))
-    shift = scale_end - tl.load(scale_row + starts, mask=in_window, other=0.0)
-    inside = inside - shift.to(tl.float32)[:, None]
+    rows = tl.maximum(starts, 0)[:, None] * C + labels[None, :]
+    inside = (tl.load(u_ptr + rows, mask=window_mask, other=float("-inf"))
+              + tl.load(enter_ptr + rows, mask=window_mask, other=0.0))
+    inside += (tl.load(scale_row + tl.maximum(starts, 0)) - base).to(tl.float32)[:, None]
     mass = tl.zeros((KP, CP), tl.float32)
     transition_count = tl.zeros((CP, CP), tl.float32)
 
     end = tl.load(end_ptr + labels, mask=valid, other=float("-inf"))
-    last = tl.load(alpha_table_ptr + table + length * C + labels, mask=valid, other=float("-inf")) + end
-    w_last, inv_last = normalized_weights(last, 0)
-    start_mass = w_last * inv_last  # at e = L this is already the end mass
-    scale_e = scale_end
-    a1, n1, s1, o1, so1 = position_inputs(alpha_table_ptr, u_table_ptr, enter_ptr, scale_row, table, length, K,
-                                          labels, C, T)
-    a2, n2, s2, o2, so2 = position_inputs(alpha_table_ptr, u_table_ptr, enter_ptr, scale_row, table, length - 1,
-                                          K, labels, C, T)
+    last = tl.load(alpha_ptr + length * C + labels, mask=valid, other=float("-inf")) + end
+    w_last = fast_exp2((last - tl.max(last, axis=0)) * LOG2E)
+    start_mass = divide(w_last, tl.sum(w_last, axis=0))  # at e = L: the end mass
+    transition_log_sum = tl.load(u_ptr + length * C + labels, mask=valid, other=0.0)
+
+    # What position e reads, loaded one position ahead (rows clamped at 0; a
+    # start before 0 has v_hat = -inf).
+    scale_e = base
+    alpha = tl.load(alpha_ptr + length * C + labels, mask=valid, other=float("-inf"))
+    leave = tl.load(leave_ptr + (length - 1) * C + labels, mask=valid, other=0.0)
+    u_newest = tl.load(u_ptr + (length - 1) * C + labels, mask=valid, other=float("-inf"))
+    enter_newest = tl.load(enter_ptr + (length - 1) * C + labels, mask=valid, other=0.0)
+    scale_newest = tl.load(scale_row + length - 1)
+    oldest_row = tl.maximum(length - K, 0)
+    oldest = (tl.load(u_ptr + oldest_row * C + labels, mask=valid, other=float("-inf"))
+              + tl.load(enter_ptr + oldest_row * C + labels, mask=valid, other=0.0))
+    oldest = tl.where(length - K >= 0, oldest, float("-inf"))
+    scale_oldest = tl.load(scale_row + oldest_row)
     for i in range(0, length):
         e = length - i
-        alpha, newest, scale_newest, oldest, scale_oldest = a1, n1, s1, o1, so1
-        a1, n1, s1, o1, so1 = a2, n2, s2, o2, so2
-        a2, n2, s2, o2, so2 = position_inputs(alpha_table_ptr, u_table_ptr, enter_ptr, scale_row, table, e - 2, K,
-                                              labels, C, T)
+        prev = tl.maximum(e - 2, 0)
+        next_alpha = tl.load(alpha_ptr + (e - 1) * C + labels, mask=valid, other=float("-inf"))
+        next_leave = tl.load(leave_ptr + prev * C + labels, mask=valid, other=0.0)
+        next_u_newest = tl.load(u_ptr + prev * C + labels, mask=valid, other=float("-inf"))
+        next_enter_newest = tl.load(enter_ptr + prev * C + labels, mask=valid, other=0.0)
+        next_scale_newest = tl.load(scale_row + prev)
+        next_oldest_row = tl.maximum(e - 1 - K, 0)
+        next_oldest = (tl.load(u_ptr + next_oldest_row * C + labels, mask=valid, other=float("-inf"))
+                       + tl.load(enter_ptr + next_oldest_row * C + labels, mask=valid, other=0.0))
+        next_oldest = tl.where(e - 1 - K >= 0, next_oldest, float("-inf"))
+        next_scale_oldest = tl.load(scale_row + next_oldest_row)
 
-        # Off the chain: the start e - K enters the window; duration weights of end e.
+        if (e & (KP - 1)) == 0:
+            inside -= (scale_e - base).to(tl.float32)
+            base = scale_e
+        # Off the chain: the start e - K enters the window; weights of end e
+        # (stabilized by their forward log-sum alpha_hat[e] - leave[e-1]).
         slot_oldest = (e - K) & (KP - 1)
-        oldest = oldest - (scale_e - scale_oldest).to(tl.float32)
+        oldest = oldest + (scale_oldest - base).to(tl.float32)
         inside = tl.where(slots[:, None] == slot_oldest, oldest[None, :], inside)
         mass = tl.where(slots[:, None] == slot_oldest, 0.0, mass)
-        x = inside + tl.load(longer_window + ((e - 1) & (KP - 1)) * CP)
-        x_1 = newest - (scale_e - scale_newest).to(tl.float32) + duration_1
-        m = tl.maximum(tl.max(x, axis=0), x_1)
-        m = tl.where(m == float("-inf"), 0.0, m)
-        w = tl.exp(x - m[None, :])
-        w_1 = tl.exp(x_1 - m)
+        log_sum = alpha - leave
+        log_sum = tl.where(log_sum == float("-inf"), 0.0, log_sum)
+        stabilizer = (log_sum + (scale_e - base).to(tl.float32)) * LOG2E
+        w = fast_exp2((inside + tl.load(longer_window + ((e - 1) & (KP - 1)) * CP)) * LOG2E - stabilizer[None, :])
+        newest = u_newest + enter_newest + (scale_newest - base).to(tl.float32) + duration_1
+        w_1 = fast_exp2(newest * LOG2E - stabilizer)
         total = tl.sum(w, axis=0) + w_1
-        inv = tl.where(total > 0, tl.math.div_rn(1.0, total), 0.0)
-        tl.store(duration_lognorm_ptr + table + e * C + labels, m + tl.log(total), mask=valid)
+        tl.store(lognorm_ptr + e * C + labels, log_sum + LN2 * fast_log2(total), mask=valid)
         arrived = tl.sum(tl.where(slots[:, None] == ((e - 1) & (KP - 1)), mass, 0.0), axis=0)
-        # ... and the transition weights at boundary e (used when e < L).
-        wt, inv_t = normalized_weights(alpha[:, None] + transition, 0)
+        transition_log_sum = tl.where(transition_log_sum == float("-inf"), 0.0, transition_log_sum)
+        w_t = fast_exp2((alpha[:, None] + transition) * LOG2E - (transition_log_sum * LOG2E)[None, :])
+        total_t = tl.sum(w_t, axis=0)
 
         # The chain: start mass at e -> end mass at e -> start mass at e - 1.
-        if e < length:
-            coef_t = start_mass * inv_t
-            flow = wt * coef_t[None, :]
-            end_mass = tl.sum(flow, axis=1)
-            transition_count += flow
-        else:
-            end_mass = start_mass
-        tl.store(segment_end_ptr + seq + (e - 1) * C + labels, end_mass, mask=valid)
-        coef = end_mass * inv
+        coef_t = tl.where(e < length, divide(start_mass, total_t), 0.0)
+        flow = w_t * coef_t[None, :]
+        transition_count += flow
+        end_mass = tl.where(e < length, tl.sum(flow, axis=1), start_mass)
+        tl.store(end_out + (e - 1) * C + labels, end_mass, mask=valid)
+        coef = divide(end_mass, total)
         start_mass = arrived + w_1 * coef
-        tl.store(segment_start_ptr + seq + (e - 1) * C + labels, start_mass, mask=valid)
+        tl.store(start_out + (e - 1) * C + labels, start_mass, mask=valid)
         mass += w * coef[None, :]
 
-        inside = inside + (scale_e - scale_newest).to(tl.float32)
         scale_e = scale_newest
+        transition_log_sum = u_newest
+        alpha = next_alpha
+        leave = next_leave
+        u_newest = next_u_newest
+        enter_newest = next_enter_newest
+        scale_newest = next_scale_newest
+        oldest = next_oldest
+        scale_oldest = next_scale_oldest
 
     tl.store(transition_count_ptr + b * C * C + labels[:, None] * C + labels[None, :], transition_count,
              mask=valid[:, None] & valid[None, :])
@@ -217,9 +229,10 @@ def outside_sweep(inputs: KernelInputs, alpha_table, u_table, scale, num_warps: 
     transition = torch.empty((B, C, C), dtype=torch.float32, device=device)
     duration_lognorm = torch.empty((B, T + 1, C), dtype=torch.float32, device=device)
     outside_flow_kernel[(B,)](
-        inputs.enter, inputs.duration_ring, inputs.transition, inputs.end, inputs.lengths,
+        inputs.enter, inputs.leave, inputs.duration_ring, inputs.transition, inputs.end, inputs.lengths,
         alpha_table, u_table, scale, segment_start, segment_end, transition, duration_lognorm,
-        T, K, C, inputs.enter.stride(0), KP=KP, CP=CP, num_warps=num_warps or sweep_num_warps(KP, CP))
+        T, K, C, inputs.enter.stride(0), inputs.leave.stride(0), KP=KP, CP=CP,
+        num_warps=num_warps or flow_num_warps(KP, CP))
 
     block = min(pad(T + 1), max(16, 2048 // CP))
     num_blocks = triton.cdiv(T + 1, block)

@@ -10,13 +10,12 @@ Per position `e = 1..L` (DESIGN.md section 2, factorized recurrence):
 The last `K` rows of `v` live in a `(KP, CP)` ring held in registers: the
 start `s` sits in slot `s mod KP`, so at position `e` slot `i` pairs with
 duration `d = ((e - 1 - i) mod KP) + 1`; the durations are read in that
-rotated order from a doubled table (see :class:`~.common.KernelInputs`).
+rotated order from a doubled table (see :class:`~.common.KernelInputs`), one
+position ahead, like the rows of `enter` and `leave`.
 
-Only the newest row `v[e-1]` of the ring depends on the previous position,
-so each position splits its sum: the part over `d >= 2` (`K C` terms) is
-computed one position ahead, off the dependency chain, and the chain itself
-is `alpha = (v[e-1] (x) duration[0]) (+) partial`, then the `C x C` product
-with the transition.
+(Measured on an H100: keeping the newest row apart, so that the `K C` sum
+leaves the dependency chain, made this sweep 1.5-2.4x slower in Triton, not
+faster; see docs/performance.md.)
 
 Running normalization: after each position the ring, alpha and u are shifted
 by `r[e] = max_c alpha[e, c]`, so everything stored stays O(1) at any T; the
@@ -34,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import KernelInputs, pad, row_mask, semiring_plus, semiring_sum, sweep_num_warps
+from .common import KernelInputs, pad, row_mask, semiring_sum, sweep_num_warps
 
 
 @triton.jit
@@ -60,44 +59,32 @@ def forward_sweep_kernel(
     enter_ptr += b * enter_stride
     leave_ptr += b * leave_stride
     table = b * (T + 1) * C
-    durations = duration_ring_ptr + b * 4 * KP * CP
-    duration_1 = tl.load(durations + labels)
-    # d >= 2 only (the second table): slot i at position e pairs with row (e - 1) mod KP + KP - i.
-    longer_window = durations + 3 * KP * CP - slots[:, None] * CP + labels[None, :]
+    # Slot i at position e pairs with row (e - 1) mod KP + KP - i of the first table.
+    window = duration_ring_ptr + b * 4 * KP * CP + KP * CP - slots[:, None] * CP + labels[None, :]
     transition = tl.load(transition_ptr + labels[:, None] * C + labels[None, :],
                          mask=valid[:, None] & valid[None, :], other=float("-inf"))
     start = tl.load(start_ptr + labels, mask=valid, other=float("-inf"))
     if not MAX:
         tl.store(u_table_ptr + table + labels, start, mask=valid)
         tl.store(scale_ptr + b * (T + 1), 0.0)
-    newest = start + tl.load(enter_ptr + labels, mask=valid, other=0.0)  # v[0]
-    ring = tl.where(slots[:, None] == 0, newest[None, :], float("-inf"))
-    partial = tl.full((CP,), float("-inf"), tl.float32)  # d >= 2 part of position 1: none
-    partial_best = tl.zeros((CP,), tl.int32)
+    v0 = start + tl.load(enter_ptr + labels, mask=valid, other=0.0)
+    ring = tl.where(slots[:, None] == 0, v0[None, :], float("-inf"))
     alpha = tl.full((CP,), float("-inf"), tl.float32)
     scale = tl.full([], 0.0, tl.float64)
-    # Rows of `leave` / `enter` are loaded two positions ahead.
-    leave_1 = tl.load(leave_ptr + labels, mask=valid, other=0.0)
-    leave_2 = tl.load(leave_ptr + C + labels, mask=row_mask(labels, C, 1, T), other=0.0)
-    enter_1 = tl.load(enter_ptr + C + labels, mask=row_mask(labels, C, 1, T), other=0.0)
-    enter_2 = tl.load(enter_ptr + 2 * C + labels, mask=row_mask(labels, C, 2, T), other=0.0)
+    next_duration = tl.load(window)
+    next_leave = tl.load(leave_ptr + labels, mask=valid, other=0.0)
+    next_enter = tl.load(enter_ptr + C + labels, mask=row_mask(labels, C, 1, T), other=0.0)
     for e in range(1, length + 1):
-        leave, enter = leave_1, enter_1
-        leave_1, enter_1 = leave_2, enter_2
-        leave_2 = tl.load(leave_ptr + (e + 1) * C + labels, mask=row_mask(labels, C, e + 1, T), other=0.0)
-        enter_2 = tl.load(enter_ptr + (e + 2) * C + labels, mask=row_mask(labels, C, e + 2, T), other=0.0)
+        duration, leave, enter = next_duration, next_leave, next_enter
+        next_duration = tl.load(window + (e & (KP - 1)) * CP)
+        next_leave = tl.load(leave_ptr + e * C + labels, mask=row_mask(labels, C, e, T), other=0.0)
+        next_enter = tl.load(enter_ptr + (e + 1) * C + labels, mask=row_mask(labels, C, e + 1, T), other=0.0)
 
-        # Off the chain: the d >= 2 part of position e + 1 (slot e mod KP is d = 1 there: -inf row).
-        x = ring + tl.load(longer_window + (e & (KP - 1)) * CP)
+        x = ring + duration
         if MAX:
-            next_partial, next_slot = tl.max(x, axis=0, return_indices=True)
-            next_best = (e - next_slot) & (KP - 1)
+            a, best_slot = tl.max(x, axis=0, return_indices=True)
         else:
-            next_partial = semiring_sum(x, 0, False)
-
-        # The chain: alpha[e] from the newest row and the partial, then u[e].
-        newest_term = newest + duration_1
-        a = semiring_plus(newest_term, partial, MAX)
+            a = semiring_sum(x, 0, False)
         alpha = a + leave
         r = tl.max(alpha, axis=0)
         r = tl.where(r == float("-inf"), 0.0, r)
@@ -109,21 +96,16 @@ def forward_sweep_kernel(
         alpha = alpha - r
         u = u - r
         row = table + e * C + labels
+        scale += r.to(tl.float64)
         if MAX:
-            best = tl.where(newest_term >= partial, 0, partial_best)
-            tl.store(alpha_table_ptr + row, best.to(alpha_table_ptr.dtype.element_ty), mask=valid)
+            tl.store(alpha_table_ptr + row, ((e - 1 - best_slot) & (KP - 1)).to(alpha_table_ptr.dtype.element_ty),
+                     mask=valid)
             tl.store(u_table_ptr + row, best_source.to(u_table_ptr.dtype.element_ty), mask=valid)
         else:
             tl.store(alpha_table_ptr + row, alpha, mask=valid)
             tl.store(u_table_ptr + row, u, mask=valid)
-        scale += r.to(tl.float64)
-        if not MAX:
             tl.store(scale_ptr + b * (T + 1) + e, scale)
-        newest = u + enter
-        partial = next_partial - r
-        if MAX:
-            partial_best = next_best
-        ring = tl.where(slots[:, None] == (e & (KP - 1)), newest[None, :], ring - r)
+        ring = tl.where(slots[:, None] == (e & (KP - 1)), (u + enter)[None, :], ring - r)
 
     end = tl.load(end_ptr + labels, mask=valid, other=float("-inf"))
     last = alpha + end
