@@ -77,8 +77,8 @@ def plot_label_marginals(marginals, *, length: Optional[int] = None, label_names
     return ax
 
 
-def plot_boundary_probabilities(boundaries, *, length: Optional[int] = None, gold_starts=None, ax=None,
-                                title: str = "Segment boundaries"):
+def plot_boundary_probabilities(boundaries, *, length: Optional[int] = None, gold_starts=None,
+                                gold_label: str = "gold start", ax=None, title: str = "Segment boundaries"):
     """`P(a segment starts at t)` as bars, with optional gold starts.
 
     Args:
@@ -86,6 +86,7 @@ def plot_boundary_probabilities(boundaries, *, length: Optional[int] = None, gol
         length: draw only the first `length` positions (default all T).
         gold_starts: positions (or a `(T,)` bool mask) where a reference
             segmentation starts a segment, drawn as dashed lines.
+        gold_label: the legend entry of those lines.
         ax: axes to draw on (default: a new figure).
         title: the axes title.
     """
@@ -98,13 +99,13 @@ def plot_boundary_probabilities(boundaries, *, length: Optional[int] = None, gol
     ax.bar(np.arange(T), p, width=0.9, color="tab:blue", label="P(segment starts at t)")
     if gold_starts is not None:
         for i, t in enumerate(_positions(gold_starts)):
-            ax.axvline(t, color="black", linestyle="--", linewidth=0.8, label="gold start" if i == 0 else None)
+            ax.axvline(t, color="black", linestyle="--", linewidth=0.8, label=gold_label if i == 0 else None)
     ax.set_xlim(-0.5, T - 0.5)
     ax.set_ylim(0.0, 1.05)
     ax.set_xlabel("position t")
     ax.set_ylabel("probability")
     ax.set_title(title)
-    ax.legend(loc="upper right", fontsize="small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
     return ax
 
 
