@@ -84,8 +84,8 @@ def digests(device="cpu", backend="auto") -> dict:
         q = SemiMarkovDistribution.from_potentials(potentials(dependent, device, requires_grad=False), backend=backend)
         with torch.no_grad():
             information = (d.entropy(), d.kl(q), d.cross_entropy(q))
-        out[f"{tag}/distribution"] = fingerprint((*information, d.max, d.topk(2).scores,
-                                                  d.sample((2,), generator=torch.Generator(device).manual_seed(9)).labels))
+        drawn = d.sample((2,), generator=torch.Generator(device).manual_seed(9))
+        out[f"{tag}/distribution"] = fingerprint((*information, d.max, d.topk(2).scores, drawn.labels, drawn.starts))
     return out
 
 

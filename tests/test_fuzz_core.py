@@ -387,7 +387,8 @@ def _other(problem, **changes):
 
 def _topk_oracle(result, info):
     problem, pots, semiring_of = info
-    expected = torch.stack([enumerate_structures(pots, b).topk(semiring_of(problem).k) for b in range(problem.B)], dim=1)
+    k = semiring_of(problem).k
+    expected = torch.stack([enumerate_structures(pots, b).topk(k) for b in range(problem.B)], dim=1)
     assert_matches(result, expected)
 
 

@@ -1,5 +1,6 @@
-"""Fuzz the differentiable inference entry points (`log_partition`,
-`posterior`, `segment_marginals`, `checkpointed_scan`) with malformed and
+"""Fuzz the inference entry points (`log_partition`, `posterior`,
+`segment_marginals`, `checkpointed_scan`, and `decoding.viterbi/topk`,
+`sampling.sample`, which explicit edges use directly) with malformed and
 edge-case inputs; results and gradients are checked against brute force
 (see `test_fuzz_harness.py` for the expectations)."""
 from __future__ import annotations
@@ -13,6 +14,8 @@ from test_fuzz_harness import (Case, Raises, Returns, assert_matches, params, pr
 from semiring_semicrf import (EntropySemiring, KLDivergenceSemiring, KMaxSemiring, LogSemiring, SemiMarkovPotentials,
                               StdSemiring)
 from semiring_semicrf.autograd import checkpointed_scan, log_partition, posterior, segment_marginals
+from semiring_semicrf.decoding import topk, viterbi
+from semiring_semicrf.sampling import sample
 from semiring_semicrf.testing import enumerate_structures
 
 EMPTY_BATCH = ("{entry} on a batch of 0 sequences raises RuntimeError('stack expects a non-empty TensorList') "
@@ -97,13 +100,17 @@ def _not_potentials(entry, fn, tuples=False) -> list:
     """`tuples`: the entry point takes a tuple of potentials (the scan's
     `(p, q)` convention), so a 1-tuple is valid there."""
     one_tuple = _call_on(fn, lambda p: (p.potentials(),))
+
+    def same_as_oracle(result, pots):
+        assert_matches(result, reference_log_z({**pots[0].tensors(), "lengths": pots[0].lengths}))
+
     return [
-        Case(entry, "potentials: raw scores tensor", _call_on(fn, lambda p: p.kwargs()["scores"]), Raises("potentials")),
+        Case(entry, "potentials: raw scores tensor", _call_on(fn, lambda p: p.kwargs()["scores"]),
+             Raises("potentials")),
         Case(entry, "potentials: None", _call_on(fn, lambda p: None), Raises("potentials")),
         Case(entry, "potentials: kwargs dict", _call_on(fn, lambda p: p.kwargs()), Raises("potentials")),
         Case(entry, "potentials: a 1-tuple", one_tuple,
-             Returns(lambda r, pots: assert_matches(r, reference_log_z(pots[0].tensors() | {"lengths": pots[0].lengths})))
-             if tuples else Raises("potentials")),
+             Returns(same_as_oracle) if tuples else Raises("potentials")),
     ]
 
 
@@ -205,7 +212,59 @@ def checkpointed_scan_cases() -> list:
     return cases
 
 
-CASES = log_partition_cases() + posterior_cases() + segment_marginals_cases() + checkpointed_scan_cases()
+UNCHECKED_POTENTIALS = ("{entry}(a tensor) fails with AttributeError: 'Tensor' object has no attribute '{attr}'; "
+                       "check that potentials are SemiMarkovPotentials or EdgePotentials first")
+
+
+def _edges(problem):
+    return SemiMarkovPotentials.from_edges(problem.potentials().to_edges(), torch.tensor(problem.lengths))
+
+
+def best_score_oracle(result, potentials):
+    """`(score, labels, starts)`: the score is the brute-force max."""
+    assert_matches(result[0], torch.stack([enumerate_structures(potentials, b).max()
+                                           for b in range(potentials.batch_size)]))
+
+
+def samples_are_tilings(result, potentials):
+    labels, starts = result
+    lengths = potentials.lengths
+    inside = torch.arange(potentials.T) < lengths[:, None]
+    assert ((labels >= 0) == inside).all() and starts[..., 0].all() and not (starts & ~inside).any()
+
+
+def decoding_and_sampling_cases() -> list:
+    cases = []
+    for entry, fn, attr in (("decoding.viterbi", viterbi, "duration_dependent"),
+                            ("decoding.topk", lambda p: topk(p, 2), "duration_dependent"),
+                            ("sampling.sample", lambda p: sample(p, 2), "batch_size")):
+        cases += [
+            Case(entry, "potentials: raw scores tensor", _call_on(fn, lambda p: p.kwargs()["scores"]),
+                 Raises("potentials"), known_failure=UNCHECKED_POTENTIALS.format(entry=entry, attr=attr)),
+            Case(entry, "potentials: None", _call_on(fn, lambda p: None), Raises("potentials"),
+                 known_failure=UNCHECKED_POTENTIALS.format(entry=entry, attr=attr).replace("Tensor", "NoneType")),
+        ]
+    cases += [
+        Case("decoding.viterbi", "explicit edges", _call_on(viterbi, _edges), Returns(best_score_oracle)),
+        Case("decoding.viterbi", "-inf masks",
+             _call_on(viterbi, lambda p: SemiMarkovPotentials(**_minus_inf_kwargs(p))), Returns(best_score_oracle)),
+        Case("sampling.sample", "explicit edges", _call_on(lambda p: sample(p, 3), _edges),
+             Returns(samples_are_tilings)),
+    ]
+    for k in (0, -1, 1.5, False, "2"):
+        cases.append(Case("decoding.topk", f"k={k!r}", _call_on(lambda p, k=k: topk(p, k), lambda p: p.potentials()),
+                          Raises("k")))
+    for n in (0, -2, 2.0, True, None):
+        cases.append(Case("sampling.sample", f"num_samples={n!r}",
+                          _call_on(lambda p, n=n: sample(p, n), lambda p: p.potentials()), Raises("num_samples")))
+    for g, name in ((3, "an int"), ("cpu", "a device string")):
+        cases.append(Case("sampling.sample", f"generator: {name}",
+                          _call_on(lambda p, g=g: sample(p, 2, g), lambda p: p.potentials()), Raises("generator")))
+    return cases
+
+
+CASES = (log_partition_cases() + posterior_cases() + segment_marginals_cases() + checkpointed_scan_cases()
+         + decoding_and_sampling_cases())
 
 
 @pytest.mark.parametrize("case", params(CASES))
