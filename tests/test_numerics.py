@@ -13,6 +13,7 @@ from test_fuzz_harness import TENSOR_NAMES, assert_matches, problems, reference_
 from semiring_semicrf import EntropySemiring, SemiMarkovPotentials, semimarkov_scan, validation
 from semiring_semicrf.autograd import log_partition, posterior
 from semiring_semicrf.decoding import topk, viterbi
+from semiring_semicrf.distribution import SemiMarkovDistribution
 from semiring_semicrf.sampling import sample
 from semiring_semicrf.segmentation import Segmentation
 from semiring_semicrf.testing import enumerate_structures
@@ -114,12 +115,23 @@ def test_minus_inf_constraints_hold_in_every_query(case):
     labels, starts = sample(potentials, 30, torch.Generator().manual_seed(0))
     check_structures(labels, starts, potentials, kwargs, feasible, "sample")
 
-    # entropy: finite and exact wherever a segmentation is allowed
-    entropy = semimarkov_scan(potentials, EntropySemiring())
+    # entropy: finite and exact wherever a segmentation is allowed, on each
+    # path: the Entropy semiring, the distribution's closed form from expected
+    # counts (no grad), and its differentiable checkpointed scan (grad)
+    d = SemiMarkovDistribution.from_potentials(potentials)
+    with torch.no_grad():
+        closed_form = d.entropy()
     expected = torch.stack([e.entropy() for e in enums])
     ok = torch.tensor(feasible)
-    assert torch.isfinite(entropy[ok]).all()
-    assert_matches(entropy[ok], expected[ok])
+    for entropy in (semimarkov_scan(potentials, EntropySemiring()), closed_form, d.entropy()):
+        assert torch.isfinite(entropy[ok]).all()
+        assert_matches(entropy[ok], expected[ok])
+
+    # the distribution's own argmax and samples
+    argmax = d.argmax
+    check_structures(argmax.labels, argmax.starts, potentials, kwargs, feasible, "distribution argmax")
+    drawn = d.sample((5,), generator=torch.Generator().manual_seed(1))
+    check_structures(drawn.labels, drawn.starts, potentials, kwargs, feasible, "distribution sample")
 
 
 @pytest.mark.parametrize("dependent", [False, True])
