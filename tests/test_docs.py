@@ -42,18 +42,21 @@ def test_pages_found():
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(DOCS)) for p in PAGES])
 def test_page_code_blocks_run(page, tmp_path, monkeypatch):
     """Run a page's python blocks in order, in one namespace, in a scratch
-    directory (what a reader pasting them one after the other would get)."""
+    directory (what a reader pasting them one after the other would get).
+    From the first block that imports a package that is not installed on,
+    the page's remaining blocks are skipped (they may build on it)."""
     blocks = python_blocks(page)
     if not blocks:
         pytest.skip(f"{page.name} has no python blocks")
-    missing = sorted({m for _, src in blocks for m in missing_modules(src)})
-    if missing:
-        pytest.skip(f"{page.name} needs {', '.join(missing)}, not installed")
     import matplotlib
     matplotlib.use("Agg")
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": f"docs_{page.stem}"}
     for line, source in blocks:
+        missing = missing_modules(source)
+        if missing:
+            pytest.skip(f"{page.name}: blocks from line {line} on need {', '.join(missing)}, not installed "
+                        "(the blocks before it ran)")
         code = compile(source, f"{page.relative_to(ROOT)} (block at line {line})", "exec")
         exec(code, namespace)
 
