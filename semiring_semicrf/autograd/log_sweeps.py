@@ -35,7 +35,7 @@ import torch
 
 from ..backends import Posterior
 from .problem import LN2, FactorRows, LogProblem
-from .recurrences import NEG_INF, DurationSweeps, FactorizedSweeps, RingState, SweepTables, new_tables
+from .recurrences import NEG_INF, DurationSweeps, FactorizedSweeps, SweepTables
 
 #: Per-row tensors below this many elements run single-threaded on the CPU:
 #: thread hand-offs would cost more than the arithmetic.
@@ -62,19 +62,6 @@ class InsideSaved:
 
 def sweeps_for(problem: LogProblem):
     return DurationSweeps(problem) if problem.duration_dependent else FactorizedSweeps(problem)
-
-
-def _initial_inside(sweeps) -> RingState:
-    return sweeps.initial_inside() if isinstance(sweeps, DurationSweeps) else sweeps.initial()
-
-
-def _initial_outside(sweeps) -> RingState:
-    return sweeps.initial_outside() if isinstance(sweeps, DurationSweeps) else sweeps.initial()
-
-
-def _inside_tables(sweeps, r0: int, n: int, dtype=None) -> SweepTables:
-    factorized = isinstance(sweeps, FactorizedSweeps)
-    return new_tables(sweeps.problem, r0, n, alpha=True, u=factorized, dtype=dtype)
 
 
 def block_rows(T: int, K: int) -> list:
@@ -109,20 +96,20 @@ def inside(potentials, low_memory: bool = False):
     problem = LogProblem.from_potentials(potentials)
     sweeps = sweeps_for(problem)
     blocks = block_rows(problem.T, problem.K)
-    state = _initial_inside(sweeps)
+    state = sweeps.initial_inside()
     cum = problem.initial_cum()
     saved = InsideSaved(None, blocks, [])
     if low_memory:
         saved.checkpoints = []
     else:
-        saved.tables = _inside_tables(sweeps, 0, problem.T + 1, dtype=problem.out_dtype)
+        saved.tables = sweeps.inside_tables(0, problem.T + 1, dtype=problem.out_dtype)
     with sweep_threads(problem):
         for r0, r1 in blocks:
             saved.cums.append(cum)
             if low_memory:
                 saved.checkpoints.append(state.clone())
             rows, cum = problem.rows(r0, r1, cum)
-            block = None if low_memory else _inside_tables(sweeps, r0, r1 - r0)
+            block = None if low_memory else sweeps.inside_tables(r0, r1 - r0)
             state = sweeps.inside(state, rows, block)
             if block is not None:
                 saved.tables.store(block)
@@ -208,23 +195,22 @@ def outside(potentials, saved: InsideSaved, segments: Optional[torch.Tensor] = N
     it is `O(T K C)`)."""
     problem = LogProblem.from_potentials(potentials)
     sweeps = sweeps_for(problem)
-    factorized = isinstance(sweeps, FactorizedSweeps)
     acc = _Accumulator(problem, saved.log_z, segments)
     B, C, K = problem.B, problem.C, problem.K
     tail = (torch.full((K, B, C), NEG_INF, dtype=problem.dtype, device=problem.device),
             torch.zeros((K, B), dtype=torch.float64, device=problem.device))
-    state = _initial_outside(sweeps)
+    state = sweeps.initial_outside()
     with sweep_threads(problem):
         for index in range(len(saved.blocks) - 1, -1, -1):
             r0, r1 = saved.blocks[index]
             n = r1 - r0
             rows, _ = problem.rows(r0, r1, saved.cums[index])
             if saved.checkpoints is not None:
-                ins = _inside_tables(sweeps, r0, n)
+                ins = sweeps.inside_tables(r0, n)
                 sweeps.inside(saved.checkpoints[index].clone(), rows, ins)
             else:
                 ins = saved.tables.rows(r0, r1)
-            outs = new_tables(problem, r0, n, alpha=factorized, u=True, extra_rows=K)
+            outs = sweeps.outside_tables(r0, n)
             outs.u[n:], outs.scale[n:] = tail
             state = sweeps.outside(state, rows, outs)
             tail = _combine(sweeps, rows, ins, outs, acc)

@@ -7,9 +7,10 @@ right to left for the outside) holding a ring of the last K rows, and writes
 per-row tables when asked. Every per-row value is stored *relative to a
 running per-sequence log-scale* `R[r]` (float64, `(B,)`): after each row the
 row's maximum over labels is moved into `R` and subtracted from the ring, so
-that every float32 value stays of the order of a few segments' scores at any
-T, and `alpha + abar - log Z` is formed as `alpha_hat + abar_hat + (R_in +
-R_out - log Z)` with the large terms cancelling in float64.
+that every stored value stays of the order of a few segments' scores at any
+T (tables may then be kept in float32 without loss that accumulates), and
+`alpha + abar - log Z` is formed as `alpha_hat + abar_hat + (R_in + R_out -
+log Z)` with the large terms cancelling in float64.
 
 Factorized transitions `(C, C)`, DESIGN.md section 2. The inside sweep
 
@@ -35,9 +36,10 @@ where `alpha~` appends a virtual source label that is 0 at row 0 and
 `trans~[d-1, virtual, c] = start[c]`, so the first segment needs no special
 case.
 
-Rings are double-buffered `(K, ...)` windows in age order: slot `j` holds the
-row `K - j` rows away (duration `K - j`), so they pair with
-`duration.flip`; a push is one shifted subtract (the rebase) plus one write.
+Rings (:class:`Ring`) are double-buffered windows of K rows in age order:
+slot `j` holds the row `K - j` rows away (duration `K - j`), so they pair
+with `duration.flip`; a push is one shifted subtract (the rebase) plus one
+write.
 """
 from __future__ import annotations
 
@@ -154,7 +156,15 @@ class RingState:
 
 
 class _Sweeps:
-    """What both recurrences share: buffers, the rebase, injections, log Z."""
+    """What both recurrences share: buffers, the rebase, injections, log Z.
+
+    A subclass names the tables its sweeps fill (`INSIDE_TABLES`,
+    `OUTSIDE_TABLES`) and defines `initial_inside/outside`, `inside`,
+    `outside`, `segment_terms` and `combine_chunk`.
+    """
+
+    INSIDE_TABLES: tuple = ()
+    OUTSIDE_TABLES: tuple = ()
 
     def __init__(self, problem: LogProblem):
         self.problem = problem
@@ -165,6 +175,17 @@ class _Sweeps:
 
     def empty(self, *shape) -> torch.Tensor:
         return torch.empty(shape, dtype=self.problem.dtype, device=self.problem.device)
+
+    def inside_tables(self, r0: int, n: int, dtype: Optional[torch.dtype] = None) -> SweepTables:
+        """Empty tables for the inside sweep over rows `[r0, r0 + n)`."""
+        names = self.INSIDE_TABLES
+        return new_tables(self.problem, r0, n, "alpha" in names, "u" in names, dtype=dtype)
+
+    def outside_tables(self, r0: int, n: int) -> SweepTables:
+        """Empty tables for the outside sweep over rows `[r0, r0 + n)`, plus
+        K rows after them (filled by the caller with the next block's head)."""
+        names = self.OUTSIDE_TABLES
+        return new_tables(self.problem, r0, n, "alpha" in names, "u" in names, extra_rows=self.K)
 
     def _state(self, *ring_shapes, axes=None) -> RingState:
         p = self.problem
@@ -212,6 +233,9 @@ class _Sweeps:
 class FactorizedSweeps(_Sweeps):
     """Inside and outside sweeps for `(C, C)` transitions (one loop, mirrored)."""
 
+    INSIDE_TABLES = ("alpha", "u")  # alpha, u
+    OUTSIDE_TABLES = ("alpha", "u")  # ubar, abar
+
     def __init__(self, problem: LogProblem):
         super().__init__(problem)
         K, B, C = self.K, self.B, self.C
@@ -220,7 +244,12 @@ class FactorizedSweeps(_Sweeps):
         self._x, self._peak_k = self.empty(K, B, C), self.empty(1, B, C)
         self._y, self._peak_c = self.empty(B, C, C), self.empty(B, 1, C)
 
-    def initial(self) -> RingState:
+    def initial_inside(self) -> RingState:
+        """Ring: `v` rows `(K, B, C)`."""
+        return self._state((self.K, self.B, self.C))
+
+    def initial_outside(self) -> RingState:
+        """Ring: `abar + leave_rows` rows `(K, B, C)` (the mirrored `v`)."""
         return self._state((self.K, self.B, self.C))
 
     def inside(self, state: RingState, rows: FactorRows, tables: Optional[SweepTables] = None) -> RingState:
@@ -299,6 +328,9 @@ class DurationSweeps(_Sweeps):
     dims (duration slot and the summed-over label), which keeps the
     reductions contiguous; rings are laid out `(B, K, .)` to match.
     """
+
+    INSIDE_TABLES = ("alpha",)
+    OUTSIDE_TABLES = ("u",)  # abar
 
     def __init__(self, problem: LogProblem):
         super().__init__(problem)
