@@ -107,7 +107,6 @@ def outside_flow_kernel(
 
     # What position e reads, loaded one position ahead (rows clamped at 0; a
     # start before 0 has v_hat = -inf).
-    scale_e = base
     alpha = tl.load(alpha_ptr + length * C + labels, mask=valid, other=float("-inf"))
     leave = tl.load(leave_ptr + (length - 1) * C + labels, mask=valid, other=0.0)
     u_newest = tl.load(u_ptr + (length - 1) * C + labels, mask=valid, other=float("-inf"))
@@ -132,6 +131,9 @@ def outside_flow_kernel(
         next_oldest = tl.where(e - 1 - K >= 0, next_oldest, float("-inf"))
         next_scale_oldest = tl.load(scale_row + next_oldest_row)
 
+        # N[e] is read again (an L1 hit), not carried: carried beside `base`, which
+        # starts equal to it, it made Triton 3.x drop `base` from the loop state.
+        scale_e = tl.load(scale_row + e)
         if (e & (KP - 1)) == 0:
             inside -= (scale_e - base).to(tl.float32)
             base = scale_e
@@ -165,7 +167,6 @@ def outside_flow_kernel(
         tl.store(start_out + (e - 1) * C + labels, start_mass, mask=valid)
         mass += w * coef[None, :]
 
-        scale_e = scale_newest
         transition_log_sum = u_newest
         alpha = next_alpha
         leave = next_leave

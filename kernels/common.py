@@ -87,11 +87,12 @@ def sweep_num_warps(kp: int, cp: int) -> int:
 
 
 def flow_num_warps(kp: int, cp: int) -> int:
-    """Warps for the outside flow: it does about twice the forward's work
-    per step, off its short dependency chain, and ran fastest with four
-    warps at every measured size up to 2048 elements (eight beyond: four
-    spill registers)."""
-    return 4 if kp * cp <= 2048 else 8
+    """Warps for the outside flow, as measured on an H100: one for narrow
+    tiles (`C <= 8`, up to 1024 elements), where the `C x C` step is small;
+    else four (eight beyond 4096 elements)."""
+    if cp <= 8 and kp * cp <= 1024:
+        return 1
+    return 4 if kp * cp <= 4096 else 8
 
 
 # Offsets inside one sequence are 32-bit in the kernels.
