@@ -200,7 +200,12 @@ class ScanProgram:
         return S.times_potential(ring, -shift[..., None, None]), shift.double()
 
     def rescale(self, value: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-        """`value (S, B, ...)` times the accumulated float64 `offset (P, B)`, in float64."""
+        """`value (S, B, ...)` times the accumulated float64 `offset (P, B)`, in float64.
+
+        A semiring without `log_mass` never renormalizes: its value is returned
+        as is (its `embed(0)` need not be `one` on the explicit-edge path)."""
+        if self.semiring.log_mass(value[:, :0]) is None:
+            return value.double()
         extra = value.dim() - 2
         return self.semiring.times_potential(value.double(), offset.reshape(*offset.shape, *([1] * extra)))
 

@@ -41,10 +41,10 @@ class Segmentation:
         lengths: `(...)` integer tensor; default: the number of labels >= 0.
 
     Raises:
-        TypeError/ValueError when the three do not describe a tiling of each
-        `[0, length)`: a label below 0 inside the length or not -1 past it, a
-        start past the length, no start at position 0, or a label change
-        without a start.
+        ValueError: (TypeError for wrong dtypes) when the three do not describe
+            a tiling of each `[0, length)`: a label below 0 inside the length or
+            not -1 past it, a start past the length, no start at position 0, or
+            a label change without a start.
     """
 
     def __init__(self, labels: torch.Tensor, starts: torch.Tensor, lengths: Optional[torch.Tensor] = None):
@@ -133,9 +133,9 @@ class Segmentation:
             a `(B, T)` Segmentation.
 
         Raises:
-            ValueError naming the sequence and the segment that is empty,
-            overlaps the previous one, leaves a gap, has a negative label or
-            runs past `T`.
+            ValueError: naming the sequence and the segment that is empty,
+                overlaps the previous one, leaves a gap, has a negative label or
+                runs past `T`.
         """
         if not isinstance(segments, (list, tuple)):
             raise TypeError(f"segments must be a list (one entry per sequence) of lists of (start, end, label), "

@@ -93,3 +93,30 @@ def test_long_sequence_float32_is_exact_despite_a_large_mean():
         ref = semimarkov_scan(SemiMarkovPotentials(scores, *args, lengths))
         ours = semimarkov_scan(SemiMarkovPotentials(scores.float(), *(a.float() for a in args), lengths))
     assert ((ours.double() - ref).abs() / ref.abs()).max() < 1e-6
+
+
+def test_semiring_without_log_mass_is_not_rescaled():
+    """Max-min (bottleneck) is no homomorphic image of (R, +): on explicit edges it
+    still runs, and the scan must not multiply its result by embed(0)."""
+    from semiring_semicrf import MaxSemiring as Max
+
+    class Bottleneck(Max):
+        def times(self, a, b):
+            return torch.minimum(a, b)
+
+        def times_potential(self, a, log_potentials):
+            return torch.minimum(a, log_potentials)
+
+        def one(self, shape, dtype=torch.float64, device=None):
+            return torch.full((1, *shape), float("inf"), dtype=dtype, device=device)
+
+        def log_mass(self, value):
+            return None
+
+    g = torch.Generator().manual_seed(0)
+    edge = torch.randn(1, 4, 3, 2, 2, generator=g, dtype=torch.float64) + 5.0
+    edges = SemiMarkovPotentials.from_edges(edge)
+    enum = enumerate_structures(edges, 0)
+    widest = max(min(float(edge[0, s, e - s, c, prev]) for (s, e, c), prev in zip(segs, (c0,) + tuple(x[2] for x in segs)))
+                 for c0, segs in enum.structures)
+    assert semimarkov_scan(edges, Bottleneck()).item() == widest
