@@ -181,9 +181,7 @@ class Raises(Expect):
             with time_limit():
                 result = call()
         except (ValueError, TypeError) as exc:
-            message = str(exc)
-            if not any(re.search(rf"(?<![\w]){re.escape(n)}(?![\w])", message) for n in self.names):
-                pytest.fail(f"{type(exc).__name__} does not name {' or '.join(self.names)}: {message!r}")
+            self.check_message(exc)
             return
         except Hang:
             raise
@@ -191,6 +189,11 @@ class Raises(Expect):
             pytest.fail(f"expected ValueError/TypeError naming {self.names}, got "
                         f"{type(exc).__name__} from deep inside: {exc}")
         pytest.fail(f"expected ValueError/TypeError naming {self.names}, got a result: {result!r:.200}")
+
+    def check_message(self, exc: Exception) -> None:
+        message = str(exc)
+        if not any(re.search(rf"(?<![\w]){re.escape(n)}(?![\w])", message) for n in self.names):
+            pytest.fail(f"{type(exc).__name__} does not name {' or '.join(self.names)}: {message!r}")
 
 
 @dataclass(frozen=True)
@@ -222,8 +225,8 @@ class Either(Expect):
         try:
             with time_limit():
                 result = call()
-        except (ValueError, TypeError):
-            self.raises.check(call, info)
+        except (ValueError, TypeError) as exc:
+            self.raises.check_message(exc)
             return
         except Hang:
             raise
