@@ -114,7 +114,11 @@ def log_partition(potentials, backend: str = "auto", low_memory: bool = False) -
 def posterior(potentials, backend: str = "auto", low_memory: bool = False) -> backends.Posterior:
     """Posterior expected counts (no gradient): label/boundary marginals via
     :meth:`Posterior.label_marginals` / :meth:`Posterior.boundary_marginals`,
-    transition, duration, first- and last-label counts."""
+    transition, duration, first- and last-label counts.
+
+    For :class:`EdgePotentials` the first label is latent and `transition`
+    is `(B, K, C, C)` `[d-1, c_src, c_dst]` over real transitions only
+    (segments starting at s >= 1), by the entered segment's duration."""
     _check(potentials)
     if potentials.is_explicit:
         marg, log_z = edge_marginals(potentials)
