@@ -34,6 +34,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .potentials import require_potentials
 from .scan import RENORM_INTERVAL, ScanProgram
 from .segmentation import labels_from_starts
 from .semirings import MaxSemiring
@@ -67,6 +68,7 @@ def topk(potentials, k: int):
         False). For explicit edges two entries may share their segments and
         differ in the latent first label (as in their partition).
     """
+    require_potentials(potentials)
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be an int >= 1, got {k!r}")
     with torch.no_grad():

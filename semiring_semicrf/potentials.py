@@ -98,7 +98,8 @@ class SemiMarkovPotentials:
             V.check_same(name, value, scores, "scores")
         self.lengths = V.check_lengths(lengths, B, T, scores.device)
         if validate_args:
-            for name, value in {"scores": scores, **named}.items():
+            V.check_finite_scores(scores)
+            for name, value in named.items():
                 V.check_no_nan(name, value)
         self.scores, self.transition, self.duration = scores, transition, duration
         self.start, self.end = start, end
@@ -224,6 +225,12 @@ class SemiMarkovPotentials:
         """Explicit potentials from an edge tensor in pytorch-struct's layout;
         see :class:`EdgePotentials`."""
         return EdgePotentials(edge, lengths, validate_args=validate_args)
+
+
+def require_potentials(potentials, name: str = "potentials") -> None:
+    """Raise a TypeError naming `name` unless it holds potentials."""
+    if not isinstance(potentials, (SemiMarkovPotentials, EdgePotentials)):
+        raise TypeError(f"{name} must be SemiMarkovPotentials or EdgePotentials, got {type(potentials).__name__}")
 
 
 class EdgePotentials:

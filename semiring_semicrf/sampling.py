@@ -25,6 +25,7 @@ from typing import Optional
 
 import torch
 
+from .potentials import require_potentials
 from .scan import ScanProgram, semimarkov_scan
 from .segmentation import labels_from_starts
 from .semirings import LogSemiring
@@ -45,6 +46,7 @@ def sample(potentials, num_samples: int, generator: Optional[torch.Generator] = 
         starts False past each length, and everywhere for a sequence without
         any allowed segmentation (log Z = -inf).
     """
+    require_potentials(potentials)
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
         raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
     if generator is not None:

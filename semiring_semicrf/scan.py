@@ -35,7 +35,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .potentials import EdgePotentials, SemiMarkovPotentials
+from .potentials import EdgePotentials, SemiMarkovPotentials, require_potentials
 from .semirings import LogSemiring, Semiring
 
 AnyPotentials = Union[SemiMarkovPotentials, EdgePotentials]
@@ -62,14 +62,15 @@ class ScanTables:
 def stack_potentials(potentials, semiring: Semiring) -> tuple:
     """Normalize `potentials` to a tuple of `semiring.num_potentials` objects
     of one kind, one shape and one set of lengths."""
+    if not isinstance(semiring, Semiring):
+        raise TypeError(f"semiring must be a Semiring instance (e.g. LogSemiring()), got {semiring!r}")
     pots = tuple(potentials) if isinstance(potentials, (tuple, list)) else (potentials,)
     if len(pots) != semiring.num_potentials:
         raise ValueError(
             f"{semiring!r} takes {semiring.num_potentials} set(s) of potentials "
             f"(for example (p, q)), got {len(pots)}")
     for p in pots:
-        if not isinstance(p, (SemiMarkovPotentials, EdgePotentials)):
-            raise TypeError(f"potentials must be SemiMarkovPotentials or EdgePotentials, got {type(p).__name__}")
+        require_potentials(p)
     first = pots[0]
     for i, p in enumerate(pots[1:], start=1):
         same = (type(p) is type(first) and (p.batch_size, p.T, p.K, p.C) == (first.batch_size, first.T, first.K, first.C)

@@ -80,3 +80,16 @@ def check_no_nan(name: str, value: torch.Tensor) -> None:
         raise ValueError(f"{name} contains NaN")
     if torch.isposinf(value).any():
         raise ValueError(f"{name} contains +inf; log-potentials must be finite, or -inf to forbid a move")
+
+
+def check_finite_scores(value: torch.Tensor) -> None:
+    """Raise unless per-position `scores` are finite (used under `validate_args`).
+
+    Scores enter through prefix sums, where an infinity would poison every
+    later segment; moves are forbidden with -inf in `transition`, `duration`,
+    `start`, `end`, `start_scores` or `end_scores` instead.
+    """
+    check_no_nan("scores", value)
+    if torch.isinf(value).any():
+        raise ValueError("scores contains -inf; per-position scores must be finite (they enter prefix sums): "
+                         "forbid moves with -inf in transition, duration, start, end, start_scores or end_scores")

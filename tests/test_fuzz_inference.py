@@ -21,8 +21,6 @@ from semiring_semicrf.testing import enumerate_structures
 EMPTY_BATCH = ("{entry} on a batch of 0 sequences raises RuntimeError('stack expects a non-empty TensorList') "
                "from the PyTorch sweeps (autograd/log_sweeps.py); semimarkov_scan and checkpointed_scan "
                "return an empty (0,) result")
-UNNAMED_SEMIRING = ("checkpointed_scan(semiring='log') fails with AttributeError: 'str' object has no attribute "
-                    "'num_potentials' (scan.stack_potentials); wanted a TypeError naming semiring")
 
 
 def _minus_inf_kwargs(problem) -> dict:
@@ -200,10 +198,8 @@ def checkpointed_scan_cases() -> list:
              Raises("potentials")),
         Case(entry, "a pair for Std", _call_on(checkpointed_scan, lambda p: (p.potentials(), p.potentials()),
                                                semiring=StdSemiring()), Raises("potentials")),
-        Case(entry, "semiring: string", _call(checkpointed_scan, semiring="log"), Raises("semiring"),
-             known_failure=UNNAMED_SEMIRING),
-        Case(entry, "semiring: the class", _call(checkpointed_scan, semiring=LogSemiring), Raises("semiring"),
-             known_failure=UNNAMED_SEMIRING),
+        Case(entry, "semiring: string", _call(checkpointed_scan, semiring="log"), Raises("semiring")),
+        Case(entry, "semiring: the class", _call(checkpointed_scan, semiring=LogSemiring), Raises("semiring")),
         Case(entry, "B = 0", _empty_batch(checkpointed_scan), Returns(_empty_result)),
     ]
     for size in (0, -2, 2.0, True, "4"):
@@ -212,8 +208,6 @@ def checkpointed_scan_cases() -> list:
     return cases
 
 
-UNCHECKED_POTENTIALS = ("{entry}(a tensor) fails with AttributeError: 'Tensor' object has no attribute '{attr}'; "
-                       "check that potentials are SemiMarkovPotentials or EdgePotentials first")
 
 
 def _edges(problem):
@@ -235,14 +229,12 @@ def samples_are_tilings(result, potentials):
 
 def decoding_and_sampling_cases() -> list:
     cases = []
-    for entry, fn, attr in (("decoding.viterbi", viterbi, "duration_dependent"),
-                            ("decoding.topk", lambda p: topk(p, 2), "duration_dependent"),
-                            ("sampling.sample", lambda p: sample(p, 2), "batch_size")):
+    for entry, fn in (("decoding.viterbi", viterbi), ("decoding.topk", lambda p: topk(p, 2)),
+                      ("sampling.sample", lambda p: sample(p, 2))):
         cases += [
             Case(entry, "potentials: raw scores tensor", _call_on(fn, lambda p: p.kwargs()["scores"]),
-                 Raises("potentials"), known_failure=UNCHECKED_POTENTIALS.format(entry=entry, attr=attr)),
-            Case(entry, "potentials: None", _call_on(fn, lambda p: None), Raises("potentials"),
-                 known_failure=UNCHECKED_POTENTIALS.format(entry=entry, attr=attr).replace("Tensor", "NoneType")),
+                 Raises("potentials")),
+            Case(entry, "potentials: None", _call_on(fn, lambda p: None), Raises("potentials")),
         ]
     cases += [
         Case("decoding.viterbi", "explicit edges", _call_on(viterbi, _edges), Returns(best_score_oracle)),
