@@ -184,12 +184,6 @@ def test_nan_is_a_clear_error_under_validate_args(name):
         SemiMarkovPotentials(**kwargs)
 
 
-NAN_SAFE_LOG_Z = ("autograd/log_sweeps.py:140 (_Accumulator) sets log_z_safe = 0 where log Z is not finite, "
-                  "NaN included, so a sequence with a NaN score gets finite wrong {what} (e.g. 4.25 for a "
-                  "probability) for the labels whose prefix sums the NaN does not reach; use "
-                  "torch.isneginf(log_z) there so that NaN propagates")
-
-
 def _poisoned(problem, position):
     """(clean, poisoned) potentials: one NaN score inside sequence 1's length."""
     b = 1
@@ -229,11 +223,8 @@ def _nan_samples(potentials):
 
 @pytest.mark.parametrize("query", [
     pytest.param(_nan_log_z, id="log_partition"),
-    # the bug shows only when sequence 1 has length 1 (strict check: the test below)
-    pytest.param(_nan_gradient, id="gradient", marks=pytest.mark.xfail(
-        strict=False, reason=NAN_SAFE_LOG_Z.format(what="gradients"))),
-    pytest.param(_nan_marginals, id="marginals", marks=pytest.mark.xfail(
-        strict=False, reason=NAN_SAFE_LOG_Z.format(what="marginals"))),
+    pytest.param(_nan_gradient, id="gradient"),
+    pytest.param(_nan_marginals, id="marginals"),
     pytest.param(_nan_entropy, id="entropy"),
     pytest.param(_nan_viterbi, id="viterbi"),
     pytest.param(_nan_samples, id="samples (empty = NaN)"),
@@ -258,10 +249,8 @@ def test_nan_scores_without_validation_give_nan_never_a_finite_wrong_number(quer
 
 
 @pytest.mark.parametrize("query", [
-    pytest.param(_nan_gradient, id="gradient", marks=pytest.mark.xfail(
-        strict=True, reason=NAN_SAFE_LOG_Z.format(what="gradients"))),
-    pytest.param(_nan_marginals, id="marginals", marks=pytest.mark.xfail(
-        strict=True, reason=NAN_SAFE_LOG_Z.format(what="marginals"))),
+    pytest.param(_nan_gradient, id="gradient"),
+    pytest.param(_nan_marginals, id="marginals"),
 ])
 def test_nan_in_a_one_position_sequence_gives_nan_marginals(query):
     """Label 1's one-segment path never meets the NaN of label 0, so only a

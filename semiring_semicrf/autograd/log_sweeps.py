@@ -126,7 +126,9 @@ class _Accumulator:
         B, T, K, C = p.B, p.T, p.K, p.C
         zeros = lambda *s, dtype=p.dtype: torch.zeros(s, dtype=dtype, device=p.device)  # noqa: E731
         self.log_z = log_z
-        self.log_z_safe = torch.where(torch.isfinite(log_z), log_z, torch.zeros_like(log_z))
+        # -inf (no segmentation) -> 0 so that every probability is exp2(-inf) = 0;
+        # NaN (a NaN input) stays NaN and poisons that sequence's counts.
+        self.log_z_safe = torch.where(torch.isneginf(log_z), torch.zeros_like(log_z), log_z)
         self.segment_start = zeros(B, T, C, dtype=p.out_dtype)
         self.segment_end = zeros(B, T, C, dtype=p.out_dtype)
         self.transition = zeros(B, K, C, C) if p.duration_dependent else zeros(B, C, C)
