@@ -18,10 +18,6 @@ from semiring_semicrf.decoding import topk, viterbi
 from semiring_semicrf.sampling import sample
 from semiring_semicrf.testing import enumerate_structures
 
-EMPTY_BATCH = ("{entry} on a batch of 0 sequences raises RuntimeError('stack expects a non-empty TensorList') "
-               "from the PyTorch sweeps (autograd/log_sweeps.py); semimarkov_scan and checkpointed_scan "
-               "return an empty (0,) result")
-
 
 def _minus_inf_kwargs(problem) -> dict:
     """Forbid one transition pair and one start label (hard constraints)."""
@@ -126,8 +122,7 @@ def log_partition_cases() -> list:
             p.potentials().to_edges(), torch.tensor(p.lengths))),
             Returns(lambda r, edges: assert_matches(r, torch.stack([enumerate_structures(edges, b).log_partition
                                                                       for b in range(edges.batch_size)])))),
-        Case(entry, "B = 0", _empty_batch(log_partition), Returns(_empty_result),
-             known_failure=EMPTY_BATCH.format(entry="log_partition")),
+        Case(entry, "B = 0", _empty_batch(log_partition), Returns(_empty_result)),
     ]
     for backend in ("cuda", "Torch", None, 0):
         cases.append(Case(entry, f"backend={backend!r}", _call(log_partition, backend=backend), Raises("backend")))
@@ -144,8 +139,7 @@ def posterior_cases() -> list:
         Case(entry, "low_memory=True", _call(posterior, low_memory=True), good),
         Case(entry, "-inf transition and start (masks)", _call(posterior, "masked"), good),
         Case(entry, "backend='gpu'", _call(posterior, backend="gpu"), Raises("backend")),
-        Case(entry, "B = 0", _empty_batch(posterior), Returns(_empty_result),
-             known_failure=EMPTY_BATCH.format(entry="posterior")),
+        Case(entry, "B = 0", _empty_batch(posterior), Returns(_empty_result)),
     ]
 
 
@@ -165,8 +159,7 @@ def segment_marginals_cases() -> list:
     return _not_potentials(entry, segment_marginals) + [
         Case(entry, "valid", _call(segment_marginals), Returns(summed_to_label_marginals)),
         Case(entry, "-inf masks", _call(segment_marginals, "masked"), Returns(summed_to_label_marginals)),
-        Case(entry, "B = 0", _empty_batch(segment_marginals), Returns(lambda r, i: r.shape[0] == 0 or pytest.fail()),
-             known_failure=EMPTY_BATCH.format(entry="segment_marginals")),
+        Case(entry, "B = 0", _empty_batch(segment_marginals), Returns(lambda r, i: r.shape[0] == 0 or pytest.fail())),
     ]
 
 

@@ -237,3 +237,15 @@ def test_log_partition_rejects_bad_arguments():
         log_partition({"scores": p.scores})
     with pytest.raises(ValueError, match="backend"):
         log_partition(p, backend="gpu")
+
+
+@pytest.mark.parametrize("dependent", [False, True])
+@pytest.mark.parametrize("low_memory", [False, True])
+def test_empty_batch(dependent, low_memory):
+    C, K = 3, 4
+    p = leaves(SemiMarkovPotentials(torch.randn(0, 5, C), torch.randn(K, C, C) if dependent else torch.randn(C, C),
+                                    torch.randn(K, C), start_scores=torch.randn(0, 5, C)))
+    log_z = log_partition(p, low_memory=low_memory)
+    assert log_z.shape == (0,)
+    for name, grad in grads(log_z, p, torch.ones(0)).items():
+        assert grad.shape == p.tensors()[name].shape and (grad == 0).all(), name

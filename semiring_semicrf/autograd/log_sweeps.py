@@ -166,7 +166,7 @@ def _combine(sweeps, rows: FactorRows, ins: SweepTables, outs: SweepTables, acc:
     p = sweeps.problem
     K, B, C, n, r0 = p.K, p.B, p.C, rows.n, rows.r0
     width = sweeps.combine_chunk()
-    chunk = max(1, min(n, max(n // width, CHUNK_FLOOR // (B * C * width))))
+    chunk = max(1, min(n, max(n // width, CHUNK_FLOOR // max(1, B * C * width))))
     for i0 in range(0, n, chunk):
         i1 = min(n, i0 + chunk)
         ends = ins.alpha[i0:i1] + outs.u[i0:i1]

@@ -102,7 +102,8 @@ class LogProblem:
         t = {name: value.detach() for name, value in potentials.tensors().items()}
         small = {name: t[name].to(WORK_DTYPE) for name in ("transition", "duration", "start", "end")}
         scores, lengths = t["scores"], potentials.lengths
-        mean = torch.stack([scores[b, :n].sum(dim=0, dtype=WORK_DTYPE) / n for b, n in enumerate(lengths.tolist())])
+        sums = [scores[b, :n].sum(dim=0, dtype=WORK_DTYPE) / n for b, n in enumerate(lengths.tolist())]
+        mean = torch.stack(sums) if sums else torch.zeros((0, scores.shape[2]), dtype=WORK_DTYPE, device=scores.device)
         K = small["duration"].shape[0]
         d = torch.arange(1, K + 1, device=scores.device, dtype=WORK_DTYPE)
         duration = small["duration"][None] + d[None, :, None] * mean[:, None, :]
