@@ -64,7 +64,11 @@ def outside_flow_kernel(
     The forward's own log-sums stabilize the exponentials (`alpha_hat[e] -
     leave[e-1]` is the log-sum of the duration terms of end `e`, `u_hat[e]`
     that of the transition terms), so no maximum is taken; the weights are
-    still normalized by their computed sums."""
+    still normalized by their computed sums. Those sums would then always be
+    within ~1e-7 of 1, where float32 rounding is biased the same way at
+    every step (mass drifts by ~1e-8 per step); a deterministic per-step
+    dither of the stabilizer by a fraction of a binade spreads the sums over
+    [0.5, 1] and makes the rounding errors cancel instead."""
     b = tl.program_id(0)
     length = tl.load(lengths_ptr + b).to(tl.int32)
     b = b.to(tl.int64)
@@ -145,15 +149,16 @@ def outside_flow_kernel(
         mass = tl.where(slots[:, None] == slot_oldest, 0.0, mass)
         log_sum = alpha - leave
         log_sum = tl.where(log_sum == float("-inf"), 0.0, log_sum)
-        stabilizer = (log_sum + (scale_e - base).to(tl.float32)) * LOG2E
+        dither = ((((e & 65535) * 25173 + 13849) & 65535).to(tl.float32) * (1.0 / 65536.0))
+        stabilizer = (log_sum + (scale_e - base).to(tl.float32)) * LOG2E + dither
         w = fast_exp2((inside + tl.load(longer_window + ((e - 1) & (KP - 1)) * CP)) * LOG2E - stabilizer[None, :])
         newest = u_newest + enter_newest + (scale_newest - base).to(tl.float32) + duration_1
         w_1 = fast_exp2(newest * LOG2E - stabilizer)
         total = tl.sum(w, axis=0) + w_1
-        tl.store(lognorm_ptr + e * C + labels, log_sum + LN2 * fast_log2(total), mask=valid)
+        tl.store(lognorm_ptr + e * C + labels, log_sum + LN2 * (dither + fast_log2(total)), mask=valid)
         arrived = tl.sum(tl.where(slots[:, None] == ((e - 1) & (KP - 1)), mass, 0.0), axis=0)
         transition_log_sum = tl.where(transition_log_sum == float("-inf"), 0.0, transition_log_sum)
-        w_t = fast_exp2((alpha[:, None] + transition) * LOG2E - (transition_log_sum * LOG2E)[None, :])
+        w_t = fast_exp2((alpha[:, None] + transition) * LOG2E - (transition_log_sum * LOG2E + dither)[None, :])
         total_t = tl.sum(w_t, axis=0)
 
         # The chain: start mass at e -> end mass at e -> start mass at e - 1.

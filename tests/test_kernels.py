@@ -252,13 +252,14 @@ def test_gpu_against_scan(B, T, K, C):
 @gpu
 def test_gpu_long_sequence_float32_holds():
     # T = 1e5: running normalization keeps float32 within 1e-4 of float64,
-    # and the outside flow conserves probability mass.
+    # and the outside flow conserves probability mass (its rounding errors
+    # random-walk: ~1e-5 here, ~1e-4 at T = 1e6).
     p64 = random_problem(1, 100_000, 8, 4, seed=11)
     check_log_z(p64)
     check_viterbi(p64)
     p = converted(p64, DEVICE, torch.float32)
     post = kernels.outside(p, kernels.inside(p)[1])
     n_segments = post.segment_start.double().sum()
-    assert abs(float(post.first.sum()) - 1) < 1e-5 and abs(float(post.last.sum()) - 1) < 1e-5
-    assert abs(float(post.duration.double().sum() / n_segments) - 1) < 1e-5
-    assert abs(float(post.transition.double().sum() / (n_segments - 1)) - 1) < 1e-5
+    assert abs(float(post.first.sum()) - 1) < 1e-4 and abs(float(post.last.sum()) - 1) < 1e-4
+    assert abs(float(post.duration.double().sum() / n_segments) - 1) < 1e-4
+    assert abs(float(post.transition.double().sum() / (n_segments - 1)) - 1) < 1e-4
