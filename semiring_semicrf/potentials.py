@@ -104,7 +104,7 @@ class SemiMarkovPotentials:
         self.scores, self.transition, self.duration = scores, transition, duration
         self.start, self.end = start, end
         self.start_scores, self.end_scores = extras["start_scores"], extras["end_scores"]
-        self._factors: Optional[LogFactors] = None
+        self._factors: Optional[LogFactors] = None  # cached when no input needs grad
 
     # -- sizes ---------------------------------------------------------------
     @property
@@ -166,19 +166,28 @@ class SemiMarkovPotentials:
         return cum, mean
 
     def log_factors(self) -> LogFactors:
-        """The factors of every segment's log-potential (cached)."""
-        if self._factors is None:
-            cum, mean = self.prefix_sums()
-            enter = -cum[:, :-1]
-            leave = cum[:, 1:]
-            if self.start_scores is not None:
-                enter = enter + self.start_scores
-            if self.end_scores is not None:
-                leave = leave + self.end_scores
-            d = torch.arange(1, self.K + 1, device=self.device, dtype=self.dtype)
-            duration = self.duration[None] + d[None, :, None] * mean[:, None, :]
-            self._factors = LogFactors(enter, leave, duration, self.transition, self.start, self.end)
-        return self._factors
+        """The factors of every segment's log-potential.
+
+        Cached only when no input requires grad (a cached graph would be freed
+        by the first backward, and factors made under `torch.no_grad()` must
+        never serve a differentiable call). Potentials are snapshots:
+        build new ones after changing a tensor in place.
+        """
+        if self._factors is not None:
+            return self._factors
+        cum, mean = self.prefix_sums()
+        enter = -cum[:, :-1]
+        leave = cum[:, 1:]
+        if self.start_scores is not None:
+            enter = enter + self.start_scores
+        if self.end_scores is not None:
+            leave = leave + self.end_scores
+        d = torch.arange(1, self.K + 1, device=self.device, dtype=self.dtype)
+        duration = self.duration[None] + d[None, :, None] * mean[:, None, :]
+        factors = LogFactors(enter, leave, duration, self.transition, self.start, self.end)
+        if not any(t is not None and t.requires_grad for t in self.tensors().values()):
+            self._factors = factors
+        return factors
 
     def segment_log_potentials(self) -> torch.Tensor:
         """`w[b, s, d-1, c]`: a segment `[s, s+d)` labelled `c`, without

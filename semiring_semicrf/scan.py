@@ -101,6 +101,7 @@ class ScanProgram:
         self.B, self.T, self.K, self.C = first.batch_size, first.T, first.K, first.C
         self.dtype, self.device = first.dtype, first.device
         self.lengths = first.lengths
+        self.ends = frozenset(self.lengths.tolist())
         self.factorized = not first.duration_dependent
         self.explicit = first.is_explicit
         S = semiring
@@ -148,6 +149,32 @@ class ScanProgram:
     def initial_u(self) -> torch.Tensor:
         """`u[0] = start`, `(S, B, C)` (factorized path)."""
         return self.semiring.embed(self.start[:, None, :].expand(-1, self.B, -1))
+
+    # -- the loop -------------------------------------------------------------
+    def initial_state(self):
+        """`(ring, offset, result)` before position 1: the initial ring, a zero
+        float64 log-scale `(P, B)` and a float64 zero result `(S, B)`."""
+        S = self.semiring
+        offset = torch.zeros(S.num_potentials, self.B, dtype=torch.float64, device=self.device)
+        return self.initial_ring(), offset, S.zero((self.B,), dtype=torch.float64, device=self.device)
+
+    def run(self, ring, offset, result, e0: int, e1: int, record=None):
+        """Positions `e0 .. e1-1` of the scan: renormalize every
+        `RENORM_INTERVAL` positions (into the float64 `offset`), step, and
+        collect the (float64, rescaled) result of the sequences ending there.
+        `record(alpha, u, offset)`, if given, sees every position's values.
+        Returns the new `(ring, offset, result)`: blocks can be chained, or
+        recomputed from a saved state (checkpointing)."""
+        for e in range(e0, e1):
+            if e % RENORM_INTERVAL == 0:
+                ring, shift = self.renormalize(ring)
+                offset = offset + shift
+            ring, alpha, u = self.step(ring, e)
+            if e in self.ends:
+                result = torch.where(self.lengths == e, self.rescale(self.finish(alpha), offset), result)
+            if record is not None:
+                record(alpha, u, offset)
+        return ring, offset, result
 
     # -- one position ---------------------------------------------------------
     def step(self, ring: torch.Tensor, e: int):
@@ -235,27 +262,20 @@ def semimarkov_scan(potentials, semiring: Semiring = LogSemiring(), *, return_ta
     """
     program = ScanProgram(potentials, semiring)
     S, B, C = semiring, program.B, program.C
-    ring = program.initial_ring()
-    offset = torch.zeros(S.num_potentials, B, dtype=torch.float64, device=program.device)
-    result = S.zero((B,), dtype=torch.float64, device=program.device)
-    ends = set(program.lengths.tolist())
     alphas, us = [], []
+    record = None
     if return_tables:
         first = program.initial_alpha_or_v() if not program.factorized else S.zero((B, C), dtype=program.dtype,
                                                                                      device=program.device)
         alphas.append(first.double())
         us.append(program.initial_u().double() if program.factorized else None)
-    for e in range(1, program.T + 1):
-        if e % RENORM_INTERVAL == 0:
-            ring, shift = program.renormalize(ring)
-            offset = offset + shift
-        ring, alpha, u = program.step(ring, e)
-        if e in ends:
-            result = torch.where(program.lengths == e, program.rescale(program.finish(alpha), offset), result)
-        if return_tables:
+
+        def record(alpha, u, offset):
             alphas.append(program.rescale(alpha, offset))
             if program.factorized:
                 us.append(program.rescale(u, offset) if u is not None else S.zero((B, C), device=program.device))
+
+    _, _, result = program.run(*program.initial_state(), 1, program.T + 1, record)
     out = S.extract(result).to(program.dtype)
     if not return_tables:
         return out

@@ -120,3 +120,15 @@ def test_semiring_without_log_mass_is_not_rescaled():
     widest = max(min(float(edge[0, s, e - s, c, prev]) for (s, e, c), prev in zip(segs, (c0,) + tuple(x[2] for x in segs)))
                  for c0, segs in enum.structures)
     assert semimarkov_scan(edges, Bottleneck()).item() == widest
+
+
+def test_factors_cached_without_grad_never_serve_a_differentiable_call():
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randn(1, 4, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    p = SemiMarkovPotentials(scores, torch.zeros(2, 2, dtype=torch.float64), torch.zeros(3, 2, dtype=torch.float64))
+    with torch.no_grad():
+        semimarkov_scan(p)
+    log_z = semimarkov_scan(p)
+    assert log_z.requires_grad
+    log_z.sum().backward()
+    assert scores.grad is not None and torch.isfinite(scores.grad).all()

@@ -18,32 +18,8 @@ from typing import Optional
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ..potentials import SemiMarkovPotentials
-from ..scan import RENORM_INTERVAL, ScanProgram
+from ..scan import ScanProgram
 from ..semirings import LogSemiring, Semiring
-
-
-def _run_block(program: ScanProgram, ends: frozenset, ring: torch.Tensor, offset: torch.Tensor,
-               result: torch.Tensor, e0: int, e1: int):
-    """Steps `e0 .. e1-1` of :func:`~semiring_semicrf.scan.semimarkov_scan`'s
-    loop (renormalizing the ring every `RENORM_INTERVAL` steps into the
-    float64 `offset`); returns the ring, the offset and the running float64
-    result (updated where a sequence ends, `ends` = the set of lengths)."""
-    for e in range(e0, e1):
-        if e % RENORM_INTERVAL == 0:
-            ring, shift = program.renormalize(ring)
-            offset = offset + shift
-        ring, alpha, _ = program.step(ring, e)
-        if e in ends:
-            result = torch.where(program.lengths == e, program.rescale(program.finish(alpha), offset), result)
-    return ring, offset, result
-
-
-def _fresh(potentials):
-    """A copy that recomputes its cached log-factors under the caller's grad mode."""
-    if isinstance(potentials, (tuple, list)):
-        return tuple(_fresh(p) for p in potentials)
-    return potentials.replace() if isinstance(potentials, SemiMarkovPotentials) else potentials
 
 
 def checkpointed_scan(potentials, semiring: Semiring = LogSemiring(), block_size: Optional[int] = None):
@@ -57,23 +33,18 @@ def checkpointed_scan(potentials, semiring: Semiring = LogSemiring(), block_size
         semiring: any :class:`Semiring`.
         block_size: steps per checkpointed block; default `ceil(sqrt(T))`.
     """
-    program = ScanProgram(_fresh(potentials), semiring)
+    program = ScanProgram(potentials, semiring)
     T = program.T
     if block_size is None:
         block_size = math.isqrt(T - 1) + 1
     if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
-    ends = frozenset(program.lengths.tolist())
-    S, B = semiring, program.B
-    ring = program.initial_ring()
-    offset = torch.zeros(S.num_potentials, B, dtype=torch.float64, device=program.device)
-    result = S.zero((B,), dtype=torch.float64, device=program.device)
+    ring, offset, result = program.initial_state()
     tracked = torch.is_grad_enabled()
     for e0 in range(1, T + 1, block_size):
         e1 = min(T + 1, e0 + block_size)
         if tracked:
-            ring, offset, result = checkpoint(_run_block, program, ends, ring, offset, result, e0, e1,
-                                              use_reentrant=False)
+            ring, offset, result = checkpoint(program.run, ring, offset, result, e0, e1, use_reentrant=False)
         else:
-            ring, offset, result = _run_block(program, ends, ring, offset, result, e0, e1)
-    return S.extract(result).to(program.dtype)
+            ring, offset, result = program.run(ring, offset, result, e0, e1)
+    return semiring.extract(result).to(program.dtype)
