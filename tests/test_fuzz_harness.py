@@ -13,10 +13,6 @@ library does with that input:
 Anything else fails the case: another exception type (a crash deep inside),
 no exception where one is due, a message that does not name the argument, a
 wrong number, or a call that runs past :data:`HANG_SECONDS`.
-
-A case that exposes a bug in a module owned by someone else carries
-``known_failure`` (the observed error); it runs as a strict xfail, so the
-suite stays green until the fix lands and then tells us to drop the mark.
 """
 from __future__ import annotations
 
@@ -263,7 +259,6 @@ class Case:
     name: str
     call: Callable[[Problem], tuple]
     expect: Expect
-    known_failure: Optional[str] = None
 
     def run(self, problem: Problem) -> None:
         thunk, info = self.call(problem)
@@ -271,11 +266,10 @@ class Case:
 
 
 def params(cases: list) -> list:
-    """`pytest.param`s with readable ids; known failures as strict xfails."""
+    """`pytest.param`s with readable ids."""
     ids = [f"{c.entry}: {c.name}" for c in cases]
     assert len(set(ids)) == len(ids), "duplicate fuzz case ids"
-    return [pytest.param(c, id=i, marks=[pytest.mark.xfail(strict=True, reason=c.known_failure)]
-                         if c.known_failure else []) for c, i in zip(cases, ids)]
+    return [pytest.param(c, id=i) for c, i in zip(cases, ids)]
 
 
 # -- positive controls: the harness catches what it must ---------------------------
