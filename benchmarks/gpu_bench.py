@@ -3,13 +3,14 @@
     python benchmarks/gpu_bench.py --out DIR          # everything (~5 min on an H100)
     python benchmarks/gpu_bench.py --quick --out DIR  # small configs, seconds
 
-1. the GPU tests (``pytest -m gpu tests/test_kernels*.py``);
+1. the GPU tests (``pytest -m gpu`` on :data:`GPU_TEST_FILES`);
 2. per config (B, T, K, C): log Z, the Viterbi score and (small configs) the
    posteriors of our float32 kernels against the float64 PyTorch scan on the
    CPU (computed in background processes while the GPU works), bitwise
    run-to-run determinism, and the agreement of flash-semicrf's log Z;
-3. median times of forward, forward+backward (inside + outside: every
-   expected count, hence every gradient) and Viterbi (max sweep + traceback):
+3. median times of forward (`log_partition` under no_grad), forward+backward
+   (`log_partition(...).sum().backward()`: the gradient of every input) and
+   Viterbi (max sweep + traceback):
    ours, flash-semicrf 0.2.0's Triton path and pytorch-struct 0.5 where they
    fit (an anchor is skipped where DESIGN.md's figures say it takes over a
    minute; those figures are printed instead); peak GPU memory beyond the
@@ -34,9 +35,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
 
+GPU_TEST_FILES = ["tests/test_kernels.py", "tests/test_determinism.py"]  # those with tests marked gpu
 CONFIGS = [(4, 1000, 32, 24), (16, 2000, 16, 12), (4, 10000, 100, 24), (1, 100000, 64, 8), (1, 1000000, 64, 8)]
 QUICK = [(4, 1000, 32, 24), (1, 20000, 64, 8)]
 # flash-semicrf 0.2.0 Triton on an H100 (DESIGN.md section 4), seconds; inf: "over 60 s".
@@ -46,6 +46,7 @@ ANCHOR_FIGURES = {
     (4, 10000, 100, 24): {"fwd": 1.3, "fwd_bwd": math.inf},
     (1, 100000, 64, 8): {"fwd": 4.8, "fwd_bwd": math.inf},
 }
+WARM_UP_S = 0.3  # busy GPU before each timing: a forward timed right after the CPU-side checks read 3.7 ms, not 1.9
 ANCHOR_LIMIT_S = 20.0  # an anchor run expected to take longer is skipped (device time is scarce)
 ANCHOR_MAX_T = 100_000  # beyond: not run (T-scaling the row above gives ~48 s forward)
 TORCH_STRUCT_MAX_T = 2000  # its chart grows with T; it already fails at the first config
@@ -112,12 +113,16 @@ def event_seconds(fn):
 
 
 def cuda_time(fn, budget_s=2.0, max_reps=20, warm_up=True):
-    """Median seconds of `fn()` (CUDA events), after a warm-up call unless
-    the caller already made one; calls over 2 s are timed once."""
+    """Median seconds of `fn()` (CUDA events), after warm-up calls for at
+    least WARM_UP_S (the GPU's clocks rise from idle; one call, unless the
+    caller already made one, where a call takes longer); calls over 2 s are
+    timed once."""
     import torch
-    if warm_up:
+    begin = time.perf_counter()
+    while warm_up or time.perf_counter() - begin < WARM_UP_S:
         fn()
         torch.cuda.synchronize()
+        warm_up = False
     times = [event_seconds(fn)]
     more = 0 if times[0] > 2 else max(2, min(max_reps, int(budget_s / max(times[0], 1e-5))))
     times += [event_seconds(fn) for _ in range(more)]
@@ -155,7 +160,8 @@ def guarded(fn):
 # -- one config -----------------------------------------------------------------
 def ours(shape, tensors, refs, record):
     import torch
-    from semiring_semicrf import kernels
+    from semiring_semicrf import kernels, log_partition
+    from semiring_semicrf.backends import Posterior
     from semiring_semicrf.kernels.backward import outside_sweep
     from semiring_semicrf.kernels.common import flow_num_warps, kernel_inputs, pad, sweep_num_warps
     from semiring_semicrf.kernels.forward import forward_sweep
@@ -166,11 +172,13 @@ def ours(shape, tensors, refs, record):
         return potentials(gpu, "cuda", torch.float32)
 
     def fwd():
-        return kernels.inside(fresh())[0]
+        with torch.no_grad():
+            return log_partition(fresh(), backend="triton")
 
-    def fwd_bwd():
-        p = fresh()
-        return kernels.outside(p, kernels.inside(p)[1])
+    def fwd_bwd():  # the public path: every gradient, as flash-semicrf's timing
+        leaves = [t.detach().requires_grad_() for t in gpu]
+        log_partition(potentials(leaves, "cuda", torch.float32), backend="triton").sum().backward()
+        return [t.grad for t in leaves]
 
     def vit():
         return kernels.viterbi(fresh())
@@ -199,6 +207,8 @@ def ours(shape, tensors, refs, record):
     record["posterior_rel_err"] = {k: rel_err(getattr(post, k).cpu().double(), ref[k]) for k in POSTERIOR_FIELDS}
     record["posterior_max_abs_err"] = max(float((getattr(post, k).cpu().double() - ref[k]).abs().max())
                                           for k in ("segment_start", "segment_end", "first", "last"))
+    ref_labels = Posterior(None, ref["segment_start"], ref["segment_end"], *(None,) * 4).label_marginals()
+    record["label_marginals_max_abs_err"] = float((post.label_marginals().cpu().double() - ref_labels).abs().max())
     del post, again_post, saved, again_saved
 
     # timings and memory
@@ -332,9 +342,12 @@ def plot(results, path):
         if figures:
             ax.plot(*zip(*figures), marker=marker, color=color, ls="none", mfc="none", ms=9, alpha=0.6,
                     label=f"flash-semicrf, DESIGN.md figure: {label}")
-    for r in results:
+    for i, r in enumerate(results):  # labels alternate below/above the points; the last one leftwards
+        last = i == len(results) - 1
         ax.annotate("B={} K={} C={}".format(r["shape"][0], r["shape"][2], r["shape"][3]),
-                    (r["shape"][1], r["ours"]["fwd"]), textcoords="offset points", xytext=(4, -12), fontsize=7)
+                    (r["shape"][1], r["ours"]["fwd"]), textcoords="offset points",
+                    xytext=(-6 if last else 4, -24 if last else -13 if i % 2 == 0 else -22), ha="right" if last else "left",
+                    fontsize=7)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("sequence length T")
@@ -369,13 +382,14 @@ def table(results):
 
 
 def checks_table(results):
-    lines = ["config             logZ rel err  viterbi rel err  posterior rel err (max abs)  sums err  flash logZ diff  "
-             "bitwise  prep ms  num_warps (chosen) w:fwd/outside/max ms"]
+    lines = ["config             logZ rel err  viterbi rel err  posterior rel err (max abs)  label marg max abs  "
+             "sums err  flash logZ diff  bitwise  prep ms  num_warps (chosen) w:fwd/outside/max ms"]
     for r in results:
         sweep = " ".join(f"{w}:{t['forward_sweep'] * 1e3:.2f}/{t['outside'] * 1e3:.2f}/{t['max_sweep'] * 1e3:.2f}"
                          for w, t in r["num_warps_sweep"]["times"].items())
         lines.append(f"{'x'.join(map(str, r['shape'])):<18} {r['log_z_rel_err']:<13.1e} {r['viterbi_rel_err']:<16.1e} "
                      f"{max(r['posterior_rel_err'].values()):<8.1e} ({r['posterior_max_abs_err']:.1e})        "
+                     f"{r['label_marginals_max_abs_err']:<19.1e} "
                      f"{r['posterior_sums_error']:<9.1e} "
                      f"{r.get('flash_log_z_rel_diff', float('nan')):<16.1e} {str(r['bitwise_deterministic']):<8} "
                      f"{r['ours']['prepare'] * 1e3:<8.2f} "
@@ -385,9 +399,8 @@ def checks_table(results):
 
 def run_gpu_tests():
     t0 = time.perf_counter()
-    tests = sorted(os.path.join("tests", f) for f in os.listdir(os.path.join(ROOT, "tests"))
-                   if f.startswith("test_kernels") and f.endswith(".py"))
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *tests]
+    # -P: the installed package, not the source folder (whose kernels/ lies outside it)
+    cmd = [sys.executable, "-P", "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *GPU_TEST_FILES]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     summary = (out.stdout.strip().splitlines() or ["(no output)"])[-1]
     return {"returncode": out.returncode, "summary": summary, "seconds": time.perf_counter() - t0,

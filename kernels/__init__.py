@@ -27,7 +27,7 @@ import torch
 
 from ..backends import Posterior
 from .backward import outside_sweep
-from .common import kernel_inputs, kernel_limits_reason
+from .common import KernelInputs, kernel_inputs, kernel_limits_reason
 from .forward import forward_sweep
 from .traceback import viterbi_decode
 
@@ -36,10 +36,12 @@ __all__ = ["inside", "outside", "viterbi", "unsupported_reason", "InsideTables"]
 
 @dataclass
 class InsideTables:
-    """What :func:`inside` keeps for :func:`outside`: `alpha_hat`, `u_hat`
-    `(B, T+1, C)` float32 (inside values minus the running scale), the scale
-    `N (B, T+1)` float64, and `log_z (B,)`."""
+    """What :func:`inside` keeps for :func:`outside`: the kernels' inputs
+    (gathered once), `alpha_hat`, `u_hat` `(B, T+1, C)` float32 (inside
+    values minus the running scale), the scale `N (B, T+1)` float64, and
+    `log_z (B,)`."""
 
+    inputs: KernelInputs
     alpha_hat: torch.Tensor
     u_hat: torch.Tensor
     scale: torch.Tensor
@@ -63,14 +65,13 @@ def inside(potentials, low_memory: bool = False):
     del low_memory
     inputs = kernel_inputs(potentials)
     log_z, _, alpha_hat, u_hat, scale = forward_sweep(inputs, max_semiring=False)
-    return log_z, InsideTables(alpha_hat, u_hat, scale, log_z)
+    return log_z, InsideTables(inputs, alpha_hat, u_hat, scale, log_z)
 
 
 def outside(potentials, saved: InsideTables) -> Posterior:
     """Log backward sweep from :func:`inside`'s tables: the posterior
     expected counts (see :class:`~semiring_semicrf.backends.Posterior`)."""
-    inputs = kernel_inputs(potentials)
-    segment_start, segment_end, transition, duration = outside_sweep(inputs, saved.alpha_hat, saved.u_hat,
+    segment_start, segment_end, transition, duration = outside_sweep(saved.inputs, saved.alpha_hat, saved.u_hat,
                                                                      saved.scale)
     batch = torch.arange(segment_end.shape[0], device=segment_end.device)
     last = segment_end[batch, potentials.lengths.to(segment_end.device) - 1]

@@ -112,7 +112,6 @@ def kernel_limits_reason(potentials) -> Optional[str]:
     return None
 
 
-
 @dataclass(frozen=True)
 class KernelInputs:
     """The factors as contiguous float32 tensors on the potentials' device.

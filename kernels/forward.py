@@ -45,10 +45,9 @@ def forward_sweep_kernel(
     """One sequence per program (`enter`, `leave`: rows of C, batch strides given).
 
     Log: `alpha_table`, `u_table (B, T+1, C)` float32 get `alpha_hat`,
-    `u_hat`; `scale (B, T+1)` float64 gets `N`; `result (B,)` log Z;
-    `final (B,)` `log sum_c exp(alpha_hat[L, c] + end[c])`.
+    `u_hat`; `scale (B, T+1)` float64 gets `N`; `result (B,)` log Z.
     Max: `alpha_table`, `u_table` get the integer backpointers; `result` the
-    best score; `final` the best last label.
+    best score; `final (B,)` the best last label.
     """
     b = tl.program_id(0)
     length = tl.load(lengths_ptr + b).to(tl.int32)
@@ -109,12 +108,10 @@ def forward_sweep_kernel(
 
     end = tl.load(end_ptr + labels, mask=valid, other=float("-inf"))
     last = alpha + end
-    final = semiring_sum(last, 0, MAX)
-    tl.store(result_ptr + b, (scale + final.to(tl.float64)).to(tl.float32))
+    closing = semiring_sum(last, 0, MAX)
+    tl.store(result_ptr + b, (scale + closing.to(tl.float64)).to(tl.float32))
     if MAX:
         tl.store(final_ptr + b, tl.argmax(last, axis=0).to(final_ptr.dtype.element_ty))
-    else:
-        tl.store(final_ptr + b, final)
 
 
 def backpointer_dtype(n: int) -> torch.dtype:
@@ -124,8 +121,8 @@ def backpointer_dtype(n: int) -> torch.dtype:
 
 def forward_sweep(inputs: KernelInputs, max_semiring: bool, num_warps: int | None = None):
     """Launch the sweep. Returns `(result (B,), final (B,), alpha_table,
-    u_table, scale)` as documented on :func:`forward_sweep_kernel` (`scale`
-    is None for Max)."""
+    u_table, scale)` as documented on :func:`forward_sweep_kernel` (`final`
+    is None for Log, `scale` None for Max)."""
     B, T, K, C = inputs.shape
     KP, CP = pad(K), pad(C)
     device = inputs.enter.device
@@ -138,11 +135,12 @@ def forward_sweep(inputs: KernelInputs, max_semiring: bool, num_warps: int | Non
         alpha_table = torch.empty((B, T + 1, C), dtype=torch.float32, device=device)
         u_table = torch.empty((B, T + 1, C), dtype=torch.float32, device=device)
         scale = torch.empty((B, T + 1), dtype=torch.float64, device=device)
-        final = torch.empty(B, dtype=torch.float32, device=device)
+        final = None
     result = torch.empty(B, dtype=torch.float32, device=device)
     forward_sweep_kernel[(B,)](
         inputs.enter, inputs.leave, inputs.duration_ring, inputs.transition, inputs.start, inputs.end,
-        inputs.lengths, alpha_table, u_table, alpha_table if scale is None else scale, result, final,
+        inputs.lengths, alpha_table, u_table, alpha_table if scale is None else scale, result,
+        result if final is None else final,
         T, C, inputs.enter.stride(0), inputs.leave.stride(0), KP=KP, CP=CP, MAX=max_semiring,
         num_warps=num_warps or sweep_num_warps(KP, CP))
     return result, final, alpha_table, u_table, scale

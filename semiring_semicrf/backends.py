@@ -26,6 +26,8 @@ from typing import Optional
 
 import torch
 
+from .prefix import cumsum_over_time
+
 BACKEND_NAMES = ("auto", "triton", "torch")
 
 
@@ -59,11 +61,10 @@ class Posterior:
         """`(B, T, C)` P(position t lies in a segment labelled c): the running
         count of open segments, the prefix sum of `start[t] - end[t-1]`.
         Summing the difference (never two separate counts) keeps the running
-        value in [0, 1], so float32 stays exact to rounding at any T; one
-        `(B, T, C)` allocation."""
+        value in [0, 1], so float32 stays exact to rounding at any T."""
         delta = self.segment_start.clone()
         delta[:, 1:] -= self.segment_end[:, :-1]
-        return delta.cumsum_(dim=1)
+        return cumsum_over_time(delta)
 
     def boundary_marginals(self) -> torch.Tensor:
         """`(B, T)` P(a segment starts at t)."""
