@@ -1,5 +1,6 @@
-"""Shared by the CPU benchmark scripts: run one case in a fresh subprocess and
-report its median time and its peak resident memory, and print tables.
+"""Shared by the CPU benchmark scripts: their inputs; run one case in a fresh
+subprocess and report its median time and its peak resident memory; print
+tables.
 
 Peak memory is the growth of the resident set (VmHWM, reset through
 /proc/self/clear_refs) during the timed call, beyond what existed before it
@@ -15,6 +16,20 @@ import sys
 import time
 
 CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+
+
+def inputs(B, T, K, C):
+    """The benchmarks' problem (seed 0): `scores (B, T, C)` zero-mean per
+    sequence and label (flash-semicrf's in-model centring shift is then zero,
+    so all methods compute the same model), `transition (C, C)`,
+    `duration (K, C)`."""
+    import torch
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(B, T, C, generator=g)
+    scores = scores - scores.mean(dim=1, keepdim=True)
+    transition = torch.randn(C, C, generator=g) * 0.5
+    duration = torch.randn(K, C, generator=g) * 0.5
+    return scores, transition, duration
 
 
 def _status(field: str):

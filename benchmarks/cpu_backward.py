@@ -22,21 +22,11 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import child_main, fmt_bytes, fmt_seconds, measure, print_table, run_case  # noqa: E402
+from common import child_main, fmt_bytes, fmt_seconds, inputs, measure, print_table, run_case  # noqa: E402
 
 CONFIG = (2, 4000, 32, 24)
 QUICK = (2, 300, 8, 6)
 METHODS = ["ours", "ours (low-memory)", "flash-semicrf"]
-
-
-def inputs(B, T, K, C):
-    import torch
-    g = torch.Generator().manual_seed(0)
-    scores = torch.randn(B, T, C, generator=g)
-    scores = scores - scores.mean(dim=1, keepdim=True)
-    transition = torch.randn(C, C, generator=g) * 0.5
-    duration = torch.randn(K, C, generator=g) * 0.5
-    return scores, transition, duration
 
 
 def child(method, pass_, B, T, K, C, repeats, out_dir):

@@ -17,23 +17,13 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import child_main, fmt_bytes, fmt_seconds, measure, print_table, run_case  # noqa: E402
+from common import child_main, fmt_bytes, fmt_seconds, inputs, measure, print_table, run_case  # noqa: E402
 
 CONFIGS = [(2, 4000, 32, 24), (4, 10000, 100, 24)]
 QUICK = [(2, 500, 16, 8)]
 METHODS = ["ours", "flash-semicrf", "pytorch-struct"]
 EDGE_LIMIT_BYTES = 8 * 2**30  # pytorch-struct materializes (B, T, K+1, C, C)
 ADDRESS_SPACE_LIMIT = 12 * 2**30  # a child past this fails with MemoryError, not the machine
-
-
-def inputs(B, T, K, C):
-    import torch
-    g = torch.Generator().manual_seed(0)
-    scores = torch.randn(B, T, C, generator=g)
-    scores = scores - scores.mean(dim=1, keepdim=True)
-    transition = torch.randn(C, C, generator=g) * 0.5
-    duration = torch.randn(K, C, generator=g) * 0.5
-    return scores, transition, duration
 
 
 def child(method, B, T, K, C):
