@@ -26,7 +26,7 @@ from typing import Optional
 
 import torch
 
-from .prefix import cumsum_over_time
+from .prefix import cumsum_over_time_
 
 BACKEND_NAMES = ("auto", "triton", "torch")
 
@@ -64,7 +64,7 @@ class Posterior:
         value in [0, 1], so float32 stays exact to rounding at any T."""
         delta = self.segment_start.clone()
         delta[:, 1:] -= self.segment_end[:, :-1]
-        return cumsum_over_time(delta)
+        return cumsum_over_time_(delta)
 
     def boundary_marginals(self) -> torch.Tensor:
         """`(B, T)` P(a segment starts at t)."""

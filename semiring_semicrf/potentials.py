@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 
 from . import validation as V
-from .prefix import cumsum_over_time
+from .prefix import cumsum_over_time_
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ class SemiMarkovPotentials:
         x = torch.where(mask, self.scores, torch.zeros_like(self.scores))
         mean = x.sum(dim=1) / self.lengths.to(x.dtype)[:, None]
         centred = torch.where(mask, x - mean[:, None], torch.zeros_like(x))
-        cum = torch.nn.functional.pad(cumsum_over_time(centred), (0, 0, 1, 0))
+        cum = torch.nn.functional.pad(cumsum_over_time_(centred), (0, 0, 1, 0))
         return cum, mean
 
     def log_factors(self) -> LogFactors:
