@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import gc
 import json
 import math
 import multiprocessing as mp
@@ -133,6 +134,7 @@ def peak_bytes(fn):
     """Peak GPU memory allocated during `fn()` beyond what existed before
     (the inputs), outputs included."""
     import torch
+    gc.collect()  # a collection inside the window once freed earlier tensors: negative peaks
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     base = torch.cuda.memory_allocated()

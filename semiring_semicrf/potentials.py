@@ -147,9 +147,13 @@ class SemiMarkovPotentials:
         return out
 
     def replace(self, **tensors) -> "SemiMarkovPotentials":
-        """A copy with some tensors replaced (same lengths), checked again."""
+        """A copy with some tensors replaced, their shapes, dtypes and devices
+        checked again; the same lengths, not checked again (their range check
+        reads them on the host: a device sync on CUDA)."""
         args = {**self.tensors(), **tensors}
-        return SemiMarkovPotentials(lengths=self.lengths, validate_args=False, **args)
+        copy = SemiMarkovPotentials(validate_args=False, **args)
+        copy.lengths = self.lengths
+        return copy
 
     # -- derived quantities ---------------------------------------------------
     def valid_mask(self) -> torch.Tensor:
