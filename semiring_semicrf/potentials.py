@@ -190,7 +190,7 @@ class SemiMarkovPotentials:
         d = torch.arange(1, self.K + 1, device=self.device, dtype=self.dtype)
         duration = self.duration[None] + d[None, :, None] * mean[:, None, :]
         factors = LogFactors(enter, leave, duration, self.transition, self.start, self.end)
-        if not any(t is not None and t.requires_grad for t in self.tensors().values()):
+        if not any(t.requires_grad for t in self.tensors().values()):
             self._factors = factors
         return factors
 
