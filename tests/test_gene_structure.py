@@ -1,18 +1,29 @@
-"""The gene-structure example's GenBank parser (examples/genbank.py) on a
-hand-made fixture (tests/data/fixture.gb)."""
+"""The gene-structure example: its GenBank parser and labels on a hand-made
+fixture (tests/data/fixture.gb), its metrics, and the --quick run end to end
+on the real AUGUSTUS loci (fetched once into the user cache, skipped only when
+they cannot be fetched)."""
 from __future__ import annotations
 
 import gzip
+import os
 import re
+import subprocess
 import sys
+import time
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 
+import gene_structure as gs  # noqa: E402
 from genbank import Gene, parse_genbank, parse_location, read_genbank  # noqa: E402
+
+from semiring_semicrf import Segmentation  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "fixture.gb"
 
@@ -89,3 +100,291 @@ def test_malformed_records_name_the_problem():
         parse_genbank(good)
     with pytest.raises(ValueError, match="must start with a LOCUS line"):
         parse_genbank("FEATURES   x\n//\n")
+
+
+# -- labels and chopping -----------------------------------------------------------------------------------------
+def label_runs(locus):
+    return gs.runs(gs.locus_labels(locus))
+
+
+def test_label_arrays(loci):
+    ig, ef, nf, er, nr = range(5)
+    assert gs.LABELS == ("intergenic", "exon+", "intron+", "exon-", "intron-")
+    assert label_runs(loci[0]) == [(0, 10, ig), (10, 30, ef), (30, 40, nf), (40, 60, ef), (60, 90, ig),
+                                   (90, 110, er), (110, 120, ig)]
+    assert label_runs(loci[1]) == [(0, 20, er), (20, 40, nr), (40, 55, er), (55, 70, nr), (70, 100, er),
+                                   (100, 150, ig)]
+    labels = gs.locus_labels(loci[0])
+    assert labels.dtype == np.int64 and labels.shape == (120,)
+
+
+def test_overlapping_genes_are_rejected(loci):
+    locus = loci[0]
+    clash = type(locus)(locus.name, locus.sequence, locus.genes + (Gene("x", 1, ((50, 70),)),))
+    with pytest.raises(ValueError, match="overlaps another gene"):
+        gs.locus_labels(clash)
+
+
+@pytest.mark.parametrize("K", [1, 3, 8, 20, 50, 200])
+def test_chop_into_pieces_of_at_most_K(loci, K):
+    for locus in loci:
+        segments = label_runs(locus)
+        pieces = gs.chop(segments, K)
+        assert all(0 < end - start <= K for start, end, _ in pieces)
+        assert pieces[0][0] == 0 and pieces[-1][1] == len(locus)
+        assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))        # they tile the locus
+        labels = np.concatenate([[label] * (end - start) for start, end, label in pieces])
+        assert (labels == gs.locus_labels(locus)).all()
+        for start, end, label in segments:                                  # the remainder, then K, K, ...
+            inside = [e - s for s, e, _ in pieces if start <= s < end]
+            first = (end - start - 1) % K + 1
+            assert inside == [first] + [K] * ((end - start - first) // K)
+        starts = np.zeros(len(locus), dtype=bool)
+        starts[[s for s, _, _ in pieces]] = True
+        states, chain_starts = gs.chain(gs.locus_labels(locus), K)
+        assert (chain_starts == starts).all()
+        first_pieces = np.zeros(len(locus), dtype=bool)                  # on the first piece of its run
+        for start, end, _ in segments:
+            first_pieces[start:start + (end - start - 1) % K + 1] = True
+        expected = np.where(first_pieces, labels, labels + len(gs.LABELS))
+        assert (states == expected).all()
+
+
+def test_chop_example(loci):
+    assert gs.chop([(0, 20, 3), (20, 36, 4), (36, 37, 0)], 8) == [(0, 4, 3), (4, 12, 3), (12, 20, 3),
+                                                                  (20, 28, 4), (28, 36, 4), (36, 37, 0)]
+    with pytest.raises(ValueError, match="max_duration must be an int >= 1"):
+        gs.chop([(0, 5, 1)], 0)
+
+
+@pytest.mark.parametrize("K", [1, 8])
+def test_collate_gives_a_valid_gold_segmentation(loci, K):
+    items = gs.examples(loci)
+    one_hot, lengths, gold = gs.collate(items, K, "cpu")
+    assert one_hot.shape == (2, 150, 4) and lengths.tolist() == [120, 150]
+    assert one_hot[0, 86:88].sum() == 0 and one_hot[0, :120].sum() == 118    # the two n's, and the padding
+    pieces = [(a, b, int(gs.state_labels(torch.tensor(c)))) for a, b, c in gold.to_segments()[1]]
+    assert pieces == gs.chop(label_runs(loci[1]), K)
+    head = gs.ChainedCRFHead(len(gs.LABELS), K, 4)
+    loss = head.compute_loss(torch.randn(2, 150, 4), lengths, gold)         # validates the pieces against K
+    assert torch.isfinite(loss)
+
+
+def test_windows_cut_long_loci(loci):
+    windows = gs.examples(loci, window=50)
+    assert [len(w) for w in windows] == [40, 40, 40, 50, 50, 50]
+    assert np.concatenate([w.labels for w in windows[:3]]).tolist() == gs.locus_labels(loci[0]).tolist()
+
+
+# -- the chained head: one segmentation per labelling ------------------------------------------------------------
+def random_potentials(T, K, C, seed):
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"scores": (1, T, C), "transition": (C, C), "duration": (K, C), "start": (C,), "end": (C,),
+              "run_start_scores": (1, T, C)}
+    return {name: torch.randn(*shape, generator=g, dtype=torch.float64) for name, shape in shapes.items()}
+
+
+def labelling_score(labels, K, p):
+    """Brute-force score of a labelling under the chain model: each run of
+    length L = r + m K scores its content, duration[r - 1] + m (duration[K - 1]
+    + transition[c, c]), its run-start score, the transition from the previous
+    run or start, and end."""
+    total = 0.0
+    segments = gs.runs(np.array(labels))
+    for i, (a, b, c) in enumerate(segments):
+        r = (b - a - 1) % K + 1
+        m = (b - a - r) // K
+        total += float(p["scores"][0, a:b, c].sum() + p["duration"][r - 1, c]
+                       + m * (p["duration"][K - 1, c] + p["transition"][c, c]) + p["run_start_scores"][0, a, c])
+        total += float(p["start"][c] if i == 0 else p["transition"][segments[i - 1][2], c])
+    return total + float(p["end"][segments[-1][2]])
+
+
+@pytest.mark.parametrize("K", [1, 2, 3, 5])
+def test_every_labelling_is_exactly_one_chain(K):
+    """Brute force over a tiny problem: the chained potentials allow exactly
+    one segmentation per labelling (C ** T of them), the chain of `chop`,
+    scored as the docstring says."""
+    from semiring_semicrf import SemiMarkovDistribution
+
+    T, C = 6, 2
+    p = random_potentials(T, K, C, seed=K)
+    dist = SemiMarkovDistribution(**gs.chain_potentials(**p))
+    support = dist.enumerate_support(limit=200_000)          # over all 2C-state segmentations, forbidden ones dropped
+    labellings = [tuple(gs.state_labels(row, C).tolist()) for row in support.labels[:, 0]]
+    assert support.shape[0] == len(set(labellings)) == C ** T
+    log_z = torch.logsumexp(torch.tensor([labelling_score(lab, K, p) for lab in labellings], dtype=torch.float64), 0)
+    assert torch.allclose(dist.partition, log_z[None])
+    for labels in ([0] * T, [1, 1, 0, 0, 0, 1], [0, 1, 1, 1, 1, 0]):
+        states, starts = gs.chain(np.array(labels), K, num_labels=C)
+        gold = Segmentation(torch.from_numpy(states)[None], torch.from_numpy(starts)[None])
+        assert torch.allclose(dist.log_prob(gold), labelling_score(labels, K, p) - log_z)
+
+
+def test_chain_potentials_shapes_and_forbidden_moves():
+    p = random_potentials(4, 3, 2, seed=0)
+    q = gs.chain_potentials(**p)
+    assert q["scores"].shape == (1, 4, 4) and q["transition"].shape == (4, 4) and q["duration"].shape == (3, 4)
+    assert torch.equal(q["start_scores"][..., :2], p["run_start_scores"]) and (q["start_scores"][..., 2:] == 0).all()
+    # forbidden: a new run of the label a run is in (from c or c + C to c), and another label's continuation
+    assert torch.isneginf(q["transition"][[0, 0, 1, 1, 2, 3], [0, 3, 1, 2, 0, 1]]).all()
+    assert torch.equal(q["transition"][0, 2], p["transition"][0, 0])          # continue a run of label 0
+    assert torch.isneginf(q["duration"][:2, 2:]).all() and torch.equal(q["duration"][2, 2:], p["duration"][2])
+    assert torch.isneginf(q["start"][2:]).all()
+    with pytest.raises(ValueError, match="need transition"):
+        gs.chain_potentials(p["scores"], torch.zeros(2, 3), p["duration"], p["start"], p["end"])
+    plain = gs.chain_potentials(*(p[k] for k in ("scores", "transition", "duration", "start", "end")))
+    assert "start_scores" not in plain
+
+
+def test_chained_potentials_in_the_triton_kernels():
+    """On CUDA the head's "auto" backend runs the chained (2C-state, -inf
+    laden) potentials through the Triton kernels: they must agree with the
+    PyTorch path (without a GPU, through Triton's interpreter on tiny sizes)."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    pytest.importorskip("triton")
+    from semiring_semicrf import SemiMarkovPotentials, kernels, torch_backend
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(0)
+    B, T, K, C = 2, 30, 6, 5
+    shapes = {"scores": (B, T, C), "transition": (C, C), "duration": (K, C), "start": (C,), "end": (C,)}
+    raw = {name: torch.randn(*shape, generator=g) for name, shape in shapes.items()}
+    chained = {name: t.to(device) for name, t in gs.chain_potentials(**raw).items()}
+    p = SemiMarkovPotentials(lengths=torch.tensor([30, 19], device=device), **chained)
+    assert kernels.kernel_limits_reason(p) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)     # the interpreter's log(0) = -inf
+        log_z, saved = kernels.inside(p)
+        posterior = kernels.outside(p, saved)
+        best = kernels.viterbi(p)
+    ref_z, ref_saved = torch_backend.inside(p)
+    ref_posterior = torch_backend.outside(p, ref_saved)
+    ref_best = torch_backend.viterbi(p)
+    assert torch.allclose(log_z, ref_z, rtol=1e-5)
+    assert torch.allclose(posterior.label_marginals(), ref_posterior.label_marginals(), atol=1e-5)
+    assert torch.allclose(best[0], ref_best[0], rtol=1e-5)
+    assert torch.equal(best[1], ref_best[1]) and torch.equal(best[2], ref_best[2])
+
+
+def test_chained_head_on_the_fixture(loci):
+    torch.manual_seed(0)
+    head = gs.ChainedCRFHead(len(gs.LABELS), 8, 4)
+    with torch.no_grad():
+        for parameter in (head.duration, head.transition, head.boundary.weight):
+            parameter.normal_()
+    assert head.num_states == 10
+    _, lengths, gold = gs.collate(gs.examples(loci), 8, "cpu")
+    dist = head(torch.randn(2, 150, 4), lengths)
+    assert dist.potentials.C == 10
+    loss = -dist.log_prob(gold)
+    assert torch.isfinite(loss).all()
+    loss.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in head.parameters())
+    best = dist.argmax                                       # the Viterbi path is a chain too
+    for states, starts, n in zip(best.labels, best.starts, lengths.tolist()):
+        labels = gs.state_labels(states[:n]).numpy()
+        expected_states, expected_starts = gs.chain(labels, 8)
+        assert states[:n].tolist() == expected_states.tolist() and starts[:n].tolist() == expected_starts.tolist()
+    merged = gs.label_marginals(dist.marginals)
+    assert merged.shape == (2, 150, 5)
+    assert torch.allclose(merged.sum(-1)[0, :120], torch.ones(120), atol=1e-5)
+
+
+def test_reverse_complement_swaps_strands(loci):
+    (forward,) = gs.examples(loci[:1])
+    reverse = gs.reverse_complement(forward)
+    assert "".join("acgtn"[c] for c in reverse.codes) == "".join("acgtn"[c] for c in forward.codes[::-1]).translate(
+        str.maketrans("acgt", "tgca"))
+    # revB (reverse strand, [90, 110)) is now a forward gene at [10, 30); fwdA a reverse gene at [60, 110)
+    assert gs.runs(reverse.labels) == [(0, 10, 0), (10, 30, 1), (30, 60, 0), (60, 80, 3), (80, 90, 4), (90, 110, 3),
+                                       (110, 120, 0)]
+    back = gs.reverse_complement(reverse)
+    assert (back.codes == forward.codes).all() and (back.labels == forward.labels).all()
+
+
+def test_batches_bound_the_padded_size():
+    items = [gs.Example(str(n), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64))
+             for n in (5, 50, 7, 30, 100, 8)]
+    groups = gs.batches(items, 60, shuffle=False, rng=None)
+    assert sorted(i for group in groups for i in group) == list(range(6))
+    assert all(len(group) * max(len(items[i]) for i in group) <= 60 or len(group) == 1 for group in groups)
+    assert groups == [[0, 2, 5], [3], [1], [4]]
+
+
+# -- metrics -----------------------------------------------------------------------------------------------------
+def scores(predicted, locus):
+    counts = {level: gs.Counts() for level in ("exon", "gene", "base")}
+    gs.evaluate_locus(np.asarray(predicted), locus, counts)
+    return {level: count.scores() for level, count in counts.items()}
+
+
+def test_structures_from_labels():
+    labels = [0, 1, 1, 2, 1, 0, 3, 3, 4, 4, 3, 3, 1, 0]
+    assert gs.structures(labels) == [(1, ((1, 3), (4, 5))), (-1, ((6, 8), (10, 12))), (1, ((12, 13),))]
+    assert gs.structures([0, 0]) == [] and gs.structures([2, 2, 1]) == [(1, ((2, 3),))]
+
+
+def test_metrics_on_the_fixture(loci):
+    locus = loci[0]
+    gold = gs.locus_labels(locus)
+    perfect = scores(gold, locus)
+    assert all(perfect[level]["f1"] == 1.0 for level in ("exon", "gene", "base"))
+    shifted = gold.copy()
+    shifted[40] = 2                                   # the second exon starts one base late
+    result = scores(shifted, locus)
+    assert result["exon"] == pytest.approx({"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3})
+    assert result["gene"] == pytest.approx({"precision": 1 / 2, "recall": 1 / 2, "f1": 1 / 2})  # revB still right
+    assert result["base"]["recall"] == pytest.approx(59 / 60) and result["base"]["precision"] == 1.0
+    wrong_strand = gold.copy()
+    wrong_strand[90:110] = 1                          # revB called on the forward strand: no match
+    assert scores(wrong_strand, locus)["exon"]["recall"] == pytest.approx(2 / 3)
+    nothing = scores(np.zeros(120, dtype=np.int64), locus)
+    assert nothing["exon"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+
+
+# -- data lookup and the quick run -------------------------------------------------------------------------------
+def test_data_directory_order(monkeypatch, tmp_path):
+    monkeypatch.delenv(gs.ENV_VAR, raising=False)
+    assert gs.data_directory() == gs.CACHE_DIR
+    monkeypatch.setenv(gs.ENV_VAR, str(tmp_path))
+    assert gs.data_directory() == tmp_path
+    assert gs.data_directory(str(tmp_path / "x")) == tmp_path / "x"
+
+
+def test_no_fetch_says_how_to_get_the_data(tmp_path, monkeypatch):
+    monkeypatch.setattr(gs, "PACKAGE_DIR", "nonexistent/for/this/test")
+    with pytest.raises(gs.DataUnavailable, match="apt-get download augustus-doc"):
+        gs.find_data(str(tmp_path), fetch=False)
+
+
+@pytest.fixture(scope="session")
+def gene_data():
+    """The real data directory, fetched once into the user cache (or
+    $SEMICRF_GENE_DATA); the test skips, with the reason, only when it
+    cannot be fetched."""
+    try:
+        return gs.find_data(fetch=True)
+    except gs.DataUnavailable as error:
+        pytest.skip(f"the AUGUSTUS gene data cannot be fetched here: {error}")
+
+
+def test_quick_run(gene_data, tmp_path):
+    """`examples/gene_structure.py --quick` prints exon F1 for both models."""
+    began = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "gene_structure.py"), "--quick", "--no-progress",
+         "--data", str(gene_data), "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=1200, env={**os.environ, "MPLBACKEND": "Agg"})
+    assert result.returncode == 0, f"--quick failed:\n{result.stdout}\n{result.stderr}"
+    header = next(line for line in result.stdout.splitlines() if line.startswith("model"))
+    assert "exon F1" in header and "gene F1" in header
+    column = header.index("exon F1") + len("exon F1")
+    rows = {line.split("  ")[0]: float(line[column - 9:column]) for line in result.stdout.splitlines()
+            if line.startswith(("semi-CRF", "linear CRF"))}
+    assert set(rows) == {"semi-CRF (K=100)", "linear CRF (K=1)"}, result.stdout
+    assert all(0.0 <= f1 <= 1.0 for f1 in rows.values())
+    assert (tmp_path / "gene_posterior.png").stat().st_size > 10_000
+    assert (tmp_path / "metrics.json").is_file()
+    print(f"--quick took {time.perf_counter() - began:.0f} s; exon F1 {rows}")
