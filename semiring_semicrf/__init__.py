@@ -4,9 +4,10 @@ The public API is re-exported here; the implementation lives in the modules
 below (see the package layout in README.md).
 """
 from .autograd import checkpointed_scan, log_partition, posterior, segment_marginals
-from .backends import Posterior
 from .distribution import SemiMarkovDistribution
+from .factors import Factors
 from .nn import SemiMarkovCRFHead
+from .posterior import Posterior
 from .potentials import EdgePotentials, LogFactors, SemiMarkovPotentials
 from .scan import ScanProgram, ScanTables, semimarkov_scan
 from .segmentation import Segmentation
@@ -16,7 +17,7 @@ from .semirings import (CrossEntropySemiring, EntropySemiring, ExpectationSemiri
 __version__ = "0.1.0"
 
 __all__ = [
-    "SemiMarkovPotentials", "EdgePotentials", "LogFactors",
+    "SemiMarkovPotentials", "EdgePotentials", "Factors", "LogFactors",
     "semimarkov_scan", "ScanProgram", "ScanTables",
     "log_partition", "posterior", "segment_marginals", "checkpointed_scan", "Posterior",
     "SemiMarkovDistribution", "Segmentation", "SemiMarkovCRFHead",

@@ -95,29 +95,12 @@ def _devices() -> list:
     return devices
 
 
-def _tiny_potentials(device: str, duration_dependent: bool):
-    import torch
-
-    from .potentials import SemiMarkovPotentials
-
-    K, C = 4, 3
-    transition = torch.zeros((K, C, C) if duration_dependent else (C, C), device=device)
-    return SemiMarkovPotentials(torch.zeros(1, 8, C, device=device), transition, torch.zeros(K, C, device=device))
-
-
 def backend_rows(devices: Sequence[str]) -> list:
-    """`(semiring, potentials kind, device, backend, why)` for each case."""
-    from . import backends
+    """`(semiring, potentials kind, device, path)`: what `semimarkov_scan`
+    runs on each (:func:`semiring_semicrf.scan.dispatch_table`)."""
+    from .scan import dispatch_table
 
-    rows = []
-    for dependent, kind in ((False, "(C, C) transition"), (True, "(K, C, C) transition")):
-        for device in devices:
-            potentials = _tiny_potentials(device, dependent)
-            chosen = backends.resolve("auto", potentials)
-            why = "" if chosen == "triton" else backends.triton_unsupported_reason(potentials)
-            rows.append(("Log, Max", kind, device, chosen, why))
-    rows.append(("any other", "any", "any", "torch (generic scan)", "kernels exist for Log and Max only"))
-    return rows
+    return dispatch_table(devices)
 
 
 def command_info(args) -> int:
@@ -133,7 +116,7 @@ def command_info(args) -> int:
     else:
         print("cuda: not available")
     print("\nbackend='auto' picks:")
-    print(format_table(["semiring", "potentials", "device", "backend", "why not triton"], backend_rows(_devices())))
+    print(format_table(["semiring", "potentials", "device", "backend (path)"], backend_rows(_devices())))
     return 0
 
 
@@ -155,7 +138,7 @@ def command_demo(args) -> int:
 
 # -- semicrf bench ----------------------------------------------------------------
 
-#: (B, T, K, C) per preset and device; the GPU rows are those of DESIGN.md.
+#: (B, T, K, C) per preset and device; the GPU rows are those of docs/performance.md.
 BENCH_SIZES = {
     ("quick", "cpu"): [(2, 200, 8, 4)],
     ("quick", "cuda"): [(4, 1000, 32, 24)],
@@ -195,8 +178,8 @@ class BenchProblem:
 def _ours(problem: BenchProblem) -> Callable:
     import torch
 
-    from . import backends
     from .autograd import log_partition
+    from .decoding import viterbi
 
     if problem.gradient:
         def run():
@@ -205,10 +188,9 @@ def _ours(problem: BenchProblem) -> Callable:
             return log_z
         return run
     potentials = problem.potentials()
-    backend = backends.get("auto", potentials)
     if problem.op == "forward":
-        return lambda: torch.no_grad()(backend.inside)(potentials)[0]
-    return lambda: backend.viterbi(potentials)[0]
+        return lambda: torch.no_grad()(log_partition)(potentials)
+    return lambda: viterbi(potentials)[0]
 
 
 def _torch_struct(problem: BenchProblem) -> Optional[Callable]:

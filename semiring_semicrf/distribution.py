@@ -1,31 +1,21 @@
 """`SemiMarkovDistribution`: a semi-Markov CRF as a `torch.distributions.Distribution`.
 
 The distribution over segmentations of each of `B` sequences,
-`p(y) = exp(score(y)) / Z` (DESIGN.md section 1). Values are
+`p(y) = exp(score(y)) / Z` (docs/model.md). Values are
 :class:`~semiring_semicrf.segmentation.Segmentation` objects (`(..., B, T)`).
 
 Everything is streamed (nothing of size `T K C` unless asked for with
-:attr:`segment_marginals`):
+:attr:`segment_marginals`) and goes through the same dispatch as
+:func:`~semiring_semicrf.scan.semimarkov_scan` (the backend ladder of
+:mod:`semiring_semicrf.backends`):
 
 - `partition`, the marginals and the expected counts: one Log forward-backward
-  of the chosen backend (:mod:`semiring_semicrf.autograd`);
-- `argmax`/`max`: the backend's Viterbi; `topk`: the k-best sweep
+  (:mod:`semiring_semicrf.autograd`);
+- `argmax`/`max`: Viterbi; `topk`: the k-best scan
   (:mod:`semiring_semicrf.decoding`); `sample`: forward filtering, backward
   sampling (:mod:`semiring_semicrf.sampling`);
-- `entropy`, `cross_entropy`, `kl`: from the expected counts of `p`, which
-  make them linear in the potentials,
-
-      H(p)     = log Z_p - <mu_p, theta_p>
-      H(p, q)  = log Z_q - <mu_p, theta_q>
-      KL(p||q) = H(p, q) - H(p)
-
-  (`mu_p` the posterior expected counts of every part: label marginals,
-  durations, transitions, first/last labels, segment starts/ends). Their
-  gradient with respect to `q` is exact this way (`mu_q - mu_p`); a gradient
-  with respect to `p` needs the derivative of `mu_p` itself, so when `p`'s
-  potentials require grad these are computed by the block-checkpointed
-  generic scan in the Entropy/CrossEntropy/KL semiring instead (same value,
-  differentiable, memory sublinear in T).
+- `entropy`, `cross_entropy`, `kl`: from the expected counts of `p`
+  (:mod:`semiring_semicrf.information`).
 """
 from __future__ import annotations
 
@@ -34,13 +24,15 @@ from typing import NamedTuple, Optional
 import torch
 from torch.distributions import Distribution, register_kl
 
-from . import autograd, backends
+from . import autograd, backends, information
 from .decoding import topk as kbest
+from .decoding import viterbi
+from .posterior import Posterior
 from .potentials import SemiMarkovPotentials
 from .sampling import sample as draw_samples
 from .scan import semimarkov_scan
 from .segmentation import Segmentation
-from .semirings import CrossEntropySemiring, EntropySemiring, KLDivergenceSemiring, StdSemiring
+from .semirings import StdSemiring
 from .testing import enumerate_segmentations
 
 #: Default limit on the number of segmentations of one sequence that
@@ -105,8 +97,7 @@ class SemiMarkovDistribution(Distribution):
         return self
 
     def _setup(self, potentials: SemiMarkovPotentials, backend: str, validate_args: Optional[bool]) -> None:
-        if backend not in backends.BACKEND_NAMES:
-            raise ValueError(f"backend must be one of {backends.BACKEND_NAMES}, got {backend!r}")
+        backends.check_name(backend)
         self.potentials, self.backend = potentials, backend
         self._cache: dict = {}
         super().__init__(torch.Size([potentials.batch_size]), torch.Size([potentials.T]), validate_args=validate_args)
@@ -200,8 +191,8 @@ class SemiMarkovDistribution(Distribution):
 
     # -- marginals ------------------------------------------------------------------
     @property
-    def posterior(self) -> backends.Posterior:
-        """The :class:`~semiring_semicrf.backends.Posterior` expected counts
+    def posterior(self) -> Posterior:
+        """The :class:`~semiring_semicrf.posterior.Posterior` expected counts
         (no gradient)."""
         return self._cached("posterior", lambda: autograd.posterior(self.potentials, backend=self.backend))
 
@@ -238,7 +229,7 @@ class SemiMarkovDistribution(Distribution):
         """The Viterbi segmentation `(B, T)` (ties: see :mod:`semiring_semicrf.decoding`);
         empty where no segmentation is allowed."""
         def compute():
-            _, labels, starts = backends.get(self.backend, self.potentials).viterbi(self.potentials)
+            _, labels, starts = viterbi(self.potentials, self.backend)
             return Segmentation(labels, starts)
         return self._cached("argmax", compute)
 
@@ -250,7 +241,7 @@ class SemiMarkovDistribution(Distribution):
 
     def topk(self, k: int) -> TopK:
         """The k best distinct segmentations and their scores, best first."""
-        _, labels, starts = kbest(self.potentials, k)
+        _, labels, starts = kbest(self.potentials, k, self.backend)
         value = Segmentation(labels, starts)
         return TopK(value.log_potential(self.potentials, validate=False), value)
 
@@ -264,7 +255,7 @@ class SemiMarkovDistribution(Distribution):
             device = self.potentials.device
             return Segmentation(torch.full(shape, -1, dtype=torch.int64, device=device),
                                 torch.zeros(shape, dtype=torch.bool, device=device))
-        labels, starts = draw_samples(self.potentials, sample_shape.numel(), generator)
+        labels, starts = draw_samples(self.potentials, sample_shape.numel(), generator, self.backend)
         return Segmentation(labels.reshape(shape), starts.reshape(shape))
 
     # -- information ------------------------------------------------------------------
@@ -276,77 +267,38 @@ class SemiMarkovDistribution(Distribution):
         it an expected count above `sqrt(eps)` of the dtype, else 0 (its true
         count is then 0 up to rounding)."""
         q = self.potentials if potentials is None else potentials
-        if not isinstance(q, SemiMarkovPotentials):
-            raise TypeError(f"potentials must be SemiMarkovPotentials, got {type(q).__name__}")
-        _check_compatible(self.potentials, q)
-        post = self.posterior
-        tolerance = torch.finfo(post.segment_start.dtype).eps ** 0.5
-        valid = self.potentials.valid_mask()[..., None]
-
-        def dot(count, value):
-            value = value.expand_as(count)
-            forbidden = torch.isneginf(value)
-            term = torch.where(forbidden, torch.where(count > tolerance, value, torch.zeros_like(value)),
-                               count * torch.where(forbidden, torch.zeros_like(value), value))
-            return term.flatten(1).sum(dim=1)
-
-        total = dot(post.label_marginals(), torch.where(valid, q.scores, torch.zeros_like(q.scores)))
-        total = total + dot(post.duration, q.duration) + dot(post.transition, q.transition)
-        total = total + dot(post.first, q.start) + dot(post.last, q.end)
-        if q.start_scores is not None:
-            total = total + dot(post.segment_start, q.start_scores)
-        if q.end_scores is not None:
-            total = total + dot(post.segment_end, q.end_scores)
-        return total
+        information.check_compatible(self.potentials, q)
+        return information.expected_score(self.posterior, self.potentials, q)
 
     def _other(self, other) -> "SemiMarkovDistribution":
         """`other`, checked to be a distribution of the same shapes."""
         if not isinstance(other, SemiMarkovDistribution):
             raise TypeError(f"other must be a SemiMarkovDistribution, got {type(other).__name__}")
-        _check_compatible(self.potentials, other.potentials)
+        information.check_compatible(self.potentials, other.potentials)
         return other
+
+    def _own_posterior(self) -> Optional[Posterior]:
+        """The cached posterior, unless the result must carry p's gradient."""
+        return None if information.tracks_grad(self.potentials) else self.posterior
 
     def entropy(self) -> torch.Tensor:
         """`H(p) (B,)` in nats."""
-        if _tracks_grad(self.potentials):
-            return autograd.checkpointed_scan(self.potentials, EntropySemiring())
-        return self.partition - self.expected_score()
+        return information.entropy(self.potentials, self.backend, self._own_posterior())
 
     def cross_entropy(self, other: "SemiMarkovDistribution") -> torch.Tensor:
         """`H(p, q) = -E_p[log q(y)]` `(B,)`, `p = self`, `q = other`."""
         q = self._other(other)
-        if _tracks_grad(self.potentials):
-            return autograd.checkpointed_scan((self.potentials, q.potentials), CrossEntropySemiring())
-        return q.partition - self.expected_score(q.potentials)
+        return information.cross_entropy(self.potentials, q.potentials, self.backend, self._own_posterior())
 
     def kl(self, other: "SemiMarkovDistribution") -> torch.Tensor:
         """`KL(p || q) = E_p[log p(y) - log q(y)]` `(B,)`, `p = self`, `q = other`."""
         q = self._other(other)
-        if _tracks_grad(self.potentials):
-            return autograd.checkpointed_scan((self.potentials, q.potentials), KLDivergenceSemiring())
-        return q.partition - self.partition - self.expected_score(q.potentials) + self.expected_score()
+        return information.kl(self.potentials, q.potentials, self.backend, self._own_posterior())
 
 
 @register_kl(SemiMarkovDistribution, SemiMarkovDistribution)
 def _kl_semimarkov(p: SemiMarkovDistribution, q: SemiMarkovDistribution) -> torch.Tensor:
     return p.kl(q)
-
-
-def _tracks_grad(potentials: SemiMarkovPotentials) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in potentials.tensors().values())
-
-
-def _check_compatible(p: SemiMarkovPotentials, q: SemiMarkovPotentials) -> None:
-    same = ((p.batch_size, p.T, p.K, p.C) == (q.batch_size, q.T, q.K, q.C) and p.dtype == q.dtype
-            and p.device == q.device and p.duration_dependent == q.duration_dependent)
-    if not same:
-        raise ValueError(
-            f"the two distributions must share B, T, K, C, dtype, device and the kind of transition: got "
-            f"(B, T, K, C) = {(p.batch_size, p.T, p.K, p.C)} vs {(q.batch_size, q.T, q.K, q.C)}, "
-            f"{p.dtype}/{q.dtype}, {p.device}/{q.device}, duration-dependent {p.duration_dependent}/"
-            f"{q.duration_dependent}")
-    if not torch.equal(p.lengths, q.lengths):
-        raise ValueError("the two distributions must have the same lengths")
 
 
 def _number_of_segmentations(length: int, K: int, C: int) -> int:

@@ -1,6 +1,6 @@
 """Potentials of a semi-Markov CRF: what a segmentation's score is made of.
 
-Conventions (DESIGN.md section 1). A segmentation tiles `[0, L)` with labelled
+Conventions (docs/model.md). A segmentation tiles `[0, L)` with labelled
 segments; segment `[s, s + d)` labelled `c` after a segment labelled `c'`
 scores
 
@@ -11,40 +11,22 @@ scores
 with `transition` either `(C, C)` (`[c_src, c_dst]`) or duration-dependent
 `(K, C, C)` (`[d-1, c_src, c_dst]`, flash-semicrf's layout).
 
-The content term is evaluated from prefix sums of *zero-centred* scores:
-`x - m[b, c]` with `m` the mean over the valid positions. A segment of
-length `d` then loses `d * m[b, c]`, which is put back exactly as a
-per-label duration term, so the model is the one the user wrote while the
-prefix sums stay small at any T.
+:class:`SemiMarkovPotentials` holds and checks the user's tensors; every
+backend reads them prepared as :class:`~semiring_semicrf.factors.Factors`
+(zero-centred prefix sums, the segment factors, the first-segment
+convention), built once by :meth:`SemiMarkovPotentials.factors`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from . import validation as V
-from .prefix import cumsum_over_time_
+from .factors import Factors
 
-
-@dataclass(frozen=True)
-class LogFactors:
-    """A segment's log-potential split into factors the scan combines.
-
-    `w(s, d, c) = enter[b, s, c] + duration[b, d-1, c] + leave[b, s+d-1, c]`,
-    where `enter = start_scores - cum[:, :T]`, `leave = cum[:, 1:] + end_scores`
-    and `duration` already holds the exact zero-centring compensation
-    `d * mean`. Shapes: `enter`, `leave (B, T, C)`; `duration (B, K, C)`;
-    `transition (C, C)` or `(K, C, C)`; `start`, `end (C,)`.
-    """
-
-    enter: torch.Tensor
-    leave: torch.Tensor
-    duration: torch.Tensor
-    transition: torch.Tensor
-    start: torch.Tensor
-    end: torch.Tensor
+#: The former name of :class:`~semiring_semicrf.factors.Factors`.
+LogFactors = Factors
 
 
 class SemiMarkovPotentials:
@@ -60,6 +42,9 @@ class SemiMarkovPotentials:
             starting at / ending at (inclusive) a position.
         validate_args: also reject NaN in any input (shape, dtype and range
             checks always run).
+        center: zero-centre the scores before their prefix sums (the
+            default: float32 stays accurate at any T). Turn it off when the
+            potentials are exact integers and a semiring needs exact ties.
 
     Half and bfloat16 inputs are upcast to float32; all floating inputs must
     then share one dtype and one device (lengths may live on the CPU).
@@ -68,7 +53,7 @@ class SemiMarkovPotentials:
     is_explicit = False
 
     def __init__(self, scores, transition, duration, lengths=None, start=None, end=None,
-                 start_scores=None, end_scores=None, *, validate_args: bool = True):
+                 start_scores=None, end_scores=None, *, validate_args: bool = True, center: bool = True):
         scores = V.as_float_tensor("scores", scores, ndim=3)
         B, T, C = scores.shape
         if T < 1 or C < 1:
@@ -105,12 +90,15 @@ class SemiMarkovPotentials:
         self.scores, self.transition, self.duration = scores, transition, duration
         self.start, self.end = start, end
         self.start_scores, self.end_scores = extras["start_scores"], extras["end_scores"]
-        self._factors: Optional[LogFactors] = None  # cached when no input needs grad
+        self.center = bool(center)
+        self._factors: Optional[Factors] = None  # cached when no input needs grad
 
     # -- sizes ---------------------------------------------------------------
     @property
     def batch_size(self) -> int:
         return self.scores.shape[0]
+
+    B = batch_size
 
     @property
     def T(self) -> int:
@@ -151,8 +139,20 @@ class SemiMarkovPotentials:
         checked again; the same lengths, not checked again (their range check
         reads them on the host: a device sync on CUDA)."""
         args = {**self.tensors(), **tensors}
-        copy = SemiMarkovPotentials(validate_args=False, **args)
+        copy = SemiMarkovPotentials(validate_args=False, center=self.center, **args)
         copy.lengths = self.lengths
+        return copy
+
+    def __getitem__(self, index) -> "SemiMarkovPotentials":
+        """The potentials of some sequences of the batch: an int (kept as a
+        batch of one), a slice, or a 1-D index tensor or list."""
+        if isinstance(index, int) and not isinstance(index, bool):
+            index = slice(index, index + 1) if index != -1 else slice(-1, None)
+        per_sequence = {name: t[index] for name, t in self.tensors().items() if name in ("scores", "start_scores",
+                                                                                       "end_scores")}
+        args = {**self.tensors(), **per_sequence}
+        copy = SemiMarkovPotentials(validate_args=False, center=self.center, **args)
+        copy.lengths = self.lengths[index]
         return copy
 
     # -- derived quantities ---------------------------------------------------
@@ -160,18 +160,9 @@ class SemiMarkovPotentials:
         """`(B, T)` bool: position `t < lengths[b]`."""
         return torch.arange(self.T, device=self.device) < self.lengths[:, None]
 
-    def prefix_sums(self):
-        """Zero-centred prefix sums `cum (B, T+1, C)` and the removed mean
-        `mean (B, C)` (over the valid positions; padding counts as 0)."""
-        mask = self.valid_mask().unsqueeze(-1)
-        x = torch.where(mask, self.scores, torch.zeros_like(self.scores))
-        mean = x.sum(dim=1) / self.lengths.to(x.dtype)[:, None]
-        centred = torch.where(mask, x - mean[:, None], torch.zeros_like(x))
-        cum = torch.nn.functional.pad(cumsum_over_time_(centred), (0, 0, 1, 0))
-        return cum, mean
-
-    def log_factors(self) -> LogFactors:
-        """The factors of every segment's log-potential.
+    def factors(self) -> Factors:
+        """The prepared :class:`~semiring_semicrf.factors.Factors` that every
+        backend reads (zero-centred prefix sums, segment factors).
 
         Cached only when no input requires grad (a cached graph would be freed
         by the first backward, and factors made under `torch.no_grad()` must
@@ -180,31 +171,21 @@ class SemiMarkovPotentials:
         """
         if self._factors is not None:
             return self._factors
-        cum, mean = self.prefix_sums()
-        enter = -cum[:, :-1]
-        leave = cum[:, 1:]
-        if self.start_scores is not None:
-            enter = enter + self.start_scores
-        if self.end_scores is not None:
-            leave = leave + self.end_scores
-        d = torch.arange(1, self.K + 1, device=self.device, dtype=self.dtype)
-        duration = self.duration[None] + d[None, :, None] * mean[:, None, :]
-        factors = LogFactors(enter, leave, duration, self.transition, self.start, self.end)
+        factors = Factors(self)
         if not any(t.requires_grad for t in self.tensors().values()):
             self._factors = factors
         return factors
+
+    prepare = factors
+    log_factors = factors  # the former name
 
     def segment_log_potentials(self) -> torch.Tensor:
         """`w[b, s, d-1, c]`: a segment `[s, s+d)` labelled `c`, without
         transition/start/end terms; `-inf` where `s + d > T`. Shape
         `(B, T, K, C)`: materialized, for tests and small problems only."""
-        f = self.log_factors()
         s = torch.arange(self.T, device=self.device)[:, None]
-        e = s + torch.arange(self.K, device=self.device)[None, :]  # inclusive end
-        inside = e < self.T
-        leave = f.leave[:, e.clamp(max=self.T - 1)]  # (B, T, K, C)
-        w = f.enter[:, :, None] + f.duration[:, None] + leave
-        return w.masked_fill(~inside[None, :, :, None], float("-inf"))
+        d = torch.arange(1, self.K + 1, device=self.device)[None, :]
+        return self.factors().segment_log_potentials(s, d)
 
     def to_edges(self) -> torch.Tensor:
         """Materialize pytorch-struct's edge tensor `edge[b, s, d, c_dst, c_src]`,
@@ -216,6 +197,7 @@ class SemiMarkovPotentials:
         past the length are `-inf`. Feed pytorch-struct `lengths + 1`.
         """
         B, T, K, C = self.batch_size, self.T, self.K, self.C
+        f = self.factors()
         w = self.segment_log_potentials()  # (B, T, K, C)
         s = torch.arange(T, device=self.device)
         d = torch.arange(1, K + 1, device=self.device)
@@ -223,14 +205,11 @@ class SemiMarkovPotentials:
         w = w.masked_fill(ends[None, :, :, None] > self.lengths[:, None, None, None], float("-inf"))
         at_end = (ends[None] == self.lengths[:, None, None])[..., None]
         w = w + torch.where(at_end, self.end, torch.zeros_like(self.end))
-        trans = self.transition if self.duration_dependent else self.transition.expand(K, C, C)
-        trans_t = trans.transpose(-1, -2)  # (K, C_dst, C_src)
-        edge = w[..., None] + trans_t[None, None]  # (B, T, K, C_dst, C_src)
-        first = torch.full((C, C), float("-inf"), dtype=self.dtype, device=self.device)
-        first[:, 0] = 0.0
-        first = first + self.start[:, None]
-        edge0 = w[:, :1, :, :, None] + first
-        edge = torch.cat([edge0, edge[:, 1:]], dim=1)
+        transition = f.transition_with_start.transpose(-1, -2)  # (K, C_dst, C_src + 1), virtual source last
+        edge = w[..., None] + transition[None, None, ..., :C]  # (B, T, K, C_dst, C_src)
+        first = torch.full((K, C, C), float("-inf"), dtype=self.dtype, device=self.device)
+        first[..., 0] = transition[..., C]  # the virtual start label, pinned to c_src = 0
+        edge = torch.cat([w[:, :1, ..., None] + first, edge[:, 1:]], dim=1)
         pad = torch.full((B, T, 1, C, C), float("-inf"), dtype=self.dtype, device=self.device)
         return torch.cat([pad, edge], dim=2)
 
@@ -273,6 +252,7 @@ class EdgePotentials:
         self.edge = edge
 
     batch_size = property(lambda self: self.edge.shape[0])
+    B = batch_size
     T = property(lambda self: self.edge.shape[1])
     K = property(lambda self: self.edge.shape[2] - 1)
     C = property(lambda self: self.edge.shape[3])
@@ -281,6 +261,10 @@ class EdgePotentials:
 
     def tensors(self) -> dict:
         return {"edge": self.edge}
+
+    def prepare(self) -> "EdgePotentials":
+        """Explicit edges are their own prepared form (the reference scan reads them)."""
+        return self
 
     def to_edges(self) -> torch.Tensor:
         return self.edge

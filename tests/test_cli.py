@@ -60,10 +60,11 @@ def test_failures_while_running_are_one_line_and_exit_code_1(capsys, monkeypatch
 def test_info_prints_versions_devices_and_backends(capsys):
     status, out, _ = run(capsys, "info")
     assert status == 0
-    for fragment in ("semiring-semicrf", "torch", "cpu:", "backend='auto' picks", "Log, Max", "generic scan"):
+    for fragment in ("semiring-semicrf", "torch", "cpu:", "backend='auto' picks", "KMax(k)", "generic scan"):
         assert fragment in out
     rows = cli.backend_rows(["cpu"])
-    assert ("Log, Max", "(C, C) transition", "cpu", "torch") == rows[0][:4]
+    assert ("Log", "(C, C) transition", "cpu", "torch (Log forward-backward)") == rows[0]
+    assert ("Max", "(C, C) transition", "cpu", "reference (Viterbi sweep)") in rows
 
 
 def test_progress_bar_counts_steps():

@@ -3,9 +3,9 @@
 For structured :class:`SemiMarkovPotentials`, :func:`log_partition` is a
 `torch.autograd.Function` whose forward is a backend's `inside` sweep and
 whose backward is its `outside` sweep (the backend contract of
-:mod:`semiring_semicrf.backends`: PyTorch here, Triton kernels on CUDA). The
-gradient of `log Z` with respect to each input is an expected count of the
-:class:`~semiring_semicrf.backends.Posterior`:
+:mod:`semiring_semicrf.backends`: the torch sweeps, or the Triton kernels on
+CUDA). The gradient of `log Z` with respect to each input is an expected
+count of the :class:`~semiring_semicrf.posterior.Posterior`:
 
     scores        -> label marginals (B, T, C)        (P(t lies in a segment labelled c))
     duration      -> duration counts, summed over b   (K, C)
@@ -28,37 +28,34 @@ from __future__ import annotations
 import torch
 
 from .. import backends
-from ..potentials import EdgePotentials, SemiMarkovPotentials
+from ..backends import torch_sweeps
+from ..posterior import Posterior
+from ..potentials import require_potentials
 from ..semirings import LogSemiring
-from . import log_sweeps
 from .checkpointed import checkpointed_scan
 from .explicit import edge_marginals, posterior_from_edge_marginals
-
-
-def _check(potentials) -> None:
-    if not isinstance(potentials, (SemiMarkovPotentials, EdgePotentials)):
-        raise TypeError(f"potentials must be SemiMarkovPotentials or EdgePotentials, got {type(potentials).__name__}")
 
 
 class LogPartition(torch.autograd.Function):
     """`log Z (B,)` of structured potentials through a backend's inside/outside.
 
-    `apply(potentials, backend_module, low_memory, *tensors)` where `tensors`
-    are `potentials.tensors().values()` in order (autograd tracks them).
+    `apply(potentials, backend, low_memory, *tensors)` where `backend` is a
+    rung of :data:`semiring_semicrf.backends.LADDER` and `tensors` are
+    `potentials.tensors().values()` in order (autograd tracks them).
     """
 
     @staticmethod
     def forward(ctx, potentials, backend, low_memory, *tensors):
         names = list(potentials.tensors())
-        detached = potentials.replace(**{n: t.detach() for n, t in zip(names, tensors)})
+        detached = potentials.replace(**{n: t.detach() for n, t in zip(names, tensors)}).factors()
         log_z, saved = backend.inside(detached, low_memory=low_memory)
-        ctx.potentials, ctx.backend, ctx.saved, ctx.names = detached, backend, saved, names
+        ctx.factors, ctx.backend, ctx.saved, ctx.names = detached, backend, saved, names
         return log_z
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_log_z):
-        post = ctx.backend.outside(ctx.potentials, ctx.saved)
+        post = ctx.backend.outside(ctx.factors, ctx.saved)
         grads = gradients(post, grad_log_z, ctx.names, ctx.needs_input_grad[3:])
         return (None, None, None, *grads)
 
@@ -104,14 +101,18 @@ def log_partition(potentials, backend: str = "auto", low_memory: bool = False) -
         low_memory: keep ring checkpoints every `~sqrt(T K)` rows instead of
             the `O(B T C)` inside tables, and recompute them in the backward.
     """
-    _check(potentials)
+    require_potentials(potentials)
     if potentials.is_explicit:
+        backends.check_name(backend)
         return checkpointed_scan(potentials, LogSemiring())
-    module = backends.get(backend, potentials)
-    return LogPartition.apply(potentials, module, low_memory, *potentials.tensors().values())
+    rung = backends.get(backend, potentials)
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in potentials.tensors().values())):
+        with torch.no_grad():  # no backward follows: keep nothing of size T
+            return rung.log_partition(potentials.factors())
+    return LogPartition.apply(potentials, rung, low_memory, *potentials.tensors().values())
 
 
-def posterior(potentials, backend: str = "auto", low_memory: bool = False) -> backends.Posterior:
+def posterior(potentials, backend: str = "auto", low_memory: bool = False) -> Posterior:
     """Posterior expected counts (no gradient): label/boundary marginals via
     :meth:`Posterior.label_marginals` / :meth:`Posterior.boundary_marginals`,
     transition, duration, first- and last-label counts.
@@ -119,14 +120,16 @@ def posterior(potentials, backend: str = "auto", low_memory: bool = False) -> ba
     For :class:`EdgePotentials` the first label is latent and `transition`
     is `(B, K, C, C)` `[d-1, c_src, c_dst]` over real transitions only
     (segments starting at s >= 1), by the entered segment's duration."""
-    _check(potentials)
+    require_potentials(potentials)
     if potentials.is_explicit:
+        backends.check_name(backend)
         marg, log_z = edge_marginals(potentials)
         return posterior_from_edge_marginals(marg, log_z, potentials.lengths)
-    module = backends.get(backend, potentials)
+    rung = backends.get(backend, potentials)
     with torch.no_grad():
-        _, saved = module.inside(potentials, low_memory=low_memory)
-        return module.outside(potentials, saved)
+        factors = potentials.factors()
+        _, saved = rung.inside(factors, low_memory=low_memory)
+        return rung.outside(factors, saved)
 
 
 def segment_marginals(potentials) -> torch.Tensor:
@@ -134,13 +137,14 @@ def segment_marginals(potentials) -> torch.Tensor:
     (zero where `s + d` passes the length). Materialized, `O(B T K C)`: for
     moderate T. Runs on the PyTorch sweeps (or edge marginals for explicit
     potentials); no gradient."""
-    _check(potentials)
+    require_potentials(potentials)
     if potentials.is_explicit:
         marg, _ = edge_marginals(potentials)
         return marg[:, :, 1:].sum(dim=-1)
     B, T, K, C = potentials.batch_size, potentials.T, potentials.K, potentials.C
     out = torch.zeros((B, T, K, C), dtype=potentials.dtype, device=potentials.device)
     with torch.no_grad():
-        _, saved = log_sweeps.inside(potentials)
-        log_sweeps.outside(potentials, saved, segments=out)
+        factors = potentials.factors()
+        _, saved = torch_sweeps.inside(factors)
+        torch_sweeps.outside(factors, saved, segments=out)
     return out

@@ -80,6 +80,16 @@ class Semiring(ABC):
         """
         return self.sum(self.times(a.unsqueeze(-1), m), dim=-2)
 
+    def argsum(self, x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(sum(x, dim), index)` for semirings whose `plus` *selects* among
+        its arguments (Max, KMax): the reduced value and, per state entry,
+        where it came from, `index = position * size + rank` (an int tensor
+        of the value's shape). Decoding follows these back-pointers. Other
+        semirings have no such reduction."""
+        raise NotImplementedError(
+            f"{self!r} has no index-returning reduction (argsum): back-pointers need a semiring whose plus "
+            "selects one of its arguments, such as MaxSemiring or KMaxSemiring")
+
     def log_mass(self, value: torch.Tensor):
         """Log-magnitude of a value per potential set, `(num_potentials, *shape)`,
         or None if the semiring has no such notion.

@@ -53,6 +53,17 @@ class KMaxSemiring(Semiring):
         moved = x.movedim(dim, 1)  # (k, n, ...)
         return self._top(moved.flatten(0, 1))
 
+    def argsum(self, x, dim):
+        """`(sum(x, dim), index)`: the k best entries over `dim` and where
+        they come from, both `(k, ...)`: `index = position * k + rank` (the
+        rank of the entry in its position's list). Among equal scores the
+        smaller `(position, rank)` comes first."""
+        dim = check_dim(dim)
+        candidates = x.movedim(dim, -1).movedim(0, -1)  # (..., n, k)
+        values, index = candidates.flatten(-2).sort(dim=-1, descending=True, stable=True)
+        values, index = values[..., :self.k], index[..., :self.k]
+        return values.movedim(-1, 0), index.movedim(-1, 0)
+
     def embed(self, log_potentials):
         first = log_potentials[:1]
         pad = first.new_full((self.k - 1, *first.shape[1:]), float("-inf"))

@@ -66,6 +66,12 @@ class MaxSemiring(LogSemiring):
     def sum(self, x, dim):
         return x.amax(dim=check_dim(dim))
 
+    def argsum(self, x, dim):
+        """`(sum(x, dim), index)`: the maximum and the position along `dim`
+        that attains it (the first one among ties), both `(1, ...)`."""
+        values, index = x.max(dim=check_dim(dim))
+        return values, index
+
 
 class StdSemiring(Semiring):
     """`(+, *, 0, 1)` on exp(potentials): counts structures when every

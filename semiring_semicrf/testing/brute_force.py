@@ -2,7 +2,7 @@
 
 This is the ground truth the scan, the gradients, the marginals and every fast
 path are checked against. It scores each segmentation straight from the model's
-definition (DESIGN.md section 1), with its own float64 prefix sums and no
+definition (docs/model.md), with its own float64 prefix sums and no
 factorization, so that it shares no arithmetic with the code under test.
 """
 from __future__ import annotations

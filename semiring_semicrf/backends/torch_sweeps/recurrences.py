@@ -1,8 +1,8 @@
 """The Log-semiring sweeps, one row at a time, without autograd.
 
-All log-values here are in bits (base-2 logs, see :mod:`.problem`).
+All log-values here are in bits (base-2 logs, see :mod:`.sweeps`).
 
-Each sweep walks the rows of :mod:`.problem` (left to right for the inside,
+Each sweep walks the rows of :meth:`Factors.rows` (left to right for the inside,
 right to left for the outside) holding a ring of the last K rows, and writes
 per-row tables when asked. Every per-row value is stored *relative to a
 running per-sequence log-scale* `R[r]` (float64, `(B,)`): after each row the
@@ -12,7 +12,7 @@ T (tables may then be kept in float32 without loss that accumulates), and
 `alpha + abar - log Z` is formed as `alpha_hat + abar_hat + (R_in + R_out -
 log Z)` with the large terms cancelling in float64.
 
-Factorized transitions `(C, C)`, DESIGN.md section 2. The inside sweep
+Factorized transitions `(C, C)` (docs/algorithm.md). The inside sweep
 
     alpha[r, c] = leave_rows[r, c] + LSE_d (v[r-d, c] + duration[d-1, c])
     u[r, c]     = LSE_c' alpha[r, c'] + transition[c', c]       (u[0] = start)
@@ -32,9 +32,9 @@ duration of the *entered* segment) do not factorize; per row, `O(K C^2)`:
     abar[r, c'] = LSE_{d, c} (trans[d-1, c', c] + enter_rows[r, c] + duration[d-1, c]
                               + abar[r+d, c] + leave_rows[r+d, c])      (abar[L] = end)
 
-where `alpha~` appends a virtual source label that is 0 at row 0 and
-`trans~[d-1, virtual, c] = start[c]`, so the first segment needs no special
-case.
+where `alpha~` appends the virtual start label of
+:meth:`Factors.transition_with_start` (0 at row 0, `-inf` after it), so the
+first segment needs no special case.
 
 Rings (:class:`Ring`) are double-buffered windows of K rows in age order:
 slot `j` holds the row `K - j` rows away (duration `K - j`), so they pair
@@ -43,12 +43,17 @@ write.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from .problem import LN2, LOG2E, FactorRows, LogProblem
+from ...factors import FactorRows, Factors
+
+WORK_DTYPE = torch.float64
+LOG2E = 1.0 / math.log(2.0)  # nats -> bits
+LN2 = math.log(2.0)  # bits -> nats
 
 NEG_INF = float("-inf")
 
@@ -101,12 +106,12 @@ class SweepTables:
                 mine.copy_(theirs)
 
 
-def new_tables(problem: LogProblem, r0: int, n: int, alpha: bool, u: bool, extra_rows: int = 0,
+def new_tables(sweeps: "_Sweeps", r0: int, n: int, alpha: bool, u: bool, extra_rows: int = 0,
                dtype: Optional[torch.dtype] = None) -> SweepTables:
-    shape = (n + extra_rows, problem.B, problem.C)
-    dtype = dtype or problem.dtype
-    make = lambda wanted: torch.empty(shape, dtype=dtype, device=problem.device) if wanted else None  # noqa: E731
-    return SweepTables(r0, make(alpha), make(u), torch.empty(shape[:2], dtype=torch.float64, device=problem.device))
+    shape = (n + extra_rows, sweeps.B, sweeps.C)
+    dtype = dtype or WORK_DTYPE
+    make = lambda wanted: torch.empty(shape, dtype=dtype, device=sweeps.device) if wanted else None  # noqa: E731
+    return SweepTables(r0, make(alpha), make(u), torch.empty(shape[:2], dtype=torch.float64, device=sweeps.device))
 
 
 class Ring:
@@ -166,34 +171,42 @@ class _Sweeps:
     INSIDE_TABLES: tuple = ()
     OUTSIDE_TABLES: tuple = ()
 
-    def __init__(self, problem: LogProblem):
-        self.problem = problem
-        p = problem
-        self.K, self.B, self.C = p.K, p.B, p.C
-        self.durf = p.duration.flip(1).transpose(0, 1).contiguous()  # (K, B, C): slot j <-> d = K - j
-        self.length_rows = frozenset(p.lengths.tolist())
+    def __init__(self, factors: Factors):
+        f = self.factors = factors.to(WORK_DTYPE)
+        self.K, self.B, self.C, self.T = f.K, f.B, f.C, f.T
+        self.lengths, self.device = f.lengths, f.device
+        self.duration = f.duration * LOG2E  # (B, K, C)
+        self.start, self.end = f.start * LOG2E, f.end * LOG2E
+        self.durf = self.duration.flip(1).transpose(0, 1).contiguous()  # (K, B, C): slot j <-> d = K - j
+        self.length_rows = frozenset(f.lengths.tolist())
+
+    def rows(self, r0: int, r1: int, cum_r0: torch.Tensor) -> tuple[FactorRows, torch.Tensor]:
+        """:meth:`Factors.rows` in bits (the running prefix sum stays in nats)."""
+        rows, cum = self.factors.rows(r0, r1, cum_r0)
+        rows.enter.mul_(LOG2E)
+        rows.leave.mul_(LOG2E)
+        return rows, cum
 
     def empty(self, *shape) -> torch.Tensor:
-        return torch.empty(shape, dtype=self.problem.dtype, device=self.problem.device)
+        return torch.empty(shape, dtype=WORK_DTYPE, device=self.device)
 
     def inside_tables(self, r0: int, n: int, dtype: Optional[torch.dtype] = None) -> SweepTables:
         """Empty tables for the inside sweep over rows `[r0, r0 + n)`."""
         names = self.INSIDE_TABLES
-        return new_tables(self.problem, r0, n, "alpha" in names, "u" in names, dtype=dtype)
+        return new_tables(self, r0, n, "alpha" in names, "u" in names, dtype=dtype)
 
     def outside_tables(self, r0: int, n: int) -> SweepTables:
         """Empty tables for the outside sweep over rows `[r0, r0 + n)`, plus
         K rows after them (filled by the caller with the next block's head)."""
         names = self.OUTSIDE_TABLES
-        return new_tables(self.problem, r0, n, "alpha" in names, "u" in names, extra_rows=self.K)
+        return new_tables(self, r0, n, "alpha" in names, "u" in names, extra_rows=self.K)
 
     def _state(self, *ring_shapes, axes=None) -> RingState:
-        p = self.problem
         axes = axes or (0,) * len(ring_shapes)
-        rings = tuple(Ring(torch.full(shape, NEG_INF, dtype=p.dtype, device=p.device), axis)
+        rings = tuple(Ring(torch.full(shape, NEG_INF, dtype=WORK_DTYPE, device=self.device), axis)
                       for shape, axis in zip(ring_shapes, axes))
-        return RingState(rings, torch.zeros(p.B, dtype=torch.float64, device=p.device),
-                         torch.full((p.B,), NEG_INF, dtype=torch.float64, device=p.device))
+        return RingState(rings, torch.zeros(self.B, dtype=torch.float64, device=self.device),
+                         torch.full((self.B,), NEG_INF, dtype=torch.float64, device=self.device))
 
     def _rows_out(self, tables: Optional[SweepTables], name: str, n: int) -> tuple:
         """Row views of `tables.<name>`, or one scratch row reused n times."""
@@ -220,14 +233,13 @@ class _Sweeps:
 
     def _record_log_z(self, state: RingState, r: int, alpha_hat: torch.Tensor, shifts_so_far: torch.Tensor) -> None:
         """At a row where some sequences end, their log Z (bits) from alpha[r] + end."""
-        p = self.problem
         scale = state.scale + shifts_so_far[:, :, 0].to(torch.float64).sum(0)
-        z = torch.logsumexp((alpha_hat + p.end).to(torch.float64) * LN2, dim=-1) * LOG2E + scale
-        state.log_z = torch.where(p.lengths == r, z, state.log_z)
+        z = torch.logsumexp((alpha_hat + self.end).to(torch.float64) * LN2, dim=-1) * LOG2E + scale
+        state.log_z = torch.where(self.lengths == r, z, state.log_z)
 
     def _inject(self, row: torch.Tensor, r: int, value: torch.Tensor) -> None:
         """Set `row[b] = value` for the sequences with `lengths[b] == r`."""
-        row.copy_(torch.where((self.problem.lengths == r)[:, None], value, row))
+        row.copy_(torch.where((self.lengths == r)[:, None], value, row))
 
 
 class FactorizedSweeps(_Sweeps):
@@ -236,11 +248,12 @@ class FactorizedSweeps(_Sweeps):
     INSIDE_TABLES = ("alpha", "u")  # alpha, u
     OUTSIDE_TABLES = ("alpha", "u")  # ubar, abar
 
-    def __init__(self, problem: LogProblem):
-        super().__init__(problem)
+    def __init__(self, factors: Factors):
+        super().__init__(factors)
         K, B, C = self.K, self.B, self.C
-        self.transition = problem.transition.contiguous()
-        self.transition_t = problem.transition.t().contiguous()
+        transition = self.factors.transition * LOG2E
+        self.transition = transition.contiguous()
+        self.transition_t = transition.t().contiguous()
         self._x, self._peak_k = self.empty(K, B, C), self.empty(1, B, C)
         self._y, self._peak_c = self.empty(B, C, C), self.empty(B, 1, C)
 
@@ -261,12 +274,12 @@ class FactorizedSweeps(_Sweeps):
         return self._run(state, rows, tables, reverse=True)
 
     def _run(self, state: RingState, rows: FactorRows, tables: Optional[SweepTables], reverse: bool) -> RingState:
-        p, n = self.problem, rows.n
+        n = rows.n
         if reverse:
-            close, open_, trans, first, first_rows = rows.enter, rows.leave, self.transition_t, p.end, self.length_rows
+            close, open_, trans, first, first_rows = rows.enter, rows.leave, self.transition_t, self.end, self.length_rows
             order = range(n - 1, -1, -1)
         else:
-            close, open_, trans, first, first_rows = rows.leave, rows.enter, self.transition, p.start, frozenset([0])
+            close, open_, trans, first, first_rows = rows.leave, rows.enter, self.transition, self.start, frozenset([0])
             order = range(n)
         closes, opens = close.unbind(0), open_.unbind(0)
         alphas, us = self._rows_out(tables, "alpha", n), self._rows_out(tables, "u", n)
@@ -304,7 +317,7 @@ class FactorizedSweeps(_Sweeps):
         """
         v = ins.u[i0:i1] + rows.enter[i0:i1]  # (m, B, C)
         seg = later + offset[..., None]
-        seg += self.problem.duration
+        seg += self.duration
         seg += v[:, :, None]
         seg.exp2_()
         acc.duration += seg.sum(0)
@@ -332,12 +345,12 @@ class DurationSweeps(_Sweeps):
     INSIDE_TABLES = ("alpha",)
     OUTSIDE_TABLES = ("u",)  # abar
 
-    def __init__(self, problem: LogProblem):
-        super().__init__(problem)
+    def __init__(self, factors: Factors):
+        super().__init__(factors)
         K, B, C = self.K, self.B, self.C
-        trans = problem.transition  # (K, C, C) [d-1, src, dst]
-        virtual = problem.start.expand(K, 1, C)
-        self.transition_ext = torch.cat([trans, virtual], dim=1).contiguous()  # (K, C+1, C)
+        # (K, C+1, C) [d-1, src, dst], the virtual start label last
+        self.transition_ext = (self.factors.transition_with_start * LOG2E).contiguous()
+        trans = self.transition_ext[:, :C]
         # [dst, slot j, src~] and [src, slot j, dst], slot j <-> d = K - j
         self._trans_in = self.transition_ext.flip(0).permute(2, 0, 1).contiguous()
         self._trans_out = trans.flip(0).permute(1, 0, 2).contiguous()
@@ -381,7 +394,7 @@ class DurationSweeps(_Sweeps):
 
     def outside(self, state: RingState, rows: FactorRows, tables: Optional[SweepTables] = None) -> RingState:
         """Rows right to left; `tables.u` gets abar."""
-        p, n = self.problem, rows.n
+        n = rows.n
         x, peak, per_slot = self._x_out, self._peak, self._per_slot_out
         abars, enters, leaves = self._rows_out(tables, "u", n), rows.enter.unbind(0), rows.leave.unbind(0)
         shifts = self._shifts(n)
@@ -395,7 +408,7 @@ class DurationSweeps(_Sweeps):
             torch.add(per_slot.unsqueeze(1), self._trans_out, out=x)
             logsumexp_into(x, (2, 3), peak, abar)
             if r in self.length_rows:
-                self._inject(abar, r, p.end)
+                self._inject(abar, r, self.end)
             rebase_(abar, shift)
             torch.add(abar, leaves[i], out=ring.push(shift.unsqueeze(-1)))
         self._advance_scale(state, shifts, tables, reverse=True)
@@ -411,7 +424,7 @@ class DurationSweeps(_Sweeps):
             virtual[0] = 0.0
         source = torch.cat([ins.alpha[i0:i1], virtual], dim=-1)  # (m, B, C+1)
         entered = later + offset[..., None]
-        entered += self.problem.duration
+        entered += self.duration
         entered += rows.enter[i0:i1, :, None]  # (m, B, K, C)
         terms = source[:, :, None, :, None] + self.transition_ext
         terms += entered[:, :, :, None, :]

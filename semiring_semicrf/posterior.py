@@ -1,0 +1,55 @@
+"""`Posterior`: the expected counts of one Log forward-backward.
+
+Every backend's `outside` returns one; gradients of `log Z` (see
+:mod:`semiring_semicrf.autograd`), marginals and the closed-form entropy are
+all read off it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .prefix import cumsum_over_time_
+
+
+@dataclass
+class Posterior:
+    """Posterior expected counts of one Log forward-backward, per sequence.
+
+    All are probabilities/expected counts under the model, zero past each length.
+
+    Attributes:
+        log_z: `(B,)` log partition.
+        segment_start: `(B, T, C)` P(a segment with label c starts at s).
+        segment_end: `(B, T, C)` P(a segment with label c ends at e, inclusive,
+            i.e. covers e as its last position).
+        transition: `(B, C, C)` expected `[c_src, c_dst]` transition counts, or
+            `(B, K, C, C)` for duration-dependent transitions.
+        duration: `(B, K, C)` expected number of segments of length d, label c.
+        first: `(B, C)` P(the first segment has label c).
+        last: `(B, C)` P(the last segment has label c).
+    """
+
+    log_z: torch.Tensor
+    segment_start: torch.Tensor
+    segment_end: torch.Tensor
+    transition: torch.Tensor
+    duration: torch.Tensor
+    first: torch.Tensor
+    last: torch.Tensor
+
+    FIELDS = ("log_z", "segment_start", "segment_end", "transition", "duration", "first", "last")
+
+    def label_marginals(self) -> torch.Tensor:
+        """`(B, T, C)` P(position t lies in a segment labelled c): the running
+        count of open segments, the prefix sum of `start[t] - end[t-1]`.
+        Summing the difference (never two separate counts) keeps the running
+        value in [0, 1], so float32 stays exact to rounding at any T."""
+        delta = self.segment_start.clone()
+        delta[:, 1:] -= self.segment_end[:, :-1]
+        return cumsum_over_time_(delta)
+
+    def boundary_marginals(self) -> torch.Tensor:
+        """`(B, T)` P(a segment starts at t)."""
+        return self.segment_start.sum(dim=-1)
