@@ -30,7 +30,7 @@ def _figures() -> list:
     for number in plt.get_fignums():
         figure = plt.figure(number)
         buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=80)
+        figure.savefig(buffer, format="png", dpi=100)
         plt.close(figure)
         images.append(buffer.getvalue())
     return images
