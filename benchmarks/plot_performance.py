@@ -17,7 +17,7 @@ import json
 import math
 import os
 import sys
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPS = (("fwd", "forward"), ("fwd_bwd", "forward+backward"), ("max", "Viterbi"))
@@ -56,8 +56,8 @@ def _anchor_points(records: Sequence[dict], key: str, figures: Mapping) -> tuple
     return measured, over, earlier
 
 
-def plot_performance(results: Sequence[dict], path: str, anchor_figures: Optional[Mapping] = None,
-                     title: Optional[str] = None) -> str:
+def plot_performance(results: Sequence[dict], path: str, anchor_figures: Mapping | None = None,
+                     title: str | None = None) -> str:
     """Draw the figure for `results` (the JSON's ``"results"`` list) into `path`.
 
     Args:
@@ -131,7 +131,7 @@ def plot_performance(results: Sequence[dict], path: str, anchor_figures: Optiona
     return path
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "gpu_bench_h100.json"),
                         help="a gpu_bench.py result (default: %(default)s)")

@@ -60,7 +60,7 @@ class Segmenter(L.LightningModule):
         self.log("val_f1", f1, prog_bar=True, batch_size=len(lengths), sync_dist=True)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        return torch.optim.Adam(self.parameters(), lr=self.hparams["lr"])
 
 
 def loader(data, batch_size: int, shuffle: bool) -> DataLoader:

@@ -22,7 +22,7 @@ import statistics
 import sys
 import time
 import traceback
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 PROG = "semicrf"
 
@@ -188,7 +188,7 @@ def _ours(problem: BenchProblem) -> Callable:
     return lambda: backend.viterbi(potentials)[0]
 
 
-def _torch_struct(problem: BenchProblem) -> Optional[Callable]:
+def _torch_struct(problem: BenchProblem) -> Callable | None:
     if problem.T * (problem.K * problem.C) ** 2 > TORCH_STRUCT_LIMIT:
         return None
     import torch
@@ -292,7 +292,7 @@ def _ratio(anchor: dict, ours: dict) -> str:
     return "-"
 
 
-def _relative_difference(results: dict) -> Optional[float]:
+def _relative_difference(results: dict) -> float | None:
     """Largest relative difference of any method's result from ours (None
     when no other method ran)."""
     if results.get("ours") is None:
@@ -398,7 +398,8 @@ def _size(text: str) -> tuple:
 # -- entry point ------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__, demo as demo_module
+    from . import __version__
+    from . import demo as demo_module
 
     parser = _Parser(prog=PROG, description="Exact streaming semi-Markov CRFs over any semiring.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
@@ -432,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line; a flag no command knows is reported as such
     (argparse alone would first complain that COMMAND is missing)."""
     parser = build_parser()
@@ -444,7 +445,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = None
     try:

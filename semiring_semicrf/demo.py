@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """``python -m semiring_semicrf.demo``: parse `argv` and :func:`run`."""
     parser = argparse.ArgumentParser(prog="python -m semiring_semicrf.demo", description=__doc__.split("\n\n")[0])
     return run(add_arguments(parser).parse_args(argv))

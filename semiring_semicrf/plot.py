@@ -15,7 +15,8 @@ the ``semicrf`` command does.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +55,7 @@ def label_colors(num_labels: int) -> list:
     return [cmap(i % cmap.N) for i in range(num_labels)]
 
 
-def _label_names(label_names: Optional[Sequence[str]], num_labels: int) -> list:
+def _label_names(label_names: Sequence[str] | None, num_labels: int) -> list:
     if label_names is None:
         return [f"label {c}" for c in range(num_labels)]
     if len(label_names) != num_labels:
@@ -62,7 +63,7 @@ def _label_names(label_names: Optional[Sequence[str]], num_labels: int) -> list:
     return list(label_names)
 
 
-def plot_label_marginals(marginals, *, length: Optional[int] = None, label_names: Optional[Sequence[str]] = None,
+def plot_label_marginals(marginals, *, length: int | None = None, label_names: Sequence[str] | None = None,
                          ax=None, title: str = "Label marginals"):
     """Heat-map of `P(position t lies in a segment labelled c)`.
 
@@ -93,7 +94,7 @@ def plot_label_marginals(marginals, *, length: Optional[int] = None, label_names
     return ax
 
 
-def plot_boundary_probabilities(boundaries, *, length: Optional[int] = None, gold_starts=None,
+def plot_boundary_probabilities(boundaries, *, length: int | None = None, gold_starts=None,
                                 gold_label: str = "gold start", ax=None, title: str = "Segment boundaries"):
     """`P(a segment starts at t)` as bars, with optional gold starts.
 
@@ -142,8 +143,8 @@ def _segments_of(value) -> list:
     return [(int(s), int(e), int(c)) for s, e, c in value]
 
 
-def plot_segmentations(segmentations: Mapping[str, object], *, num_labels: Optional[int] = None,
-                       label_names: Optional[Sequence[str]] = None, ax=None, title: str = "Segmentations"):
+def plot_segmentations(segmentations: Mapping[str, object], *, num_labels: int | None = None,
+                       label_names: Sequence[str] | None = None, ax=None, title: str = "Segmentations"):
     """Each segmentation as a row of coloured bars over the positions.
 
     Args:

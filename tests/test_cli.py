@@ -2,7 +2,6 @@
 `python -m semiring_semicrf` to check the module entry point)."""
 from __future__ import annotations
 
-import io
 import re
 import subprocess
 import sys
@@ -87,7 +86,7 @@ def test_info_prints_versions_devices_and_backends(capsys):
     for fragment in ("semiring-semicrf", "torch", "cpu:", "backend='auto' picks", "Log, Max", "generic scan"):
         assert fragment in out
     rows = cli.backend_rows(["cpu"])
-    assert ("Log, Max", "(C, C) transition", "cpu", "torch") == rows[0][:4]
+    assert rows[0][:4] == ("Log, Max", "(C, C) transition", "cpu", "torch")
 
 
 def test_format_table_aligns_numbers_right_and_text_left():

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import html
 import re
-from typing import Any, Optional
+from typing import Any
 
 import griffe
 
@@ -25,7 +25,7 @@ ROLE = re.compile(r":(?:py:)?(?P<role>class|func|meth|mod|attr|data|obj|exc|cons
 CALLABLE_ROLES = {"func", "meth"}
 
 
-def _lookup(collection: Any, path: str) -> Optional[str]:
+def _lookup(collection: Any, path: str) -> str | None:
     """The canonical path of the object at `path`, or None where there is none."""
     try:
         found = collection[path]
@@ -39,23 +39,23 @@ def _lookup(collection: Any, path: str) -> Optional[str]:
     return found.path
 
 
-def resolve(name: str, owner: griffe.Object) -> Optional[str]:
+def resolve(name: str, owner: griffe.Object) -> str | None:
     """The path `name` refers to from the docstring of `owner`, or None."""
     collection = owner.modules_collection
     if name.startswith("."):  # relative: siblings of the owner's module first, then its own members
         rest = name.lstrip(".")
         module = owner.module
-        scopes = [module.parent.path if module.parent else module.path, module.path]
+        prefixes = [module.parent.path if module.parent else module.path, module.path]
         if isinstance(owner, griffe.Class):
-            scopes.insert(0, owner.path)
-        for scope in scopes:
-            if (path := _lookup(collection, f"{scope}.{rest}")) is not None:
+            prefixes.insert(0, owner.path)
+        for prefix in prefixes:
+            if (path := _lookup(collection, f"{prefix}.{rest}")) is not None:
                 return path
         return None
     if (path := _lookup(collection, name)) is not None and "." in name:
         return path
     head, _, tail = name.partition(".")
-    scope: Optional[griffe.Object] = owner
+    scope: griffe.Object | None = owner
     while scope is not None:  # the owner's scope, then each parent's (Sphinx looks in the class, then the module)
         try:
             base = scope.resolve(head)
