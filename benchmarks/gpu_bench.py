@@ -448,7 +448,8 @@ def main():
         with open(os.path.join(args.out, "gpu_bench.json"), "w") as f:
             json.dump({"meta": meta, "tests": tests, "results": results}, f, indent=1, default=str)
     pool.shutdown(cancel_futures=True)
-    plot(results, os.path.join(args.out, "gpu_bench.png"))
+    from plot_performance import plot_performance  # beside this script
+    plot_performance(results, os.path.join(args.out, "gpu_bench.png"), ANCHOR_FIGURES)
     print("\nchecks (float32 kernels vs float64 PyTorch scan on CPU; rel err = ||ours - ref|| / ||ref||)")
     print(checks_table(results))
     print(f"\n{meta['gpu']}, torch {meta['torch']}, triton {meta['triton']}; median times; "

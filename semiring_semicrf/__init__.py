@@ -14,7 +14,12 @@ from .segmentation import Segmentation
 from .semirings import (CrossEntropySemiring, EntropySemiring, ExpectationSemiring, KLDivergenceSemiring,
                         KMaxSemiring, LogSemiring, MaxSemiring, Semiring, StdSemiring)
 
-__version__ = "0.1.0"
+from importlib import metadata as _metadata
+
+try:  # one source of truth: the installed metadata, i.e. pyproject.toml's [project] version
+    __version__: str = _metadata.version("semiring-semicrf")
+except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "SemiMarkovPotentials", "EdgePotentials", "Factors", "LogFactors",
