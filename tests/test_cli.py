@@ -86,7 +86,7 @@ def test_info_prints_versions_devices_and_backends(capsys):
     for fragment in ("semiring-semicrf", "torch", "cpu:", "backend='auto' picks", "KMax(k)", "generic scan"):
         assert fragment in out
     rows = cli.backend_rows(["cpu"])
-    assert ("Log", "(C, C) transition", "cpu", "torch (Log forward-backward)") == rows[0]
+    assert rows[0] == ("Log", "(C, C) transition", "cpu", "torch (Log forward-backward)")
     assert ("Max", "(C, C) transition", "cpu", "reference (Viterbi sweep)") in rows
 
 

@@ -103,6 +103,11 @@ def test_wheel_carries_licence_types_and_kernels(dists):
     assert f"semiring_semicrf-{version}.dist-info/licenses/LICENSE" in names
     assert "semiring_semicrf/py.typed" in names and "semiring_semicrf/kernels/__init__.py" in names
     assert not any(n.startswith(("tests/", "docs/", "benchmarks/")) for n in names)
+    # every module of the source tree ships (a package missing from setup.cfg would not)
+    sources = {f"semiring_semicrf/{path.relative_to(ROOT / 'semiring_semicrf').as_posix()}"
+               for path in (ROOT / "semiring_semicrf").rglob("*.py")}
+    sources |= {f"semiring_semicrf/kernels/{path.name}" for path in (ROOT / "kernels").glob("*.py")}
+    assert sources <= set(names), sorted(sources - set(names))
 
 
 def test_sdist_carries_what_its_tests_need_and_pytest_collects(dists, tmp_path):
