@@ -17,8 +17,8 @@ def sample(potentials, num_samples: int, generator: Optional[torch.Generator] = 
         potentials: :class:`~semiring_semicrf.SemiMarkovPotentials` or
             :class:`~semiring_semicrf.EdgePotentials`.
         num_samples: `N >= 1`.
-        generator: a `torch.Generator` on the potentials' device, for
-            reproducible draws (default: torch's global generator).
+        generator: a `torch.Generator` on the potentials' device (the same
+            GPU), for reproducible draws (default: torch's global generator).
         backend: "auto", "triton", "torch" or "reference".
 
     Returns:
@@ -32,7 +32,7 @@ def sample(potentials, num_samples: int, generator: Optional[torch.Generator] = 
     if generator is not None:
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        if generator.device.type != potentials.device.type:
+        if generator.device != potentials.device:  # the GPU too: cuda:1 is not cuda:0
             raise ValueError(f"generator is on {generator.device} but the potentials are on {potentials.device}")
     rung = backends.select(backend, potentials, "sample")
     return rung.sample(potentials.prepare(), num_samples, generator)

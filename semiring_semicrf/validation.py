@@ -63,6 +63,9 @@ def check_lengths(lengths, batch: int, T: int, device: torch.device) -> torch.Te
     if lengths.device.type == "meta":
         raise ValueError("lengths is on the meta device, which holds no values to check; "
                          "pass lengths on the CPU or on the potentials' device")
+    if lengths.device.type == device.type == "cuda" and lengths.device != device:  # two GPUs
+        raise ValueError(f"lengths is on {lengths.device} but the potentials are on {device}; "
+                         "pass lengths on the CPU or on the potentials' GPU")
     if lengths.numel() and (int(lengths.min()) < 1 or int(lengths.max()) > T):
         raise ValueError(
             f"lengths must lie in [1, T] = [1, {T}], got values in "

@@ -1,8 +1,25 @@
 """The contract every rung of the backend ladder implements (see
-:mod:`semiring_semicrf.backends`)."""
+:mod:`semiring_semicrf.backends`), and the device guard around it.
+
+Device guard: every *contract method* (a public method whose first argument
+after `self` is `prepared`: `inside`, `outside`, `log_partition`, `viterbi`,
+`kbest`, `sample`, and any query added later, on :class:`Backend` or on a
+rung) runs under `torch.cuda.device(<the potentials' device>)` when that
+device is a GPU, whatever the caller's current device is: a Triton kernel
+launches on the current device, so tensors on `cuda:1` with the current
+device `cuda:0` would otherwise fail inside the launch. Arguments on two
+different GPUs (the potentials, a `(p, q)` pair, a generator, a tensor)
+raise a ValueError naming both before the method runs. The guard is applied
+once per class (:meth:`Backend.__init_subclass__`), so a new rung or query
+is guarded without its author doing anything.
+"""
 from __future__ import annotations
 
-from typing import Optional
+import functools
+import inspect
+from typing import Callable, Iterator, Optional
+
+import torch
 
 #: The queries of the contract: "log" is the Log forward-backward
 #: (`inside` and `outside`), the others are named after their method.
@@ -16,6 +33,10 @@ class Backend:
 
     name: str = ""
     queries: frozenset = frozenset()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        guard_contract(cls)
 
     def unsupported_reason(self, potentials, requested: bool = False) -> Optional[str]:
         """None if this rung can run these potentials at all, else why not.
@@ -59,3 +80,73 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<{self.name} backend>"
+
+
+# -- the device guard ---------------------------------------------------------
+#: Set on a method wrapped by :func:`on_device` (so that nothing is wrapped twice).
+GUARDED = "__device_guarded__"
+
+
+def is_contract_method(name: str, member) -> bool:
+    """Whether `member`, found as `name` in a class body, is a contract
+    method: a public function whose first argument after `self` is
+    `prepared`."""
+    if name.startswith("_") or not inspect.isfunction(member) or getattr(member, GUARDED, False):
+        return False
+    parameters = list(inspect.signature(member).parameters)
+    return len(parameters) >= 2 and parameters[1] == "prepared"
+
+
+def guard_contract(cls: type) -> None:
+    """Wrap every contract method that `cls` defines itself in :func:`on_device`."""
+    for name, member in list(vars(cls).items()):
+        if is_contract_method(name, member):
+            setattr(cls, name, on_device(member))
+
+
+def on_device(method: Callable) -> Callable:
+    """`method(self, prepared, ...)` run under `torch.cuda.device(d)`, `d`
+    the one GPU its arguments live on (:func:`call_device`); unchanged when
+    they live on no GPU."""
+    names = list(inspect.signature(method).parameters)[1:]
+
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        device = call_device(f"{type(self).__name__}.{method.__name__}", [*zip(names, args), *kwargs.items()])
+        if device is None:
+            return method(self, *args, **kwargs)
+        with torch.cuda.device(device):
+            return method(self, *args, **kwargs)
+
+    setattr(guarded, GUARDED, True)
+    return guarded
+
+
+def call_device(where: str, arguments) -> Optional[torch.device]:
+    """The GPU that the `(name, value)` `arguments` of one call live on, or
+    None when none is on a GPU. Values with a `device` (tensors, generators,
+    prepared potentials), and tuples or lists of them, are looked at. Raises
+    ValueError, naming `where` and both devices, when two GPUs appear."""
+    found: Optional[tuple] = None
+    for name, device in _gpu_devices(arguments):
+        if found is None:
+            found = (name, device)
+        elif device != found[1]:
+            raise ValueError(f"{where}: arguments on two GPUs, {found[0]} on {found[1]} and {name} on {device}; "
+                             "put every tensor of one call on one device")
+    return None if found is None else found[1]
+
+
+def _gpu_devices(arguments) -> Iterator[tuple]:
+    """`(name, device)` of every argument (or item of a tuple/list argument) on a GPU."""
+    for name, value in arguments:
+        label = "the potentials" if name == "prepared" else name
+        if isinstance(value, (tuple, list)):
+            yield from _gpu_devices((f"{label}[{i}]", item) for i, item in enumerate(value))
+            continue
+        device = getattr(value, "device", None)
+        if isinstance(device, torch.device) and device.type == "cuda":
+            yield label, device
+
+
+guard_contract(Backend)

@@ -90,11 +90,13 @@ def prepare(potentials, semiring: Semiring) -> tuple:
         prepared.append(p)
     first = prepared[0]
     for i, p in enumerate(prepared[1:], start=1):
+        if p.device != first.device:
+            raise ValueError(f"potentials[{i}] is on {p.device} but potentials[0] is on {first.device}; "
+                             "put both on one device")
         same = (type(p) is type(first) and (p.B, p.T, p.K, p.C) == (first.B, first.T, first.K, first.C)
-                and p.dtype == first.dtype and p.device == first.device
-                and p.duration_dependent == first.duration_dependent)
+                and p.dtype == first.dtype and p.duration_dependent == first.duration_dependent)
         if not same:
-            raise ValueError(f"potentials[{i}] differs from potentials[0] in kind, shape, dtype or device")
+            raise ValueError(f"potentials[{i}] differs from potentials[0] in kind, shape or dtype")
         if not torch.equal(p.lengths, first.lengths):
             raise ValueError(f"potentials[{i}] has other lengths than potentials[0]")
     return tuple(prepared)
