@@ -7,17 +7,19 @@ log-likelihood of the planted segmentations, and validation reports the
 segment F1 of the Viterbi decode.
 
     python examples/lightning_train.py --epochs 10
-    python examples/lightning_train.py --epochs 10 --devices 2 --strategy ddp   # 2 processes (gloo on CPUs)
+    python examples/lightning_train.py --epochs 10 --devices 2   # 2 processes: 2 GPUs over NCCL (CPUs: gloo)
 
 Lightning shows its progress bar, and its CSV logger writes the per-epoch
 training loss and validation F1 to `ROOT/lightning_train/version_N/metrics.csv`
 (`--root`, default `outputs/lightning`). `accelerator="auto"`: a GPU when there
 is one, else the CPU.
 
-Under a data-parallel strategy Lightning wraps the module in
+With `--devices 2` (or more) the strategy is "ddp" unless `--strategy` says
+otherwise: Lightning starts one process per device and wraps the module in
 DistributedDataParallel; each process gets an equal share of every batch
 and gradients are averaged, which for a mean loss over equal shards is
-the gradient of the whole batch (checked in tests/test_ddp.py).
+the gradient of the whole batch (checked in tests/test_ddp.py, and on two
+GPUs by examples/ddp_train.py; docs/multi_gpu.md).
 """
 from __future__ import annotations
 
@@ -93,11 +95,15 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=80)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--devices", type=int, default=1)
-    parser.add_argument("--strategy", default="auto", help="e.g. ddp (with --devices 2) for several CPU processes")
+    parser.add_argument("--strategy", default=None,
+                        help='Lightning\'s strategy (default: "ddp" with several devices, else "auto")')
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root", default=os.path.join("outputs", "lightning"),
                         help="folder for Lightning's CSV logs (default: %(default)s)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.strategy is None:
+        args.strategy = "ddp" if args.devices > 1 else "auto"
+    return args
 
 
 def main(argv=None) -> dict:

@@ -115,7 +115,7 @@ def recorder(monkeypatch):
 # -- the guard, on the CPU ------------------------------------------------------------------------------------
 def test_every_rung_has_the_known_contract_methods():
     for rung in (*LADDER, Probe(DeviceRecorder())):
-        assert KNOWN_CONTRACT <= set(contract_methods(type(rung))), rung
+        assert set(contract_methods(type(rung))) >= KNOWN_CONTRACT, rung
     assert {"hessian_vector", "pair"} <= set(contract_methods(Probe))
 
 
@@ -177,15 +177,18 @@ def test_arguments_on_two_gpus_raise_before_anything_runs(query, arguments, monk
 def test_call_device_names_the_arguments():
     assert call_device("q", [("prepared", OnDevice(torch.device("cpu"))), ("k", 3)]) is None
     assert call_device("q", [("prepared", OnDevice(GPU1)), ("generator", None)]) == GPU1
-    with pytest.raises(ValueError, match=r"^q: arguments on two GPUs, the potentials\[0\] on cuda:0 and the potentials\[1\] on cuda:1"):
+    expected = r"^q: arguments on two GPUs, the potentials\[0\] on cuda:0 and the potentials\[1\] on cuda:1"
+    with pytest.raises(ValueError, match=expected):
         call_device("q", [("prepared", (OnDevice(GPU0), OnDevice(GPU1)))])
 
 
 def test_cpu_potentials_never_enter_a_cuda_context(recorder):
-    p = potentials(False, requires_grad=True)
+    g = torch.Generator().manual_seed(0)
+    p = SemiMarkovPotentials(torch.randn(2, 9, 3, generator=g).requires_grad_(), torch.randn(3, 3, generator=g),
+                             torch.randn(4, 3, generator=g).requires_grad_(), lengths=[9, 5])
     for backend in ("auto", "torch", "reference", "triton"):
         log_z = log_partition(p, backend=backend)
-        torch.autograd.grad(log_z.sum(), list(p.tensors().values()))  # the backward's outside, too
+        torch.autograd.grad(log_z.sum(), [p.scores, p.duration])  # the backward's outside, too
         posterior(p, backend=backend)
         viterbi(p, backend=backend)
         topk(p, 2, backend=backend)
