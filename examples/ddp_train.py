@@ -32,7 +32,8 @@ It keeps NVLink multicast off in the processes it starts
 `--cpu` runs everything on the CPU over gloo instead (tests).
 
 The script imports the installed package (`pip install .`: the Triton
-kernels ship inside it as `semiring_semicrf.kernels`).
+kernels ship inside it as `semiring_semicrf.kernels`); it prints the rung
+that runs the Log sweeps (`triton` on GPUs, unless the kernels are missing).
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from semiring_semicrf import backends
 from semiring_semicrf.nn import SemiMarkovCRFHead
 from semiring_semicrf.synthetic import make_synthetic, segment_f1
 
@@ -81,7 +83,7 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--tolerance", type=float, default=1e-5, help="largest relative gradient error allowed")
     parser.add_argument("--no-lightning", action="store_true", help="--check: skip the Lightning run")
     parser.add_argument("--lightning-epochs", type=int, default=10)
-    parser.add_argument("--timeout", type=float, default=300, help="--check: seconds allowed to each run")
+    parser.add_argument("--timeout", type=float, default=150, help="--check: seconds allowed to each run")
     args = parser.parse_args(argv)
     for name in ("batch_size", "batches", "steps", "val_size"):
         if getattr(args, name) < 1:
@@ -165,6 +167,7 @@ def gradient_agreement(model: DistributedDataParallel, shards: Shards, args) -> 
     whole.backward()
     errors = {}
     for (name, p), q in zip(model.module.named_parameters(), single.parameters()):
+        assert p.grad is not None and q.grad is not None, name  # every parameter enters the loss
         errors[name] = float((p.grad - q.grad).norm() / q.grad.norm())
     worst = torch.tensor(list(errors.values()), dtype=torch.float64, device=shards.device)
     dist.all_reduce(worst, op=dist.ReduceOp.MAX)
@@ -200,6 +203,8 @@ def train(args) -> dict:
         shards = Shards(args, world, rank, device)
         model = DistributedDataParallel(fresh_head(args).to(device),
                                         device_ids=[device.index] if device.type == "cuda" else None)
+        hidden, lengths, _ = shards.local[0]
+        rung = backends.resolve(model.module.backend, model.module(hidden, lengths).potentials)
         check = gradient_agreement(model, shards, args)
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
         optimizer.step()  # step 0 on the gradients just checked
@@ -216,7 +221,7 @@ def train(args) -> dict:
         last_loss = loss.detach().clone()
         dist.all_reduce(last_loss)
         result = {
-            "processes": world, "backend": dist.get_backend(),
+            "processes": world, "backend": dist.get_backend(), "log_sweeps": rung,
             "devices": [torch.cuda.get_device_name(device)] * world if device.type == "cuda" else ["cpu"] * world,
             "sizes": {k: getattr(args, k) for k in ("batch_size", "batches", "steps", "warmup", "num_classes",
                                                      "max_duration", "hidden_dim", "min_length", "max_length")},
@@ -247,7 +252,7 @@ def report(result: dict, out) -> None:
     check, world = result["gradient_check"], result["processes"]
     unit = "process" if world == 1 else "processes"
     print(f"{world} {unit} ({result['backend']}, {result['devices'][0]}), {result['sizes']['batch_size']} "
-          f"sequences per process and step")
+          f"sequences per process and step; the Log sweeps on the {result['log_sweeps']} rung")
     print(f"gradient agreement, DDP on {world} {unit} vs one process on the concatenated batch "
           f"(float32, relative error per parameter):")
     for name, error in check["relative_error"].items():
@@ -273,14 +278,22 @@ def child_environment() -> dict:
 
 
 def run_logged(command: list, log_path: str, timeout: float) -> int:
-    """Run `command`, its output to `log_path`; its exit status (124 on timeout)."""
+    """Run `command`, its output to `log_path`; its exit status (124 on
+    timeout, after a SIGTERM that torchrun and Lightning pass on to their
+    workers)."""
     print("$ " + " ".join(command), flush=True)
     started = time.perf_counter()
     with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=child_environment())
         try:
-            status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=child_environment(),
-                                    timeout=timeout).returncode
+            status = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
             status = 124
     print(f"  exit {status} after {time.perf_counter() - started:.0f} s; log {log_path}", flush=True)
     if status != 0:
@@ -321,10 +334,11 @@ def check(args) -> int:
     """1 process, then 2 (through torchrun), then Lightning on 2; a table last."""
     out = args.out or tempfile.mkdtemp(prefix="ddp_check_")
     os.makedirs(out, exist_ok=True)
-    available = os.cpu_count() if args.cpu else torch.cuda.device_count()
+    available = (os.cpu_count() or 1) if args.cpu else torch.cuda.device_count()
     print(f"{'CPU processes over gloo' if args.cpu else f'{available} GPU(s) over NCCL'}; results under {out}",
           flush=True)
-    results, statuses = {}, {}
+    results: dict = {}
+    statuses: dict = {}  # exit status of each job (None: not run)
     for world in WORLD_SIZES:
         if world > available:
             print(f"{world} processes: not run ({available} device(s))", flush=True)
@@ -367,6 +381,7 @@ def table(results: dict, statuses: dict, lightning, cpu: bool) -> str:
              row("positions/s", lambda r: f"{r['positions_per_s']:,.0f}"),
              row("ms per step", lambda r: f"{r['step_ms']:.2f}"),
              row("sequences per step", lambda r: f"{r['processes'] * r['sizes']['batch_size']}"),
+             row("Log sweeps on", lambda r: r["log_sweeps"]),
              row("gradient rel. error vs 1 process", lambda r: f"{r['gradient_check']['max_relative_error']:.1e}"
                  f" ({'ok' if r['gradient_check']['ok'] else 'FAILED'})"),
              row("loss first -> last", lambda r: f"{r['loss_first']:.3f} -> {r['loss_last']:.3f}"),

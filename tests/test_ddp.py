@@ -166,12 +166,12 @@ def run_ddp_example(*args, timeout=240) -> subprocess.CompletedProcess:
 def test_ddp_example_check_runs_one_and_two_processes_and_their_gradients_agree(tmp_path):
     run = run_ddp_example("--check", "--no-lightning", "--out", str(tmp_path), *TINY)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    table = run.stdout.strip().splitlines()[-9:]
+    table = run.stdout.strip().splitlines()[-10:]
     assert table[0] == "| data parallel | 1 CPU process | 2 CPU processes |", run.stdout
     assert any(line.startswith("| sequences/s |") and "(x" in line for line in table)
     for world in (1, 2):
         result = json.loads((tmp_path / f"ddp_train_{world}.json").read_text())
-        assert result["processes"] == world and result["backend"] == "gloo"
+        assert result["processes"] == world and result["backend"] == "gloo" and result["log_sweeps"] == "torch"
         check = result["gradient_check"]
         assert check["ok"] and check["max_relative_error"] <= 1e-5, check
         assert set(check["relative_error"]) == {"transition", "duration", "start", "end", "projection.weight",

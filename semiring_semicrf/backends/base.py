@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Optional
 
 import torch
 
@@ -29,7 +30,9 @@ QUERIES = ("log", "viterbi", "kbest", "sample")
 class Backend:
     """One rung of the ladder. Subclasses set `name` and `queries` (the
     queries they implement themselves) and implement those methods; a query
-    they do not implement goes to the rung below."""
+    they do not implement goes to the rung below. Every contract method (a
+    public method taking `prepared` first) runs on the potentials' GPU,
+    whatever the current device (the device guard, module docstring)."""
 
     name: str = ""
     queries: frozenset = frozenset()
