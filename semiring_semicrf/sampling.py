@@ -32,7 +32,8 @@ def sample(potentials, num_samples: int, generator: Optional[torch.Generator] = 
     if generator is not None:
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        if generator.device != potentials.device:  # the GPU too: cuda:1 is not cuda:0
+        where = generator.device  # on a GPU, the potentials' GPU: cuda:1 is not cuda:0
+        if where.type != potentials.device.type or where.index not in (None, potentials.device.index):
             raise ValueError(f"generator is on {generator.device} but the potentials are on {potentials.device}")
     rung = backends.select(backend, potentials, "sample")
     return rung.sample(potentials.prepare(), num_samples, generator)

@@ -174,8 +174,10 @@ def test_arguments_on_two_gpus_raise_before_anything_runs(query, arguments, monk
     assert recorder.calls == []
 
 
-def test_call_device_names_the_arguments():
+def test_call_device_names_the_arguments(monkeypatch):
     assert call_device("q", [("prepared", OnDevice(torch.device("cpu"))), ("k", 3)]) is None
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)  # "cuda" without an index: the current GPU
+    assert call_device("q", [("prepared", OnDevice(GPU1)), ("generator", OnDevice(torch.device("cuda")))]) == GPU1
     assert call_device("q", [("prepared", OnDevice(GPU1)), ("generator", None)]) == GPU1
     expected = r"^q: arguments on two GPUs, the potentials\[0\] on cuda:0 and the potentials\[1\] on cuda:1"
     with pytest.raises(ValueError, match=expected):

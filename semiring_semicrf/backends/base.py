@@ -149,7 +149,7 @@ def _gpu_devices(arguments) -> Iterator[tuple]:
             continue
         device = getattr(value, "device", None)
         if isinstance(device, torch.device) and device.type == "cuda":
-            yield label, device
+            yield label, device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
 
 
 guard_contract(Backend)
