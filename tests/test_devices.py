@@ -21,7 +21,7 @@ from test_determinism import digests, fingerprint, potentials
 
 from semiring_semicrf import SemiMarkovDistribution, SemiMarkovPotentials, semimarkov_scan, semirings
 from semiring_semicrf.autograd import log_partition, posterior
-from semiring_semicrf.backends import LADDER, Backend
+from semiring_semicrf.backends import LADDER, Backend, base
 from semiring_semicrf.backends.base import call_device
 from semiring_semicrf.decoding import topk, viterbi
 from semiring_semicrf.sampling import sample
@@ -184,10 +184,15 @@ def test_call_device_names_the_arguments(monkeypatch):
         call_device("q", [("prepared", (OnDevice(GPU0), OnDevice(GPU1)))])
 
 
-def test_cpu_potentials_never_enter_a_cuda_context(recorder):
+def small_potentials() -> SemiMarkovPotentials:
+    """B, T, K, C = 2, 9, 4, 3 on the CPU; scores and duration require grad."""
     g = torch.Generator().manual_seed(0)
-    p = SemiMarkovPotentials(torch.randn(2, 9, 3, generator=g).requires_grad_(), torch.randn(3, 3, generator=g),
-                             torch.randn(4, 3, generator=g).requires_grad_(), lengths=[9, 5])
+    return SemiMarkovPotentials(torch.randn(2, 9, 3, generator=g).requires_grad_(), torch.randn(3, 3, generator=g),
+                                torch.randn(4, 3, generator=g).requires_grad_(), lengths=[9, 5])
+
+
+def test_cpu_potentials_never_enter_a_cuda_context(recorder):
+    p = small_potentials()
     for backend in ("auto", "torch", "reference", "triton"):
         log_z = log_partition(p, backend=backend)
         torch.autograd.grad(log_z.sum(), [p.scores, p.duration])  # the backward's outside, too
@@ -196,6 +201,20 @@ def test_cpu_potentials_never_enter_a_cuda_context(recorder):
         topk(p, 2, backend=backend)
         sample(p, 2, torch.Generator().manual_seed(0), backend=backend)
     assert recorder.calls == []
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_the_backward_of_log_partition_goes_through_the_guard(backend, monkeypatch):
+    """Autograd runs the backward in its own thread, with the gradient's
+    device current: the rung's `outside` is guarded like its `inside`."""
+    seen = []
+    guard = base.call_device
+    monkeypatch.setattr(base, "call_device", lambda where, arguments: seen.append(where) or guard(where, arguments))
+    log_z = log_partition(small_potentials(), backend=backend)
+    rung = type(LADDER[[r.name for r in LADDER].index(backend)]).__name__
+    assert seen == [f"{rung}.inside"]
+    log_z.sum().backward()
+    assert seen == [f"{rung}.inside", f"{rung}.outside"]
 
 
 def test_a_pair_on_two_devices_is_rejected_naming_both():
