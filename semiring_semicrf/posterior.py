@@ -62,8 +62,11 @@ class Posterior:
         past each length and sums to 1 over the labels at its last position,
         these are the positions inside each length (none, for a sequence
         whose segment ends all vanish: one without an allowed segmentation)."""
-        ends = self.segment_end.ne(0).any(dim=-1)
-        return ends.flip(1).cummax(dim=1).values.flip(1)
+        largest = torch.linalg.vector_norm(self.segment_end, ord=float("inf"), dim=-1)  # no (B, T, C) temporary
+        ends = largest != 0  # (B, T): some segment ends there (NaN counts)
+        T = ends.shape[1]
+        last = T - 1 - ends.flip(1).to(torch.uint8).argmax(dim=1)  # T - 1 where nothing ends
+        return (torch.arange(T, device=ends.device) <= last[:, None]) & ends.any(dim=1, keepdim=True)
 
     def boundary_marginals(self) -> torch.Tensor:
         """`(B, T)` P(a segment starts at t)."""
