@@ -137,18 +137,26 @@ class Factors:
         return torch.cat([transition, self.start.expand(K, 1, C)], dim=1)
 
     # -- the position factors -------------------------------------------------
+    def padding(self, t0: int, t1: int) -> torch.Tensor:
+        """`(B, t1 - t0, 1)` bool: True at positions of `[t0, t1)` past each
+        length. Every per-position input is read through this mask (zeros
+        there), so padding never reaches a factor, whatever it holds, and
+        its gradient is exactly 0."""
+        return torch.arange(t0, t1, device=self.device)[None, :, None] >= self.lengths[:, None, None]
+
     def centred(self, t0: int, t1: int) -> torch.Tensor:
         """`(B, t1 - t0, C)`: the scores of positions `[t0, t1)` minus the
         mean, 0 past each length (the zero-centring, written once)."""
-        p = self.potentials
-        padding = torch.arange(t0, t1, device=p.device)[None, :, None] >= self.lengths[:, None, None]
-        x = p.scores[:, t0:t1].to(self.dtype, copy=True)  # one buffer, then in place
-        return x.sub_(self.mean.to(self.dtype)[:, None]).masked_fill_(padding, 0.0)
+        x = self.potentials.scores[:, t0:t1].to(self.dtype, copy=True)  # one buffer, then in place
+        return x.sub_(self.mean.to(self.dtype)[:, None]).masked_fill_(self.padding(t0, t1), 0.0)
 
     def _boundary(self, name: str, t0: int, t1: int) -> Optional[torch.Tensor]:
-        """`start_scores`/`end_scores` of positions `[t0, t1)`, `(B, n, C)`, or None."""
+        """`start_scores`/`end_scores` of positions `[t0, t1)`, `(B, n, C)`,
+        0 past each length; or None."""
         t = getattr(self.potentials, name)
-        return None if t is None or t1 <= t0 else t[:, t0:t1].to(self.dtype)
+        if t is None or t1 <= t0:
+            return None
+        return t[:, t0:t1].to(self.dtype).masked_fill(self.padding(t0, t1), 0.0)
 
     @cached_property
     def prefix_sums(self) -> torch.Tensor:

@@ -68,13 +68,16 @@ def expected_score(post: Posterior, p: SemiMarkovPotentials, q: SemiMarkovPotent
                            count * torch.where(forbidden, torch.zeros_like(value), value))
         return term.flatten(1).sum(dim=1)
 
-    total = dot(post.label_marginals(), torch.where(valid, q.scores, torch.zeros_like(q.scores)))
+    def inside(value):  # padding is no part of the model, whatever it holds
+        return torch.where(valid, value, torch.zeros_like(value))
+
+    total = dot(post.label_marginals(), inside(q.scores))
     total = total + dot(post.duration, q.duration) + dot(post.transition, q.transition)
     total = total + dot(post.first, q.start) + dot(post.last, q.end)
     if q.start_scores is not None:
-        total = total + dot(post.segment_start, q.start_scores)
+        total = total + dot(post.segment_start, inside(q.start_scores))
     if q.end_scores is not None:
-        total = total + dot(post.segment_end, q.end_scores)
+        total = total + dot(post.segment_end, inside(q.end_scores))
     return total
 
 

@@ -6,7 +6,7 @@ all read off it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -41,14 +41,32 @@ class Posterior:
 
     FIELDS = ("log_z", "segment_start", "segment_end", "transition", "duration", "first", "last")
 
+    def clone(self) -> "Posterior":
+        """A copy that owns its tensors."""
+        return replace(self, **{name: getattr(self, name).clone() for name in self.FIELDS})
+
     def label_marginals(self) -> torch.Tensor:
         """`(B, T, C)` P(position t lies in a segment labelled c): the running
         count of open segments, the prefix sum of `start[t] - end[t-1]`.
         Summing the difference (never two separate counts) keeps the running
-        value in [0, 1], so float32 stays exact to rounding at any T."""
+        value in [0, 1], so float32 stays exact to rounding at any T. Exactly
+        0 past each length (:meth:`covered`), where the prefix sum holds its
+        rounding residue."""
         delta = self.segment_start.clone()
         delta[:, 1:] -= self.segment_end[:, :-1]
-        return cumsum_over_time_(delta)
+        return cumsum_over_time_(delta).masked_fill_(~self.covered()[..., None], 0.0)
+
+    def covered(self) -> torch.Tensor:
+        """`(B, T)` bool: positions at or before the last one where a segment
+        ends with a nonzero probability. Since `segment_end` is exactly 0
+        past each length and sums to 1 over the labels at its last position,
+        these are the positions inside each length (none, for a sequence
+        whose segment ends all vanish: one without an allowed segmentation)."""
+        largest = torch.linalg.vector_norm(self.segment_end, ord=float("inf"), dim=-1)  # no (B, T, C) temporary
+        ends = largest != 0  # (B, T): some segment ends there (NaN counts)
+        T = ends.shape[1]
+        last = T - 1 - ends.flip(1).to(torch.uint8).argmax(dim=1)  # T - 1 where nothing ends
+        return (torch.arange(T, device=ends.device) <= last[:, None]) & ends.any(dim=1, keepdim=True)
 
     def boundary_marginals(self) -> torch.Tensor:
         """`(B, T)` P(a segment starts at t)."""

@@ -29,7 +29,45 @@ from .factors import Factors
 LogFactors = Factors
 
 
-class SemiMarkovPotentials:
+#: The per-position `(B, T, C)` inputs: their padding is never read.
+PER_POSITION = ("scores", "start_scores", "end_scores")
+
+
+def _valid_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """`(B, T)` bool: position `t < lengths[b]`."""
+    return torch.arange(T, device=lengths.device) < lengths[:, None]
+
+
+class _Conversions:
+    """`to`, `double` and `float` for potentials (`tensors()` and `lengths`;
+    `_with(tensors, lengths)` builds the copy)."""
+
+    def to(self, *args, **kwargs):
+        """The potentials converted by `torch.Tensor.to(*args, **kwargs)`: a
+        dtype, a device, both (`to(device, dtype)`, keywords), or a tensor
+        whose dtype and device to take. Lengths stay int64 and move with the
+        tensors; half and bfloat16 are upcast to float32 as at construction.
+        Differentiable; `self` when nothing changes."""
+        tensors = self.tensors()
+        converted = {name: t.to(*args, **kwargs) for name, t in tensors.items()}
+        if all(converted[name] is t for name, t in tensors.items()):
+            return self
+        first = next(iter(converted.values()))
+        if not first.is_floating_point():
+            raise TypeError(f"{type(self).__name__}.to: potentials are log-potentials and need a floating dtype, "
+                            f"got {first.dtype}")
+        return self._with(converted, self.lengths.to(first.device))
+
+    def double(self):
+        """`self.to(torch.float64)`."""
+        return self.to(torch.float64)
+
+    def float(self):
+        """`self.to(torch.float32)`."""
+        return self.to(torch.float32)
+
+
+class SemiMarkovPotentials(_Conversions):
     """Structured potentials (see module docstring for the score).
 
     Args:
@@ -40,14 +78,23 @@ class SemiMarkovPotentials:
         start, end: `(C,)` first/last-segment label scores; default zeros.
         start_scores, end_scores: optional `(B, T, C)` scores of a segment
             starting at / ending at (inclusive) a position.
-        validate_args: also reject NaN in any input (shape, dtype and range
-            checks always run).
+        validate_args: also reject NaN and +inf in any input, and -inf in
+            `scores`, at the positions inside the lengths (shape, dtype and
+            range checks always run).
         center: zero-centre the scores before their prefix sums (the
             default: float32 stays accurate at any T). Turn it off when the
             potentials are exact integers and a semiring needs exact ties.
 
     Half and bfloat16 inputs are upcast to float32; all floating inputs must
     then share one dtype and one device (lengths may live on the CPU).
+    Positions past a sequence's length are ignored, whatever `scores`,
+    `start_scores` and `end_scores` hold there (NaN, -inf from masked
+    logits, ...): every backend reads them through
+    :class:`~semiring_semicrf.factors.Factors`, which zeroes them, and
+    their gradient is exactly 0.
+
+    :meth:`to`, :meth:`double` and :meth:`float` convert every tensor as
+    `torch.Tensor.to` would, keeping the lengths (int64) and `center`.
     """
 
     is_explicit = False
@@ -83,10 +130,11 @@ class SemiMarkovPotentials:
         for name, value in named.items():
             V.check_same(name, value, scores, "scores")
         self.lengths = V.check_lengths(lengths, B, T, scores.device)
-        if validate_args:
-            V.check_finite_scores(scores)
+        if validate_args:  # padding is never read: only positions inside the lengths are checked
+            valid = _valid_mask(self.lengths, T)
+            V.check_finite_scores(scores, valid)
             for name, value in named.items():
-                V.check_no_nan(name, value)
+                V.check_no_nan(name, value, valid if name in PER_POSITION else None)
         self.scores, self.transition, self.duration = scores, transition, duration
         self.start, self.end = start, end
         self.start_scores, self.end_scores = extras["start_scores"], extras["end_scores"]
@@ -138,9 +186,13 @@ class SemiMarkovPotentials:
         """A copy with some tensors replaced, their shapes, dtypes and devices
         checked again; the same lengths, not checked again (their range check
         reads them on the host: a device sync on CUDA)."""
-        args = {**self.tensors(), **tensors}
-        copy = SemiMarkovPotentials(validate_args=False, center=self.center, **args)
-        copy.lengths = self.lengths
+        return self._with({**self.tensors(), **tensors}, self.lengths)
+
+    def _with(self, tensors: dict, lengths: torch.Tensor) -> "SemiMarkovPotentials":
+        """New potentials of these tensors (checked) and these lengths (not
+        checked again), with this `center`."""
+        copy = SemiMarkovPotentials(validate_args=False, center=self.center, **tensors)
+        copy.lengths = lengths
         return copy
 
     def __getitem__(self, index) -> "SemiMarkovPotentials":
@@ -148,17 +200,26 @@ class SemiMarkovPotentials:
         batch of one), a slice, or a 1-D index tensor or list."""
         if isinstance(index, int) and not isinstance(index, bool):
             index = slice(index, index + 1) if index != -1 else slice(-1, None)
-        per_sequence = {name: t[index] for name, t in self.tensors().items() if name in ("scores", "start_scores",
-                                                                                       "end_scores")}
-        args = {**self.tensors(), **per_sequence}
-        copy = SemiMarkovPotentials(validate_args=False, center=self.center, **args)
-        copy.lengths = self.lengths[index]
-        return copy
+        per_sequence = {name: t[index] for name, t in self.tensors().items() if name in PER_POSITION}
+        return self._with({**self.tensors(), **per_sequence}, self.lengths[index])
+
+    def expand(self, batch_size: int) -> "SemiMarkovPotentials":
+        """A batch of `batch_size` from a batch of one (or of `batch_size`:
+        itself), broadcast as `torch.Tensor.expand` does: views, no copy."""
+        size = self.batch_size
+        if size not in (1, batch_size) or batch_size < 0:
+            raise ValueError(f"expand: a batch of {size} sequences broadcasts to {size} (or, from 1, to any "
+                             f"size), not to {batch_size}")
+        if size == batch_size:
+            return self
+        per_sequence = {name: t.expand(batch_size, *t.shape[1:]) for name, t in self.tensors().items()
+                        if name in PER_POSITION}
+        return self._with({**self.tensors(), **per_sequence}, self.lengths.expand(batch_size))
 
     # -- derived quantities ---------------------------------------------------
     def valid_mask(self) -> torch.Tensor:
         """`(B, T)` bool: position `t < lengths[b]`."""
-        return torch.arange(self.T, device=self.device) < self.lengths[:, None]
+        return _valid_mask(self.lengths, self.T)
 
     def factors(self) -> Factors:
         """The prepared :class:`~semiring_semicrf.factors.Factors` that every
@@ -226,7 +287,7 @@ def require_potentials(potentials, name: str = "potentials") -> None:
         raise TypeError(f"{name} must be SemiMarkovPotentials or EdgePotentials, got {type(potentials).__name__}")
 
 
-class EdgePotentials:
+class EdgePotentials(_Conversions):
     """Explicit potentials `edge[b, s, d, c_dst, c_src]`, shape
     `(B, T, K+1, C, C)` (slot `d = 0` ignored), pytorch-struct's layout.
 
@@ -234,6 +295,11 @@ class EdgePotentials:
     partition sums (Max maximizes) over it, and there is no end term.
     `lengths (B,)` in `[1, T]` are sequence lengths (pytorch-struct's minus 1).
     Cost of a scan: `O(K C^2)` per position.
+
+    The edges of segments that end past their sequence's length
+    (`s + d > lengths[b]`) are padding: whatever the input holds there,
+    :attr:`edge` reads zeros (so their gradient is exactly 0), and
+    `validate_args` does not look at them.
     """
 
     is_explicit = True
@@ -247,20 +313,35 @@ class EdgePotentials:
                 "edge must have shape (B, T, K+1, C, C) with K >= 1 and T, C >= 1, "
                 f"got {tuple(edge.shape)}")
         self.lengths = V.check_lengths(lengths, B, T, edge.device)
+        self._edge = edge
         if validate_args:
-            V.check_no_nan("edge", edge)
-        self.edge = edge
+            V.check_no_nan("edge", self.edge)
 
-    batch_size = property(lambda self: self.edge.shape[0])
+    @property
+    def edge(self) -> torch.Tensor:
+        """The input edges, zero past each length (a fresh masked copy at
+        every access, so that each use owns its autograd graph)."""
+        ends = torch.arange(self.T, device=self.device)[:, None] + torch.arange(self.K + 1, device=self.device)
+        return self._edge.masked_fill((ends > self.lengths[:, None, None])[..., None, None], 0.0)
+
+    batch_size = property(lambda self: self._edge.shape[0])
     B = batch_size
-    T = property(lambda self: self.edge.shape[1])
-    K = property(lambda self: self.edge.shape[2] - 1)
-    C = property(lambda self: self.edge.shape[3])
-    dtype = property(lambda self: self.edge.dtype)
-    device = property(lambda self: self.edge.device)
+    T = property(lambda self: self._edge.shape[1])
+    K = property(lambda self: self._edge.shape[2] - 1)
+    C = property(lambda self: self._edge.shape[3])
+    dtype = property(lambda self: self._edge.dtype)
+    device = property(lambda self: self._edge.device)
 
     def tensors(self) -> dict:
-        return {"edge": self.edge}
+        """The input tensors by name (`edge`: as given, padding included)."""
+        return {"edge": self._edge}
+
+    def _with(self, tensors: dict, lengths: torch.Tensor) -> "EdgePotentials":
+        """New potentials of these edges and these lengths (not checked
+        again: the range check reads them on the host)."""
+        copy = EdgePotentials(tensors["edge"], validate_args=False)
+        copy.lengths = lengths
+        return copy
 
     def prepare(self) -> "EdgePotentials":
         """Explicit edges are their own prepared form (the reference scan reads them)."""
