@@ -51,14 +51,22 @@ KINDS = {"tangent": 0, "entropy": 1, "cross_entropy": 2, "kl": 3}
 def _softmax_parts(x, axis: tl.constexpr):
     """`(weights, 1 / sum, log(sum) - (x - max))` of log-values `x` along
     `axis`: unnormalized weights (0 at `-inf`), the reciprocal of their sum
-    (0 where all are `-inf`) and each entry's surprisal in nats."""
+    (0 where all are `-inf`) and each entry's surprisal in nats.
+
+    The sum is `1 + excess` (the maximum weighs 1); `log(sum)` is taken as
+    `log1p(excess)`, so a dominant choice's surprisal keeps its digits when
+    `excess` is below float32's epsilon (a sharp model's whole entropy)."""
     m = tl.max(x, axis=axis)
     m = tl.where(m == float("-inf"), 0.0, m)
     shifted = x - tl.expand_dims(m, axis)
     w = tl.exp2(shifted * LOG2E)
     total = tl.sum(w, axis=axis)
+    ties = tl.sum(tl.where(shifted == 0, 1.0, 0.0), axis=axis) - 1.0
+    excess = ties + tl.sum(tl.where(shifted < 0, w, 0.0), axis=axis)
+    u = 1.0 + tl.maximum(excess, 0.0)
+    log_total = tl.where(u == 1.0, tl.maximum(excess, 0.0), tl.log(u) * excess / tl.where(u == 1.0, 1.0, u - 1.0))
     inverse = tl.where(total > 0, 1.0 / tl.where(total > 0, total, 1.0), 0.0)
-    surprisal = tl.expand_dims(tl.log(tl.where(total > 0, total, 1.0)), axis) - shifted
+    surprisal = tl.expand_dims(log_total, axis) - shifted
     return w, inverse, surprisal
 
 

@@ -137,13 +137,16 @@ class SemiMarkovDistribution(Distribution):
 
     def log_prob(self, value: Segmentation) -> torch.Tensor:
         """`log p(value)`, `(..., B)` for a `(..., B, T)` Segmentation;
-        `-inf` for empty entries. Raises ValueError (under `validate_args`)
-        for segments past the length, gaps, labels out of range or segments
-        longer than K."""
+        `-inf` for empty entries, and for every value of a sequence with no
+        allowed segmentation (log Z = -inf; finite zero gradients there).
+        Raises ValueError (under `validate_args`) for segments past the
+        length, gaps, labels out of range or segments longer than K."""
         if not isinstance(value, Segmentation):
             raise TypeError(f"value must be a Segmentation (see Segmentation.from_segments / from_labels), "
                             f"got {type(value).__name__}")
-        return value.log_potential(self.potentials, validate=self._validate_args) - self.partition
+        partition = self.partition
+        score = value.log_potential(self.potentials, validate=self._validate_args)
+        return torch.where(torch.isneginf(partition), float("-inf"), score - partition)
 
     @property
     def count(self) -> torch.Tensor:
@@ -282,16 +285,22 @@ class SemiMarkovDistribution(Distribution):
         return None if information.tracks_grad(self.potentials) else self.posterior
 
     def entropy(self) -> torch.Tensor:
-        """`H(p) (B,)` in nats."""
+        """`H(p) (B,)` in nats; 0 for a sequence with no allowed segmentation.
+        Accurate to a fraction of itself whatever log Z is (a sum of local
+        terms, :mod:`~semiring_semicrf.information`)."""
         return information.entropy(self.potentials, self.backend, self._own_posterior())
 
     def cross_entropy(self, other: "SemiMarkovDistribution") -> torch.Tensor:
-        """`H(p, q) = -E_p[log q(y)]` `(B,)`, `p = self`, `q = other`."""
+        """`H(p, q) = -E_p[log q(y)]` `(B,)`, `p = self`, `q = other`:
+        `+inf` where p gives any probability to a segmentation q forbids
+        (a part q scores `-inf`), 0 where p allows no segmentation."""
         q = self._other(other)
         return information.cross_entropy(self.potentials, q.potentials, self.backend, self._own_posterior())
 
     def kl(self, other: "SemiMarkovDistribution") -> torch.Tensor:
-        """`KL(p || q) = E_p[log p(y) - log q(y)]` `(B,)`, `p = self`, `q = other`."""
+        """`KL(p || q) = E_p[log p(y) - log q(y)]` `(B,)`, `p = self`, `q = other`:
+        `+inf` where p gives any probability to a segmentation q forbids
+        (a part q scores `-inf`), 0 where p allows no segmentation."""
         q = self._other(other)
         return information.kl(self.potentials, q.potentials, self.backend, self._own_posterior())
 
