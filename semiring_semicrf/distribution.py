@@ -288,7 +288,7 @@ class SemiMarkovDistribution(Distribution):
         """`H(p) (B,)` in nats; 0 for a sequence with no allowed segmentation.
         Accurate to a fraction of itself whatever log Z is (a sum of local
         terms, :mod:`~semiring_semicrf.information`)."""
-        return information.entropy(self.potentials, self.backend, self._own_posterior())
+        return information.entropy(self.potentials, self.backend)
 
     def cross_entropy(self, other: "SemiMarkovDistribution") -> torch.Tensor:
         """`H(p, q) = -E_p[log q(y)]` `(B,)`, `p = self`, `q = other`:

@@ -184,11 +184,8 @@ def _information(kind: str, p: SemiMarkovPotentials, q: SemiMarkovPotentials | N
     return Information.apply(_State(kind, backend, p, q, post), *tensors)
 
 
-def entropy(p: SemiMarkovPotentials, backend: str = "auto", post: Posterior | None = None) -> torch.Tensor:
-    """`H(p) (B,)` in nats (0 where p has no segmentation). `post` (p's
-    posterior) is accepted for symmetry with :func:`cross_entropy`: the
-    entropy's value and gradient need none."""
-    del post
+def entropy(p: SemiMarkovPotentials, backend: str = "auto") -> torch.Tensor:
+    """`H(p) (B,)` in nats (0 where p has no segmentation)."""
     return _information("entropy", p, None, backend, None)
 
 

@@ -13,13 +13,19 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import perturbed, tiny_problems
 
-from semiring_semicrf import (CrossEntropySemiring, EntropySemiring, KLDivergenceSemiring, SemiMarkovDistribution,
-                              SemiMarkovPotentials, semimarkov_scan)
+from semiring_semicrf import (
+    CrossEntropySemiring,
+    EntropySemiring,
+    KLDivergenceSemiring,
+    SemiMarkovDistribution,
+    SemiMarkovPotentials,
+    semimarkov_scan,
+)
 from semiring_semicrf import information as info
 from semiring_semicrf.autograd import posterior
 from semiring_semicrf.testing import enumerate_structures
-from strategies import perturbed, tiny_problems
 
 SEMIRINGS = {"entropy": EntropySemiring(), "cross_entropy": CrossEntropySemiring(), "kl": KLDivergenceSemiring()}
 FUNCTIONS = {"entropy": info.entropy, "cross_entropy": info.cross_entropy, "kl": info.kl}
@@ -201,7 +207,7 @@ def test_no_segmentation_has_defined_values_and_finite_gradients(backend):
     log_prob = d.log_prob(d.argmax)
     assert torch.isneginf(log_prob[0]) and torch.isfinite(log_prob[1])
     values = {"entropy": d.entropy(), "kl": d.kl(d), "cross_entropy": d.cross_entropy(d)}
-    assert all(float(v[0]) == 0.0 for v in values.values())
+    assert all(float(v[0].detach()) == 0.0 for v in values.values())
     torch.testing.assert_close(values["entropy"][1].double(), brute("entropy", d.potentials)[1], rtol=1e-5, atol=1e-6)
     assert float(values["kl"][1]) == pytest.approx(0.0, abs=1e-6)
     total = sum(v.sum() for v in values.values()) + torch.where(torch.isfinite(log_prob), log_prob, 0.0).sum()
@@ -229,3 +235,24 @@ def test_only_q_without_segmentation_makes_kl_inf():
         assert torch.isposinf(got[0])
         torch.testing.assert_close(got, brute(kind, p, q))
         torch.testing.assert_close(semimarkov_scan((p, q), SEMIRINGS[kind], backend="reference"), got)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("margin", [None, 20.0])
+def test_gpu_float32_information_within_budget_at_T_20000(margin):
+    """The kernels on hardware (approximate exp2/log2) against float64 on the CPU."""
+    T = 20_000
+    if margin is None:
+        g = torch.Generator().manual_seed(5)
+        p = SemiMarkovPotentials(3 * torch.randn(1, T, 6, generator=g), torch.randn(6, 6, generator=g),
+                                 torch.randn(12, 6, generator=g))
+    else:
+        p = sharp(T, margin=margin)
+    q = cast(perturbed(cast(p, torch.float64), 6), torch.float32)
+    on_gpu = lambda m: m.replace(**{n: t.cuda() for n, t in m.tensors().items()})  # noqa: E731
+    for kind in sorted(SEMIRINGS):
+        other = None if kind == "entropy" else q
+        exact = value(kind, cast(p, torch.float64), None if other is None else cast(other, torch.float64))
+        got = value(kind, on_gpu(p), None if other is None else on_gpu(other)).cpu()
+        assert within_budget(got, exact, T), (kind, float(got), float(exact))

@@ -13,13 +13,22 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import perturbed, tiny_problems
 
-from semiring_semicrf import (CrossEntropySemiring, EdgePotentials, EntropySemiring, KLDivergenceSemiring,
-                              LogSemiring, SemiMarkovDistribution, SemiMarkovPotentials, backends, semimarkov_scan)
+from semiring_semicrf import (
+    CrossEntropySemiring,
+    EdgePotentials,
+    EntropySemiring,
+    KLDivergenceSemiring,
+    LogSemiring,
+    SemiMarkovDistribution,
+    SemiMarkovPotentials,
+    backends,
+    semimarkov_scan,
+)
 from semiring_semicrf.autograd import log_partition
 from semiring_semicrf.autograd.derivatives import direction, gradients
 from semiring_semicrf.sampling import sample
-from strategies import perturbed, tiny_problems
 
 TOL = dict(rtol=1e-9, atol=1e-10)
 FLOAT32 = dict(rtol=2e-4, atol=2e-5)
@@ -236,7 +245,7 @@ def test_distribution_information_gradients_use_the_cached_posterior_for_q():
                              torch.randn(3, 3, generator=g, dtype=torch.float64), torch.tensor([6, 3]))
     q = leaves(perturbed(p, 2))
     d, e = SemiMarkovDistribution.from_potentials(p), SemiMarkovDistribution.from_potentials(q)
-    d.posterior  # cached: the gradient with respect to q reads it
+    assert d.posterior is not None  # cached: the gradient with respect to q reads it
     got = torch.autograd.grad(d.kl(e).sum(), list(q.tensors().values()))
     want = torch.autograd.grad(semimarkov_scan((p, q), KLDivergenceSemiring(), backend="reference").sum(),
                                list(q.tensors().values()))
@@ -292,3 +301,33 @@ def test_compiled_sample_runs_eagerly_or_names_why_it_cannot():
     assert labels.shape == (3, 2, 6) and (labels[:, 1, 4:] == -1).all()
     with pytest.raises(Exception, match="sampling walks the sequences on the host"):
         torch.compile(lambda p: sample(p, 3), fullgraph=True, backend="eager")(p)
+
+
+# -- at scale on a GPU -------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_hvp_and_information_gradients_follow_float64():
+    """The kernels at (2, 2000, 16, 8) against the float64 PyTorch sweeps on the CPU."""
+    g = torch.Generator().manual_seed(21)
+    B, T, K, C = 2, 2000, 16, 8
+    p64 = SemiMarkovPotentials(torch.randn(B, T, C, generator=g, dtype=torch.float64),
+                               0.5 * torch.randn(C, C, generator=g, dtype=torch.float64),
+                               0.5 * torch.randn(K, C, generator=g, dtype=torch.float64), torch.tensor([T, T - 333]))
+    p32 = p64.replace(**{n: t.to("cuda", torch.float32) for n, t in p64.tensors().items()})
+    p32.lengths = p64.lengths.cuda()
+    v = random_direction(p64, 3)
+    weights = torch.tensor([1.0, -0.5], dtype=torch.float64)
+    _, want = rung_hvp(p64, v, weights, "torch")
+    _, got = rung_hvp(p32, {n: t.to("cuda", torch.float32) for n, t in v.items()}, weights.float().cuda(), "auto")
+    for name, a, b in zip(p64.tensors(), got, want):
+        assert float((a.cpu().double() - b).norm() / b.norm()) < 1e-4, name
+    q64 = perturbed(p64, 4)
+    q32 = q64.replace(**{n: t.to("cuda", torch.float32) for n, t in q64.tensors().items()})
+    q32.lengths = p32.lengths
+    for kind in sorted(SEMIRINGS):
+        want_value, want = information_gradients(kind, p64, None if kind == "entropy" else q64, "torch")
+        got_value, got = information_gradients(kind, p32, None if kind == "entropy" else q32, "auto")
+        assert float((got_value.cpu().double() - want_value).norm() / want_value.norm()) < 1e-5, kind
+        for a, b in zip(got, want):
+            assert float((a.cpu().double() - b).norm() / b.norm().clamp(min=1e-30)) < 1e-4, kind

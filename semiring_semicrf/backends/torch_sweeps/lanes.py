@@ -42,7 +42,7 @@ import math
 
 import torch
 
-from ...factors import FactorRows, Factors
+from ...factors import FactorRows
 
 LOG2E = 1.0 / math.log(2.0)  # nats -> bits
 LN2 = math.log(2.0)  # bits -> nats
@@ -145,33 +145,38 @@ class Lanes(LogLanes):
         peak.nan_to_num_(neginf=0.0)
         log_weight.sub_(peak)
         weight = log_weight.exp2()
-        total = weight.sum(dims, keepdim=True)
+        total = weight.sum(dims)
         log_total = total.log2()
-        outs[0].copy_((log_total + peak).view(shape))
-        if self.values == 2:
-            q = lanes[1]
-            q_total = log2sumexp2(q, dims)
-            outs[1].copy_(q_total.view(shape))
-            q_surprisal = torch.where(torch.isneginf(q_total), INF, q_total - q)
+        torch.add(log_total, peak.view(shape), out=outs[0])
+        # 1 / total, and 0 (not NaN) from a sum of zero weights: an unreachable state
+        inverse = total.clamp(min=torch.finfo(total.dtype).tiny).reciprocal_()
+        extra = lanes[-1]
         if self.extra == "tangent":
-            term = lanes[-1]
-        elif self.extra == "entropy":
-            term = lanes[-1] + (log_total - log_weight)
-        elif self.extra == "cross_entropy":
-            term = lanes[-1] + q_surprisal
-        else:
-            term = lanes[-1] + q_surprisal - (log_total - log_weight)
-        mean = torch.where(weight == 0, 0.0, weight * term).sum(dims, keepdim=True)
-        outs[-1].copy_(torch.where(total == 0, 0.0, mean / total).view(shape))
+            torch.sum(weight * extra, dims, out=outs[-1])
+            outs[-1].mul_(inverse)
+            return out
+        if self.extra == "entropy":
+            # sum_j P_j (h_j - log2 P_j) = (sum_j w_j h_j - sum_j w_j log2 w_j) / total + log2 total
+            mean = (weight * extra).sum(dims).sub_(torch.special.xlogy(weight, weight).sum(dims), alpha=LOG2E)
+            outs[-1].copy_(torch.where(total > 0, mean.mul_(inverse).add_(log_total), 0.0))
+            return out
+        q = lanes[1]
+        q_total = log2sumexp2(q, dims)
+        outs[1].copy_(q_total.view(shape))
+        term = extra + torch.where(torch.isneginf(q_total), INF, q_total - q)
+        if self.extra == "kl":
+            term += log_weight
+            term -= log_total.view(q_total.shape)
+        mean = torch.where(weight == 0, 0.0, weight * term).sum(dims)
+        outs[-1].copy_(torch.where(total > 0, mean.mul_(inverse), 0.0))
         return out
 
     def rebase_(self, row, shift):
         """Rebase the value lanes of `row` `(L, B, C)` by their own maxima
-        (`shift (L, B, 1)`); the other lanes' shift is 0."""
+        (`shift (L, B, 1)`, whose other lanes hold 0)."""
         v = self.values
         torch.amax(row[:v], -1, keepdim=True, out=shift[:v])
-        shift.nan_to_num_(neginf=0.0)
-        shift[v:].zero_()
+        shift[:v].nan_to_num_(neginf=0.0)
         return row.sub_(shift)
 
     def total(self, x: torch.Tensor) -> torch.Tensor:

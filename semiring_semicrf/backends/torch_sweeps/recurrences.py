@@ -212,8 +212,9 @@ class _Sweeps:
         return table.unbind(0) if table is not None else (self.lane_empty(self.B, self.C),) * n
 
     def _shifts(self, n: int) -> torch.Tensor:
-        """A block's per-row rebases `(n, B, 1)`, summed into the scale after it."""
-        return self.lane_empty(self.B, 1, before=(n,))
+        """A block's per-row rebases `(n, B, 1)`, summed into the scale after it
+        (zeros: lanes that are not rebased keep them)."""
+        return torch.zeros((n, *self.lanes.lead, self.B, 1), dtype=WORK_DTYPE, device=self.device)
 
     @staticmethod
     def _advance_scale(state: RingState, shifts: torch.Tensor, tables: Optional[SweepTables], reverse: bool) -> None:
