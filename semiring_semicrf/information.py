@@ -134,12 +134,13 @@ class Information(torch.autograd.Function):
         needs_p, needs_q = ctx.needs_input_grad[1:1 + n], ctx.needs_input_grad[1 + n:]
         post_p, dot = state.post, None
         if any(needs_p):
-            own, other = _finite(p), None if q is None else _finite(q)
-            if kind == "entropy":
+            own = _finite(p)
+            if q is None:
                 toward = own
             elif kind == "cross_entropy":
-                toward = other
+                toward = _finite(q)
             else:
+                other = _finite(q)
                 toward = {name: own[name] - other[name] for name in own}
             post_p, dot = hvp(p, p.factors(), direction(p, toward), state.backend)
         elif post_p is None:

@@ -50,7 +50,7 @@ def gradients(post, grad_log_z: torch.Tensor, names: list, needed) -> list:
     Posterior is left as it is."""
     g = grad_log_z.to(post.segment_start.dtype)
     g3 = g[:, None, None]
-    out = []
+    out: list = []
     for name, wanted in zip(names, needed):
         if not wanted:
             out.append(None)

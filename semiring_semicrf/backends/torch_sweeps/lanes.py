@@ -261,7 +261,9 @@ class StackedFactors:
 
     def rows(self, r0: int, r1: int, cums: list) -> tuple[FactorRows, list]:
         """:meth:`Factors.rows` of every lane, stacked: `(n, L, B, C)`."""
-        enters, leaves, nexts = [], [], []
+        enters: list = []
+        leaves: list = []
+        nexts: list = []
         for f, cum in zip(self.parts, cums):
             if f is None:
                 zeros = torch.zeros((r1 - r0, self.B, self.C), dtype=self.parts[0].dtype, device=self.device)
