@@ -119,14 +119,15 @@ def hvp(factors: Factors, tangent: Factors, saved: InsideTables | None = None) -
     return post, dot
 
 
-def information(p: Factors, q: Factors | None, kind: str) -> torch.Tensor:
-    """`(B,)` float32: entropy of p, or cross-entropy / KL of p and q (the
-    backend contract's `information`), summed in float64 by an information
-    lane along the forward tables of p (and q)."""
+def information(p: Factors, q: Factors | None, kind: str) -> tuple:
+    """`(value (B,) float32, p's forward tables)`: entropy of p, or
+    cross-entropy / KL of p and q (the backend contract's `information`),
+    summed in float64 by an information lane along the forward tables of p
+    (and q); the tables serve a later :func:`hvp` of p."""
     p = p.to(torch.float32)
     _, p_tables = inside(p)
     q_tables = None
     if q is not None:
         q = q.to(torch.float32)
         _, q_tables = inside(q)
-    return expectation_sweep(kind, p, p_tables, q=q, q_tables=q_tables)[0].to(torch.float32)
+    return expectation_sweep(kind, p, p_tables, q=q, q_tables=q_tables)[0].to(torch.float32), p_tables

@@ -25,8 +25,10 @@ it), so a *lane* can ride along them in a second, lighter sweep
 
 Each state's weights are normalized by their own sum (so a dominant choice's
 surprisal is `log(1 + small)`, exact to rounding), and a lane is rebased per
-position like the forward's values (by its value at the row's best label,
-carried in float64), so it stays of the order of one position's terms.
+position like the forward's values (by its value at the position's best
+label, carried in float64): it stays of the order of one position's terms,
+and the most probable path's stays near 0, where a tiny entropy keeps its
+relative digits.
 
 The posterior's tangent (:func:`tangent_flow`) is the outside flow
 differentiated: with the primal masses `m` of :mod:`.backward` read back,

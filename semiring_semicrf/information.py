@@ -105,6 +105,7 @@ class _State:
     def __init__(self, kind: str, backend: str, p: SemiMarkovPotentials, q: SemiMarkovPotentials | None,
                  post: Posterior | None):
         self.kind, self.backend, self.p, self.q, self.post = kind, backend, p, q, post
+        self.saved = None  # the rung's tables of p's forward, for the hvp
 
 
 class Information(torch.autograd.Function):
@@ -118,7 +119,8 @@ class Information(torch.autograd.Function):
         n = len(state.p.tensors())
         state.p = _detached(state.p, tensors[:n])
         state.q = None if state.q is None else _detached(state.q, tensors[n:])
-        return _value(state.kind, state.p, state.q, state.backend)
+        result, state.saved = _value(state.kind, state.p, state.q, state.backend)
+        return result
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -142,7 +144,7 @@ class Information(torch.autograd.Function):
             else:
                 other = _finite(q)
                 toward = {name: own[name] - other[name] for name in own}
-            post_p, dot = hvp(p, p.factors(), direction(p, toward), state.backend)
+            post_p, dot = hvp(p, p.factors(), direction(p, toward), state.backend, state.saved)
         elif post_p is None:
             post_p = posterior(p, state.backend)
         # where p has no segmentation the value is 0 whatever the potentials
@@ -170,7 +172,9 @@ def _finite(potentials: SemiMarkovPotentials) -> dict:
     return {name: torch.where(torch.isneginf(t), 0.0, t) for name, t in potentials.tensors().items()}
 
 
-def _value(kind: str, p: SemiMarkovPotentials, q: SemiMarkovPotentials | None, backend: str) -> torch.Tensor:
+def _value(kind: str, p: SemiMarkovPotentials, q: SemiMarkovPotentials | None, backend: str) -> tuple:
+    """`(value, saved)` of the rung that answers "information" (see
+    :meth:`~semiring_semicrf.backends.Backend.information`)."""
     rung = backends.select(backend, p, "information")
     with torch.no_grad():
         return rung.information(p.factors(), None if q is None else q.factors(), kind)
@@ -180,7 +184,7 @@ def _information(kind: str, p: SemiMarkovPotentials, q: SemiMarkovPotentials | N
                  post: Posterior | None) -> torch.Tensor:
     models = [p] if q is None else [p, q]
     if not any(tracks_grad(m) for m in models):
-        return _value(kind, p, q, backend)
+        return _value(kind, p, q, backend)[0]
     tensors = [t for m in models for t in m.tensors().values()]
     return Information.apply(_State(kind, backend, p, q, post), *tensors)
 

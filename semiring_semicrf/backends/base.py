@@ -71,12 +71,14 @@ class Backend:
         raise NotImplementedError
 
     def information(self, p, q, kind: str):
-        """`(B,)` in `p`'s dtype: `kind` (one of :data:`INFORMATION`) of the
-        distributions of prepared `p` and `q` (None for "entropy"): `H(p)`,
-        `H(p, q)` or `KL(p || q)`, in nats, with an error that scales with
-        the result, not with log Z (each state's expected surprisal, summed
-        in float64). Conventions: `+inf` where p gives mass to a segmentation
-        q forbids; 0 where p has no segmentation."""
+        """`(value, saved)`: `value (B,)` in `p`'s dtype is `kind` (one of
+        :data:`INFORMATION`) of the distributions of prepared `p` and `q`
+        (None for "entropy"): `H(p)`, `H(p, q)` or `KL(p || q)`, in nats,
+        with an error that scales with the result, not with log Z (each
+        state's expected surprisal, summed in float64). Conventions: `+inf`
+        where p gives mass to a segmentation q forbids; 0 where p has no
+        segmentation. `saved`: what the rung keeps of p's forward for a
+        later `hvp` of p (as `inside`'s), or None."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

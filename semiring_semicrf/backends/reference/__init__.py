@@ -61,7 +61,7 @@ class ReferenceBackend(Backend):
     def information(self, p, q, kind: str):
         """The scan in the expectation semiring of `kind`."""
         with torch.no_grad():
-            return scan(p if q is None else (p, q), _INFORMATION[kind])
+            return scan(p if q is None else (p, q), _INFORMATION[kind]), None
 
     def viterbi(self, prepared):
         scores, labels, starts = kbest(prepared, 1)
