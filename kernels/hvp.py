@@ -88,6 +88,18 @@ def _mean(w, inverse, values, axis: tl.constexpr):
 
 
 @triton.jit
+def _program_sequence(lengths_ptr, C, KP: tl.constexpr, CP: tl.constexpr):
+    """The sequence of a one-sequence-per-program kernel: `(b (int64), its
+    length, the ring's slots, the labels, the valid labels, the valid label
+    pairs)`."""
+    b = tl.program_id(0)
+    length = tl.load(lengths_ptr + b).to(tl.int32)
+    labels = tl.arange(0, CP)
+    valid = labels < C
+    return b.to(tl.int64), length, tl.arange(0, KP), labels, valid, valid[:, None] & valid[None, :]
+
+
+@triton.jit
 def expectation_sweep_kernel(
         enter_ptr, duration_ring_ptr, transition_ptr, end_ptr, lengths_ptr, alpha_ptr, u_ptr, scale_ptr,
         q_enter_ptr, q_duration_ring_ptr, q_transition_ptr, q_end_ptr, q_alpha_ptr, q_u_ptr, q_scale_ptr,
@@ -101,13 +113,7 @@ def expectation_sweep_kernel(
     factors for a tangent. Writes `result (B,)` float64 and, for a tangent
     with `TABLES`, the tangent tables `t_alpha`, `t_u`, `t_scale` (the
     forward's layout, relative to their own float64 scale)."""
-    b = tl.program_id(0)
-    length = tl.load(lengths_ptr + b).to(tl.int32)
-    b = b.to(tl.int64)
-    slots = tl.arange(0, KP)
-    labels = tl.arange(0, CP)
-    valid = labels < C
-    pair = valid[:, None] & valid[None, :]
+    b, length, slots, labels, valid, pair = _program_sequence(lengths_ptr, C, KP, CP)
     table = b * (T + 1) * C
     scale_row = scale_ptr + b * (T + 1)
     enter_ptr += b * enter_stride
@@ -238,13 +244,7 @@ def tangent_flow_kernel(
     `P(d | e, c)` (relative to the scale at e) and the `P`-mean of the
     durations' tangent logits (relative to the tangent scale at e), both
     `(B, T+1, C)`, for :func:`tangent_durations_kernel`."""
-    b = tl.program_id(0)
-    length = tl.load(lengths_ptr + b).to(tl.int32)
-    b = b.to(tl.int64)
-    slots = tl.arange(0, KP)
-    labels = tl.arange(0, CP)
-    valid = labels < C
-    pair = valid[:, None] & valid[None, :]
+    b, length, slots, labels, valid, pair = _program_sequence(lengths_ptr, C, KP, CP)
     table = b * (T + 1) * C
     sequence = b * T * C
     scale_row = scale_ptr + b * (T + 1)

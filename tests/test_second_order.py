@@ -1,8 +1,9 @@
 """Second derivatives of log Z and the gradients of entropy, cross-entropy and KL.
 
 Ground truths: double autograd through the generic scan (the reference rung,
-a graph over every position), float64 finite differences of the gradient,
-`torch.autograd.gradgradcheck`, and autograd through the Entropy,
+a graph over every position), float64 finite differences of the gradient
+(`torch.autograd.gradgradcheck` on all seven inputs is in test_gradients.py),
+and autograd through the Entropy,
 CrossEntropy and KL semiring scans (`backend="reference"`). The Triton
 kernels run through Triton's interpreter on CPU tensors (conftest.py), in
 float32, at tiny sizes.
@@ -120,22 +121,6 @@ def test_hvp_equals_finite_differences_of_the_gradient(dependent):
 
 
 # -- the double backward of log Z ---------------------------------------------------------------
-
-@pytest.mark.parametrize("low_memory", [False, True])
-@pytest.mark.parametrize("dependent", [False, True])
-def test_gradgradcheck_on_every_input(dependent, low_memory):
-    g = torch.Generator().manual_seed(1)
-    B, T, K, C = 2, 5, 3, 2
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)  # noqa: E731
-    inputs = (r(B, T, C), r(K, C, C) if dependent else r(C, C), r(K, C), r(C), r(C), r(B, T, C), r(B, T, C))
-    lengths = torch.tensor([5, 3])
-
-    def f(scores, transition, duration, start, end, start_scores, end_scores):
-        return log_partition(SemiMarkovPotentials(scores, transition, duration, lengths, start, end,
-                                                  start_scores, end_scores), low_memory=low_memory)
-
-    assert torch.autograd.gradgradcheck(f, inputs)
-
 
 @settings(deadline=None, max_examples=15)
 @given(p=tiny_problems(), seed=st.integers(0, 2**16))
