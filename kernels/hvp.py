@@ -67,7 +67,7 @@ def _softmax_parts(x, axis: tl.constexpr):
     excess = ties + tl.sum(tl.where(shifted < 0, w, 0.0), axis=axis)
     u = 1.0 + tl.maximum(excess, 0.0)
     log_total = tl.where(u == 1.0, tl.maximum(excess, 0.0), tl.log(u) * excess / tl.where(u == 1.0, 1.0, u - 1.0))
-    inverse = tl.where(total > 0, 1.0 / tl.where(total > 0, total, 1.0), 0.0)
+    inverse = tl.where(total == 0, 0.0, 1.0 / tl.where(total == 0, 1.0, total))
     surprisal = tl.expand_dims(log_total, axis) - shifted
     return w, inverse, surprisal
 
@@ -77,14 +77,14 @@ def _q_surprisal(xq, axis: tl.constexpr):
     """`-log Q` of q's log-values `xq` along `axis`; `+inf` where q forbids
     the entry or allows nothing."""
     _, inverse, surprisal = _softmax_parts(xq, axis)
-    return tl.where(tl.expand_dims(inverse, axis) > 0, surprisal, float("inf"))
+    return tl.where(tl.expand_dims(inverse, axis) == 0, float("inf"), surprisal)
 
 
 @triton.jit
 def _mean(w, inverse, values, axis: tl.constexpr):
     """`sum(w * values) * inverse` along `axis`, terms of weight 0 dropped
-    (even infinite ones)."""
-    return tl.sum(tl.where(w > 0, w * values, 0.0), axis=axis) * inverse
+    (even infinite ones; a NaN weight stays NaN)."""
+    return tl.sum(tl.where(w == 0, 0.0, w * values), axis=axis) * inverse
 
 
 @triton.jit
@@ -224,8 +224,8 @@ def expectation_sweep_kernel(
         else:
             lane_in_z = lane_alpha[:, None] + q_surprisal_z - surprisal_z
     last = tl.sum(_mean(wz, inverse_z, lane_in_z, 0), axis=0)
-    allowed = tl.sum(inverse_z, axis=0) > 0
-    tl.store(result_ptr + b, tl.where(allowed, lane_scale + last.to(tl.float64), 0.0))
+    nothing = tl.sum(inverse_z, axis=0) == 0  # p has no segmentation: the value is 0
+    tl.store(result_ptr + b, tl.where(nothing, 0.0, lane_scale + last.to(tl.float64)))
 
 
 @triton.jit
@@ -284,7 +284,7 @@ def tangent_flow_kernel(
            + tl.load(t_end_ptr + labels, mask=valid, other=0.0))
     wz, inverse_z, _ = _softmax_parts(z[:, None], 0)
     p_last = tl.sum(wz * inverse_z[None, :], axis=1)
-    d_start_mass = p_last * (t_z - tl.sum(tl.where(p_last > 0, p_last * t_z, 0.0), axis=0))
+    d_start_mass = p_last * (t_z - tl.sum(tl.where(p_last == 0, 0.0, p_last * t_z), axis=0))
 
     for i in range(0, length):
         e = length - i
@@ -324,9 +324,9 @@ def tangent_flow_kernel(
         w = tl.exp2((x - m[None, :]) * LOG2E)
         w_1 = tl.exp2((x_1 - m) * LOG2E)
         total = tl.sum(w, axis=0) + w_1
-        inverse = tl.where(total > 0, 1.0 / tl.where(total > 0, total, 1.0), 0.0)
-        mean = (tl.sum(tl.where(w > 0, w * t_x, 0.0), axis=0) + tl.where(w_1 > 0, w_1 * t_x_1, 0.0)) * inverse
-        lognorm = m + tl.log(tl.where(total > 0, total, 1.0)) - (scale_e - base).to(tl.float32)
+        inverse = tl.where(total == 0, 0.0, 1.0 / tl.where(total == 0, 1.0, total))
+        mean = (tl.sum(tl.where(w == 0, 0.0, w * t_x), axis=0) + tl.where(w_1 == 0, 0.0, w_1 * t_x_1)) * inverse
+        lognorm = m + tl.log(tl.where(total == 0, 1.0, total)) - (scale_e - base).to(tl.float32)
         tl.store(lognorm_ptr + table + e * C + labels, lognorm, mask=valid)
         tl.store(mean_ptr + table + e * C + labels, mean - (t_scale_e - t_base).to(tl.float32), mask=valid)
         # the label before a segment that starts at e (e < L), then the end mass at e
@@ -335,10 +335,10 @@ def tangent_flow_kernel(
             wy, inverse_y, _ = _softmax_parts(alpha_e[:, None] + transition, 0)
             t_y = tl.load(t_alpha_ptr + table + e * C + labels, mask=valid, other=0.0)[:, None] + t_transition
             p_y = wy * inverse_y[None, :]
-            t_mean_y = tl.sum(tl.where(p_y > 0, p_y * t_y, 0.0), axis=0)
+            t_mean_y = tl.sum(tl.where(p_y == 0, 0.0, p_y * t_y), axis=0)
             m_start = tl.load(segment_start_ptr + sequence + e * C + labels, mask=valid, other=0.0)
-            flow = tl.where(p_y > 0, p_y * (d_start_mass[None, :] + m_start[None, :] * (t_y - t_mean_y[None, :])),
-                            0.0)
+            flow = tl.where(p_y == 0, 0.0,
+                            p_y * (d_start_mass[None, :] + m_start[None, :] * (t_y - t_mean_y[None, :])))
             d_transition += flow
             d_end_mass = tl.sum(flow, axis=1)
         else:
@@ -347,10 +347,10 @@ def tangent_flow_kernel(
         # the end mass at e flows to the starts e-1 .. e-K
         m_end = tl.load(segment_end_ptr + sequence + (e - 1) * C + labels, mask=valid, other=0.0)
         arrived = tl.sum(tl.where(slots[:, None] == ((e - 1) & (KP - 1)), d_mass, 0.0), axis=0)
-        d_start_mass = arrived + tl.where(w_1 > 0, w_1 * inverse * (d_end_mass + m_end * (t_x_1 - mean)), 0.0)
+        d_start_mass = arrived + tl.where(w_1 == 0, 0.0, w_1 * inverse * (d_end_mass + m_end * (t_x_1 - mean)))
         tl.store(d_start_ptr + sequence + (e - 1) * C + labels, d_start_mass, mask=valid)
-        d_mass += tl.where(w > 0, w * inverse[None, :] * (d_end_mass[None, :] + m_end[None, :] * (t_x - mean[None, :])),
-                           0.0)
+        d_mass += tl.where(w == 0, 0.0,
+                           w * inverse[None, :] * (d_end_mass[None, :] + m_end[None, :] * (t_x - mean[None, :])))
 
     tl.store(d_transition_ptr + b * C * C + labels[:, None] * C + labels[None, :], d_transition, mask=pair)
 
@@ -400,7 +400,7 @@ def tangent_durations_kernel(
                + (tl.load(t_scale_ptr + b * (T + 1) + s, mask=ok, other=0.0) - t_scale_e).to(tl.float32)[:, None]
                + tl.load(t_duration_ptr + (b * K + d - 1) * C + labels, mask=valid, other=0.0)[None, :])
         p = tl.exp2((x - lognorm) * LOG2E)
-        term = tl.where(p > 0, p * (d_end + m_end * (t_x - mean)), 0.0)
+        term = tl.where(p == 0, 0.0, p * (d_end + m_end * (t_x - mean)))
         tl.store(out + (d - 1) * C + labels, tl.sum(term, axis=0), mask=valid)
 
 

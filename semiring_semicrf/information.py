@@ -151,11 +151,11 @@ class Information(torch.autograd.Function):
         g = torch.where(torch.isneginf(post_p.log_z), 0.0, grad)
         grads_p: list = [None] * n
         if dot is not None:
-            grads_p = gradients(dot, g if kind == "kl" else -g, list(p.tensors()), needs_p)
+            grads_p = gradients(dot, g if kind == "kl" else -g, list(p.tensors()), needs_p, reuse=True)
         grads_q: list = [None] * len(needs_q)
         if any(needs_q):
-            ours = gradients(posterior(q, state.backend), g, list(q.tensors()), needs_q)
-            theirs = gradients(post_p, g, list(q.tensors()), needs_q)
+            ours = gradients(posterior(q, state.backend), g, list(q.tensors()), needs_q, reuse=True)
+            theirs = gradients(post_p, g, list(q.tensors()), needs_q)  # p's posterior may be the caller's
             grads_q = [None if a is None else a - b.to(a.dtype) for a, b in zip(ours, theirs)]
         names = {"entropy": "the entropy", "cross_entropy": "the cross-entropy", "kl": "the KL divergence"}
         out = refuse_further_derivatives([*grads_p, *grads_q], [grad, *ctx.saved_tensors],

@@ -250,7 +250,12 @@ def test_gpu_float32_information_within_budget_at_T_20000(margin):
     else:
         p = sharp(T, margin=margin)
     q = cast(perturbed(cast(p, torch.float64), 6), torch.float32)
-    on_gpu = lambda m: m.replace(**{n: t.cuda() for n, t in m.tensors().items()})  # noqa: E731
+
+    def on_gpu(m):
+        moved = m.replace(**{n: t.cuda() for n, t in m.tensors().items()})
+        moved.lengths = m.lengths.cuda()
+        return moved
+
     for kind in sorted(SEMIRINGS):
         other = None if kind == "entropy" else q
         exact = value(kind, cast(p, torch.float64), None if other is None else cast(other, torch.float64))

@@ -177,7 +177,7 @@ def test_explicit_edges_are_twice_differentiable():
 def information_gradients(kind: str, p, q, backend: str):
     """The value and the gradient of `sum_b w_b value_b` for every tensor of p and q."""
     models = [leaves(p)] if q is None else [leaves(p), leaves(q)]
-    weights = torch.linspace(-1.0, 1.5, p.batch_size, dtype=p.dtype)
+    weights = torch.linspace(-1.0, 1.5, p.batch_size, dtype=p.dtype, device=p.device)
     arg = models[0] if q is None else tuple(models)
     value = semimarkov_scan(arg, SEMIRINGS[kind], backend=backend)
     tensors = [t for m in models for t in m.tensors().values()]
@@ -290,6 +290,13 @@ def test_compiled_sample_runs_eagerly_or_names_why_it_cannot():
 
 # -- at scale on a GPU -------------------------------------------------------------------------------
 
+def on_gpu(p: SemiMarkovPotentials) -> SemiMarkovPotentials:
+    """The same model in float32 on the GPU (lengths included)."""
+    moved = p.replace(**{n: t.detach().to("cuda", torch.float32) for n, t in p.tensors().items()})
+    moved.lengths = p.lengths.cuda()
+    return moved
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_hvp_and_information_gradients_follow_float64():
@@ -299,8 +306,7 @@ def test_gpu_hvp_and_information_gradients_follow_float64():
     p64 = SemiMarkovPotentials(torch.randn(B, T, C, generator=g, dtype=torch.float64),
                                0.5 * torch.randn(C, C, generator=g, dtype=torch.float64),
                                0.5 * torch.randn(K, C, generator=g, dtype=torch.float64), torch.tensor([T, T - 333]))
-    p32 = p64.replace(**{n: t.to("cuda", torch.float32) for n, t in p64.tensors().items()})
-    p32.lengths = p64.lengths.cuda()
+    p32 = on_gpu(p64)
     v = random_direction(p64, 3)
     weights = torch.tensor([1.0, -0.5], dtype=torch.float64)
     _, want = rung_hvp(p64, v, weights, "torch")
@@ -308,8 +314,7 @@ def test_gpu_hvp_and_information_gradients_follow_float64():
     for name, a, b in zip(p64.tensors(), got, want):
         assert float((a.cpu().double() - b).norm() / b.norm()) < 1e-4, name
     q64 = perturbed(p64, 4)
-    q32 = q64.replace(**{n: t.to("cuda", torch.float32) for n, t in q64.tensors().items()})
-    q32.lengths = p32.lengths
+    q32 = on_gpu(q64)
     for kind in sorted(SEMIRINGS):
         want_value, want = information_gradients(kind, p64, None if kind == "entropy" else q64, "torch")
         got_value, got = information_gradients(kind, p32, None if kind == "entropy" else q32, "auto")

@@ -42,24 +42,26 @@ def hvp(potentials, factors, tangent, backend: str, saved=None) -> tuple:
         return rung.hvp(factors, tangent.factors(), saved)
 
 
-def gradients(post, grad_log_z: torch.Tensor, names: list, needed) -> list:
+def gradients(post, grad_log_z: torch.Tensor, names: list, needed, reuse: bool = False) -> list:
     """The gradient of `sum_b grad_log_z[b] * log_z[b]` for each named input
     (None where not `needed`), from one Posterior (or, from the tangent of a
     Posterior, the same map applied to it: a Hessian-vector product), in the
-    order of `potentials.tensors()` (scores first). New tensors: the
-    Posterior is left as it is."""
+    order of `potentials.tensors()` (scores first). With `reuse` (the
+    caller's last use of the Posterior) the boundary gradients scale its
+    `(B, T, C)` fields in place instead of allocating new ones."""
     g = grad_log_z.to(post.segment_start.dtype)
     g3 = g[:, None, None]
+    scale = torch.Tensor.mul_ if reuse else torch.mul
     out: list = []
     for name, wanted in zip(names, needed):
         if not wanted:
             out.append(None)
         elif name == "scores":
-            out.append(post.label_marginals() * g3)
+            out.append(post.label_marginals().mul_(g3))
         elif name == "start_scores":
-            out.append(post.segment_start * g3)
+            out.append(scale(post.segment_start, g3))
         elif name == "end_scores":
-            out.append(post.segment_end * g3)
+            out.append(scale(post.segment_end, g3))
         elif name == "transition":
             out.append(torch.tensordot(g, post.transition, dims=1))
         elif name == "duration":

@@ -93,14 +93,24 @@ class LogPartitionGrad(torch.autograd.Function):
     `apply(tables, backend, needed, g, *tensors)`. Its derivative along the
     directions `v` (one per output) is `sum_b g[b] hess(log Z_b) v` for the
     inputs and `<grad log Z_b, v>` for `g`: one `hvp` of the backend.
+    Under `vmap` (`torch.func.jacrev`: a batch of `g`), one outside serves
+    every `g`.
     """
-
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(tables, backend, needed, grad_log_z, *tensors):
         post = backend.outside(tables.factors, tables.saved)
-        return tuple(gradients(post, grad_log_z, list(tables.potentials.tensors()), needed))
+        return tuple(gradients(post, grad_log_z, list(tables.potentials.tensors()), needed, reuse=True))
+
+    @staticmethod
+    def vmap(info, in_dims, tables, backend, needed, grad_log_z, *tensors):
+        if in_dims[3] is None or any(d is not None for d in in_dims[4:]):
+            raise NotImplementedError("log_partition's backward is batched over its incoming gradient only")
+        post = backend.outside(tables.factors, tables.saved)
+        names = list(tables.potentials.tensors())
+        rows = [gradients(post, g, names, needed) for g in grad_log_z.unbind(in_dims[3])]
+        out = tuple(None if row[0] is None else torch.stack(row) for row in zip(*rows))
+        return out, tuple(None if t is None else 0 for t in out)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -115,7 +125,7 @@ class LogPartitionGrad(torch.autograd.Function):
         names = list(tables.potentials.tensors())
         tangent = direction(tables.potentials, dict(zip(names, directions)))
         _, dot = hvp(tables.potentials, tables.factors, tangent, ctx.backend.name, tables.saved)
-        grads = gradients(dot, grad_log_z, names, ctx.needs_input_grad[4:])
+        grads = gradients(dot, grad_log_z, names, ctx.needs_input_grad[4:], reuse=True)
         grad_g = dot.log_z.to(grad_log_z.dtype) if ctx.needs_input_grad[3] else None
         grad_g, *grads = refuse_further_derivatives([grad_g, *grads], [grad_log_z, *tensors, *directions],
                                                     "the second derivative of log_partition")

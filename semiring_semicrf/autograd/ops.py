@@ -59,7 +59,7 @@ def _log_partition_backward(grad_log_z: torch.Tensor, scores: torch.Tensor, tran
         _, saved = rung.inside(factors, low_memory=low_memory)
         post = rung.outside(factors, saved)
     names = list(p.tensors())
-    return gradients(post, grad_log_z, names, [True] * len(names))
+    return gradients(post, grad_log_z, names, [True] * len(names), reuse=True)
 
 
 @_log_partition_backward.register_fake

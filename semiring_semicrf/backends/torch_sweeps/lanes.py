@@ -148,7 +148,7 @@ class Lanes(LogLanes):
         total = weight.sum(dims)
         log_total = total.log2()
         torch.add(log_total, peak.view(shape), out=outs[0])
-        # 1 / total, and 0 (not NaN) from a sum of zero weights: an unreachable state
+        # 1 / total, and 0 (not NaN) from a sum of zero weights: an unreachable state (a NaN stays NaN)
         inverse = total.clamp(min=torch.finfo(total.dtype).tiny).reciprocal_()
         extra = lanes[-1]
         if self.extra == "tangent":
@@ -158,7 +158,7 @@ class Lanes(LogLanes):
         if self.extra == "entropy":
             # sum_j P_j (h_j - log2 P_j) = (sum_j w_j h_j - sum_j w_j log2 w_j) / total + log2 total
             mean = (weight * extra).sum(dims).sub_(torch.special.xlogy(weight, weight).sum(dims), alpha=LOG2E)
-            outs[-1].copy_(torch.where(total > 0, mean.mul_(inverse).add_(log_total), 0.0))
+            outs[-1].copy_(torch.where(total == 0, 0.0, mean.mul_(inverse).add_(log_total)))
             return out
         q = lanes[1]
         q_total = log2sumexp2(q, dims)
@@ -168,7 +168,7 @@ class Lanes(LogLanes):
             term += log_weight
             term -= log_total.view(q_total.shape)
         mean = torch.where(weight == 0, 0.0, weight * term).sum(dims)
-        outs[-1].copy_(torch.where(total > 0, mean.mul_(inverse), 0.0))
+        outs[-1].copy_(torch.where(total == 0, 0.0, mean.mul_(inverse)))
         return out
 
     def rebase_(self, row, shift):
