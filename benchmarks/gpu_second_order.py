@@ -20,6 +20,9 @@
    (benchmarks/entropy_accuracy.py).
 
 Writes ``gpu_second_order.json`` under --out and prints the tables last.
+It imports the installed package (`kernels/` ships inside it as
+`semiring_semicrf.kernels`: ``pip install .`` or ``pip install -e .``) and
+stops if the Triton rung does not answer on the GPU.
 """
 from __future__ import annotations
 
@@ -32,8 +35,6 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 CONFIGS = [(4, 1000, 32, 24), (1, 100_000, 64, 8)]
 QUICK = [(4, 1000, 32, 24), (1, 10_000, 64, 8)]
@@ -210,6 +211,12 @@ def main(argv=None) -> int:
         print("needs CUDA")
         return 2
     device = "cuda"
+    from semiring_semicrf import backends
+    probe, _ = make(1, 8, 2, 2, device, torch.float32)
+    rungs = {query: backends.select("auto", probe, query).name for query in ("log", "hvp", "information")}
+    if set(rungs.values()) != {"triton"}:
+        print(f"the Triton kernels do not answer on the GPU ({rungs}): {backends.triton_unsupported_reason(probe)}")
+        return 2
     report: dict = {"device": torch.cuda.get_device_name(0)}
     print("GPU tests:", flush=True)
     report["gpu_tests"] = run_gpu_tests()

@@ -120,14 +120,16 @@ def hvp(factors: Factors, tangent: Factors, saved: InsideTables | None = None) -
 
 
 def information(p: Factors, q: Factors | None, kind: str) -> tuple:
-    """`(value (B,) float32, p's forward tables)`: entropy of p, or
+    """`(value (B,) float32, (p's tables, q's tables))`: entropy of p, or
     cross-entropy / KL of p and q (the backend contract's `information`),
     summed in float64 by an information lane along the forward tables of p
-    (and q); the tables serve a later :func:`hvp` of p."""
+    (and q); the tables serve a later :func:`hvp` of p and :func:`outside`
+    of q."""
     p = p.to(torch.float32)
     _, p_tables = inside(p)
     q_tables = None
     if q is not None:
         q = q.to(torch.float32)
         _, q_tables = inside(q)
-    return expectation_sweep(kind, p, p_tables, q=q, q_tables=q_tables)[0].to(torch.float32), p_tables
+    value = expectation_sweep(kind, p, p_tables, q=q, q_tables=q_tables)[0]
+    return value.to(torch.float32), (p_tables, q_tables)

@@ -105,7 +105,7 @@ class _State:
     def __init__(self, kind: str, backend: str, p: SemiMarkovPotentials, q: SemiMarkovPotentials | None,
                  post: Posterior | None):
         self.kind, self.backend, self.p, self.q, self.post = kind, backend, p, q, post
-        self.saved = None  # the rung's tables of p's forward, for the hvp
+        self.rung = self.saved = None  # the rung that answered, and its tables of p's and q's forwards
 
 
 class Information(torch.autograd.Function):
@@ -119,7 +119,9 @@ class Information(torch.autograd.Function):
         n = len(state.p.tensors())
         state.p = _detached(state.p, tensors[:n])
         state.q = None if state.q is None else _detached(state.q, tensors[n:])
-        result, state.saved = _value(state.kind, state.p, state.q, state.backend)
+        state.rung = backends.select(state.backend, state.p, "information")
+        with torch.no_grad():
+            result, state.saved = state.rung.information(state.p.factors(), _factors(state.q), state.kind)
         return result
 
     @staticmethod
@@ -135,6 +137,7 @@ class Information(torch.autograd.Function):
         n = len(p.tensors())
         needs_p, needs_q = ctx.needs_input_grad[1:1 + n], ctx.needs_input_grad[1 + n:]
         post_p, dot = state.post, None
+        saved_p, saved_q = (None, None) if state.saved is None else state.saved
         if any(needs_p):
             own = _finite(p)
             if q is None:
@@ -144,7 +147,7 @@ class Information(torch.autograd.Function):
             else:
                 other = _finite(q)
                 toward = {name: own[name] - other[name] for name in own}
-            post_p, dot = hvp(p, p.factors(), direction(p, toward), state.backend, state.saved)
+            post_p, dot = hvp(p, p.factors(), direction(p, toward), state.backend, saved_p)
         elif post_p is None:
             post_p = posterior(p, state.backend)
         # where p has no segmentation the value is 0 whatever the potentials
@@ -154,7 +157,12 @@ class Information(torch.autograd.Function):
             grads_p = gradients(dot, g if kind == "kl" else -g, list(p.tensors()), needs_p, reuse=True)
         grads_q: list = [None] * len(needs_q)
         if any(needs_q):
-            ours = gradients(posterior(q, state.backend), g, list(q.tensors()), needs_q, reuse=True)
+            if saved_q is None:
+                post_q = posterior(q, state.backend)
+            else:
+                with torch.no_grad():
+                    post_q = state.rung.outside(q.factors(), saved_q)
+            ours = gradients(post_q, g, list(q.tensors()), needs_q, reuse=True)
             theirs = gradients(post_p, g, list(q.tensors()), needs_q)  # p's posterior may be the caller's
             grads_q = [None if a is None else a - b.to(a.dtype) for a, b in zip(ours, theirs)]
         names = {"entropy": "the entropy", "cross_entropy": "the cross-entropy", "kl": "the KL divergence"}
@@ -172,19 +180,16 @@ def _finite(potentials: SemiMarkovPotentials) -> dict:
     return {name: torch.where(torch.isneginf(t), 0.0, t) for name, t in potentials.tensors().items()}
 
 
-def _value(kind: str, p: SemiMarkovPotentials, q: SemiMarkovPotentials | None, backend: str) -> tuple:
-    """`(value, saved)` of the rung that answers "information" (see
-    :meth:`~semiring_semicrf.backends.Backend.information`)."""
-    rung = backends.select(backend, p, "information")
-    with torch.no_grad():
-        return rung.information(p.factors(), None if q is None else q.factors(), kind)
+def _factors(potentials: SemiMarkovPotentials | None):
+    return None if potentials is None else potentials.factors()
 
 
 def _information(kind: str, p: SemiMarkovPotentials, q: SemiMarkovPotentials | None, backend: str,
                  post: Posterior | None) -> torch.Tensor:
     models = [p] if q is None else [p, q]
     if not any(tracks_grad(m) for m in models):
-        return _value(kind, p, q, backend)[0]
+        with torch.no_grad():
+            return backends.select(backend, p, "information").information(p.factors(), _factors(q), kind)[0]
     tensors = [t for m in models for t in m.tensors().values()]
     return Information.apply(_State(kind, backend, p, q, post), *tensors)
 

@@ -77,8 +77,9 @@ class Backend:
         with an error that scales with the result, not with log Z (each
         state's expected surprisal, summed in float64). Conventions: `+inf`
         where p gives mass to a segmentation q forbids; 0 where p has no
-        segmentation. `saved`: what the rung keeps of p's forward for a
-        later `hvp` of p (as `inside`'s), or None."""
+        segmentation. `saved`: None, or `(p's, q's)` forward as `inside`
+        keeps it (q's None for "entropy"), for a later `hvp` of p and
+        `outside` of q by this rung."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

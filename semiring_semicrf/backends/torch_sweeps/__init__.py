@@ -63,4 +63,4 @@ class TorchBackend(Backend):
         return hvp(prepared, tangent)
 
     def information(self, p, q, kind: str):
-        return information(p, q, kind), None  # an hvp sweeps p's lane again
+        return information(p, q, kind), None  # an hvp sweeps p's lane again: nothing to keep
