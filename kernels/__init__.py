@@ -11,6 +11,11 @@
   the duration counts as a parallel, fixed-order reduction over blocks.
 - :func:`viterbi`: the Max sweep storing small-integer backpointers, then a
   traceback kernel.
+- :func:`hvp`: the posterior and its tangent along a direction (a
+  Hessian-vector product of log Z): a tangent lane along the forward's
+  tables, then the outside flow and its tangent (:mod:`.hvp`).
+- :func:`information`: entropy, cross-entropy or KL, an information lane
+  along the forward's tables (:mod:`.hvp`).
 
 They read float32 :class:`~semiring_semicrf.factors.Factors` and run the
 factorized recurrence, so potentials with duration-dependent `(K, C, C)`
@@ -31,9 +36,11 @@ from ..posterior import Posterior
 from .backward import outside_sweep
 from .common import duration_ring, kernel_limits_reason
 from .forward import forward_sweep
+from .hvp import expectation_sweep, tangent_duration_ring, tangent_flow
 from .traceback import viterbi_decode
 
-__all__ = ["inside", "log_partition", "outside", "viterbi", "kernel_limits_reason", "InsideTables", "INTERPRETED"]
+__all__ = ["inside", "log_partition", "outside", "viterbi", "hvp", "information", "kernel_limits_reason",
+           "InsideTables", "INTERPRETED"]
 
 #: True when the kernels were built for Triton's interpreter (they then run
 #: on CPU tensors, slowly, for tests).
@@ -90,3 +97,39 @@ def viterbi(factors: Factors):
     """Best segmentation: `(score (B,), labels (B, T) int64, starts (B, T) bool)`,
     `labels` -1 and `starts` False past each length."""
     return viterbi_decode(factors.to(torch.float32))
+
+
+def hvp(factors: Factors, tangent: Factors, saved: InsideTables | None = None) -> tuple:
+    """`(posterior, its tangent along tangent)` (the backend contract's
+    `hvp`): the forward's tables (`saved`, if :func:`inside` left them),
+    the outside flow, a tangent sweep along the tables and the tangent flow."""
+    factors = factors.to(torch.float32)
+    tangent = tangent.to(torch.float32)
+    if saved is None:
+        _, saved = inside(factors)
+    post = outside(factors, saved)
+    ring = tangent_duration_ring(duration_ring(tangent.duration))
+    log_z_tangent, *tangent_tables = expectation_sweep("tangent", factors, saved, tangent=tangent, tangent_ring=ring,
+                                                       keep_tables=True)
+    segment_start, segment_end, transition, duration = tangent_flow(factors, saved, tangent, ring, tangent_tables,
+                                                                    post.segment_start, post.segment_end)
+    batch = torch.arange(segment_end.shape[0], device=segment_end.device)
+    dot = Posterior(log_z_tangent.to(torch.float32), segment_start, segment_end, transition, duration,
+                    segment_start[:, 0].clone(), segment_end[batch, factors.lengths - 1])
+    return post, dot
+
+
+def information(p: Factors, q: Factors | None, kind: str) -> tuple:
+    """`(value (B,) float32, (p's tables, q's tables))`: entropy of p, or
+    cross-entropy / KL of p and q (the backend contract's `information`),
+    summed in float64 by an information lane along the forward tables of p
+    (and q); the tables serve a later :func:`hvp` of p and :func:`outside`
+    of q."""
+    p = p.to(torch.float32)
+    _, p_tables = inside(p)
+    q_tables = None
+    if q is not None:
+        q = q.to(torch.float32)
+        _, q_tables = inside(q)
+    value = expectation_sweep(kind, p, p_tables, q=q, q_tables=q_tables)[0]
+    return value.to(torch.float32), (p_tables, q_tables)

@@ -220,7 +220,8 @@ def duration_counts_kernel(
                   + tl.load(enter_ptr + s[:, None] * C + labels[None, :], mask=smask, other=0.0))
         shift = (scale_e - tl.load(scale_ptr + b * (T + 1) + s, mask=ok, other=0.0)).to(tl.float32)
         duration = tl.load(duration_ptr + (b * K + d - 1) * C + labels, mask=valid, other=float("-inf"))
-        p = end_mass * tl.exp(inside + duration[None, :] - shift[:, None] - lognorm)
+        # an end no segment reaches has lognorm -inf: its (zero) mass adds nothing, not NaN
+        p = tl.where(end_mass > 0, end_mass * tl.exp(inside + duration[None, :] - shift[:, None] - lognorm), 0.0)
         tl.store(out + (d - 1) * C + labels, tl.sum(p, axis=0), mask=valid)
 
 

@@ -219,9 +219,11 @@ class SemiMarkovDistribution(Distribution):
     def log_prob(self, value: Segmentation) -> torch.Tensor:
         """`log p(value)`, `(..., B)` for a Segmentation that broadcasts to
         `(..., B, T)` (`(T,)` or `(1, T)`: one segmentation scored in every
-        sequence; `(N, 1, T)`: N of them); `-inf` for empty entries. Raises
-        ValueError (under `validate_args`) for segments past the length,
-        gaps, labels out of range or segments longer than K."""
+        sequence; `(N, 1, T)`: N of them); `-inf` for empty entries, and for
+        every value of a sequence with no allowed segmentation (log Z = -inf;
+        finite zero gradients there). Raises ValueError (under
+        `validate_args`) for segments past the length, gaps, labels out of
+        range or segments longer than K."""
         return self._log_prob(value, "value")
 
     def _log_prob(self, value: Segmentation, name: str) -> torch.Tensor:
@@ -229,7 +231,9 @@ class SemiMarkovDistribution(Distribution):
         value = self._broadcast(value, name)
         if self._validate_args:
             value.validate(self.potentials, name=name)
-        return value.log_potential(self.potentials, validate=False) - self._partition()
+        partition = self._partition()
+        score = value.log_potential(self.potentials, validate=False)
+        return torch.where(torch.isneginf(partition), float("-inf"), score - partition)
 
     @property
     def count(self) -> torch.Tensor:
@@ -379,16 +383,22 @@ class SemiMarkovDistribution(Distribution):
         return None if information.tracks_grad(self.potentials) else self._posterior()
 
     def entropy(self) -> torch.Tensor:
-        """`H(p) (B,)` in nats."""
-        return information.entropy(self.potentials, self.backend, self._own_posterior())
+        """`H(p) (B,)` in nats; 0 for a sequence with no allowed segmentation.
+        Accurate to a fraction of itself whatever log Z is (a sum of local
+        terms, :mod:`~semiring_semicrf.information`)."""
+        return information.entropy(self.potentials, self.backend)
 
     def cross_entropy(self, other: "SemiMarkovDistribution") -> torch.Tensor:
-        """`H(p, q) = -E_p[log q(y)]` `(B,)`, `p = self`, `q = other`."""
+        """`H(p, q) = -E_p[log q(y)]` `(B,)`, `p = self`, `q = other`:
+        `+inf` where p gives any probability to a segmentation q forbids
+        (a part q scores `-inf`), 0 where p allows no segmentation."""
         q = self._other(other)
         return information.cross_entropy(self.potentials, q.potentials, self.backend, self._own_posterior())
 
     def kl(self, other: "SemiMarkovDistribution") -> torch.Tensor:
-        """`KL(p || q) = E_p[log p(y) - log q(y)]` `(B,)`, `p = self`, `q = other`."""
+        """`KL(p || q) = E_p[log p(y) - log q(y)]` `(B,)`, `p = self`, `q = other`:
+        `+inf` where p gives any probability to a segmentation q forbids
+        (a part q scores `-inf`), 0 where p allows no segmentation."""
         q = self._other(other)
         return information.kl(self.potentials, q.potentials, self.backend, self._own_posterior())
 

@@ -10,8 +10,12 @@ from . import backends
 from .potentials import require_potentials
 
 
+@torch.compiler.disable(reason="sampling walks the sequences on the host (their lengths and the draws decide the "
+                                "steps); it runs eagerly, as a graph break, and fullgraph=True cannot hold it")
 def sample(potentials, num_samples: int, generator: Optional[torch.Generator] = None, backend: str = "auto"):
-    """Draw `num_samples` exact samples of every sequence.
+    """Draw `num_samples` exact samples of every sequence. Under
+    `torch.compile` it runs eagerly (a graph break; `fullgraph=True` raises
+    and names the reason).
 
     Args:
         potentials: :class:`~semiring_semicrf.SemiMarkovPotentials` or

@@ -10,7 +10,7 @@ on structured potentials:
 | `LogSemiring()` | Log inside sweep (:func:`~semiring_semicrf.autograd.log_partition`) | the streaming outside sweep |
 | `MaxSemiring()` | Viterbi sweep | the best segmentation's parts (as `log_potential`) |
 | `KMaxSemiring(k)` | k-best sweep | the k segmentations' parts |
-| Entropy, CrossEntropy, KL | one Log forward-backward (:mod:`semiring_semicrf.information`) | the checkpointed generic scan when p requires grad |
+| Entropy, CrossEntropy, KL | an inside sweep with an information lane (:mod:`semiring_semicrf.information`) | Hessian-vector products of log Z (dual-number sweeps) |
 | any other, explicit edges, or `backend="reference"` | the generic scan | block checkpointing |
 
 The rung that runs a specialization (Triton on CUDA, the torch sweeps,
@@ -76,9 +76,9 @@ SPECIALIZED: dict = {
     LogSemiring: ("log", _log),
     MaxSemiring: ("viterbi", _max),
     KMaxSemiring: ("kbest", _kmax),
-    EntropySemiring: ("log", _entropy),
-    CrossEntropySemiring: ("log", _cross_entropy),
-    KLDivergenceSemiring: ("log", _kl),
+    EntropySemiring: ("information", _entropy),
+    CrossEntropySemiring: ("information", _cross_entropy),
+    KLDivergenceSemiring: ("information", _kl),
 }
 
 
@@ -138,15 +138,16 @@ def dispatch_table(devices: Optional[Sequence[str]] = None) -> list:
         for kind, dependent in kinds:
             for device in devices:
                 rung = backends.select("auto", _tiny(device, dependent), query, k=2)
-                rows.append((label, kind, device, f"{rung.name} ({_describe(cls, query)})"))
+                rows.append((label, kind, device, f"{rung.name} ({_describe(query)})"))
         rows.append((label, "explicit edges", "any", "reference (generic scan)"))
     rows.append(("any other semiring", "any", "any", "reference (generic scan)"))
     return rows
 
 
-def _describe(cls, query: str) -> str:
-    what: dict = {"log": "Log forward-backward", "viterbi": "Viterbi sweep", "kbest": "k-best sweep"}
-    return what[query] if cls is not EntropySemiring else "from the Log posterior"
+def _describe(query: str) -> str:
+    what: dict = {"log": "Log forward-backward", "viterbi": "Viterbi sweep", "kbest": "k-best sweep",
+                  "information": "local information sweep, HVP gradients"}
+    return what[query]
 
 
 def _tiny(device: str, duration_dependent: bool) -> SemiMarkovPotentials:

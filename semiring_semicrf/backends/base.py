@@ -24,7 +24,10 @@ import torch
 
 #: The queries of the contract: "log" is the Log forward-backward
 #: (`inside` and `outside`), the others are named after their method.
-QUERIES = ("log", "viterbi", "kbest", "sample")
+QUERIES = ("log", "viterbi", "kbest", "sample", "hvp", "information")
+
+#: The quantities of the "information" query.
+INFORMATION = ("entropy", "cross_entropy", "kl")
 
 
 class Backend:
@@ -79,6 +82,28 @@ class Backend:
 
     def sample(self, prepared, num_samples: int, generator=None):
         """`(labels (N, B, T) int64, starts (N, B, T) bool)`: exact samples."""
+        raise NotImplementedError
+
+    def hvp(self, prepared, tangent, saved=None):
+        """`(posterior, its tangent)`: the :class:`~semiring_semicrf.posterior.Posterior`
+        and its directional derivative along `tangent` (the `Factors` of
+        potentials holding the direction, finite): every field's derivative,
+        `log_z`'s being `<grad log Z, tangent>`, the other fields each
+        sequence's Hessian of log Z times the tangent (forward mode: the
+        inside and outside sweeps on dual numbers). `saved`: `inside`'s, if at
+        hand (a rung may reuse it)."""
+        raise NotImplementedError
+
+    def information(self, p, q, kind: str):
+        """`(value, saved)`: `value (B,)` in `p`'s dtype is `kind` (one of
+        :data:`INFORMATION`) of the distributions of prepared `p` and `q`
+        (None for "entropy"): `H(p)`, `H(p, q)` or `KL(p || q)`, in nats,
+        with an error that scales with the result, not with log Z (each
+        state's expected surprisal, summed in float64). Conventions: `+inf`
+        where p gives mass to a segmentation q forbids; 0 where p has no
+        segmentation. `saved`: None, or `(p's, q's)` forward as `inside`
+        keeps it (q's None for "entropy"), for a later `hvp` of p and
+        `outside` of q by this rung."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -17,10 +17,10 @@ def _kernels():
 
 
 class TritonBackend(Backend):
-    """The Triton kernels (`inside`, `outside`, `viterbi`)."""
+    """The Triton kernels (`inside`, `outside`, `viterbi`, `hvp`, `information`)."""
 
     name = "triton"
-    queries = frozenset({"log", "viterbi"})
+    queries = frozenset({"log", "viterbi", "hvp", "information"})
 
     def unsupported_reason(self, potentials, requested: bool = False) -> Optional[str]:
         if potentials.is_explicit:
@@ -50,3 +50,9 @@ class TritonBackend(Backend):
 
     def viterbi(self, prepared):
         return _kernels().viterbi(prepared)
+
+    def hvp(self, prepared, tangent, saved=None):
+        return _kernels().hvp(prepared, tangent, saved)
+
+    def information(self, p, q, kind: str):
+        return _kernels().information(p, q, kind)

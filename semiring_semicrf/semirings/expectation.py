@@ -93,7 +93,11 @@ class ExpectationSemiring(Semiring):
         return torch.cat([log_potentials, f.unsqueeze(0)], dim=0)
 
     def extract(self, value):
-        return self.finalize(value[:-1], value[-1])
+        """`finalize(...)`, with the conventions of every path
+        (:mod:`semiring_semicrf.information`): `+inf` where p gives mass to
+        what q forbids (`E = +inf`), 0 where p allows nothing."""
+        result = torch.where(torch.isposinf(value[-1]), value[-1], self.finalize(value[:-1], value[-1]))
+        return torch.where(torch.isneginf(value[0]), torch.zeros_like(result), result)
 
     def log_mass(self, value):
         return value[:-1]

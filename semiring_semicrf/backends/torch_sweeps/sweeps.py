@@ -48,9 +48,10 @@ from typing import Optional
 
 import torch
 
-from ...factors import FactorRows, Factors
+from ...factors import FactorRows
 from ...posterior import Posterior
-from .recurrences import LN2, NEG_INF, WORK_DTYPE, DurationSweeps, FactorizedSweeps, SweepTables
+from .lanes import LN2
+from .recurrences import WORK_DTYPE, DurationSweeps, FactorizedSweeps, SweepTables
 
 #: Per-row tensors below this many elements run single-threaded on the CPU:
 #: thread hand-offs would cost more than the arithmetic.
@@ -75,7 +76,9 @@ class InsideSaved:
     checkpoints: Optional[list] = None
 
 
-def sweeps_for(factors: Factors):
+def sweeps_for(factors):
+    """The sweeps of :class:`Factors` (or of :class:`~.lanes.StackedFactors`:
+    the same sweeps on several lanes)."""
     return DurationSweeps(factors) if factors.duration_dependent else FactorizedSweeps(factors)
 
 
@@ -94,6 +97,7 @@ def sweep_threads(sweeps):
     measured: `exp2` on 1,536 floats takes ~1 us on one thread, ~20 us on two
     on a busy 2-core machine). The caller's setting is restored on exit."""
     width = sweeps.K * sweeps.B * sweeps.C * (sweeps.C if sweeps.factors.duration_dependent else 1)
+    width *= len(sweeps.lanes.kinds)
     previous = torch.get_num_threads()
     single = sweeps.device.type == "cpu" and width < SMALL_ROW_ELEMENTS and previous > 1
     if single:
@@ -106,9 +110,11 @@ def sweep_threads(sweeps):
 
 
 @torch.no_grad()
-def inside(factors: Factors, low_memory: bool = False, keep: bool = True):
+def inside(factors, low_memory: bool = False, keep: bool = True):
     """Forward sweep: `(log_z (B,), saved)` (see module docstring); with
-    `keep=False` nothing is saved (`saved` is None: no outside follows)."""
+    `keep=False` nothing is saved (`saved` is None: no outside follows).
+    On :class:`~.lanes.StackedFactors`, `log_z` is `(L, B)`: every lane's
+    result (log Z, its tangent, an entropy, ...)."""
     sweeps = sweeps_for(factors)
     blocks = block_rows(sweeps.T, sweeps.K)
     state = sweeps.initial_inside()
@@ -117,7 +123,7 @@ def inside(factors: Factors, low_memory: bool = False, keep: bool = True):
     if keep and low_memory:
         saved.checkpoints = []
     elif keep:
-        saved.tables = sweeps.inside_tables(0, sweeps.T + 1, dtype=factors.dtype)
+        saved.tables = sweeps.inside_tables(0, sweeps.T + 1, dtype=sweeps.table_dtype)
     with sweep_threads(sweeps):
         for r0, r1 in blocks:
             if keep:
@@ -138,16 +144,18 @@ class _Accumulator:
     """The Posterior under construction (`(B, T, C)` fields written block by
     block, counts summed in float64)."""
 
-    def __init__(self, factors: Factors, log_z: torch.Tensor, segments: Optional[torch.Tensor]):
-        p = self.factors = factors
+    def __init__(self, sweeps, log_z: torch.Tensor, segments: Optional[torch.Tensor]):
+        p = self.factors = sweeps.factors
+        self.lanes, self.dtype = sweeps.lanes, sweeps.table_dtype
         B, T, K, C = p.B, p.T, p.K, p.C
-        zeros = lambda *s, dtype=WORK_DTYPE: torch.zeros(s, dtype=dtype, device=p.device)  # noqa: E731
+        lead = self.lanes.lead
+        zeros = lambda *s, dtype=WORK_DTYPE: torch.zeros((*lead, *s), dtype=dtype, device=p.device)  # noqa: E731
         self.log_z = log_z
         # -inf (no segmentation) -> 0 so that every probability is exp2(-inf) = 0;
         # NaN (a NaN input) stays NaN and poisons that sequence's counts.
         self.log_z_safe = torch.where(torch.isneginf(log_z), torch.zeros_like(log_z), log_z)
-        self.segment_start = zeros(B, T, C, dtype=p.dtype)
-        self.segment_end = zeros(B, T, C, dtype=p.dtype)
+        self.segment_start = zeros(B, T, C, dtype=self.dtype)
+        self.segment_end = zeros(B, T, C, dtype=self.dtype)
         self.transition = zeros(B, K, C, C) if p.duration_dependent else zeros(B, C, C)
         self.duration = zeros(B, K, C)
         self.segments = segments  # (B, T, K, C) or None
@@ -155,20 +163,21 @@ class _Accumulator:
     def write_starts(self, r0: int, values: torch.Tensor) -> None:
         """`values (m, B, C)` = P(a segment starts at rows r0..r0+m-1); row T dropped."""
         m = min(values.shape[0], self.factors.T - r0)
-        self.segment_start[:, r0:r0 + m] = values[:m].transpose(0, 1)
+        self.segment_start[..., r0:r0 + m, :] = values[:m].movedim(0, -2)
 
     def write_ends(self, r0: int, values: torch.Tensor) -> None:
         """`values (m, B, C)` = P(a segment ends at rows r0..r0+m-1), i.e. its
         last position is the row minus one; row 0 dropped."""
         lo = 1 if r0 == 0 else 0
-        self.segment_end[:, r0 + lo - 1:r0 + values.shape[0] - 1] = values[lo:].transpose(0, 1)
+        self.segment_end[..., r0 + lo - 1:r0 + values.shape[0] - 1, :] = values[lo:].movedim(0, -2)
 
     def posterior(self) -> Posterior:
-        p = self.factors
-        last = self.segment_end.gather(1, (p.lengths - 1)[:, None, None].expand(-1, 1, p.C))[:, 0]
-        return Posterior((self.log_z * LN2).to(p.dtype), self.segment_start, self.segment_end,
-                         self.transition.to(p.dtype), self.duration.to(p.dtype),
-                         self.segment_start[:, 0].clone(), last)
+        """The Posterior (with lanes, each field has the lane axis first)."""
+        p, dtype = self.factors, self.dtype
+        last = self.segment_end[..., torch.arange(p.B, device=p.device), p.lengths - 1, :]
+        return Posterior((self.log_z * LN2).to(dtype), self.segment_start, self.segment_end,
+                         self.transition.to(dtype), self.duration.to(dtype),
+                         self.segment_start[..., 0, :].clone(), last)
 
 
 #: A parallel chunk holds at least this many elements (when the block has
@@ -187,15 +196,15 @@ def _combine(sweeps, rows: FactorRows, ins: SweepTables, outs: SweepTables, acc:
         i1 = min(n, i0 + chunk)
         ends = ins.alpha[i0:i1] + outs.u[i0:i1]
         ends += (ins.scale[i0:i1] + outs.scale[i0:i1] - acc.log_z_safe).to(WORK_DTYPE)[..., None]
-        acc.write_ends(r0 + i0, ends.exp2_())
+        acc.write_ends(r0 + i0, acc.lanes.probabilities_(ends, lane_axis=1))
     later, later_scale = outs.u, outs.scale  # rows r0 .. r0+n+K-1
     later[:n] += rows.leave
     for i0 in range(0, n, chunk):
         i1 = min(n, i0 + chunk)
         # windows of the K rows after each start: (m, B, C, K) -> (m, B, K, C)
-        window = later[i0 + 1:i1 + K].unfold(0, K, 1).permute(0, 1, 3, 2)
+        window = later[i0 + 1:i1 + K].unfold(0, K, 1).transpose(-1, -2)
         window_scale = later_scale[i0 + 1:i1 + K].unfold(0, K, 1)  # (m, B, K)
-        offset = (ins.scale[i0:i1, :, None] + window_scale - acc.log_z_safe[:, None]).to(WORK_DTYPE)
+        offset = (ins.scale[i0:i1, ..., None] + window_scale - acc.log_z_safe[..., None]).to(WORK_DTYPE)
         seg = sweeps.segment_terms(ins, outs, rows, i0, i1, window, offset, acc)
         if acc.segments is not None:
             m = min(i1, T - r0) - i0
@@ -205,17 +214,18 @@ def _combine(sweeps, rows: FactorRows, ins: SweepTables, outs: SweepTables, acc:
 
 
 @torch.no_grad()
-def outside(factors: Factors, saved: InsideSaved, segments: Optional[torch.Tensor] = None) -> Posterior:
+def outside(factors, saved: InsideSaved, segments: Optional[torch.Tensor] = None) -> Posterior:
     """Backward sweep and expected counts (see module docstring).
 
     `segments`, if given, is a `(B, T, K, C)` tensor that receives
     P(segment `[s, s+d)` has label `c`) at `[b, s, d-1, c]` (on request only:
-    it is `O(T K C)`)."""
+    it is `O(T K C)`). On :class:`~.lanes.StackedFactors` of p and a tangent,
+    every field has a lane axis first: the posterior and its tangent."""
     sweeps = sweeps_for(factors)
-    acc = _Accumulator(factors, saved.log_z, segments)
+    acc = _Accumulator(sweeps, saved.log_z, segments)
     B, C, K = sweeps.B, sweeps.C, sweeps.K
-    tail = (torch.full((K, B, C), NEG_INF, dtype=WORK_DTYPE, device=sweeps.device),
-            torch.zeros((K, B), dtype=torch.float64, device=sweeps.device))
+    tail = (sweeps.lanes.zero_(sweeps.lane_empty(B, C, before=(K,)), lane_axis=1),
+            torch.zeros((K, *sweeps.lanes.lead, B), dtype=torch.float64, device=sweeps.device))
     state = sweeps.initial_outside()
     with sweep_threads(sweeps):
         for index in range(len(saved.blocks) - 1, -1, -1):
