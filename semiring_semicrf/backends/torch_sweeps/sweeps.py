@@ -82,11 +82,17 @@ def sweeps_for(factors):
     return DurationSweeps(factors) if factors.duration_dependent else FactorizedSweeps(factors)
 
 
-def block_rows(T: int, K: int) -> list:
-    """Row ranges of `~sqrt((T+1) K)` rows covering `[0, T+1)`: per-block
-    work tensors and low-memory checkpoints then both stay sublinear in T."""
+#: Rows per block of a forward sweep that keeps nothing for an outside.
+FORWARD_ONLY_BLOCK = 256
+
+
+def block_rows(T: int, K: int, size: Optional[int] = None) -> list:
+    """Row ranges covering `[0, T+1)`, of `size` rows (default `~sqrt((T+1)
+    K)`: per-block work tensors and low-memory checkpoints then both stay
+    sublinear in T; a forward sweep that keeps nothing takes a fixed size,
+    so that its working memory does not depend on T at all)."""
     rows = T + 1
-    size = max(1, min(rows, math.isqrt(rows * K)))
+    size = max(1, min(rows, math.isqrt(rows * K) if size is None else size))
     return [(r0, min(rows, r0 + size)) for r0 in range(0, rows, size)]
 
 
@@ -116,7 +122,7 @@ def inside(factors, low_memory: bool = False, keep: bool = True):
     On :class:`~.lanes.StackedFactors`, `log_z` is `(L, B)`: every lane's
     result (log Z, its tangent, an entropy, ...)."""
     sweeps = sweeps_for(factors)
-    blocks = block_rows(sweeps.T, sweeps.K)
+    blocks = block_rows(sweeps.T, sweeps.K, None if keep else FORWARD_ONLY_BLOCK)
     state = sweeps.initial_inside()
     cum = sweeps.factors.initial_cum()
     saved = InsideSaved(None, blocks, []) if keep else None
