@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Optional
 
 #: The queries of the contract: "log" is the Log forward-backward
-#: (`inside` and `outside`), the others are named after their method.
-QUERIES = ("log", "viterbi", "kbest", "sample")
+#: (`inside` and `outside`), the others are named after their method
+#: ("scan": the generic scan of any semiring).
+QUERIES = ("log", "viterbi", "kbest", "sample", "scan")
 
 
 class Backend:
@@ -55,6 +56,12 @@ class Backend:
 
     def sample(self, prepared, num_samples: int, generator=None):
         """`(labels (N, B, T) int64, starts (N, B, T) bool)`: exact samples."""
+        raise NotImplementedError
+
+    def scan(self, prepared: tuple, semiring):
+        """`semiring.extract(result)` of the generic scan over `prepared` (the
+        tuple of `semiring.num_potentials` prepared potentials), differentiable
+        when they require grad."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
