@@ -1,34 +1,34 @@
 """The compiled rung: the generic scan of any semiring, compiled.
 
 The reference's recurrence (:class:`~semiring_semicrf.backends.reference.ScanProgram`)
-is compiled as it is written: `torch.compile` (inductor: Triton on CUDA, C++ on
-the CPU) traces a **block** of `BLOCK` calls of `ScanProgram.step` ending at a
-position `e_last` given as a 0-d tensor, so that one compiled block (one CUDA
-graph on CUDA) serves every block of the sequence; a renormalization opens
-each block when the semiring renormalizes.
+is compiled as it is written, not copied: `torch.compile` (inductor: Triton
+on CUDA, C++ on the CPU) compiles `ScanProgram.step`, with the position given
+as a 0-d tensor so that one compiled step serves every position, and
+`ScanProgram.renormalize`.
 
-The scan runs from position 1 to T as blocks that each end either at one of
-the sequences' lengths or `BLOCK` positions after the previous block: the
-first block after a length (and the first of all) runs the same `BLOCK` steps
-with those before its `start` leaving the ring as it was. After the block
-that ends at a length `L`, the sequences of length `L` are finished with the
-reference's :meth:`ScanProgram.finish` (eager: a few ends per batch).
+The scan runs from position 1 to T as blocks of `BLOCK` steps, each opened
+by a renormalization (for a semiring that renormalizes), that end either at
+one of the sequences' lengths or `BLOCK` positions after the previous block
+(:func:`schedule`); a block that follows a length (and the first one) runs
+its steps before its `start` as no-ops. After the block that ends at a length
+`L`, the sequences of length `L` are finished with the reference's
+:meth:`ScanProgram.finish` (eager: a few ends per batch).
 
-On CUDA each compiled block is captured once as a CUDA graph over static
-buffers (the tables the steps read, the ring, the position) and replayed for
-every block, so the per-position launch cost disappears. Gradients go through
-one autograd function per block that keeps only the block's input ring (block
+On CUDA a block is captured once as a CUDA graph over static buffers (the
+tables the steps read, the ring, the position) and replayed for every block,
+so the per-position launch cost disappears. Gradients go through one
+autograd function per block that keeps only the block's input ring (block
 checkpointing, like :func:`~semiring_semicrf.autograd.checkpointed_scan`)
-and whose backward replays the compiled block's forward and backward (its
-vector-Jacobian product, captured as a second CUDA graph).
+and whose backward runs the block's compiled forward and backward again (its
+vector-Jacobian product, captured as a second graph).
 
-Compiled blocks are cached per semiring (class and parameters), kind of
+Compiled steps are cached per semiring (class and parameters), kind of
 potentials, number of potential sets, `(B, T, K, C)`, dtype and device
 (:data:`CACHE_SIZE` entries, least recently used dropped); the first call of
-an entry compiles (tens of seconds), later ones replay. `auto` picks this
-rung on CUDA for a semiring without a specialization; on the CPU the eager
-reference is as fast at the sizes measured (benchmarks/cpu_compiled.py), and
-`backend="compiled"` compiles there too.
+an entry compiles, later ones reuse it. `auto` picks this rung on CUDA for a
+semiring without a specialization; on the CPU it runs when named
+(`backend="compiled"`; benchmarks/cpu_compiled.py compares it with the eager
+scan).
 """
 from __future__ import annotations
 
@@ -41,9 +41,9 @@ import torch
 from .base import Backend
 from .reference import ScanProgram
 
-#: Steps per compiled block.
+#: Steps per block (on CUDA, one replay of a CUDA graph).
 BLOCK = 16
-#: Compiled blocks kept (least recently used dropped).
+#: Cache entries kept (least recently used dropped).
 CACHE_SIZE = 32
 #: Runs of a function before its CUDA graph is captured (the first compiles).
 _WARMUP = 2
@@ -168,6 +168,10 @@ class CompiledBlocks:
         found = self._call(self._vjp, ticket, tables, (ring, offset, *grads), e_last, start)
         return tuple(g.clone() for g in found) if self.graphs else found
 
+    def captured(self, name: str) -> bool:
+        """Whether the CUDA graph of "forward" or "vjp" is captured."""
+        return {"forward": "_block", "vjp": "_vjp"}[name] in self._graphs
+
     def _call(self, function, ticket, tables, state, e_last: int, start: int):
         """`function(tables, state, positions, start)` for the block ending at
         `e_last`, or its CUDA graph (captured on its first call) over static
@@ -206,6 +210,9 @@ class _Block(torch.autograd.Function):
     def forward(ctx, blocks: CompiledBlocks, ticket: object, e_last: int, start: int, ring, offset, *tables):
         out = blocks.forward(ticket, tables, ring, offset, e_last, start)
         out_ring, out_offset, previous, alpha = (t.clone() for t in out)
+        if blocks.graphs and not blocks.captured("vjp"):  # capture here, not in autograd's backward thread
+            blocks.vjp(ticket, tables, ring, offset, e_last, start,
+                       tuple(torch.zeros_like(t) for t in (out_ring, previous, alpha)))
         ctx.blocks, ctx.ticket, ctx.e_last, ctx.start = blocks, ticket, e_last, start
         ctx.save_for_backward(ring, offset, *tables)
         ctx.mark_non_differentiable(out_offset)
