@@ -27,8 +27,9 @@ potentials, number of potential sets, `(B, T, K, C)`, dtype and device
 (:data:`CACHE_SIZE` entries, least recently used dropped); the first call of
 an entry compiles, later ones reuse it. `auto` picks this rung on CUDA for a
 semiring without a specialization; on the CPU it runs when named
-(`backend="compiled"`; benchmarks/cpu_compiled.py compares it with the eager
-scan).
+(`backend="compiled"`): there it is several times faster than the eager scan
+for the expectation-like semirings but not for k-best
+(benchmarks/cpu_compiled.py), and compiling takes seconds.
 """
 from __future__ import annotations
 
@@ -47,11 +48,13 @@ BLOCK = 16
 CACHE_SIZE = 32
 #: Runs of a function before its CUDA graph is captured (the first compiles).
 _WARMUP = 2
-#: Inductor options by device type. On the CPU, the vectorized tail loops
-#: of inductor's C++ index the scatter of a gather's backward wrongly on
-#: small dims (torch 2.13: wrong gradients of the `(K, C, C)` step, seen in
+#: Inductor options by device type. On the CPU: one thread, as a step's
+#: tensors are small and OpenMP's barriers cost more than the work (30x on a
+#: loaded 2-core machine); and the vectorized tail loops of inductor's C++
+#: index the scatter of a gather's backward wrongly on small dims (torch
+#: 2.13: wrong gradients of the `(K, C, C)` step, seen in
 #: tests/test_compiled.py), so tails run scalar.
-_OPTIONS = {"cpu": {"cpp.enable_loop_tail_vec": False}}
+_OPTIONS = {"cpu": {"cpp.threads": 1, "cpp.enable_loop_tail_vec": False}}
 
 
 def _step(program: ScanProgram, ring, e, start):
@@ -69,7 +72,7 @@ def _renormalize(program: ScanProgram, ring, offset):
 def _own_code(function):
     """`function` with a code object of its own: torch.compile keeps its
     cache (and its recompilation limit) per code object, and each entry of
-    this rung's cache compiles its block once."""
+    this rung's cache compiles its own step once."""
     return types.FunctionType(function.__code__.replace(), function.__globals__, function.__name__,
                               function.__defaults__, function.__closure__)
 
@@ -230,7 +233,7 @@ def schedule(lengths) -> list:
     """The blocks of a scan: `(e_last, start, finishes)` in order, `finishes`
     True when `e_last` is a sequence's length (every length ends a block)."""
     blocks, previous = [], 0
-    for end in sorted(set(int(x) for x in lengths)):
+    for end in sorted({int(x) for x in lengths}):
         e_last = previous + (end - previous - 1) % BLOCK + 1
         while e_last <= end:
             blocks.append((e_last, previous + 1, e_last == end))
@@ -239,7 +242,7 @@ def schedule(lengths) -> list:
     return blocks
 
 
-_CACHE: "OrderedDict[tuple, CompiledBlocks]" = OrderedDict()
+_CACHE: OrderedDict[tuple, CompiledBlocks] = OrderedDict()
 
 
 def cache_key(program: ScanProgram) -> tuple:
@@ -300,7 +303,8 @@ class CompiledBackend(Backend):
         if device not in ("cpu", "cuda"):
             return f"tensors are on {potentials.device}; the compiled scan runs on cpu and cuda"
         if device == "cpu" and not requested:
-            return "on the CPU the eager scan is as fast (benchmarks/cpu_compiled.py); backend='compiled' compiles there"
+            return ("on the CPU compiling costs seconds and is not faster for every semiring (k-best: "
+                    "benchmarks/cpu_compiled.py); backend='compiled' compiles there")
         return unavailable_reason()
 
     def scan(self, prepared, semiring):
