@@ -25,6 +25,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -108,8 +109,9 @@ def forward_backward(p, semiring, backend):
     return out.detach(), [torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves)]
 
 
-def measure(p, name, semiring, device, repeats: int) -> dict:
-    """One row: eager and compiled timings, compile times, differences."""
+def measure(p, name, semiring, device, repeats: int, results: Optional[dict] = None) -> dict:
+    """One row: eager and compiled timings, compile times, differences
+    (the results and gradients themselves into `results`, if given)."""
     row: dict = {"semiring": name, "size": (p.batch_size, p.T, p.K, p.C)}
     first_fwd, out = timed(lambda: forward(p, semiring, "compiled"), device)
     first_bwd, (_, grads) = timed(lambda: forward_backward(p, semiring, "compiled"), device)
@@ -121,6 +123,8 @@ def measure(p, name, semiring, device, repeats: int) -> dict:
     eager_bwd, (_, want_grads) = timed(lambda: forward_backward(p, semiring, "reference"), device)
     row.update(eager_fwd=eager_fwd, eager_fwd_bwd=eager_bwd, diff=relative(out, want),
                grad_diff=max(relative(g, w) for g, w in zip(grads, want_grads)))
+    if results is not None:
+        results.update(compiled=out, eager=want, compiled_grads=grads, eager_grads=want_grads)
     return row
 
 
@@ -134,7 +138,7 @@ def table(rows) -> str:
         if "error" in r:
             errors.append(f"{r['semiring']} {size}: {r['error']}")
             continue
-        ms = lambda key: f"{1e3 * r[key]:.1f}"  # noqa: E731
+        ms = lambda key, r=r: f"{1e3 * r[key]:.1f}"  # noqa: E731
         lines.append((r["semiring"], size, ms("eager_fwd"), ms("fwd"), ms("eager_fwd_bwd"), ms("fwd_bwd"),
                       f"{r['compile_fwd_s']:.1f}", f"{r['compile_bwd_s']:.1f}", f"{r['diff']:.1e}",
                       f"{r['grad_diff']:.1e}"))

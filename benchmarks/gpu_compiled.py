@@ -13,7 +13,8 @@ At (4, 1000, 32, 24), float32, for the semiring of notebooks/02_new_semiring.ipy
   launched one by one) shows what the graphs save;
 - checks: the compiled results and gradients against the eager generic scan
   (`backend="reference"`, float32, on the GPU) as `max |diff| / max |eager|`,
-  and the compiled and eager float32 results against the eager float64 scan.
+  and the compiled and eager float32 results and gradients against the eager
+  float64 scan's (float32 rounding is the same order in both).
 
 Targets (issue 14): forward at most 20 ms, forward+backward at most 3x the
 forward. Writes `gpu_compiled.json` under --out and prints the table last.
@@ -32,7 +33,7 @@ import traceback
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cpu_compiled import forward, median_time, problem, relative, semirings  # noqa: E402
+from cpu_compiled import forward, forward_backward, median_time, problem, relative, semirings  # noqa: E402
 from cpu_compiled import measure as measure_times  # noqa: E402
 
 SIZE = (4, 1000, 32, 24)
@@ -53,27 +54,32 @@ def without_graphs(p, semiring, repeats: int) -> float:
 
 
 def measure(p, p64, name, semiring, repeats: int) -> dict:
-    row = measure_times(p, name, semiring, p.device, repeats)
+    results: dict = {}
+    row = measure_times(p, name, semiring, p.device, repeats, results)
     row["fwd_no_graphs"] = without_graphs(p, semiring, max(1, repeats // 2))
+    _, truth_grads = forward_backward(p64, semiring, "reference")
     truth = forward(p64, semiring, "reference")
-    row["err_compiled"] = relative(forward(p, semiring, "compiled"), truth)
-    row["err_eager"] = relative(forward(p, semiring, "reference"), truth)
+    row.update(err_compiled=relative(results["compiled"], truth), err_eager=relative(results["eager"], truth))
+    for backend, found in (("compiled", results["compiled_grads"]), ("reference", results["eager_grads"])):
+        row[f"grad_err_{backend}"] = max(relative(g, w) for g, w in zip(found, truth_grads))
     row["meets_targets"] = row["fwd"] <= TARGET_FORWARD_S and row["fwd_bwd"] <= TARGET_RATIO * row["fwd"]
     return row
 
 
 def table(rows) -> str:
     head = ("semiring", "fwd ms", "f+b ms", "f+b/fwd", "no graphs ms", "eager fwd ms", "eager f+b ms",
-            "compile fwd s", "compile f+b s", "vs eager", "grads vs eager", "err f32 (eager's)", "targets")
+            "compile fwd s", "compile f+b s", "vs eager", "grads vs eager", "err f32 (eager's)",
+            "grad err f32 (eager's)", "targets")
     lines, errors = [head], []
     for r in rows:
         if "error" in r:
             errors.append(f"{r['semiring']}: {r['error']}")
             continue
-        ms = lambda key: f"{1e3 * r[key]:.1f}"  # noqa: E731
+        ms = lambda key, r=r: f"{1e3 * r[key]:.1f}"  # noqa: E731
         lines.append((r["semiring"], ms("fwd"), ms("fwd_bwd"), f"{r['fwd_bwd'] / r['fwd']:.2f}", ms("fwd_no_graphs"),
                       ms("eager_fwd"), ms("eager_fwd_bwd"), f"{r['compile_fwd_s']:.1f}", f"{r['compile_bwd_s']:.1f}",
                       f"{r['diff']:.1e}", f"{r['grad_diff']:.1e}", f"{r['err_compiled']:.1e} ({r['err_eager']:.1e})",
+                      f"{r['grad_err_compiled']:.1e} ({r['grad_err_reference']:.1e})",
                       "met" if r["meets_targets"] else "MISSED"))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
     return "\n".join(["  ".join(str(x).ljust(w) for x, w in zip(line, widths)) for line in lines] + errors)
@@ -104,7 +110,8 @@ def main():
                   f, indent=1, default=str)
     print(f"\n{SIZE} float32; targets: forward <= {1e3 * TARGET_FORWARD_S:.0f} ms, forward+backward <= "
           f"{TARGET_RATIO:.0f}x forward; 'vs eager', 'grads vs eager': max |compiled - eager| / max |eager| "
-          "(float32); 'err f32': against the float64 eager scan")
+          "(float32); 'err f32', 'grad err f32': the compiled (and eager) float32 results and gradients against "
+          "the float64 eager scan's")
     print(table(rows))
 
 

@@ -172,22 +172,14 @@ def check_case(semiring, kind, seed, lengths, extras, device, dtype=torch.float6
         assert_gradients_equal(semiring, pots)
 
 
-@pytest.mark.slow
+@pytest.mark.parametrize("device", [pytest.param("cpu", marks=pytest.mark.slow),
+                                    pytest.param("cuda", marks=[pytest.mark.gpu, CUDA])])
 @pytest.mark.parametrize("semiring, kind", MATRIX, ids=[f"{s!r}-{k}" for s, k in MATRIX])
 @settings(max_examples=3)
 @given(seed=st.integers(0, 2**16), lengths=lengths_drawn, extras=st.booleans())
-def test_compiled_equals_eager_on_the_cpu(semiring, kind, seed, lengths, extras):
-    check_case(semiring, kind, seed, lengths, extras, "cpu")
-
-
-@pytest.mark.gpu
-@CUDA
-@pytest.mark.parametrize("semiring, kind", MATRIX, ids=[f"{s!r}-{k}" for s, k in MATRIX])
-@settings(max_examples=3)
-@given(seed=st.integers(0, 2**16), lengths=lengths_drawn, extras=st.booleans())
-def test_compiled_equals_eager_on_the_gpu(semiring, kind, seed, lengths, extras):
-    """CUDA graphs: float64 against the eager scan on the GPU, gradients too."""
-    check_case(semiring, kind, seed, lengths, extras, "cuda")
+def test_compiled_equals_eager(semiring, kind, device, seed, lengths, extras):
+    """float64; on CUDA through the CUDA graphs."""
+    check_case(semiring, kind, seed, lengths, extras, device)
 
 
 @pytest.mark.gpu
