@@ -85,8 +85,7 @@ class _CountingSemiring(StdSemiring):
     """Std without the scan's renormalization, so that counts of
     segmentations stay exact integers in float64 (up to 2**53)."""
 
-    def log_mass(self, value):
-        return None
+    renormalize = False
 
 
 class SemiMarkovDistribution(Distribution):

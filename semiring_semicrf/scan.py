@@ -11,10 +11,11 @@ on structured potentials:
 | `MaxSemiring()` | Viterbi sweep | the best segmentation's parts (as `log_potential`) |
 | `KMaxSemiring(k)` | k-best sweep | the k segmentations' parts |
 | Entropy, CrossEntropy, KL | an inside sweep with an information lane (:mod:`semiring_semicrf.information`) | Hessian-vector products of log Z (dual-number sweeps) |
-| any other, explicit edges, or `backend="reference"` | the generic scan | block checkpointing |
+| any other, explicit edges, or `backend="reference"`/`"compiled"` | the generic scan (query "scan") | block checkpointing |
 
 The rung that runs a specialization (Triton on CUDA, the torch sweeps,
-the reference) is chosen by :mod:`semiring_semicrf.backends`;
+the reference) or the generic scan (compiled on CUDA, the reference) is
+chosen by :mod:`semiring_semicrf.backends`;
 :func:`dispatch_table` lists the choice per semiring, potentials kind and
 device (`semicrf info` prints it). Only the exact shipped classes are
 specialized: a subclass that changes an operation runs the generic scan.
@@ -26,7 +27,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import backends, information
-from .autograd import checkpointed_scan, log_partition
+from .autograd import log_partition
 from .backends.reference import RENORM_INTERVAL, ScanProgram, ScanTables, prepare, scan
 from .potentials import SemiMarkovPotentials
 from .segmentation import Segmentation
@@ -82,11 +83,8 @@ SPECIALIZED: dict = {
 }
 
 
-def _generic(pots, semiring: Semiring) -> torch.Tensor:
-    """The generic scan; block-checkpointed when a gradient is tracked."""
-    tracked = torch.is_grad_enabled() and any(t.requires_grad for p in pots for t in p.tensors().values())
-    argument = pots if len(pots) > 1 else pots[0]
-    return checkpointed_scan(argument, semiring) if tracked else scan(argument, semiring)
+#: Backends that run the generic scan whatever the semiring.
+GENERIC_BACKENDS = ("reference", "compiled")
 
 
 def semimarkov_scan(potentials, semiring: Semiring = LogSemiring(), *, backend: str = "auto",
@@ -98,9 +96,9 @@ def semimarkov_scan(potentials, semiring: Semiring = LogSemiring(), *, backend: 
             (or a tuple of `semiring.num_potentials` of them, e.g. `(p, q)`
             for cross-entropy and KL).
         semiring: any :class:`Semiring`.
-        backend: "auto", "triton", "torch" or "reference" (see
-            :mod:`semiring_semicrf.backends`); "reference" runs the generic
-            scan whatever the semiring.
+        backend: "auto", "triton", "compiled", "torch" or "reference" (see
+            :mod:`semiring_semicrf.backends`); "reference" (eager) and
+            "compiled" run the generic scan whatever the semiring.
         low_memory: Log on structured potentials: checkpoint the inside sweep
             instead of keeping its `O(B T C)` tables for the backward.
         return_tables: also return the generic scan's :class:`ScanTables`
@@ -116,10 +114,10 @@ def semimarkov_scan(potentials, semiring: Semiring = LogSemiring(), *, backend: 
     backends.check_name(backend)
     users = potentials if isinstance(potentials, (tuple, list)) else (potentials,)
     if return_tables:
-        return scan(potentials, semiring, return_tables=True)
+        return scan(pots, semiring, return_tables=True)
     special = SPECIALIZED.get(type(semiring))
-    if special is None or backend == "reference" or pots[0].is_explicit:
-        return _generic(tuple(users), semiring)
+    if special is None or backend in GENERIC_BACKENDS or pots[0].is_explicit:
+        return backends.select(backend, users[0], "scan").scan(pots, semiring)
     return special[1](tuple(users), semiring, backend, low_memory)
 
 
@@ -139,8 +137,10 @@ def dispatch_table(devices: Optional[Sequence[str]] = None) -> list:
             for device in devices:
                 rung = backends.select("auto", _tiny(device, dependent), query, k=2)
                 rows.append((label, kind, device, f"{rung.name} ({_describe(query)})"))
-        rows.append((label, "explicit edges", "any", "reference (generic scan)"))
-    rows.append(("any other semiring", "any", "any", "reference (generic scan)"))
+    for label, kind, explicit in (("any semiring", "explicit edges", True), ("any other semiring", "structured", False)):
+        for device in devices:
+            rung = backends.select("auto", _tiny(device, True, explicit), "scan")
+            rows.append((label, kind, device, f"{rung.name} (generic scan)"))
     return rows
 
 
@@ -150,8 +150,9 @@ def _describe(query: str) -> str:
     return what[query]
 
 
-def _tiny(device: str, duration_dependent: bool) -> SemiMarkovPotentials:
+def _tiny(device: str, duration_dependent: bool, explicit: bool = False):
     K, C = 4, 3
     transition = torch.zeros((K, C, C) if duration_dependent else (C, C), device=device)
-    return SemiMarkovPotentials(torch.zeros(1, 8, C, device=device), transition, torch.zeros(K, C, device=device))
+    p = SemiMarkovPotentials(torch.zeros(1, 8, C, device=device), transition, torch.zeros(K, C, device=device))
+    return SemiMarkovPotentials.from_edges(p.to_edges()) if explicit else p
 

@@ -7,6 +7,9 @@ Rungs, slowest and plainest first:
   on structured and explicit potentials, on any device.
 - ``"torch"`` (:mod:`.torch_sweeps`): the Log sweeps in PyTorch, row by row
   without autograd (structured potentials).
+- ``"compiled"`` (:mod:`.compiled`): the generic scan of any semiring,
+  compiled by torch.compile and replayed as CUDA graphs (CUDA under "auto";
+  the CPU when named).
 - ``"triton"`` (:mod:`.triton`, the kernels of ``semiring_semicrf.kernels``):
   the Log sweeps and the Max sweep on CUDA (structured potentials, `(C, C)`
   transitions, float32).
@@ -21,15 +24,18 @@ reference):
   expected counts (gradients and marginals all follow from them);
 - ``viterbi(prepared) -> (score (B,), labels (B, T) int64, starts (B, T) bool)``;
 - ``kbest(prepared, k) -> (scores (k, B), labels (k, B, T), starts (k, B, T))``;
-- ``sample(prepared, n, generator) -> (labels (n, B, T), starts (n, B, T))``.
+- ``sample(prepared, n, generator) -> (labels (n, B, T), starts (n, B, T))``;
+- ``scan(prepared, semiring) -> semiring.extract(result)``: the generic scan
+  of any semiring (`prepared` a tuple of potential sets), differentiable by
+  block checkpointing.
 
-Labels are -1 and starts False past each length. None of them builds an
-autograd graph over positions.
+Labels are -1 and starts False past each length. None of the first five
+builds an autograd graph over positions.
 
 A rung implements some queries itself (:attr:`Backend.queries`) and hands the
 others to the rung below. ``backend="auto"`` takes the highest rung that can
-run the potentials (Triton on CUDA when it imports, else torch, else the
-reference); naming a rung starts there. Anything a rung cannot run is routed
+run the potentials (Triton on CUDA when it imports, then the compiled scan
+on CUDA, else torch, else the reference); naming a rung starts there. Anything a rung cannot run is routed
 down the ladder, never computed approximately; only a rung named explicitly
 that cannot run the potentials at all raises.
 """
@@ -39,14 +45,15 @@ from typing import Optional
 
 from ..posterior import Posterior
 from .base import QUERIES, Backend
+from .compiled import CompiledBackend
 from .reference import ReferenceBackend
 from .torch_sweeps import TorchBackend
 from .triton import TritonBackend
 
-BACKEND_NAMES = ("auto", "triton", "torch", "reference")
+BACKEND_NAMES = ("auto", "triton", "compiled", "torch", "reference")
 
 #: Highest rung first.
-LADDER: tuple = (TritonBackend(), TorchBackend(), ReferenceBackend())
+LADDER: tuple = (TritonBackend(), CompiledBackend(), TorchBackend(), ReferenceBackend())
 _BY_NAME = {rung.name: rung for rung in LADDER}
 
 __all__ = ["Backend", "Posterior", "BACKEND_NAMES", "LADDER", "QUERIES", "check_name", "select", "get", "resolve",

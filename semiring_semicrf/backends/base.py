@@ -23,8 +23,9 @@ from typing import Optional
 import torch
 
 #: The queries of the contract: "log" is the Log forward-backward
-#: (`inside` and `outside`), the others are named after their method.
-QUERIES = ("log", "viterbi", "kbest", "sample", "hvp", "information")
+#: (`inside` and `outside`), the others are named after their method
+#: ("scan": the generic scan of any semiring).
+QUERIES = ("log", "viterbi", "kbest", "sample", "hvp", "information", "scan")
 
 #: The quantities of the "information" query.
 INFORMATION = ("entropy", "cross_entropy", "kl")
@@ -104,6 +105,12 @@ class Backend:
         segmentation. `saved`: None, or `(p's, q's)` forward as `inside`
         keeps it (q's None for "entropy"), for a later `hvp` of p and
         `outside` of q by this rung."""
+        raise NotImplementedError
+
+    def scan(self, prepared: tuple, semiring):
+        """`semiring.extract(result)` of the generic scan over `prepared` (the
+        tuple of `semiring.num_potentials` prepared potentials), differentiable
+        when they require grad."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

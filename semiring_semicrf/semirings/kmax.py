@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Semiring, check_dim, full
+from .base import Semiring, check_dim
 
 
 class KMaxSemiring(Semiring):
@@ -12,8 +12,12 @@ class KMaxSemiring(Semiring):
 
     `plus` merges two lists and keeps the k largest, `times` forms all
     pairwise sums and keeps the k largest. Ties are kept (a list of the k best
-    *structures*, so two structures with one score appear twice).
+    *structures*, so two structures with one score appear twice). `zero`,
+    `one` and `plus` are the defaults; `extract` keeps the list, `(k, ...)`,
+    for every k.
     """
+
+    renormalize = True
 
     def __init__(self, k: int):
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
@@ -24,24 +28,12 @@ class KMaxSemiring(Semiring):
     def __repr__(self) -> str:
         return f"KMaxSemiring(k={self.k})"
 
-    def zero(self, shape, dtype=torch.float64, device=None):
-        return full(self.k, shape, float("-inf"), dtype, device)
-
-    def one(self, shape, dtype=torch.float64, device=None):
-        out = self.zero(shape, dtype, device)
-        out[0] = 0.0
-        return out
-
     def _top(self, x: torch.Tensor) -> torch.Tensor:
         """k largest along dim 0 (sorted descending)."""
         if x.shape[0] < self.k:
             pad = x.new_full((self.k - x.shape[0], *x.shape[1:]), float("-inf"))
             x = torch.cat([x, pad], dim=0)
         return x.topk(self.k, dim=0).values
-
-    def plus(self, a, b):
-        a, b = torch.broadcast_tensors(a, b)
-        return self._top(torch.cat([a, b], dim=0))
 
     def times(self, a, b):
         a, b = torch.broadcast_tensors(a, b)

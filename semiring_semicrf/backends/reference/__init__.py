@@ -11,7 +11,10 @@ falls out of it, in any semiring, on any potentials and device.
 - Viterbi and k-best: the scan in `MaxSemiring` / `KMaxSemiring(k)` with
   back-pointers (:mod:`.decode`);
 - samples: forward filtering, backward sampling from the scan's tables
-  (:mod:`.sample`).
+  (:mod:`.sample`);
+- the generic scan of any semiring (`scan`): eager, block-checkpointed
+  (:func:`~semiring_semicrf.autograd.checkpointed_scan`) when a gradient is
+  tracked.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from ...semirings import CrossEntropySemiring, EntropySemiring, KLDivergenceSemi
 from ..base import QUERIES, Backend
 from .decode import kbest
 from .sample import sample
-from .scan import RENORM_INTERVAL, ScanProgram, ScanTables, prepare, scan
+from .scan import RENORM_INTERVAL, ScanProgram, ScanTables, prepare, scan, tracks_grad
 
 __all__ = ["ReferenceBackend", "ScanProgram", "ScanTables", "RENORM_INTERVAL", "prepare", "scan", "kbest", "sample"]
 
@@ -72,6 +75,11 @@ class ReferenceBackend(Backend):
 
     def sample(self, prepared, num_samples: int, generator=None):
         return sample(prepared, num_samples, generator)
+
+    def scan(self, prepared, semiring):
+        from ...autograd.checkpointed import checkpointed_scan  # autograd builds on this package
+
+        return checkpointed_scan(prepared, semiring) if tracks_grad(prepared) else scan(prepared, semiring)
 
 
 def _posteriors(prepared, tangent=None) -> tuple:

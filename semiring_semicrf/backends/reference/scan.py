@@ -27,9 +27,22 @@ source is `one` at position 0).
 
 Working memory is `O(S B K C)` whatever T is (S = the semiring's state size).
 
-Numerics: every `RENORM_INTERVAL` positions the ring is renormalized: a
-per-sequence log-scale (see :meth:`Semiring.log_mass`) is factored out and
-carried in float64, so a float32 scan keeps O(1) state values at any T.
+Numerics: for a semiring with `renormalize = True`, every `RENORM_INTERVAL`
+positions the ring is renormalized: a per-sequence log-scale (see
+:meth:`Semiring.log_mass`) is factored out and carried in float64, so a
+float32 scan keeps O(1) state values at any T. Other semirings never are, and
+their values keep the working dtype (or their own: a bool state stays bool).
+
+What a semiring declares (:class:`~semiring_semicrf.semirings.Semiring`) is
+honoured in :func:`prepare`: `center = False` gets uncentred factors (exact
+sums on integer potentials), and a non-`homomorphic` semiring is refused on
+the factorized path, whose factors it cannot multiply back.
+
+A step takes its position `e` as an int, or as a 0-d integer tensor (the
+compiled rung replays one block of steps for every block,
+:mod:`semiring_semicrf.backends.compiled`): rows are then gathered with the
+index clamped into the tables, and a step outside `[1, T]` computes values its
+caller discards.
 
 Selective semirings (Max, KMax) can run the same steps with index-returning
 reductions (:meth:`Semiring.argsum`): `keep(name, e, index)` then receives
@@ -72,9 +85,15 @@ class ScanTables:
 def prepare(potentials, semiring: Semiring) -> tuple:
     """`potentials` (one, or a tuple of `semiring.num_potentials`, e.g. `(p, q)`)
     as a tuple of :class:`Factors` or :class:`EdgePotentials` of one kind, one
-    shape and one set of lengths."""
+    shape and one set of lengths, prepared for the semiring: uncentred
+    factors when it sets `center = False` (a :class:`Factors` given is used
+    as it is). Raises ValueError for a semiring the potentials cannot run:
+    a non-homomorphic one on the factorized `(C, C)` path."""
     if not isinstance(semiring, Semiring):
         raise TypeError(f"semiring must be a Semiring instance (e.g. LogSemiring()), got {semiring!r}")
+    if semiring.renormalize and not semiring.homomorphic:
+        raise ValueError(f"{semiring!r} sets renormalize = True and homomorphic = False: renormalizing multiplies "
+                         "the state by embedded log-scales, exact only when embed is a homomorphism")
     pots = tuple(potentials) if isinstance(potentials, (tuple, list)) else (potentials,)
     if len(pots) != semiring.num_potentials:
         raise ValueError(
@@ -83,7 +102,7 @@ def prepare(potentials, semiring: Semiring) -> tuple:
     prepared = []
     for i, p in enumerate(pots):
         if isinstance(p, SemiMarkovPotentials):
-            p = p.factors()
+            p = p.factors() if semiring.center or not p.center else _uncentred(p)
         elif not isinstance(p, (Factors, EdgePotentials)):
             name = "potentials" if len(pots) == 1 else f"potentials[{i}]"
             raise TypeError(f"{name} must be SemiMarkovPotentials or EdgePotentials, got {type(p).__name__}")
@@ -99,13 +118,39 @@ def prepare(potentials, semiring: Semiring) -> tuple:
             raise ValueError(f"potentials[{i}] differs from potentials[0] in kind, shape or dtype")
         if not torch.equal(p.lengths, first.lengths):
             raise ValueError(f"potentials[{i}] has other lengths than potentials[0]")
+    if not semiring.homomorphic and not first.duration_dependent:
+        raise ValueError(
+            f"{semiring!r} declares homomorphic = False (embed(x + y) is not times(embed(x), embed(y))), and "
+            "(C, C) transitions take the factorized scan, which embeds each segment's start, duration and end "
+            "factors apart: give (K, C, C) transitions (transition.expand(K, C, C)) or explicit edges "
+            "(SemiMarkovPotentials.from_edges(p.to_edges(), p.lengths)), which embed each segment whole")
     return tuple(prepared)
+
+
+def tracks_grad(prepared: tuple) -> bool:
+    """Whether a scan of `prepared` (from :func:`prepare`) must carry a gradient."""
+    sources = (p.potentials if isinstance(p, Factors) else p for p in prepared)
+    return torch.is_grad_enabled() and any(t.requires_grad for s in sources for t in s.tensors().values())
+
+
+def _uncentred(potentials: SemiMarkovPotentials) -> Factors:
+    """The factors of `potentials` without the zero-centring (mean 0)."""
+    mean = torch.zeros(potentials.batch_size, potentials.C, dtype=torch.float64, device=potentials.device)
+    return Factors(potentials, mean=mean)
 
 
 def _stack(tensors) -> torch.Tensor:
     """Stack potential sets on a new dim 0 (a view when there is only one)."""
     tensors = list(tensors)
     return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors, dim=0)
+
+
+def _row(table: torch.Tensor, r) -> torch.Tensor:
+    """`table[:, :, r]` of a `(P, B, T, C)` table: `r` an int, or a 0-d
+    tensor clamped into `[0, T)` (see the module docstring)."""
+    if isinstance(r, int):
+        return table[:, :, r]
+    return table.index_select(2, r.clamp(0, table.shape[2] - 1).reshape(1)).squeeze(2)
 
 
 class ScanProgram:
@@ -144,6 +189,39 @@ class ScanProgram:
             for f in pots:  # compute the cached factors now, not inside a (checkpointed) step
                 f.enter, f.leave, f.duration, f.transition_with_start
 
+    # -- the tensors the steps read -------------------------------------------
+    #: Per kind of path, the names of :meth:`tables`.
+    _TABLES = {"explicit": ("edge",), "factorized": ("enter", "leave", "duration", "transition"),
+               "general": ("enter", "leave", "duration", "transition", "start")}
+
+    @property
+    def kind(self) -> str:
+        """"factorized", "general" (`(K, C, C)` transitions) or "explicit"."""
+        return "explicit" if self.explicit else "factorized" if self.factorized else "general"
+
+    def tables(self) -> dict:
+        """The tensors :meth:`step` reads, by name, stacked `(P, ...)` over the
+        potential sets: what a compiled block takes as inputs and is
+        differentiated against (:meth:`with_tables` puts them back)."""
+        names = self._TABLES[self.kind]
+        if self.kind == "general":
+            return {name: _stack([getattr(f, name) for f in self.prepared]) for name in names}
+        return {name: getattr(self, name) for name in names}
+
+    def with_tables(self, tables: dict) -> "ScanProgram":
+        """A copy of this program whose steps read `tables` (as returned by
+        :meth:`tables`, e.g. leaves to differentiate against) instead."""
+        copy = object.__new__(ScanProgram)
+        copy.__dict__.update(self.__dict__)
+        if self.kind != "general":
+            copy.__dict__.update(tables)
+            return copy
+        copy.prepared = tuple(f.replace(**{name: t[i] for name, t in tables.items()})
+                              for i, f in enumerate(self.prepared))
+        for f in copy.prepared:
+            f.transition_with_start
+        return copy
+
     # -- the state ------------------------------------------------------------
     def _select(self, mask: torch.Tensor, shape) -> torch.Tensor:
         """`one` where `mask`, `zero` elsewhere, `(S, *shape)`."""
@@ -178,10 +256,12 @@ class ScanProgram:
 
     def initial_state(self):
         """`(ring, offset, result)` before position 1: the initial ring, a zero
-        float64 log-scale `(P, B)` and a float64 `zero` result `(S, B)`."""
+        float64 log-scale `(P, B)` and a `zero` result `(S, B)` (float64 when
+        the semiring renormalizes, else in the working dtype)."""
         S = self.semiring
         offset = torch.zeros(S.num_potentials, self.B, dtype=torch.float64, device=self.device)
-        return self.initial_ring(), offset, S.zero((self.B,), dtype=torch.float64, device=self.device)
+        result_dtype = torch.float64 if S.renormalize else self.dtype
+        return self.initial_ring(), offset, S.zero((self.B,), dtype=result_dtype, device=self.device)
 
     # -- the loop -------------------------------------------------------------
     def run(self, ring, offset, result, e0: int, e1: int, record=None, keep: Optional[Keep] = None):
@@ -193,17 +273,20 @@ class ScanProgram:
         Returns the new `(ring, offset, result)`: blocks can be chained, or
         recomputed from a saved state (checkpointing)."""
         for e in range(e0, e1):
-            if e % RENORM_INTERVAL == 0:
-                ring, shift = self.renormalize(ring)
-                offset = offset + shift
+            if e % RENORM_INTERVAL == 0 and self.semiring.renormalize:
+                ring, offset = self.renormalize(ring, offset)
             previous = ring
             ring, alpha, u = self.step(ring, e, keep)
             if e in self.ends:
-                here = self.finish(previous, alpha, e, keep)
-                result = torch.where(self.lengths == e, self.rescale(here, offset), result)
+                result = self.collect(result, self.finish(previous, alpha, e, keep), offset, e)
             if record is not None:
                 record(alpha, u, offset)
         return ring, offset, result
+
+    def collect(self, result: torch.Tensor, here: torch.Tensor, offset: torch.Tensor, e: int) -> torch.Tensor:
+        """`result` with the sequences of length `e` set to `here` (their
+        :meth:`finish`), rescaled by `offset`."""
+        return torch.where(self.lengths == e, self.rescale(here, offset), result)
 
     def _reduce(self, x: torch.Tensor, dim: int, name: str, e: int, keep: Optional[Keep]) -> torch.Tensor:
         if keep is None:
@@ -222,11 +305,11 @@ class ScanProgram:
         S = self.semiring
         if self.factorized:
             a = self._reduce(S.times_potential(ring, self.duration), -2, "duration", e, keep)
-            alpha = S.times_potential(a, self.leave[:, :, e - 1])
-            if e == self.T:
+            alpha = S.times_potential(a, _row(self.leave, e - 1))
+            if isinstance(e, int) and e == self.T:  # no segment starts at T (a tensor e computes a discarded u)
                 return ring, alpha, None
             u = self._reduce(S.times_potential(alpha.unsqueeze(-1), self.transition), -2, "transition", e, keep)
-            v = S.times_potential(u, self.enter[:, :, e])
+            v = S.times_potential(u, _row(self.enter, e))
             return torch.cat([v.unsqueeze(2), ring[:, :, :-1]], dim=2), alpha, u
         alpha = self._reduce(self._segments(ring, self.block(e)), -1, "segment", e, keep)
         row = alpha
@@ -249,8 +332,8 @@ class ScanProgram:
             return _stack([f.segments_ending_at(e) for f in self.prepared])
         j = torch.arange(self.K, device=self.device)
         s = e - 1 - j
-        block = self.edge[:, :, s.clamp(min=0), j + 1]
-        return block.masked_fill((s < 0)[None, None, :, None, None], float("-inf"))
+        block = self.edge[:, :, s.clamp(0, self.T - 1), j + 1]
+        return block.masked_fill(((s < 0) | (s >= self.T))[None, None, :, None, None], float("-inf"))
 
     def finish(self, previous: torch.Tensor, alpha: torch.Tensor, e: int, keep: Optional[Keep] = None):
         """The result `(S, B)` for sequences ending at `e`: `alpha (x) end`
@@ -267,20 +350,18 @@ class ScanProgram:
             closing = S.sum(self._segments(previous, block), -1)
         return self._reduce(closing, -1, "final", e, keep)
 
-    def renormalize(self, ring: torch.Tensor):
-        """Factor a per-sequence log-scale out of the ring.
+    def renormalize(self, ring: torch.Tensor, offset: torch.Tensor):
+        """Factor a per-sequence log-scale out of the ring (a semiring with
+        `renormalize = True`; see :meth:`Semiring.log_mass`).
 
-        Returns `(ring', shift)` with `ring = times_potential(ring', shift)`;
-        `shift (P, B)` float64 (zeros if the semiring has no `log_mass`).
-        The shift is a constant for autograd: gradients stay exact.
+        Returns `(ring', offset + shift)` with `ring = times_potential(ring',
+        shift)`, `shift (P, B)` float64. The shift is a constant for
+        autograd: gradients stay exact.
         """
         S = self.semiring
-        mass = S.log_mass(ring.detach())
-        if mass is None:
-            return ring, torch.zeros(S.num_potentials, self.B, dtype=torch.float64, device=self.device)
-        shift = mass.amax(dim=(-1, -2))
+        shift = S.log_mass(ring.detach()).amax(dim=(-1, -2))
         shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-        return S.times_potential(ring, -shift[..., None, None].to(ring.dtype)), shift.double()
+        return S.times_potential(ring, -shift[..., None, None].to(ring.dtype)), offset + shift.double()
 
     def extract(self, result: torch.Tensor) -> torch.Tensor:
         """The user-facing result, `semiring.extract(result)`, in the
@@ -291,10 +372,9 @@ class ScanProgram:
 
     def rescale(self, value: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
         """`value (S, B, ...)` times the accumulated float64 `offset (P, B)`,
-        in float64 (unchanged for a semiring without `log_mass`, which never
-        renormalizes)."""
-        if self.semiring.log_mass(value[:, :0]) is None:
-            return value.double()
+        in float64; unchanged for a semiring that does not renormalize."""
+        if not self.semiring.renormalize:
+            return value
         extra = value.dim() - 2
         return self.semiring.times_potential(value.double(), offset.reshape(*offset.shape, *([1] * extra)))
 
@@ -318,9 +398,9 @@ def run_with_tables(program: ScanProgram):
     us = [program.initial_u().double()] if factorized else None
 
     def record(alpha, u, offset):
-        alphas.append(program.rescale(alpha, offset))
+        alphas.append(program.rescale(alpha, offset).double())
         if us is not None:
-            us.append(program.rescale(u, offset) if u is not None
+            us.append(program.rescale(u, offset).double() if u is not None
                       else S.zero((B, C), dtype=torch.float64, device=program.device))
 
     _, _, result = program.run(*program.initial_state(), 1, program.T + 1, record)
