@@ -72,7 +72,7 @@ def run_case(script: str, args: list, timeout: float) -> dict:
     except subprocess.TimeoutExpired:
         return {"error": f"timeout > {timeout:.0f} s"}
     if out.returncode != 0:
-        tail = (out.stderr.strip().splitlines() or ["exit %d" % out.returncode])[-1]
+        tail = (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1]
         return {"error": tail[:80]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -1,6 +1,7 @@
 """Forward+backward of log Z on the CPU: our streaming outside pass (default
-and low-memory modes) against flash-semicrf 0.2.0's PyTorch streaming path,
-in one run.
+and low-memory modes, and through `semimarkov_scan(p, LogSemiring())`, which
+must dispatch to the same path) against flash-semicrf 0.2.0's PyTorch
+streaming path, in one run.
 
     python benchmarks/cpu_backward.py            # B=2, T=4000, K=32, C=24 (float32)
     python benchmarks/cpu_backward.py --quick    # a small config, seconds
@@ -26,13 +27,14 @@ from common import child_main, fmt_bytes, fmt_seconds, inputs, measure, print_ta
 
 CONFIG = (2, 4000, 32, 24)
 QUICK = (2, 300, 8, 6)
-METHODS = ["ours", "ours (low-memory)", "flash-semicrf"]
+SCAN = "ours via semimarkov_scan"
+METHODS = ["ours", "ours (low-memory)", SCAN, "flash-semicrf"]
 
 
 def child(method, pass_, B, T, K, C, repeats, out_dir):
     import torch
 
-    from semiring_semicrf import SemiMarkovPotentials
+    from semiring_semicrf import LogSemiring, SemiMarkovPotentials, semimarkov_scan
     from semiring_semicrf.autograd import log_partition
     scores, transition, duration = inputs(B, T, K, C)
     backward = pass_ == "backward"
@@ -42,8 +44,10 @@ def child(method, pass_, B, T, K, C, repeats, out_dir):
 
         def log_z():
             s, tr, du = leaves
-            return log_partition(SemiMarkovPotentials(s, tr, du, start=torch.logsumexp(tr, dim=0)),
-                                 low_memory=low_memory)
+            p = SemiMarkovPotentials(s, tr, du, start=torch.logsumexp(tr, dim=0))
+            if method == SCAN:
+                return semimarkov_scan(p, LogSemiring())
+            return log_partition(p, low_memory=low_memory)
 
         def scores_grad():
             return leaves[0].grad
@@ -113,7 +117,10 @@ def main():
     print_table(["method", "forward", "forward+backward", "peak memory (f+b)", "f+b speed-up vs flash", "log Z[0]"],
                 rows)
 
-    ours = results["ours", "backward"]
+    ours, scan = results["ours", "backward"], results[SCAN, "backward"]
+    if "seconds" in ours and "seconds" in scan:
+        print(f"\nsemimarkov_scan(p, LogSemiring()) forward+backward / log_partition's: "
+              f"{scan['seconds'] / ours['seconds']:.2f}x (target: at most 1.2x)")
     if "log_z" in ours and "log_z" in flash:
         dz = max(abs(a - b) / abs(b) for a, b in zip(ours["log_z"], flash["log_z"]))
         print(f"\nlog Z, ours vs flash-semicrf: max relative difference {dz:.1e}")

@@ -12,7 +12,7 @@
    (`log_partition(...).sum().backward()`: the gradient of every input) and
    Viterbi (max sweep + traceback):
    ours, flash-semicrf 0.2.0's Triton path and pytorch-struct 0.5 where they
-   fit (an anchor is skipped where DESIGN.md's figures say it takes over a
+   fit (an anchor is skipped where its earlier figures say it takes over a
    minute; those figures are printed instead); peak GPU memory beyond the
    inputs; our time per position (time / T) per sweep;
 4. a sweep of num_warps for our two sweeps (how the heuristic was chosen).
@@ -40,7 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GPU_TEST_FILES = ["tests/test_kernels.py", "tests/test_determinism.py"]  # those with tests marked gpu
 CONFIGS = [(4, 1000, 32, 24), (16, 2000, 16, 12), (4, 10000, 100, 24), (1, 100000, 64, 8), (1, 1000000, 64, 8)]
 QUICK = [(4, 1000, 32, 24), (1, 20000, 64, 8)]
-# flash-semicrf 0.2.0 Triton on an H100 (DESIGN.md section 4), seconds; inf: "over 60 s".
+# flash-semicrf 0.2.0 Triton on an H100 (docs/performance.md, "Anchor figures"), seconds; inf: "over 60 s".
 ANCHOR_FIGURES = {
     (4, 1000, 32, 24): {"fwd": 0.040, "fwd_bwd": 0.500, "max": 0.011},
     (16, 2000, 16, 12): {"fwd": 0.038, "fwd_bwd": 0.275, "max": 0.010},
@@ -53,7 +53,7 @@ ANCHOR_MAX_T = 100_000  # beyond: not run (T-scaling the row above gives ~48 s f
 TORCH_STRUCT_MAX_T = 2000  # its chart grows with T; it already fails at the first config
 EDGE_LIMIT_BYTES = 4 * 2**30  # pytorch-struct's (B, T, K+1, C, C) edge tensor
 POSTERIOR_FIELDS = ("segment_start", "segment_end", "transition", "duration", "first", "last")
-# On-chip latency of one log-semiring step (DESIGN.md section 4), us, by padded C.
+# On-chip latency of one log-semiring step (docs/performance.md, "Anchor figures"), us, by padded C.
 STEP_FLOOR_US = {8: 0.19, 16: 0.33, 32: 0.6}
 
 
@@ -85,8 +85,9 @@ def reference_job(shape, what):
         return semimarkov_scan(p).tolist()
     if what == "max":
         return semimarkov_scan(p, MaxSemiring()).tolist()
-    from semiring_semicrf import torch_backend
-    ref = torch_backend.outside(p, torch_backend.inside(p)[1])
+    from semiring_semicrf.backends import torch_sweeps
+    factors = p.factors()
+    ref = torch_sweeps.outside(factors, torch_sweeps.inside(factors)[1])
     return {name: getattr(ref, name) for name in POSTERIOR_FIELDS}
 
 
@@ -163,10 +164,10 @@ def guarded(fn):
 def ours(shape, tensors, refs, record):
     import torch
     from semiring_semicrf import kernels, log_partition
-    from semiring_semicrf.backends import Posterior
     from semiring_semicrf.kernels.backward import outside_sweep
-    from semiring_semicrf.kernels.common import flow_num_warps, kernel_inputs, pad, sweep_num_warps
+    from semiring_semicrf.kernels.common import duration_ring, flow_num_warps, pad, sweep_num_warps
     from semiring_semicrf.kernels.forward import forward_sweep
+    from semiring_semicrf.posterior import Posterior
     B, T, K, C = shape
     gpu = [t.cuda() for t in tensors]
 
@@ -183,10 +184,10 @@ def ours(shape, tensors, refs, record):
         return [t.grad for t in leaves]
 
     def vit():
-        return kernels.viterbi(fresh())
+        return kernels.viterbi(fresh().factors())
 
     # correctness and determinism
-    p = fresh()
+    p = fresh().factors()
     log_z, saved = kernels.inside(p)
     post = kernels.outside(p, saved)
     score, labels, starts = kernels.viterbi(p)
@@ -219,20 +220,24 @@ def ours(shape, tensors, refs, record):
     record["input_bytes"] = sum(t.numel() * t.element_size() for t in gpu)
 
     # num_warps sweep of the two sweeps alone (factors prepared once)
-    inputs = kernel_inputs(fresh())
+    def prepare():
+        factors = fresh().factors()
+        return factors, duration_ring(factors.duration), factors.enter, factors.leave
+
+    inputs, ring, _, _ = prepare()
     KP, CP = pad(K), pad(C)
     chosen = f"{sweep_num_warps(KP, CP)}/{flow_num_warps(KP, CP)}"
     sweep = {}
     for w in (1, 2, 4, 8):
         if (w == 1 and KP * CP > 4096) or (w == 8 and KP * CP < 4096):
             continue
-        f = cuda_time(lambda: forward_sweep(inputs, False, num_warps=w), budget_s=1.0)
-        _, _, alpha_hat, u_hat, scale = forward_sweep(inputs, False, num_warps=w)
-        o = cuda_time(lambda: outside_sweep(inputs, alpha_hat, u_hat, scale, num_warps=w), budget_s=1.0)
-        m = cuda_time(lambda: forward_sweep(inputs, True, num_warps=w), budget_s=1.0)
+        f = cuda_time(lambda: forward_sweep(inputs, ring, False, num_warps=w), budget_s=1.0)
+        _, _, alpha_hat, u_hat, scale = forward_sweep(inputs, ring, False, num_warps=w)
+        o = cuda_time(lambda: outside_sweep(inputs, ring, alpha_hat, u_hat, scale, num_warps=w), budget_s=1.0)
+        m = cuda_time(lambda: forward_sweep(inputs, ring, True, num_warps=w), budget_s=1.0)
         sweep[w] = {"forward_sweep": f, "outside": o, "max_sweep": m}
     record["num_warps_sweep"] = {"chosen": chosen, "times": sweep}
-    record["ours"]["prepare"] = cuda_time(lambda: kernel_inputs(fresh()))
+    record["ours"]["prepare"] = cuda_time(prepare)
 
 
 def rel_err(got, want):
@@ -314,7 +319,7 @@ def fmt(x):
 
 
 def anchor(record, key):
-    """(seconds or None, shown): measured here, else DESIGN.md's figure in brackets."""
+    """(seconds or None, shown): measured here, else the earlier figure in brackets."""
     got = record["flash"].get(key)
     if isinstance(got, float):
         return got, fmt(got)
@@ -343,7 +348,7 @@ def plot(results, path):
                     label=f"flash-semicrf: {label}")
         if figures:
             ax.plot(*zip(*figures), marker=marker, color=color, ls="none", mfc="none", ms=9, alpha=0.6,
-                    label=f"flash-semicrf, DESIGN.md figure: {label}")
+                    label=f"flash-semicrf, earlier figure: {label}")
     for i, r in enumerate(results):  # labels alternate below/above the points; the last one leftwards
         last = i == len(results) - 1
         ax.annotate("B={} K={} C={}".format(r["shape"][0], r["shape"][2], r["shape"][3]),
@@ -443,12 +448,13 @@ def main():
         with open(os.path.join(args.out, "gpu_bench.json"), "w") as f:
             json.dump({"meta": meta, "tests": tests, "results": results}, f, indent=1, default=str)
     pool.shutdown(cancel_futures=True)
-    plot(results, os.path.join(args.out, "gpu_bench.png"))
+    from plot_performance import plot_performance  # beside this script
+    plot_performance(results, os.path.join(args.out, "gpu_bench.png"), ANCHOR_FIGURES)
     print("\nchecks (float32 kernels vs float64 PyTorch scan on CPU; rel err = ||ours - ref|| / ||ref||)")
     print(checks_table(results))
     print(f"\n{meta['gpu']}, torch {meta['torch']}, triton {meta['triton']}; median times; "
-          "us/step = time / T per sweep (fwd+bwd: 2 sweeps); floor = on-chip step latency (DESIGN.md); "
-          "[..] = DESIGN.md figure, not run here")
+          "us/step = time / T per sweep (fwd+bwd: 2 sweeps); floor = on-chip step latency (docs/performance.md); "
+          "[..] = earlier figure (docs/performance.md), not run here")
     if tests:
         print("gpu tests:", tests["summary"])
     print(table(results))

@@ -7,19 +7,28 @@ log-likelihood of the planted segmentations, and validation reports the
 segment F1 of the Viterbi decode.
 
     python examples/lightning_train.py --epochs 10
-    python examples/lightning_train.py --epochs 10 --devices 2 --strategy ddp   # 2 CPU processes (gloo)
+    python examples/lightning_train.py --epochs 10 --devices 2   # 2 processes: 2 GPUs over NCCL (CPUs: gloo)
 
-Under a data-parallel strategy Lightning wraps the module in
+Lightning shows its progress bar, and its CSV logger writes the per-epoch
+training loss and validation F1 to `ROOT/lightning_train/version_N/metrics.csv`
+(`--root`, default `outputs/lightning`). `accelerator="auto"`: a GPU when there
+is one, else the CPU.
+
+With `--devices 2` (or more) the strategy is "ddp" unless `--strategy` says
+otherwise: Lightning starts one process per device and wraps the module in
 DistributedDataParallel; each process gets an equal share of every batch
 and gradients are averaged, which for a mean loss over equal shards is
-the gradient of the whole batch (checked in tests/test_ddp.py).
+the gradient of the whole batch (checked in tests/test_ddp.py, and on two
+GPUs by examples/ddp_train.py; docs/multi_gpu.md).
 """
 from __future__ import annotations
 
 import argparse
+import os
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -53,7 +62,7 @@ class Segmenter(L.LightningModule):
         self.log("val_f1", f1, prog_bar=True, batch_size=len(lengths), sync_dist=True)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        return torch.optim.Adam(self.parameters(), lr=self.hparams["lr"])
 
 
 def loader(data, batch_size: int, shuffle: bool) -> DataLoader:
@@ -86,10 +95,15 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=80)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--devices", type=int, default=1)
-    parser.add_argument("--strategy", default="auto", help="e.g. ddp (with --devices 2) for several CPU processes")
+    parser.add_argument("--strategy", default=None,
+                        help='Lightning\'s strategy (default: "ddp" with several devices, else "auto")')
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--root", default=None, help="directory for Lightning's logs and checkpoints")
-    return parser.parse_args(argv)
+    parser.add_argument("--root", default=os.path.join("outputs", "lightning"),
+                        help="folder for Lightning's CSV logs (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.strategy is None:
+        args.strategy = "ddp" if args.devices > 1 else "auto"
+    return args
 
 
 def main(argv=None) -> dict:
@@ -102,9 +116,14 @@ def main(argv=None) -> dict:
     val = make_synthetic(args.val_size, seed=args.seed + 1, **sizes)
     module = Segmenter(args.num_classes, args.max_duration, args.hidden_dim, lr=args.lr)
     history = LossHistory()
-    trainer = L.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=args.devices, strategy=args.strategy,
-                        callbacks=[history], default_root_dir=args.root, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    logger = CSVLogger(args.root, name="lightning_train")
+    batches = -(-args.train_size // (args.batch_size * args.devices))
+    trainer = L.Trainer(max_epochs=args.epochs, accelerator="auto", devices=args.devices, strategy=args.strategy,
+                        callbacks=[history], default_root_dir=args.root, logger=logger, enable_checkpointing=False,
+                        log_every_n_steps=max(1, min(50, batches)), num_sanity_val_steps=0)
+    if trainer.is_global_zero:
+        print(f"Training a BiGRU + semi-Markov CRF head for {args.epochs} epochs on {args.train_size} synthetic "
+              f"sequences; logs in {os.path.abspath(logger.log_dir)}", flush=True)
     trainer.fit(module, loader(train, args.batch_size, True), loader(val, args.batch_size, False))
     metrics = trainer.validate(module, loader(val, args.batch_size, False), verbose=False)[0]
     result = {"train_loss_first": history.losses[0] if history.losses else float("nan"),
@@ -112,6 +131,7 @@ def main(argv=None) -> dict:
               "val_f1": metrics["val_f1"]}
     if trainer.is_global_zero:
         print(", ".join(f"{k} = {v:.4f}" for k, v in result.items()))
+        print(f"metrics per epoch: {os.path.join(os.path.abspath(logger.log_dir), 'metrics.csv')}")
     return result
 
 

@@ -7,7 +7,7 @@ has duration `d` w.p. `P(d | e, c) ∝ v[e-d, c] (x) duration[d-1, c]`
 (normalized over `d`); a segment that starts at `s > 0` with label `c`
 follows label `c'` w.p. `P(c' | s, c) ∝ alpha[s, c'] (x) transition[c', c]`
 (normalized over `c'`). Pushing the mass of each end back along these
-conditionals gives, exactly (DESIGN.md section 2's outside recurrence in
+conditionals gives, exactly (the outside recurrence of docs/algorithm.md in
 another form):
 
     segment_end[e-1, c] = P(a segment with label c ends at e)
@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import LN2, LOG2E, KernelInputs, fast_exp2, fast_log2, flow_num_warps, pad
+from .common import LN2, LOG2E, fast_exp2, fast_log2, flow_num_warps, pad, rows, sizes, small
 
 
 @triton.jit
@@ -220,30 +220,34 @@ def duration_counts_kernel(
                   + tl.load(enter_ptr + s[:, None] * C + labels[None, :], mask=smask, other=0.0))
         shift = (scale_e - tl.load(scale_ptr + b * (T + 1) + s, mask=ok, other=0.0)).to(tl.float32)
         duration = tl.load(duration_ptr + (b * K + d - 1) * C + labels, mask=valid, other=float("-inf"))
-        p = end_mass * tl.exp(inside + duration[None, :] - shift[:, None] - lognorm)
+        # an end no segment reaches has lognorm -inf: its (zero) mass adds nothing, not NaN
+        p = tl.where(end_mass > 0, end_mass * tl.exp(inside + duration[None, :] - shift[:, None] - lognorm), 0.0)
         tl.store(out + (d - 1) * C + labels, tl.sum(p, axis=0), mask=valid)
 
 
-def outside_sweep(inputs: KernelInputs, alpha_table, u_table, scale, num_warps: int | None = None):
-    """Launch the outside flow and the duration counts. Returns
-    `(segment_start, segment_end (B, T, C), transition (B, C, C), duration (B, K, C))`."""
-    B, T, K, C = inputs.shape
+def outside_sweep(factors, duration_ring: torch.Tensor, alpha_table, u_table, scale,
+                  num_warps: int | None = None):
+    """Launch the outside flow and the duration counts on float32
+    :class:`Factors` and the forward's tables. Returns `(segment_start,
+    segment_end (B, T, C), transition (B, C, C), duration (B, K, C))`."""
+    B, T, K, C = sizes(factors)
     KP, CP = pad(K), pad(C)
-    device = inputs.enter.device
+    enter, leave, duration = rows(factors.enter), rows(factors.leave), small(factors.duration)
+    device = enter.device
     segment_start = torch.zeros((B, T, C), dtype=torch.float32, device=device)
     segment_end = torch.zeros((B, T, C), dtype=torch.float32, device=device)
     transition = torch.empty((B, C, C), dtype=torch.float32, device=device)
     duration_lognorm = torch.empty((B, T + 1, C), dtype=torch.float32, device=device)
     outside_flow_kernel[(B,)](
-        inputs.enter, inputs.leave, inputs.duration_ring, inputs.transition, inputs.end, inputs.lengths,
+        enter, leave, duration_ring, small(factors.transition), small(factors.end), factors.lengths,
         alpha_table, u_table, scale, segment_start, segment_end, transition, duration_lognorm,
-        T, K, C, inputs.enter.stride(0), inputs.leave.stride(0), KP=KP, CP=CP,
+        T, K, C, enter.stride(0), leave.stride(0), KP=KP, CP=CP,
         num_warps=num_warps or flow_num_warps(KP, CP))
 
     block = min(pad(T + 1), max(16, 2048 // CP))
     num_blocks = triton.cdiv(T + 1, block)
     duration_partial = torch.empty((B, num_blocks, K, C), dtype=torch.float32, device=device)
     duration_counts_kernel[(B * num_blocks,)](
-        inputs.enter, inputs.duration, inputs.lengths, u_table, scale, segment_end, duration_lognorm,
-        duration_partial, T, K, C, num_blocks, inputs.enter.stride(0), BLOCK=block, CP=CP, num_warps=4)
+        enter, duration, factors.lengths, u_table, scale, segment_end, duration_lognorm,
+        duration_partial, T, K, C, num_blocks, enter.stride(0), BLOCK=block, CP=CP, num_warps=4)
     return segment_start, segment_end, transition, duration_partial.sum(dim=1)

@@ -1,10 +1,10 @@
 """What every kernel shares: the reductions, tile sizes and the inputs.
 
-The kernels evaluate segment log-potentials on the fly from the factors of
-:meth:`SemiMarkovPotentials.log_factors`
+The kernels evaluate segment log-potentials on the fly from the float32
+:class:`~semiring_semicrf.factors.Factors`
 (`w(s, d, c) = enter[s, c] + duration[d-1, c] + leave[s+d-1, c]`), so the
-model is exactly the one the PyTorch scan runs. They compute in float32; `K`
-and `C` are padded to powers of two inside (`KP`, `CP`) and masked.
+model is exactly the one every other backend runs. They compute in float32;
+`K` and `C` are padded to powers of two inside (`KP`, `CP`) and masked.
 
 Exponentials and logarithms are the hardware's approximate base-2 ones
 (`ex2.approx.ftz`, `lg2.approx.ftz`: relative error ~1e-7, results below
@@ -13,7 +13,6 @@ Exponentials and logarithms are the hardware's approximate base-2 ones
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -112,63 +111,35 @@ def kernel_limits_reason(potentials) -> Optional[str]:
     return None
 
 
-@dataclass(frozen=True)
-class KernelInputs:
-    """The factors as contiguous float32 tensors on the potentials' device.
+def duration_ring(duration: torch.Tensor) -> torch.Tensor:
+    """The durations in the order a sweep's ring reads them, `(B, 2, 2 KP, CP)`.
 
-    Shapes: `enter`, `leave (B, T, C)` (rows contiguous; the batch stride
-    may differ from `T C`); `duration (B, K, C)`; `transition (C, C)`
-    `[src, dst]`; `start`, `end (C,)`; `lengths (B,)` int64.
-
-    `duration_ring (B, 2, 2 KP, CP)`: two doubled tables whose row `j` holds
-    `duration[b, j mod KP, c]` (`-inf` where `j mod KP >= K` or `c >= C`),
-    so that a sweep reads the durations in the ring's rotated order as one
-    contiguous, unmasked window; the second table also has `-inf` for
-    `d = 1` (`j mod KP == 0`), the term the outside flow keeps apart.
-    """
-
-    enter: torch.Tensor
-    leave: torch.Tensor
-    duration: torch.Tensor
-    duration_ring: torch.Tensor
-    transition: torch.Tensor
-    start: torch.Tensor
-    end: torch.Tensor
-    lengths: torch.Tensor
-
-    @property
-    def shape(self) -> tuple:
-        """`(B, T, K, C)`."""
-        B, T, C = self.enter.shape
-        return B, T, self.duration.shape[1], C
-
-
-def kernel_inputs(potentials) -> KernelInputs:
-    """Gather the factors the kernels read (no autograd graph).
-
-    Raises:
-        ValueError: when the kernels cannot run these potentials (see
-            :func:`semiring_semicrf.kernels.unsupported_reason`, CPU tensors
-            aside: those run under ``TRITON_INTERPRET=1``).
-    """
-    why_not = kernel_limits_reason(potentials)
-    if why_not is not None:
-        raise ValueError(f"the Triton kernels cannot run these potentials: {why_not}")
-    f = potentials.log_factors()
-
-    def prep(t: torch.Tensor) -> torch.Tensor:
-        return t.detach().contiguous()
-
-    def rows(t: torch.Tensor) -> torch.Tensor:
-        t = t.detach()
-        return t if t.stride(2) == 1 and t.stride(1) == t.shape[2] else t.contiguous()
-
-    duration = prep(f.duration)
+    Two doubled tables whose row `j` holds `duration[b, j mod KP, c]`
+    (`-inf` where `j mod KP >= K` or `c >= C`), so that a sweep reads the
+    durations in the ring's rotated order as one contiguous, unmasked window;
+    the second table also has `-inf` for `d = 1` (`j mod KP == 0`), the term
+    the outside flow keeps apart. `duration (B, K, C)` float32."""
     B, K, C = duration.shape
     KP, CP = pad(K), pad(C)
-    duration_ring = duration.new_full((B, 2, 2, KP, CP), float("-inf"))
-    duration_ring[:, :, :, :K, :C] = duration[:, None, None]
-    duration_ring[:, 1, :, 0] = float("-inf")
-    return KernelInputs(rows(f.enter), rows(f.leave), duration, duration_ring,
-                        prep(f.transition), prep(f.start), prep(f.end),
-                        potentials.lengths.to(potentials.device).contiguous())
+    ring = duration.new_full((B, 2, 2, KP, CP), float("-inf"))
+    ring[:, :, :, :K, :C] = duration.detach()[:, None, None]
+    ring[:, 1, :, 0] = float("-inf")
+    return ring
+
+
+def sizes(factors) -> tuple:
+    """`(B, T, K, C)` of the factors a kernel reads."""
+    return factors.B, factors.T, factors.K, factors.C
+
+
+def rows(t: torch.Tensor) -> torch.Tensor:
+    """A `(B, T, C)` table whose rows the kernels can read (`C` contiguous
+    values per position; any batch stride), detached."""
+    t = t.detach()
+    return t if t.stride(2) == 1 and t.stride(1) == t.shape[2] else t.contiguous()
+
+
+def small(t: torch.Tensor) -> torch.Tensor:
+    """A small factor (`duration`, `transition`, `start`, `end`) as the
+    kernels read it: detached and contiguous."""
+    return t.detach().contiguous()

@@ -1,7 +1,7 @@
 """The inside sweep (Log) and the Max sweep, left to right, one program per
 sequence.
 
-Per position `e = 1..L` (DESIGN.md section 2, factorized recurrence):
+Per position `e = 1..L` (the factorized recurrence of docs/algorithm.md):
 
     alpha[e, c] = leave[e-1, c] (x) (+)_{d=1..K} v[e-d, c] (x) duration[d-1, c]
     u[e, c]     = (+)_{c'} alpha[e, c'] (x) transition[c', c]
@@ -10,7 +10,7 @@ Per position `e = 1..L` (DESIGN.md section 2, factorized recurrence):
 The last `K` rows of `v` live in a `(KP, CP)` ring held in registers: the
 start `s` sits in slot `s mod KP`, so at position `e` slot `i` pairs with
 duration `d = ((e - 1 - i) mod KP) + 1`; the durations are read in that
-rotated order from a doubled table (see :class:`~.common.KernelInputs`), one
+rotated order from a doubled table (see :func:`~.common.duration_ring`), one
 position ahead, like the rows of `enter` and `leave`.
 
 (Measured on an H100: keeping the newest row apart, so that the `K C` sum
@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import KernelInputs, pad, row_mask, semiring_sum, sweep_num_warps
+from .common import pad, row_mask, rows, semiring_sum, sizes, small, sweep_num_warps
 
 
 @triton.jit
@@ -41,11 +41,12 @@ def forward_sweep_kernel(
         enter_ptr, leave_ptr, duration_ring_ptr, transition_ptr, start_ptr, end_ptr, lengths_ptr,
         alpha_table_ptr, u_table_ptr, scale_ptr, result_ptr, final_ptr,
         T, C, enter_stride, leave_stride,
-        KP: tl.constexpr, CP: tl.constexpr, MAX: tl.constexpr):
+        KP: tl.constexpr, CP: tl.constexpr, MAX: tl.constexpr, TABLES: tl.constexpr):
     """One sequence per program (`enter`, `leave`: rows of C, batch strides given).
 
-    Log: `alpha_table`, `u_table (B, T+1, C)` float32 get `alpha_hat`,
-    `u_hat`; `scale (B, T+1)` float64 gets `N`; `result (B,)` log Z.
+    Log: `result (B,)` gets log Z and, with `TABLES`, `alpha_table`,
+    `u_table (B, T+1, C)` float32 get `alpha_hat`, `u_hat` and
+    `scale (B, T+1)` float64 gets `N` (without, nothing of size T is written).
     Max: `alpha_table`, `u_table` get the integer backpointers; `result` the
     best score; `final (B,)` the best last label.
     """
@@ -63,7 +64,7 @@ def forward_sweep_kernel(
     transition = tl.load(transition_ptr + labels[:, None] * C + labels[None, :],
                          mask=valid[:, None] & valid[None, :], other=float("-inf"))
     start = tl.load(start_ptr + labels, mask=valid, other=float("-inf"))
-    if not MAX:
+    if TABLES and not MAX:
         tl.store(u_table_ptr + table + labels, start, mask=valid)
         tl.store(scale_ptr + b * (T + 1), 0.0)
     v0 = start + tl.load(enter_ptr + labels, mask=valid, other=0.0)
@@ -100,7 +101,7 @@ def forward_sweep_kernel(
             tl.store(alpha_table_ptr + row, ((e - 1 - best_slot) & (KP - 1)).to(alpha_table_ptr.dtype.element_ty),
                      mask=valid)
             tl.store(u_table_ptr + row, best_source.to(u_table_ptr.dtype.element_ty), mask=valid)
-        else:
+        elif TABLES:
             tl.store(alpha_table_ptr + row, alpha, mask=valid)
             tl.store(u_table_ptr + row, u, mask=valid)
             tl.store(scale_ptr + b * (T + 1) + e, scale)
@@ -119,28 +120,35 @@ def backpointer_dtype(n: int) -> torch.dtype:
     return torch.int16 if n <= torch.iinfo(torch.int16).max else torch.int32
 
 
-def forward_sweep(inputs: KernelInputs, max_semiring: bool, num_warps: int | None = None):
-    """Launch the sweep. Returns `(result (B,), final (B,), alpha_table,
-    u_table, scale)` as documented on :func:`forward_sweep_kernel` (`final`
-    is None for Log, `scale` None for Max)."""
-    B, T, K, C = inputs.shape
+def forward_sweep(factors, duration_ring: torch.Tensor, max_semiring: bool, num_warps: int | None = None,
+                  tables: bool = True):
+    """Launch the sweep on float32 :class:`Factors` and their
+    :func:`~.common.duration_ring`. Returns `(result (B,), final (B,),
+    alpha_table, u_table, scale)` as documented on
+    :func:`forward_sweep_kernel` (`final` is None for Log, `scale` None for
+    Max; the three tables None for Log without `tables`)."""
+    B, T, K, C = sizes(factors)
     KP, CP = pad(K), pad(C)
-    device = inputs.enter.device
+    enter, leave = rows(factors.enter), rows(factors.leave)
+    device = enter.device
     if max_semiring:
         alpha_table = torch.empty((B, T + 1, C), dtype=backpointer_dtype(KP), device=device)
         u_table = torch.empty((B, T + 1, C), dtype=backpointer_dtype(CP), device=device)
         scale = None
         final = torch.empty(B, dtype=torch.int64, device=device)
-    else:
+    elif tables:
         alpha_table = torch.empty((B, T + 1, C), dtype=torch.float32, device=device)
         u_table = torch.empty((B, T + 1, C), dtype=torch.float32, device=device)
         scale = torch.empty((B, T + 1), dtype=torch.float64, device=device)
         final = None
+    else:
+        alpha_table = u_table = scale = final = None
     result = torch.empty(B, dtype=torch.float32, device=device)
+    unused = result  # a valid pointer for the arguments this launch does not write
     forward_sweep_kernel[(B,)](
-        inputs.enter, inputs.leave, inputs.duration_ring, inputs.transition, inputs.start, inputs.end,
-        inputs.lengths, alpha_table, u_table, alpha_table if scale is None else scale, result,
-        result if final is None else final,
-        T, C, inputs.enter.stride(0), inputs.leave.stride(0), KP=KP, CP=CP, MAX=max_semiring,
+        enter, leave, duration_ring, small(factors.transition), small(factors.start), small(factors.end),
+        factors.lengths, unused if alpha_table is None else alpha_table, unused if u_table is None else u_table,
+        unused if scale is None else scale, result, unused if final is None else final,
+        T, C, enter.stride(0), leave.stride(0), KP=KP, CP=CP, MAX=max_semiring, TABLES=tables,
         num_warps=num_warps or sweep_num_warps(KP, CP))
     return result, final, alpha_table, u_table, scale

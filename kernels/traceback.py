@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import KernelInputs, pad
+from .common import duration_ring, pad, sizes
 from .forward import forward_sweep
 
 
@@ -39,13 +39,14 @@ def traceback_kernel(best_duration_ptr, best_source_ptr, final_ptr, lengths_ptr,
         e = s
 
 
-def viterbi_decode(inputs: KernelInputs, num_warps: int | None = None):
-    """Max sweep + traceback. Returns `(score (B,), labels (B, T) int64,
-    starts (B, T) bool)`, -1 / False past each length."""
-    B, T, K, C = inputs.shape
-    score, last_label, best_duration, best_source, _ = forward_sweep(inputs, True, num_warps)
+def viterbi_decode(factors, num_warps: int | None = None):
+    """Max sweep + traceback on float32 :class:`Factors`. Returns `(score
+    (B,), labels (B, T) int64, starts (B, T) bool)`, -1 / False past each length."""
+    B, T, K, C = sizes(factors)
+    score, last_label, best_duration, best_source, _ = forward_sweep(factors, duration_ring(factors.duration), True,
+                                                                     num_warps)
     labels = torch.full((B, T), -1, dtype=torch.int64, device=score.device)
     starts = torch.zeros((B, T), dtype=torch.int8, device=score.device)
-    traceback_kernel[(B,)](best_duration, best_source, last_label, inputs.lengths, labels, starts,
+    traceback_kernel[(B,)](best_duration, best_source, last_label, factors.lengths, labels, starts,
                            T, C, KP=pad(K), num_warps=1)
     return score, labels, starts.bool()

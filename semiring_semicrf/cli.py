@@ -3,22 +3,26 @@
     semicrf demo [--out DIR]     synthetic data: summary table, PNG plots
     semicrf bench [...]          forward / forward+backward / Viterbi timings
     semicrf info                 versions, devices, backend per semiring
+    semicrf --version
 
 Errors are reported as one line on stderr (``semicrf: error: ...``) with a
-non-zero exit status: 2 for bad usage, 1 for a failure while running.
+non-zero exit status: 2 for bad usage, 1 for a failure while running;
+``semicrf --debug COMMAND`` also prints the traceback of a failure.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
 import importlib.util
+import json
 import os
 import platform
 import re
 import statistics
 import sys
 import time
-from typing import Callable, Optional, Sequence
+import traceback
+from collections.abc import Callable, Sequence
 
 PROG = "semicrf"
 
@@ -35,33 +39,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 # -- small terminal helpers -----------------------------------------------------
-
-class ProgressBar:
-    """A one-line progress bar on a stream (stderr by default), redrawn in
-    place when the stream is a terminal and printed once per step otherwise."""
-
-    def __init__(self, total: int, stream=None, width: int = 28):
-        self.total, self.done, self.width = max(total, 1), 0, width
-        self.stream = sys.stderr if stream is None else stream
-        self.interactive = hasattr(self.stream, "isatty") and self.stream.isatty()
-
-    def step(self, text: str) -> None:
-        """Announce the step about to run (`text`), drawn with the count done."""
-        filled = round(self.width * self.done / self.total)
-        bar = "#" * filled + "-" * (self.width - filled)
-        line = f"[{bar}] {self.done}/{self.total} {text}"
-        if self.interactive:
-            self.stream.write("\r\033[K" + line)
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-        self.done += 1
-
-    def close(self) -> None:
-        if self.interactive:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
-
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A plain-text table: columns holding numbers right-aligned, others left-aligned."""
@@ -95,29 +72,12 @@ def _devices() -> list:
     return devices
 
 
-def _tiny_potentials(device: str, duration_dependent: bool):
-    import torch
-
-    from .potentials import SemiMarkovPotentials
-
-    K, C = 4, 3
-    transition = torch.zeros((K, C, C) if duration_dependent else (C, C), device=device)
-    return SemiMarkovPotentials(torch.zeros(1, 8, C, device=device), transition, torch.zeros(K, C, device=device))
-
-
 def backend_rows(devices: Sequence[str]) -> list:
-    """`(semiring, potentials kind, device, backend, why)` for each case."""
-    from . import backends
+    """`(semiring, potentials kind, device, path)`: what `semimarkov_scan`
+    runs on each (:func:`semiring_semicrf.scan.dispatch_table`)."""
+    from .scan import dispatch_table
 
-    rows = []
-    for dependent, kind in ((False, "(C, C) transition"), (True, "(K, C, C) transition")):
-        for device in devices:
-            potentials = _tiny_potentials(device, dependent)
-            chosen = backends.resolve("auto", potentials)
-            why = "" if chosen == "triton" else backends.triton_unsupported_reason(potentials)
-            rows.append(("Log, Max", kind, device, chosen, why))
-    rows.append(("any other", "any", "any", "torch (generic scan)", "kernels exist for Log and Max only"))
-    return rows
+    return dispatch_table(devices)
 
 
 def command_info(args) -> int:
@@ -133,7 +93,7 @@ def command_info(args) -> int:
     else:
         print("cuda: not available")
     print("\nbackend='auto' picks:")
-    print(format_table(["semiring", "potentials", "device", "backend", "why not triton"], backend_rows(_devices())))
+    print(format_table(["semiring", "potentials", "device", "backend (path)"], backend_rows(_devices())))
     return 0
 
 
@@ -144,7 +104,7 @@ def command_demo(args) -> int:
 
     os.makedirs(args.out, exist_ok=True)
     before = {name: os.path.getmtime(os.path.join(args.out, name)) for name in os.listdir(args.out)}
-    status = demo.main(["--out", args.out, "--steps", str(args.steps), "--seed", str(args.seed)])
+    status = demo.run(args)
     written = sorted(name for name in os.listdir(args.out) if name.endswith(".png")
                      and before.get(name) != os.path.getmtime(os.path.join(args.out, name)))
     if status == 0 and not written:
@@ -155,7 +115,7 @@ def command_demo(args) -> int:
 
 # -- semicrf bench ----------------------------------------------------------------
 
-#: (B, T, K, C) per preset and device; the GPU rows are those of DESIGN.md.
+#: (B, T, K, C) per preset and device; the GPU rows are those of docs/performance.md.
 BENCH_SIZES = {
     ("quick", "cpu"): [(2, 200, 8, 4)],
     ("quick", "cuda"): [(4, 1000, 32, 24)],
@@ -195,8 +155,8 @@ class BenchProblem:
 def _ours(problem: BenchProblem) -> Callable:
     import torch
 
-    from . import backends
     from .autograd import log_partition
+    from .decoding import viterbi
 
     if problem.gradient:
         def run():
@@ -205,13 +165,12 @@ def _ours(problem: BenchProblem) -> Callable:
             return log_z
         return run
     potentials = problem.potentials()
-    backend = backends.get("auto", potentials)
     if problem.op == "forward":
-        return lambda: torch.no_grad()(backend.inside)(potentials)[0]
-    return lambda: backend.viterbi(potentials)[0]
+        return lambda: torch.no_grad()(log_partition)(potentials)
+    return lambda: viterbi(potentials)[0]
 
 
-def _torch_struct(problem: BenchProblem) -> Optional[Callable]:
+def _torch_struct(problem: BenchProblem) -> Callable | None:
     if problem.T * (problem.K * problem.C) ** 2 > TORCH_STRUCT_LIMIT:
         return None
     import torch
@@ -250,68 +209,104 @@ def _flash_semicrf(problem: BenchProblem) -> Callable:
 ANCHORS = {"torch-struct": ("torch_struct", _torch_struct), "flash-semicrf": ("flash_semicrf", _flash_semicrf)}
 
 
-def time_call(fn: Callable, repeat: int, device: str) -> tuple:
-    """`(median seconds of `repeat` calls after one warm-up, the last result)`."""
+def time_calls(fn: Callable, repeat: int, device: str, tick: Callable[[], object] = lambda: None) -> tuple:
+    """One warm-up call of `fn`, then `repeat` timed calls, each waited for
+    (CUDA is synchronized); `tick()` after every call, the warm-up included.
+    Returns `(seconds of each timed call, the last result)`.
+
+    (``torch.utils.benchmark.Timer`` times a block of calls after warm-ups it
+    chooses itself; a case that takes minutes per call needs one warm-up and a
+    progress report after every call, which this loop gives.)"""
     import torch
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     fn()
     sync()
-    times = []
+    tick()
+    times, result = [], None
     for _ in range(repeat):
         start = time.perf_counter()
         result = fn()
         sync()
         times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+        tick()
+    return times, result
 
 
-def _measure(factory, problem: BenchProblem, repeat: int) -> tuple:
-    """`(seconds, result)`, or `(a short reason, None)` when the method does
-    not run this case."""
+def _measure(factory, problem: BenchProblem, repeat: int, progress) -> tuple:
+    """`({"median_s": ..., "times_s": [...]}, result)`, or `({"skipped": a short
+    reason}, None)` when the method does not run this case. Advances
+    `progress` by `1 + repeat` calls in every case."""
     import torch
+
+    done = 0
+
+    def tick():
+        nonlocal done
+        done += 1
+        progress.update(1)
 
     try:
         fn = factory(problem)
         if fn is None:
-            return "too big", None
-        return time_call(fn, repeat, problem.device)
+            return {"skipped": "too big"}, None
+        times, result = time_calls(fn, repeat, problem.device, tick)
+        return {"median_s": statistics.median(times), "times_s": times}, result
     except (torch.OutOfMemoryError, MemoryError):
-        return "out of memory", None
+        return {"skipped": "out of memory"}, None
     except RuntimeError as err:
         if "can't allocate memory" in str(err):
-            return "out of memory", None
+            return {"skipped": "out of memory"}, None
         raise
     finally:
+        progress.update(1 + repeat - done)
         if problem.device.startswith("cuda"):
             torch.cuda.empty_cache()
 
 
-def _ms(value) -> str:
-    return f"{value * 1e3:.1f}" if isinstance(value, float) else value
+def _ms(entry: dict) -> str:
+    return f"{entry['median_s'] * 1e3:.1f}" if "median_s" in entry else entry["skipped"]
 
 
-def _ratio(anchor, ours) -> str:
-    return f"{anchor / ours:.1f}x" if isinstance(anchor, float) and isinstance(ours, float) else "-"
+def _ratio(anchor: dict, ours: dict) -> str:
+    if "median_s" in anchor and "median_s" in ours:
+        return f"{anchor['median_s'] / ours['median_s']:.1f}x"
+    return "-"
 
 
-def _relative_difference(results: dict) -> str:
-    """Largest relative difference of any method's result from ours."""
+def _relative_difference(results: dict) -> float | None:
+    """Largest relative difference of any method's result from ours (None
+    when no other method ran)."""
+    if results.get("ours") is None:
+        return None
     ours = results["ours"].detach().double()
     others = [r.detach().double().to(ours.device) for name, r in results.items() if name != "ours" and r is not None]
     if not others:
-        return "-"
-    return f"{max(((o - ours).abs() / ours.abs().clamp(min=1e-30)).max().item() for o in others):.1e}"
+        return None
+    return max(((o - ours).abs() / ours.abs().clamp(min=1e-30)).max().item() for o in others)
 
 
-def command_bench(args) -> int:
+def _bench_device(asked: str) -> str:
     import torch
 
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
-    if device == "auto":
-        device = "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
+    if asked == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if asked == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for but torch sees no CUDA device")
+    return asked
+
+
+def run_bench(args) -> dict:
+    """Time every (size, op, method) case with a progress bar on stderr (one
+    step per call); returns the report that ``--json`` prints."""
+    import torch
+    from tqdm import tqdm
+
+    from . import __version__
+
+    device = _bench_device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     sizes = args.size or BENCH_SIZES[("quick" if args.quick else "full", device)]
     ops = args.ops or list(OPS)
@@ -323,39 +318,53 @@ def command_bench(args) -> int:
             else:
                 anchors[name] = factory
     methods = {"ours": _ours, **anchors}
-    progress = ProgressBar(len(sizes) * len(ops) * len(methods))
-    rows = []
-    for size in sizes:
-        for op in ops:
-            seconds, results = {}, {}
-            for name, factory in methods.items():
-                progress.step(f"{name} {op} B={size[0]} T={size[1]} K={size[2]} C={size[3]}")
-                seconds[name], results[name] = _measure(factory, BenchProblem(op, *size, device, dtype), args.repeat)
-            row = [*size, op, _ms(seconds["ours"])]
-            for name in anchors:
-                row += [_ms(seconds[name]), _ratio(seconds[name], seconds["ours"])]
-            rows.append(row + ([_relative_difference(results)] if anchors else []))
-    progress.close()
+    cases = []
+    total = len(sizes) * len(ops) * len(methods) * (1 + args.repeat)
+    with tqdm(total=total, unit="call", file=sys.stderr, dynamic_ncols=True, disable=args.no_progress) as progress:
+        for B, T, K, C in sizes:
+            for op in ops:
+                case, results = {"B": B, "T": T, "K": K, "C": C, "op": op, "methods": {}}, {}
+                for name, factory in methods.items():
+                    progress.set_description(f"{name} {op} B={B} T={T} K={K} C={C}")
+                    problem = BenchProblem(op, B, T, K, C, device, dtype)
+                    case["methods"][name], results[name] = _measure(factory, problem, args.repeat, progress)
+                case["max_rel_diff"] = _relative_difference(results)
+                cases.append(case)
+    return {"device": device if device == "cpu" else torch.cuda.get_device_name(), "dtype": args.dtype,
+            "threads": torch.get_num_threads(), "repeat": args.repeat,
+            "versions": {"semiring-semicrf": __version__, "torch": torch.__version__},
+            "anchors": list(anchors), "cases": cases}
+
+
+def bench_table(report: dict) -> str:
+    """The report of :func:`run_bench` as a text table with its caption."""
+    anchors = report["anchors"]
     header = ["B", "T", "K", "C", "op", "ours ms"]
     for name in anchors:
         header += [f"{name} ms", f"{name}/ours"]
-    print(f"device {device}, {args.dtype}, median of {args.repeat} calls after a warm-up")
-    print(format_table(header + (["max rel. diff"] if anchors else []), rows))
+    rows = []
+    for case in report["cases"]:
+        ours = case["methods"]["ours"]
+        row = [case["B"], case["T"], case["K"], case["C"], case["op"], _ms(ours)]
+        for name in anchors:
+            row += [_ms(case["methods"][name]), _ratio(case["methods"][name], ours)]
+        if anchors:
+            row.append("-" if case["max_rel_diff"] is None else f"{case['max_rel_diff']:.1e}")
+        rows.append(row)
+    lines = [f"device {report['device']}, {report['dtype']}, {report['threads']} CPU thread(s), "
+             f"median of {report['repeat']} calls after a warm-up",
+             format_table(header + (["max rel. diff"] if anchors else []), rows)]
     if anchors:
-        print("All methods compute the same model (log Z, or the best score for viterbi); 'max rel. diff' is the "
-              "largest relative difference of an anchor's result from ours. Anchor times include building their "
-              "inputs (pytorch-struct: the edge tensor; flash-semicrf: the prefix sums).")
+        lines.append("All methods compute the same model (log Z, or the best score for viterbi); 'max rel. diff' is "
+                     "the largest relative difference of an anchor's result from ours. Anchor times include building "
+                     "their inputs (pytorch-struct: the edge tensor; flash-semicrf: the prefix sums).")
+    return "\n".join(lines)
+
+
+def command_bench(args) -> int:
+    report = run_bench(args)
+    print(json.dumps(report, indent=1) if args.json else bench_table(report))
     return 0
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _size(text: str) -> tuple:
@@ -371,16 +380,19 @@ def _size(text: str) -> tuple:
 # -- entry point ------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from . import demo as demo_module
+
     parser = _Parser(prog=PROG, description="Exact streaming semi-Markov CRFs over any semiring.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--debug", action="store_true", help="on a failure, print the full traceback")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    commands.required = True
 
     demo = commands.add_parser("demo", help="train on synthetic data, print a summary table, write PNG plots")
-    demo.add_argument("--out", default="outputs", help="folder for the PNG plots (default: %(default)s)")
-    demo.add_argument("--steps", type=_positive_int, default=300, help="training steps (default: %(default)s)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the data and the model (default: %(default)s)")
+    demo_module.add_arguments(demo)
     demo.set_defaults(run=command_demo)
 
+    positive_int = demo_module.positive_int
     bench = commands.add_parser("bench", help="time forward, forward+backward and Viterbi (CPU or GPU)")
     bench.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                        help="where to run (default: cuda when available)")
@@ -391,7 +403,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--anchors", action="store_true",
                        help="also time pytorch-struct and flash-semicrf where installed, with ratios")
     bench.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    bench.add_argument("--repeat", type=_positive_int, default=3, help="timed calls per case (default: %(default)s)")
+    bench.add_argument("--repeat", type=positive_int, default=3, help="timed calls per case (default: %(default)s)")
+    bench.add_argument("--threads", type=positive_int, default=None,
+                       help="CPU threads for torch (default: torch's own choice)")
+    bench.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     bench.set_defaults(run=command_bench)
 
     info = commands.add_parser("info", help="versions, devices, and which backend each semiring uses")
@@ -399,10 +415,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; a flag no command knows is reported as such
+    (argparse alone would first complain that COMMAND is missing)."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command is None:
+        parser.error("the following arguments are required: COMMAND")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
+    args = None
     try:
-        args = build_parser().parse_args(argv)
+        args = parse_args(argv)
         return args.run(args)
     except UsageError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
@@ -411,5 +440,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except (ValueError, TypeError, RuntimeError, OSError, ImportError) as err:
-        print(f"{PROG}: error: {type(err).__name__}: {err}", file=sys.stderr)
+        if args is not None and args.debug:
+            traceback.print_exc()
+        print(f"{PROG}: error: {type(err).__name__}: {err}" + ("" if args is not None and args.debug else
+              " (run with --debug for the traceback)"), file=sys.stderr)
         return 1

@@ -1,46 +1,49 @@
 """`SemiMarkovDistribution`: a semi-Markov CRF as a `torch.distributions.Distribution`.
 
 The distribution over segmentations of each of `B` sequences,
-`p(y) = exp(score(y)) / Z` (DESIGN.md section 1). Values are
+`p(y) = exp(score(y)) / Z` (docs/model.md). Values are
 :class:`~semiring_semicrf.segmentation.Segmentation` objects (`(..., B, T)`).
 
 Everything is streamed (nothing of size `T K C` unless asked for with
-:attr:`segment_marginals`):
+:attr:`segment_marginals`) and goes through the same dispatch as
+:func:`~semiring_semicrf.scan.semimarkov_scan` (the backend ladder of
+:mod:`semiring_semicrf.backends`):
 
 - `partition`, the marginals and the expected counts: one Log forward-backward
-  of the chosen backend (:mod:`semiring_semicrf.autograd`);
-- `argmax`/`max`: the backend's Viterbi; `topk`: the k-best sweep
+  (:mod:`semiring_semicrf.autograd`);
+- `argmax`/`max`: Viterbi; `topk`: the k-best scan
   (:mod:`semiring_semicrf.decoding`); `sample`: forward filtering, backward
   sampling (:mod:`semiring_semicrf.sampling`);
-- `entropy`, `cross_entropy`, `kl`: from the expected counts of `p`, which
-  make them linear in the potentials,
+- `entropy`, `cross_entropy`, `kl`: from the expected counts of `p`
+  (:mod:`semiring_semicrf.information`).
 
-      H(p)     = log Z_p - <mu_p, theta_p>
-      H(p, q)  = log Z_q - <mu_p, theta_q>
-      KL(p||q) = H(p, q) - H(p)
+Results are computed once per distribution (and grad mode) and cached; what
+a property or method returns is the caller's own (a copy of the cached
+value, or fresh), so editing it in place never changes a later query.
 
-  (`mu_p` the posterior expected counts of every part: label marginals,
-  durations, transitions, first/last labels, segment starts/ends). Their
-  gradient with respect to `q` is exact this way (`mu_q - mu_p`); a gradient
-  with respect to `p` needs the derivative of `mu_p` itself, so when `p`'s
-  potentials require grad these are computed by the block-checkpointed
-  generic scan in the Entropy/CrossEntropy/KL semiring instead (same value,
-  differentiable, memory sublinear in T).
+From torch's `Distribution` API it implements `mode` (the argmax),
+`expand` (a batch of one broadcast to `B'` sequences), `support` (a
+constraint that checks :class:`Segmentation` values), `log_prob` with
+torch's broadcasting, `entropy`, `perplexity`, `enumerate_support` and
+`sample`; `mean`, `variance`, `stddev`, `rsample`, `cdf` and `icdf` have no
+meaning for segmentations and raise NotImplementedError naming what to use.
 """
 from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
 import torch
-from torch.distributions import Distribution, register_kl
+from torch.distributions import Distribution, constraints, register_kl
 
-from . import autograd, backends
+from . import autograd, backends, information
 from .decoding import topk as kbest
+from .decoding import viterbi
+from .posterior import Posterior
 from .potentials import SemiMarkovPotentials
 from .sampling import sample as draw_samples
 from .scan import semimarkov_scan
 from .segmentation import Segmentation
-from .semirings import CrossEntropySemiring, EntropySemiring, KLDivergenceSemiring, StdSemiring
+from .semirings import StdSemiring
 from .testing import enumerate_segmentations
 
 #: Default limit on the number of segmentations of one sequence that
@@ -56,12 +59,33 @@ class TopK(NamedTuple):
     segmentations: Segmentation
 
 
+class SegmentationsOf(constraints.Constraint):
+    """The support of a :class:`SemiMarkovDistribution`: the segmentations
+    its potentials allow. `check(value)` takes a :class:`Segmentation`
+    broadcastable to `(..., B, T)` and returns `(..., B)` bool: whether each
+    entry tiles its sequence `[0, length)` with labels in `[0, C)`,
+    durations in `[1, K]` and no part forbidden by a `-inf` (an empty entry
+    is not in the support)."""
+
+    is_discrete = True
+    event_dim = 1
+
+    def __init__(self, distribution: "SemiMarkovDistribution"):
+        self.distribution = distribution
+
+    def check(self, value: Segmentation) -> torch.Tensor:
+        return self.distribution._broadcast(value, "value").allowed(self.distribution.potentials)
+
+    def __repr__(self) -> str:
+        p = self.distribution.potentials
+        return f"SegmentationsOf(B={p.batch_size}, T={p.T}, K={p.K}, C={p.C})"
+
+
 class _CountingSemiring(StdSemiring):
     """Std without the scan's renormalization, so that counts of
     segmentations stay exact integers in float64 (up to 2**53)."""
 
-    def log_mass(self, value):
-        return None
+    renormalize = False
 
 
 class SemiMarkovDistribution(Distribution):
@@ -105,8 +129,7 @@ class SemiMarkovDistribution(Distribution):
         return self
 
     def _setup(self, potentials: SemiMarkovPotentials, backend: str, validate_args: Optional[bool]) -> None:
-        if backend not in backends.BACKEND_NAMES:
-            raise ValueError(f"backend must be one of {backends.BACKEND_NAMES}, got {backend!r}")
+        backends.check_name(backend)
         self.potentials, self.backend = potentials, backend
         self._cache: dict = {}
         super().__init__(torch.Size([potentials.batch_size]), torch.Size([potentials.T]), validate_args=validate_args)
@@ -119,7 +142,8 @@ class SemiMarkovDistribution(Distribution):
     def _cached(self, name: str, compute):
         """Compute once per distribution and grad mode; a result that carries
         an autograd graph is recomputed at every call (so each use owns its
-        graph and can be backpropagated on its own)."""
+        graph and can be backpropagated on its own). For use inside the
+        class: the public properties hand out copies."""
         key = (name, torch.is_grad_enabled())
         if key in self._cache:
             return self._cache[key]
@@ -132,27 +156,83 @@ class SemiMarkovDistribution(Distribution):
     def lengths(self) -> torch.Tensor:
         return self.potentials.lengths
 
-    def to(self, device) -> "SemiMarkovDistribution":
-        """The same distribution with its potentials on `device`."""
-        tensors = {name: t.to(device) for name, t in self.potentials.tensors().items()}
-        moved = SemiMarkovPotentials(lengths=self.potentials.lengths.to(device), validate_args=False, **tensors)
-        return SemiMarkovDistribution.from_potentials(moved, self.backend, self._validate_args)
+    # -- conversions and shapes ------------------------------------------------------
+    def to(self, *args, **kwargs) -> "SemiMarkovDistribution":
+        """The same distribution with its potentials converted by
+        `torch.Tensor.to`'s arguments (a dtype, a device, both, keywords, or
+        a tensor; see :meth:`SemiMarkovPotentials.to`), keeping the lengths
+        (int64), `center`, the backend and `validate_args`."""
+        return self._with(self.potentials.to(*args, **kwargs))
+
+    def double(self) -> "SemiMarkovDistribution":
+        """`self.to(torch.float64)`."""
+        return self.to(torch.float64)
+
+    def float(self) -> "SemiMarkovDistribution":
+        """`self.to(torch.float32)`."""
+        return self.to(torch.float32)
+
+    def expand(self, batch_shape, _instance=None) -> "SemiMarkovDistribution":
+        """The distribution broadcast to `batch_shape = (B',)`: a batch of one
+        sequence repeated `B'` times (views, as `torch.Tensor.expand`), or
+        the same batch when `B' = B`."""
+        batch_shape = torch.Size(batch_shape)
+        if len(batch_shape) != 1:
+            raise ValueError(f"expand: a SemiMarkovDistribution has a 1-D batch (B,); batch_shape must be (B',), "
+                             f"got {tuple(batch_shape)}")
+        new = self._get_checked_instance(SemiMarkovDistribution, _instance)
+        new._setup(self.potentials.expand(batch_shape[0]), self.backend, self._validate_args)
+        return new
+
+    def _with(self, potentials: SemiMarkovPotentials) -> "SemiMarkovDistribution":
+        return SemiMarkovDistribution.from_potentials(potentials, self.backend, self._validate_args)
+
+    def _broadcast(self, value: Segmentation, name: str) -> Segmentation:
+        """`value` broadcast to `(..., B, T)` as torch broadcasts: `(T,)`,
+        `(1, T)` or `(N, 1, T)` over the batch."""
+        if not isinstance(value, Segmentation):
+            raise TypeError(f"{name} must be a Segmentation (see Segmentation.from_segments / from_labels), "
+                            f"got {type(value).__name__}")
+        B, T = self.potentials.batch_size, self.potentials.T
+        leading = value.lengths.shape
+        if value.T != T or (leading and leading[-1] not in (1, B)):
+            raise ValueError(f"{name} must be a Segmentation of shape (..., B, T) = (..., {B}, {T}) (or one that "
+                             f"broadcasts to it, such as (T,) or (N, 1, T)), got {tuple(value.shape)}")
+        shape = torch.Size((*leading[:-1], B))
+        return value if shape == leading else value.expand(shape)
+
+    @property
+    def support(self) -> SegmentationsOf:
+        """The segmentations this distribution allows (:class:`SegmentationsOf`)."""
+        return SegmentationsOf(self)
 
     # -- normalizer and probabilities ---------------------------------------------
+    def _partition(self) -> torch.Tensor:
+        return self._cached("partition", lambda: autograd.log_partition(self.potentials, backend=self.backend))
+
     @property
     def partition(self) -> torch.Tensor:
         """`log Z (B,)`, differentiable (streaming backward)."""
-        return self._cached("partition", lambda: autograd.log_partition(self.potentials, backend=self.backend))
+        return self._partition().clone()
 
     def log_prob(self, value: Segmentation) -> torch.Tensor:
-        """`log p(value)`, `(..., B)` for a `(..., B, T)` Segmentation;
-        `-inf` for empty entries. Raises ValueError (under `validate_args`)
-        for segments past the length, gaps, labels out of range or segments
-        longer than K."""
-        if not isinstance(value, Segmentation):
-            raise TypeError(f"value must be a Segmentation (see Segmentation.from_segments / from_labels), "
-                            f"got {type(value).__name__}")
-        return value.log_potential(self.potentials, validate=self._validate_args) - self.partition
+        """`log p(value)`, `(..., B)` for a Segmentation that broadcasts to
+        `(..., B, T)` (`(T,)` or `(1, T)`: one segmentation scored in every
+        sequence; `(N, 1, T)`: N of them); `-inf` for empty entries, and for
+        every value of a sequence with no allowed segmentation (log Z = -inf;
+        finite zero gradients there). Raises ValueError (under
+        `validate_args`) for segments past the length, gaps, labels out of
+        range or segments longer than K."""
+        return self._log_prob(value, "value")
+
+    def _log_prob(self, value: Segmentation, name: str) -> torch.Tensor:
+        """:meth:`log_prob`, with errors that call the value `name`."""
+        value = self._broadcast(value, name)
+        if self._validate_args:
+            value.validate(self.potentials, name=name)
+        partition = self._partition()
+        score = value.log_potential(self.potentials, validate=False)
+        return torch.where(torch.isneginf(partition), float("-inf"), score - partition)
 
     @property
     def count(self) -> torch.Tensor:
@@ -164,7 +244,7 @@ class SemiMarkovDistribution(Distribution):
             unit = SemiMarkovPotentials(lengths=self.lengths, validate_args=False, **tensors)
             with torch.no_grad():
                 return semimarkov_scan(unit, _CountingSemiring())
-        return self._cached("count", compute)
+        return self._cached("count", compute).clone()
 
     def enumerate_support(self, expand: bool = True, *, limit: int = SUPPORT_LIMIT) -> Segmentation:
         """Every allowed segmentation, `(n, B, T)`, for tiny problems.
@@ -199,21 +279,24 @@ class SemiMarkovDistribution(Distribution):
         return Segmentation(torch.where(keep, labels, torch.full_like(labels, -1)), starts & keep)
 
     # -- marginals ------------------------------------------------------------------
-    @property
-    def posterior(self) -> backends.Posterior:
-        """The :class:`~semiring_semicrf.backends.Posterior` expected counts
-        (no gradient)."""
+    def _posterior(self) -> Posterior:
         return self._cached("posterior", lambda: autograd.posterior(self.potentials, backend=self.backend))
+
+    @property
+    def posterior(self) -> Posterior:
+        """The :class:`~semiring_semicrf.posterior.Posterior` expected counts
+        (no gradient; a copy of the cached one)."""
+        return self._posterior().clone()
 
     @property
     def marginals(self) -> torch.Tensor:
         """`(B, T, C)`: P(position t lies in a segment labelled c)."""
-        return self.posterior.label_marginals()
+        return self._posterior().label_marginals()
 
     @property
     def boundary_marginals(self) -> torch.Tensor:
         """`(B, T)`: P(a segment starts at t)."""
-        return self.posterior.boundary_marginals()
+        return self._posterior().boundary_marginals()
 
     @property
     def segment_marginals(self) -> torch.Tensor:
@@ -225,32 +308,40 @@ class SemiMarkovDistribution(Distribution):
     def transition_marginals(self) -> torch.Tensor:
         """`(B, C, C)` expected `[c_src, c_dst]` transition counts (or
         `(B, K, C, C)` for duration-dependent transitions)."""
-        return self.posterior.transition
+        return self._posterior().transition.clone()
 
     @property
     def duration_marginals(self) -> torch.Tensor:
         """`(B, K, C)` expected number of segments of length d with label c."""
-        return self.posterior.duration
+        return self._posterior().duration.clone()
 
     # -- decoding -------------------------------------------------------------------
+    def _argmax(self) -> Segmentation:
+        def compute():
+            _, labels, starts = viterbi(self.potentials, self.backend)
+            return Segmentation(labels, starts)
+        return self._cached("argmax", compute)
+
     @property
     def argmax(self) -> Segmentation:
         """The Viterbi segmentation `(B, T)` (ties: see :mod:`semiring_semicrf.decoding`);
         empty where no segmentation is allowed."""
-        def compute():
-            _, labels, starts = backends.get(self.backend, self.potentials).viterbi(self.potentials)
-            return Segmentation(labels, starts)
-        return self._cached("argmax", compute)
+        return self._argmax().clone()
+
+    @property
+    def mode(self) -> Segmentation:
+        """The most probable segmentation: :attr:`argmax`."""
+        return self.argmax
 
     @property
     def max(self) -> torch.Tensor:
         """`(B,)` the best score, differentiable (its gradient is the
         indicator of the argmax's parts); `-inf` where nothing is allowed."""
-        return self.argmax.log_potential(self.potentials, validate=False)
+        return self._argmax().log_potential(self.potentials, validate=False)
 
     def topk(self, k: int) -> TopK:
         """The k best distinct segmentations and their scores, best first."""
-        _, labels, starts = kbest(self.potentials, k)
+        _, labels, starts = kbest(self.potentials, k, self.backend)
         value = Segmentation(labels, starts)
         return TopK(value.log_potential(self.potentials, validate=False), value)
 
@@ -264,7 +355,7 @@ class SemiMarkovDistribution(Distribution):
             device = self.potentials.device
             return Segmentation(torch.full(shape, -1, dtype=torch.int64, device=device),
                                 torch.zeros(shape, dtype=torch.bool, device=device))
-        labels, starts = draw_samples(self.potentials, sample_shape.numel(), generator)
+        labels, starts = draw_samples(self.potentials, sample_shape.numel(), generator, self.backend)
         return Segmentation(labels.reshape(shape), starts.reshape(shape))
 
     # -- information ------------------------------------------------------------------
@@ -276,77 +367,74 @@ class SemiMarkovDistribution(Distribution):
         it an expected count above `sqrt(eps)` of the dtype, else 0 (its true
         count is then 0 up to rounding)."""
         q = self.potentials if potentials is None else potentials
-        if not isinstance(q, SemiMarkovPotentials):
-            raise TypeError(f"potentials must be SemiMarkovPotentials, got {type(q).__name__}")
-        _check_compatible(self.potentials, q)
-        post = self.posterior
-        tolerance = torch.finfo(post.segment_start.dtype).eps ** 0.5
-        valid = self.potentials.valid_mask()[..., None]
-
-        def dot(count, value):
-            value = value.expand_as(count)
-            forbidden = torch.isneginf(value)
-            term = torch.where(forbidden, torch.where(count > tolerance, value, torch.zeros_like(value)),
-                               count * torch.where(forbidden, torch.zeros_like(value), value))
-            return term.flatten(1).sum(dim=1)
-
-        total = dot(post.label_marginals(), torch.where(valid, q.scores, torch.zeros_like(q.scores)))
-        total = total + dot(post.duration, q.duration) + dot(post.transition, q.transition)
-        total = total + dot(post.first, q.start) + dot(post.last, q.end)
-        if q.start_scores is not None:
-            total = total + dot(post.segment_start, q.start_scores)
-        if q.end_scores is not None:
-            total = total + dot(post.segment_end, q.end_scores)
-        return total
+        information.check_compatible(self.potentials, q)
+        return information.expected_score(self._posterior(), self.potentials, q)
 
     def _other(self, other) -> "SemiMarkovDistribution":
         """`other`, checked to be a distribution of the same shapes."""
         if not isinstance(other, SemiMarkovDistribution):
             raise TypeError(f"other must be a SemiMarkovDistribution, got {type(other).__name__}")
-        _check_compatible(self.potentials, other.potentials)
+        information.check_compatible(self.potentials, other.potentials)
         return other
 
+    def _own_posterior(self) -> Optional[Posterior]:
+        """The cached posterior, unless the result must carry p's gradient."""
+        return None if information.tracks_grad(self.potentials) else self._posterior()
+
     def entropy(self) -> torch.Tensor:
-        """`H(p) (B,)` in nats."""
-        if _tracks_grad(self.potentials):
-            return autograd.checkpointed_scan(self.potentials, EntropySemiring())
-        return self.partition - self.expected_score()
+        """`H(p) (B,)` in nats; 0 for a sequence with no allowed segmentation.
+        Accurate to a fraction of itself whatever log Z is (a sum of local
+        terms, :mod:`~semiring_semicrf.information`)."""
+        return information.entropy(self.potentials, self.backend)
 
     def cross_entropy(self, other: "SemiMarkovDistribution") -> torch.Tensor:
-        """`H(p, q) = -E_p[log q(y)]` `(B,)`, `p = self`, `q = other`."""
+        """`H(p, q) = -E_p[log q(y)]` `(B,)`, `p = self`, `q = other`:
+        `+inf` where p gives any probability to a segmentation q forbids
+        (a part q scores `-inf`), 0 where p allows no segmentation."""
         q = self._other(other)
-        if _tracks_grad(self.potentials):
-            return autograd.checkpointed_scan((self.potentials, q.potentials), CrossEntropySemiring())
-        return q.partition - self.expected_score(q.potentials)
+        return information.cross_entropy(self.potentials, q.potentials, self.backend, self._own_posterior())
 
     def kl(self, other: "SemiMarkovDistribution") -> torch.Tensor:
-        """`KL(p || q) = E_p[log p(y) - log q(y)]` `(B,)`, `p = self`, `q = other`."""
+        """`KL(p || q) = E_p[log p(y) - log q(y)]` `(B,)`, `p = self`, `q = other`:
+        `+inf` where p gives any probability to a segmentation q forbids
+        (a part q scores `-inf`), 0 where p allows no segmentation."""
         q = self._other(other)
-        if _tracks_grad(self.potentials):
-            return autograd.checkpointed_scan((self.potentials, q.potentials), KLDivergenceSemiring())
-        return q.partition - self.partition - self.expected_score(q.potentials) + self.expected_score()
+        return information.kl(self.potentials, q.potentials, self.backend, self._own_posterior())
+
+    # -- what segmentations do not have --------------------------------------------
+    @property
+    def mean(self):
+        raise NotImplementedError("a segmentation has no mean; use .marginals for the expected labels "
+                                  "(P(position t lies in a segment labelled c)) and .boundary_marginals for the "
+                                  "expected segment starts")
+
+    @property
+    def variance(self):
+        raise NotImplementedError("a segmentation has no variance; each position's label indicator has variance "
+                                  "m (1 - m) for m = .marginals, and .entropy() measures the spread")
+
+    @property
+    def stddev(self):
+        raise NotImplementedError("a segmentation has no standard deviation; use .marginals (m (1 - m) is each "
+                                  "label indicator's variance) or .entropy()")
+
+    def rsample(self, sample_shape=()):
+        raise NotImplementedError("segmentations are discrete: there is no reparameterized sample; use .sample() "
+                                  "(exact, not differentiable) with a score-function estimator (log_prob is "
+                                  "differentiable), or .marginals as a differentiable relaxation")
+
+    def cdf(self, value):
+        raise NotImplementedError("segmentations have no order, hence no cdf; use .log_prob(value), or "
+                                  ".enumerate_support() with .log_prob on tiny problems")
+
+    def icdf(self, value):
+        raise NotImplementedError("segmentations have no order, hence no icdf; use .sample() to draw "
+                                  "segmentations or .topk(k) for the most probable ones")
 
 
 @register_kl(SemiMarkovDistribution, SemiMarkovDistribution)
 def _kl_semimarkov(p: SemiMarkovDistribution, q: SemiMarkovDistribution) -> torch.Tensor:
     return p.kl(q)
-
-
-def _tracks_grad(potentials: SemiMarkovPotentials) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in potentials.tensors().values())
-
-
-def _check_compatible(p: SemiMarkovPotentials, q: SemiMarkovPotentials) -> None:
-    same = ((p.batch_size, p.T, p.K, p.C) == (q.batch_size, q.T, q.K, q.C) and p.dtype == q.dtype
-            and p.device == q.device and p.duration_dependent == q.duration_dependent)
-    if not same:
-        raise ValueError(
-            f"the two distributions must share B, T, K, C, dtype, device and the kind of transition: got "
-            f"(B, T, K, C) = {(p.batch_size, p.T, p.K, p.C)} vs {(q.batch_size, q.T, q.K, q.C)}, "
-            f"{p.dtype}/{q.dtype}, {p.device}/{q.device}, duration-dependent {p.duration_dependent}/"
-            f"{q.duration_dependent}")
-    if not torch.equal(p.lengths, q.lengths):
-        raise ValueError("the two distributions must have the same lengths")
 
 
 def _number_of_segmentations(length: int, K: int, C: int) -> int:

@@ -66,8 +66,9 @@ class SemiMarkovCRFHead(nn.Module):
 
     def compute_loss(self, hidden: torch.Tensor, lengths: Optional[torch.Tensor], labels: Segmentation) -> torch.Tensor:
         """Mean negative log-likelihood of the gold segmentations `labels`
-        (a `(B, T)` :class:`Segmentation`) over the batch."""
-        return -self(hidden, lengths).log_prob(labels).mean()
+        (a `(B, T)` :class:`Segmentation`) over the batch; errors about the
+        gold segmentations name `labels`."""
+        return -self(hidden, lengths)._log_prob(labels, "labels").mean()
 
     @torch.no_grad()
     def decode(self, hidden: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> Segmentation:

@@ -6,14 +6,33 @@ Inputs are one sequence: a `(T, C)` marginal table, a `(T,)` boundary
 vector, lists of `(start, end, label)` segments (or 1-D ``Segmentation``
 values). Tensors may live on any device and may require grad.
 
-Scripts without a display should select a non-interactive backend before the
-first figure (``matplotlib.use("Agg")``); the ``semicrf`` command does.
+matplotlib is an optional dependency (``pip install "semiring-semicrf[plot]"``),
+imported when a function draws; without it the functions raise an ImportError
+that says how to install it. Scripts without a display should select a
+non-interactive backend before the first figure (``matplotlib.use("Agg")``);
+the ``semicrf`` command does.
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+import importlib
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
+
+_INSTALL_HINT = 'pip install "semiring-semicrf[plot]" (or pip install matplotlib)'
+
+
+def require_matplotlib(submodule: str = "matplotlib") -> Any:
+    """Import and return `submodule` of matplotlib (e.g. ``"matplotlib.pyplot"``),
+    or raise an ImportError that says how to install it."""
+    try:
+        return importlib.import_module(submodule)
+    except ModuleNotFoundError as err:
+        if err.name is None or err.name.split(".")[0] != "matplotlib":
+            raise
+        raise ImportError(f"plotting needs matplotlib, which is not installed: {_INSTALL_HINT}") from err
+
 
 def _numpy(x) -> np.ndarray:
     if hasattr(x, "detach"):
@@ -24,21 +43,19 @@ def _numpy(x) -> np.ndarray:
 def _new_axes(ax, figsize):
     if ax is not None:
         return ax
-    import matplotlib.pyplot as plt
-
+    plt = require_matplotlib("matplotlib.pyplot")
     _, ax = plt.subplots(figsize=figsize, constrained_layout=True)
     return ax
 
 
 def label_colors(num_labels: int) -> list:
     """One RGBA colour per label, the same in every plot of this module."""
-    import matplotlib
-
+    matplotlib = require_matplotlib()
     cmap = matplotlib.colormaps["tab10" if num_labels <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(num_labels)]
 
 
-def _label_names(label_names: Optional[Sequence[str]], num_labels: int) -> list:
+def _label_names(label_names: Sequence[str] | None, num_labels: int) -> list:
     if label_names is None:
         return [f"label {c}" for c in range(num_labels)]
     if len(label_names) != num_labels:
@@ -46,7 +63,7 @@ def _label_names(label_names: Optional[Sequence[str]], num_labels: int) -> list:
     return list(label_names)
 
 
-def plot_label_marginals(marginals, *, length: Optional[int] = None, label_names: Optional[Sequence[str]] = None,
+def plot_label_marginals(marginals, *, length: int | None = None, label_names: Sequence[str] | None = None,
                          ax=None, title: str = "Label marginals"):
     """Heat-map of `P(position t lies in a segment labelled c)`.
 
@@ -77,7 +94,7 @@ def plot_label_marginals(marginals, *, length: Optional[int] = None, label_names
     return ax
 
 
-def plot_boundary_probabilities(boundaries, *, length: Optional[int] = None, gold_starts=None,
+def plot_boundary_probabilities(boundaries, *, length: int | None = None, gold_starts=None,
                                 gold_label: str = "gold start", ax=None, title: str = "Segment boundaries"):
     """`P(a segment starts at t)` as bars, with optional gold starts.
 
@@ -126,8 +143,8 @@ def _segments_of(value) -> list:
     return [(int(s), int(e), int(c)) for s, e, c in value]
 
 
-def plot_segmentations(segmentations: Mapping[str, object], *, num_labels: Optional[int] = None,
-                       label_names: Optional[Sequence[str]] = None, ax=None, title: str = "Segmentations"):
+def plot_segmentations(segmentations: Mapping[str, object], *, num_labels: int | None = None,
+                       label_names: Sequence[str] | None = None, ax=None, title: str = "Segmentations"):
     """Each segmentation as a row of coloured bars over the positions.
 
     Args:
@@ -160,8 +177,7 @@ def plot_segmentations(segmentations: Mapping[str, object], *, num_labels: Optio
     ax.set_ylim(-0.6, len(rows) - 0.4)
     ax.set_xlabel("position t")
     ax.set_title(title)
-    from matplotlib.patches import Patch
-
+    Patch = require_matplotlib("matplotlib.patches").Patch
     present = sorted(set(used))
     ax.legend(handles=[Patch(facecolor=colors[c], label=names[c]) for c in present], loc="upper left",
               bbox_to_anchor=(1.0, 1.0), fontsize="small", title="label")

@@ -1,6 +1,6 @@
 """Potentials of a semi-Markov CRF: what a segmentation's score is made of.
 
-Conventions (DESIGN.md section 1). A segmentation tiles `[0, L)` with labelled
+Conventions (docs/model.md). A segmentation tiles `[0, L)` with labelled
 segments; segment `[s, s + d)` labelled `c` after a segment labelled `c'`
 scores
 
@@ -11,43 +11,63 @@ scores
 with `transition` either `(C, C)` (`[c_src, c_dst]`) or duration-dependent
 `(K, C, C)` (`[d-1, c_src, c_dst]`, flash-semicrf's layout).
 
-The content term is evaluated from prefix sums of *zero-centred* scores:
-`x - m[b, c]` with `m` the mean over the valid positions. A segment of
-length `d` then loses `d * m[b, c]`, which is put back exactly as a
-per-label duration term, so the model is the one the user wrote while the
-prefix sums stay small at any T.
+:class:`SemiMarkovPotentials` holds and checks the user's tensors; every
+backend reads them prepared as :class:`~semiring_semicrf.factors.Factors`
+(zero-centred prefix sums, the segment factors, the first-segment
+convention), built once by :meth:`SemiMarkovPotentials.factors`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from . import validation as V
-from .prefix import cumsum_over_time_
+from .factors import Factors
+
+#: The former name of :class:`~semiring_semicrf.factors.Factors`.
+LogFactors = Factors
 
 
-@dataclass(frozen=True)
-class LogFactors:
-    """A segment's log-potential split into factors the scan combines.
-
-    `w(s, d, c) = enter[b, s, c] + duration[b, d-1, c] + leave[b, s+d-1, c]`,
-    where `enter = start_scores - cum[:, :T]`, `leave = cum[:, 1:] + end_scores`
-    and `duration` already holds the exact zero-centring compensation
-    `d * mean`. Shapes: `enter`, `leave (B, T, C)`; `duration (B, K, C)`;
-    `transition (C, C)` or `(K, C, C)`; `start`, `end (C,)`.
-    """
-
-    enter: torch.Tensor
-    leave: torch.Tensor
-    duration: torch.Tensor
-    transition: torch.Tensor
-    start: torch.Tensor
-    end: torch.Tensor
+#: The per-position `(B, T, C)` inputs: their padding is never read.
+PER_POSITION = ("scores", "start_scores", "end_scores")
 
 
-class SemiMarkovPotentials:
+def _valid_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """`(B, T)` bool: position `t < lengths[b]`."""
+    return torch.arange(T, device=lengths.device) < lengths[:, None]
+
+
+class _Conversions:
+    """`to`, `double` and `float` for potentials (`tensors()` and `lengths`;
+    `_with(tensors, lengths)` builds the copy)."""
+
+    def to(self, *args, **kwargs):
+        """The potentials converted by `torch.Tensor.to(*args, **kwargs)`: a
+        dtype, a device, both (`to(device, dtype)`, keywords), or a tensor
+        whose dtype and device to take. Lengths stay int64 and move with the
+        tensors; half and bfloat16 are upcast to float32 as at construction.
+        Differentiable; `self` when nothing changes."""
+        tensors = self.tensors()
+        converted = {name: t.to(*args, **kwargs) for name, t in tensors.items()}
+        if all(converted[name] is t for name, t in tensors.items()):
+            return self
+        first = next(iter(converted.values()))
+        if not first.is_floating_point():
+            raise TypeError(f"{type(self).__name__}.to: potentials are log-potentials and need a floating dtype, "
+                            f"got {first.dtype}")
+        return self._with(converted, self.lengths.to(first.device))
+
+    def double(self):
+        """`self.to(torch.float64)`."""
+        return self.to(torch.float64)
+
+    def float(self):
+        """`self.to(torch.float32)`."""
+        return self.to(torch.float32)
+
+
+class SemiMarkovPotentials(_Conversions):
     """Structured potentials (see module docstring for the score).
 
     Args:
@@ -58,17 +78,29 @@ class SemiMarkovPotentials:
         start, end: `(C,)` first/last-segment label scores; default zeros.
         start_scores, end_scores: optional `(B, T, C)` scores of a segment
             starting at / ending at (inclusive) a position.
-        validate_args: also reject NaN in any input (shape, dtype and range
-            checks always run).
+        validate_args: also reject NaN and +inf in any input, and -inf in
+            `scores`, at the positions inside the lengths (shape, dtype and
+            range checks always run).
+        center: zero-centre the scores before their prefix sums (the
+            default: float32 stays accurate at any T). Turn it off when the
+            potentials are exact integers and a semiring needs exact ties.
 
     Half and bfloat16 inputs are upcast to float32; all floating inputs must
     then share one dtype and one device (lengths may live on the CPU).
+    Positions past a sequence's length are ignored, whatever `scores`,
+    `start_scores` and `end_scores` hold there (NaN, -inf from masked
+    logits, ...): every backend reads them through
+    :class:`~semiring_semicrf.factors.Factors`, which zeroes them, and
+    their gradient is exactly 0.
+
+    :meth:`to`, :meth:`double` and :meth:`float` convert every tensor as
+    `torch.Tensor.to` would, keeping the lengths (int64) and `center`.
     """
 
     is_explicit = False
 
     def __init__(self, scores, transition, duration, lengths=None, start=None, end=None,
-                 start_scores=None, end_scores=None, *, validate_args: bool = True):
+                 start_scores=None, end_scores=None, *, validate_args: bool = True, center: bool = True):
         scores = V.as_float_tensor("scores", scores, ndim=3)
         B, T, C = scores.shape
         if T < 1 or C < 1:
@@ -98,19 +130,23 @@ class SemiMarkovPotentials:
         for name, value in named.items():
             V.check_same(name, value, scores, "scores")
         self.lengths = V.check_lengths(lengths, B, T, scores.device)
-        if validate_args:
-            V.check_finite_scores(scores)
+        if validate_args:  # padding is never read: only positions inside the lengths are checked
+            valid = _valid_mask(self.lengths, T)
+            V.check_finite_scores(scores, valid)
             for name, value in named.items():
-                V.check_no_nan(name, value)
+                V.check_no_nan(name, value, valid if name in PER_POSITION else None)
         self.scores, self.transition, self.duration = scores, transition, duration
         self.start, self.end = start, end
         self.start_scores, self.end_scores = extras["start_scores"], extras["end_scores"]
-        self._factors: Optional[LogFactors] = None  # cached when no input needs grad
+        self.center = bool(center)
+        self._factors: Optional[Factors] = None  # cached when no input needs grad
 
     # -- sizes ---------------------------------------------------------------
     @property
     def batch_size(self) -> int:
         return self.scores.shape[0]
+
+    B = batch_size
 
     @property
     def T(self) -> int:
@@ -150,28 +186,44 @@ class SemiMarkovPotentials:
         """A copy with some tensors replaced, their shapes, dtypes and devices
         checked again; the same lengths, not checked again (their range check
         reads them on the host: a device sync on CUDA)."""
-        args = {**self.tensors(), **tensors}
-        copy = SemiMarkovPotentials(validate_args=False, **args)
-        copy.lengths = self.lengths
+        return self._with({**self.tensors(), **tensors}, self.lengths)
+
+    def _with(self, tensors: dict, lengths: torch.Tensor) -> "SemiMarkovPotentials":
+        """New potentials of these tensors (checked) and these lengths (not
+        checked again), with this `center`."""
+        copy = SemiMarkovPotentials(validate_args=False, center=self.center, **tensors)
+        copy.lengths = lengths
         return copy
+
+    def __getitem__(self, index) -> "SemiMarkovPotentials":
+        """The potentials of some sequences of the batch: an int (kept as a
+        batch of one), a slice, or a 1-D index tensor or list."""
+        if isinstance(index, int) and not isinstance(index, bool):
+            index = slice(index, index + 1) if index != -1 else slice(-1, None)
+        per_sequence = {name: t[index] for name, t in self.tensors().items() if name in PER_POSITION}
+        return self._with({**self.tensors(), **per_sequence}, self.lengths[index])
+
+    def expand(self, batch_size: int) -> "SemiMarkovPotentials":
+        """A batch of `batch_size` from a batch of one (or of `batch_size`:
+        itself), broadcast as `torch.Tensor.expand` does: views, no copy."""
+        size = self.batch_size
+        if size not in (1, batch_size) or batch_size < 0:
+            raise ValueError(f"expand: a batch of {size} sequences broadcasts to {size} (or, from 1, to any "
+                             f"size), not to {batch_size}")
+        if size == batch_size:
+            return self
+        per_sequence = {name: t.expand(batch_size, *t.shape[1:]) for name, t in self.tensors().items()
+                        if name in PER_POSITION}
+        return self._with({**self.tensors(), **per_sequence}, self.lengths.expand(batch_size))
 
     # -- derived quantities ---------------------------------------------------
     def valid_mask(self) -> torch.Tensor:
         """`(B, T)` bool: position `t < lengths[b]`."""
-        return torch.arange(self.T, device=self.device) < self.lengths[:, None]
+        return _valid_mask(self.lengths, self.T)
 
-    def prefix_sums(self):
-        """Zero-centred prefix sums `cum (B, T+1, C)` and the removed mean
-        `mean (B, C)` (over the valid positions; padding counts as 0)."""
-        mask = self.valid_mask().unsqueeze(-1)
-        x = torch.where(mask, self.scores, torch.zeros_like(self.scores))
-        mean = x.sum(dim=1) / self.lengths.to(x.dtype)[:, None]
-        centred = torch.where(mask, x - mean[:, None], torch.zeros_like(x))
-        cum = torch.nn.functional.pad(cumsum_over_time_(centred), (0, 0, 1, 0))
-        return cum, mean
-
-    def log_factors(self) -> LogFactors:
-        """The factors of every segment's log-potential.
+    def factors(self) -> Factors:
+        """The prepared :class:`~semiring_semicrf.factors.Factors` that every
+        backend reads (zero-centred prefix sums, segment factors).
 
         Cached only when no input requires grad (a cached graph would be freed
         by the first backward, and factors made under `torch.no_grad()` must
@@ -180,31 +232,21 @@ class SemiMarkovPotentials:
         """
         if self._factors is not None:
             return self._factors
-        cum, mean = self.prefix_sums()
-        enter = -cum[:, :-1]
-        leave = cum[:, 1:]
-        if self.start_scores is not None:
-            enter = enter + self.start_scores
-        if self.end_scores is not None:
-            leave = leave + self.end_scores
-        d = torch.arange(1, self.K + 1, device=self.device, dtype=self.dtype)
-        duration = self.duration[None] + d[None, :, None] * mean[:, None, :]
-        factors = LogFactors(enter, leave, duration, self.transition, self.start, self.end)
+        factors = Factors(self)
         if not any(t.requires_grad for t in self.tensors().values()):
             self._factors = factors
         return factors
+
+    prepare = factors
+    log_factors = factors  # the former name
 
     def segment_log_potentials(self) -> torch.Tensor:
         """`w[b, s, d-1, c]`: a segment `[s, s+d)` labelled `c`, without
         transition/start/end terms; `-inf` where `s + d > T`. Shape
         `(B, T, K, C)`: materialized, for tests and small problems only."""
-        f = self.log_factors()
         s = torch.arange(self.T, device=self.device)[:, None]
-        e = s + torch.arange(self.K, device=self.device)[None, :]  # inclusive end
-        inside = e < self.T
-        leave = f.leave[:, e.clamp(max=self.T - 1)]  # (B, T, K, C)
-        w = f.enter[:, :, None] + f.duration[:, None] + leave
-        return w.masked_fill(~inside[None, :, :, None], float("-inf"))
+        d = torch.arange(1, self.K + 1, device=self.device)[None, :]
+        return self.factors().segment_log_potentials(s, d)
 
     def to_edges(self) -> torch.Tensor:
         """Materialize pytorch-struct's edge tensor `edge[b, s, d, c_dst, c_src]`,
@@ -216,6 +258,7 @@ class SemiMarkovPotentials:
         past the length are `-inf`. Feed pytorch-struct `lengths + 1`.
         """
         B, T, K, C = self.batch_size, self.T, self.K, self.C
+        f = self.factors()
         w = self.segment_log_potentials()  # (B, T, K, C)
         s = torch.arange(T, device=self.device)
         d = torch.arange(1, K + 1, device=self.device)
@@ -223,14 +266,11 @@ class SemiMarkovPotentials:
         w = w.masked_fill(ends[None, :, :, None] > self.lengths[:, None, None, None], float("-inf"))
         at_end = (ends[None] == self.lengths[:, None, None])[..., None]
         w = w + torch.where(at_end, self.end, torch.zeros_like(self.end))
-        trans = self.transition if self.duration_dependent else self.transition.expand(K, C, C)
-        trans_t = trans.transpose(-1, -2)  # (K, C_dst, C_src)
-        edge = w[..., None] + trans_t[None, None]  # (B, T, K, C_dst, C_src)
-        first = torch.full((C, C), float("-inf"), dtype=self.dtype, device=self.device)
-        first[:, 0] = 0.0
-        first = first + self.start[:, None]
-        edge0 = w[:, :1, :, :, None] + first
-        edge = torch.cat([edge0, edge[:, 1:]], dim=1)
+        transition = f.transition_with_start.transpose(-1, -2)  # (K, C_dst, C_src + 1), virtual source last
+        edge = w[..., None] + transition[None, None, ..., :C]  # (B, T, K, C_dst, C_src)
+        first = torch.full((K, C, C), float("-inf"), dtype=self.dtype, device=self.device)
+        first[..., 0] = transition[..., C]  # the virtual start label, pinned to c_src = 0
+        edge = torch.cat([w[:, :1, ..., None] + first, edge[:, 1:]], dim=1)
         pad = torch.full((B, T, 1, C, C), float("-inf"), dtype=self.dtype, device=self.device)
         return torch.cat([pad, edge], dim=2)
 
@@ -247,7 +287,7 @@ def require_potentials(potentials, name: str = "potentials") -> None:
         raise TypeError(f"{name} must be SemiMarkovPotentials or EdgePotentials, got {type(potentials).__name__}")
 
 
-class EdgePotentials:
+class EdgePotentials(_Conversions):
     """Explicit potentials `edge[b, s, d, c_dst, c_src]`, shape
     `(B, T, K+1, C, C)` (slot `d = 0` ignored), pytorch-struct's layout.
 
@@ -255,6 +295,11 @@ class EdgePotentials:
     partition sums (Max maximizes) over it, and there is no end term.
     `lengths (B,)` in `[1, T]` are sequence lengths (pytorch-struct's minus 1).
     Cost of a scan: `O(K C^2)` per position.
+
+    The edges of segments that end past their sequence's length
+    (`s + d > lengths[b]`) are padding: whatever the input holds there,
+    :attr:`edge` reads zeros (so their gradient is exactly 0), and
+    `validate_args` does not look at them.
     """
 
     is_explicit = True
@@ -268,19 +313,39 @@ class EdgePotentials:
                 "edge must have shape (B, T, K+1, C, C) with K >= 1 and T, C >= 1, "
                 f"got {tuple(edge.shape)}")
         self.lengths = V.check_lengths(lengths, B, T, edge.device)
+        self._edge = edge
         if validate_args:
-            V.check_no_nan("edge", edge)
-        self.edge = edge
+            V.check_no_nan("edge", self.edge)
 
-    batch_size = property(lambda self: self.edge.shape[0])
-    T = property(lambda self: self.edge.shape[1])
-    K = property(lambda self: self.edge.shape[2] - 1)
-    C = property(lambda self: self.edge.shape[3])
-    dtype = property(lambda self: self.edge.dtype)
-    device = property(lambda self: self.edge.device)
+    @property
+    def edge(self) -> torch.Tensor:
+        """The input edges, zero past each length (a fresh masked copy at
+        every access, so that each use owns its autograd graph)."""
+        ends = torch.arange(self.T, device=self.device)[:, None] + torch.arange(self.K + 1, device=self.device)
+        return self._edge.masked_fill((ends > self.lengths[:, None, None])[..., None, None], 0.0)
+
+    batch_size = property(lambda self: self._edge.shape[0])
+    B = batch_size
+    T = property(lambda self: self._edge.shape[1])
+    K = property(lambda self: self._edge.shape[2] - 1)
+    C = property(lambda self: self._edge.shape[3])
+    dtype = property(lambda self: self._edge.dtype)
+    device = property(lambda self: self._edge.device)
 
     def tensors(self) -> dict:
-        return {"edge": self.edge}
+        """The input tensors by name (`edge`: as given, padding included)."""
+        return {"edge": self._edge}
+
+    def _with(self, tensors: dict, lengths: torch.Tensor) -> "EdgePotentials":
+        """New potentials of these edges and these lengths (not checked
+        again: the range check reads them on the host)."""
+        copy = EdgePotentials(tensors["edge"], validate_args=False)
+        copy.lengths = lengths
+        return copy
+
+    def prepare(self) -> "EdgePotentials":
+        """Explicit edges are their own prepared form (the reference scan reads them)."""
+        return self
 
     def to_edges(self) -> torch.Tensor:
         return self.edge

@@ -108,6 +108,18 @@ class Segmentation:
     def to(self, device) -> "Segmentation":
         return Segmentation(self.labels.to(device), self.starts.to(device), self.lengths.to(device))
 
+    def clone(self) -> "Segmentation":
+        """A copy that owns its tensors."""
+        return Segmentation(self.labels.clone(), self.starts.clone(), self.lengths.clone())
+
+    def expand(self, *shape) -> "Segmentation":
+        """The same segmentations broadcast to the leading dims `shape` (the
+        sizes before T; an int or a sequence of ints), as
+        `torch.Tensor.expand` does: views, no copy."""
+        shape = torch.Size(shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
+        return Segmentation(self.labels.expand(*shape, self.T), self.starts.expand(*shape, self.T),
+                            self.lengths.expand(shape))
+
     def equal(self, other: "Segmentation") -> bool:
         """True when both hold the same segmentations (same shape)."""
         return (self.shape == other.shape and torch.equal(self.labels, other.labels.to(self.device))
@@ -219,34 +231,53 @@ class Segmentation:
         return cls(labels, starts, lengths)
 
     # -- checks against a problem -----------------------------------------------
-    def validate(self, potentials) -> None:
+    def validate(self, potentials, *, name: str = "value") -> None:
         """Raise ValueError unless every entry is a segmentation allowed by
         `potentials` or empty: shape `(..., B, T)`, lengths equal to the
         potentials' (no segment past the length, none missing), labels in
-        `[0, C)` and durations in `[1, K]`."""
-        B, T, K, C = potentials.batch_size, potentials.T, potentials.K, potentials.C
-        if self.labels.dim() < 2 or self.shape[-2:] != (B, T):
-            raise ValueError(f"value must be a Segmentation of shape (..., B, T) = (..., {B}, {T}), "
-                             f"got {tuple(self.shape)}")
+        `[0, C)` and durations in `[1, K]`. `name`: what the messages call
+        the segmentations."""
+        wrong_length, bad_label, too_long = self._misfits(potentials, name)
         lengths = potentials.lengths.to(self.device)
-        wrong = (self.lengths != lengths) & (self.lengths > 0)
-        if wrong.any():
-            where = wrong.nonzero()[0].tolist()
+        if wrong_length.any():
+            where = wrong_length.nonzero()[0].tolist()
             got, want = int(self.lengths[tuple(where)]), int(lengths[where[-1]])
             what = "runs past the sequence's length" if got > want else "does not cover the whole sequence"
-            raise ValueError(f"value{where}: the segmentation covers [0, {got}) but the sequence has length "
+            raise ValueError(f"{name}{where}: the segmentation covers [0, {got}) but the sequence has length "
                              f"{want}: it {what}")
-        if self.labels.numel() == 0:
-            return
-        if int(self.labels.max()) >= C:
-            where = (self.labels >= C).nonzero()[0].tolist()
-            raise ValueError(f"value{where[:-1]}: label {int(self.labels[tuple(where)])} at position {where[-1]} "
-                             f"is out of range [0, {C})")
-        durations = self.durations()
-        if int(durations.max()) > K:
-            where = (durations > K).nonzero()[0].tolist()
-            raise ValueError(f"value{where[:-1]}: the segment starting at {where[-1]} has length "
-                             f"{int(durations[tuple(where)])}, longer than K = {K}")
+        if bad_label.any():
+            where = bad_label.nonzero()[0].tolist()
+            raise ValueError(f"{name}{where[:-1]}: label {int(self.labels[tuple(where)])} at position {where[-1]} "
+                             f"is out of range [0, {potentials.C})")
+        if too_long.any():
+            where = too_long.nonzero()[0].tolist()
+            raise ValueError(f"{name}{where[:-1]}: the segment starting at {where[-1]} has length "
+                             f"{int(self.durations()[tuple(where)])}, longer than K = {potentials.K}")
+
+    def allowed(self, potentials) -> torch.Tensor:
+        """`(...)` bool: whether each entry is a segmentation of its sequence
+        that `potentials` allow (it tiles `[0, length)` with labels in
+        `[0, C)` and durations in `[1, K]`, and no part of it is forbidden
+        by a `-inf`); False for empty entries. Raises ValueError only when
+        the shape is not `(..., B, T)`."""
+        wrong_length, bad_label, too_long = self._misfits(potentials)
+        fits = ~wrong_length & ~bad_label.any(dim=-1) & ~too_long.any(dim=-1) & (self.lengths > 0)
+        keep = fits[..., None]
+        fitting = Segmentation(torch.where(keep, self.labels, torch.full_like(self.labels, -1)), self.starts & keep,
+                               torch.where(fits, self.lengths, torch.zeros_like(self.lengths)))
+        return fits & torch.isfinite(fitting.log_potential(potentials, validate=False).detach())
+
+    def _misfits(self, potentials, name: str = "value") -> tuple:
+        """What keeps entries from being segmentations of their sequences:
+        `(wrong_length (...), bad_label (..., T), too_long (..., T))`, an
+        empty entry fitting any sequence. Raises ValueError unless the shape
+        is `(..., B, T)`."""
+        B, T = potentials.batch_size, potentials.T
+        if self.labels.dim() < 2 or self.shape[-2:] != (B, T):
+            raise ValueError(f"{name} must be a Segmentation of shape (..., B, T) = (..., {B}, {T}), "
+                             f"got {tuple(self.shape)}")
+        wrong_length = (self.lengths != potentials.lengths.to(self.device)) & (self.lengths > 0)
+        return wrong_length, self.labels >= potentials.C, self.durations() > potentials.K
 
     # -- scores -----------------------------------------------------------------
     def log_potential(self, potentials, *, validate: bool = True) -> torch.Tensor:

@@ -36,7 +36,7 @@ class SyntheticData:
     segmentation: Segmentation
     label_means: torch.Tensor
 
-    def __getitem__(self, index) -> "SyntheticData":
+    def __getitem__(self, index) -> SyntheticData:
         """A sub-batch (`index` over sequences: a slice, list or tensor)."""
         return SyntheticData(self.hidden[index], self.lengths[index], self.segmentation[index], self.label_means)
 

@@ -6,7 +6,7 @@ expected and the given shape, before any computation runs.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -63,33 +63,51 @@ def check_lengths(lengths, batch: int, T: int, device: torch.device) -> torch.Te
     if lengths.device.type == "meta":
         raise ValueError("lengths is on the meta device, which holds no values to check; "
                          "pass lengths on the CPU or on the potentials' device")
-    if lengths.numel() and (int(lengths.min()) < 1 or int(lengths.max()) > T):
+    if lengths.device.type == device.type == "cuda" and lengths.device != device:  # two GPUs
+        raise ValueError(f"lengths is on {lengths.device} but the potentials are on {device}; "
+                         "pass lengths on the CPU or on the potentials' GPU")
+    # Reading the values syncs with the device; under torch.compile the range is
+    # checked where the lengths are used (the log partition's custom operator).
+    if lengths.numel() and not torch.compiler.is_compiling() and (int(lengths.min()) < 1 or int(lengths.max()) > T):
         raise ValueError(
             f"lengths must lie in [1, T] = [1, {T}], got values in "
             f"[{int(lengths.min())}, {int(lengths.max())}]")
     return lengths.to(device=device, dtype=torch.int64)
 
 
-def check_no_nan(name: str, value: torch.Tensor) -> None:
+def _inside(value: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
+    """`value` with the positions outside `valid` (padding) set to 0: the
+    values a check must see."""
+    return value if valid is None else value.masked_fill(~valid[..., None], 0.0)
+
+
+def check_no_nan(name: str, value: torch.Tensor, valid: Optional[torch.Tensor] = None) -> None:
     """Raise if `value` holds NaN or +inf (used under `validate_args`).
 
     Log-potentials are finite, or -inf for a forbidden move; +inf has no
-    meaning (it would make the partition infinite).
+    meaning (it would make the partition infinite). `valid`: for a
+    per-position `(B, T, C)` input, the `(B, T)` positions inside each
+    length; padding is not part of the model and may hold anything.
     """
+    value = _inside(value, valid)
+    where = "" if valid is None else " inside a sequence's length"
     if torch.isnan(value).any():
-        raise ValueError(f"{name} contains NaN")
+        raise ValueError(f"{name} contains NaN{where}")
     if torch.isposinf(value).any():
-        raise ValueError(f"{name} contains +inf; log-potentials must be finite, or -inf to forbid a move")
+        raise ValueError(f"{name} contains +inf{where}; log-potentials must be finite, or -inf to forbid a move")
 
 
-def check_finite_scores(value: torch.Tensor) -> None:
-    """Raise unless per-position `scores` are finite (used under `validate_args`).
+def check_finite_scores(value: torch.Tensor, valid: torch.Tensor) -> None:
+    """Raise unless the per-position `scores (B, T, C)` are finite at the
+    `(B, T)` positions `valid` (inside each length) (used under `validate_args`).
 
     Scores enter through prefix sums, where an infinity would poison every
     later segment; moves are forbidden with -inf in `transition`, `duration`,
-    `start`, `end`, `start_scores` or `end_scores` instead.
+    `start`, `end`, `start_scores` or `end_scores` instead. Padding may hold
+    anything (e.g. -inf from masking logits): it is never read.
     """
-    check_no_nan("scores", value)
-    if torch.isinf(value).any():
-        raise ValueError("scores contains -inf; per-position scores must be finite (they enter prefix sums): "
-                         "forbid moves with -inf in transition, duration, start, end, start_scores or end_scores")
+    check_no_nan("scores", value, valid)
+    if torch.isinf(_inside(value, valid)).any():
+        raise ValueError("scores contains -inf inside a sequence's length; per-position scores must be finite "
+                         "there (they enter prefix sums): forbid moves with -inf in transition, duration, start, "
+                         "end, start_scores or end_scores")

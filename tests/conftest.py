@@ -6,6 +6,11 @@ from hypothesis import settings
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+# Without CUDA the Triton kernels run on CPU tensors through Triton's
+# interpreter (backend="triton"); it must be chosen before Triton is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # Under pytest-xdist every worker owns one core: torch's intra-op threads would
 # oversubscribe them and slow the per-position loops tenfold.
 if os.environ.get("PYTEST_XDIST_WORKER"):

@@ -2,7 +2,8 @@
 
 Peak resident memory is measured in a fresh subprocess: the high-water mark
 (VmHWM) is reset through /proc/self/clear_refs once the inputs exist, and
-read after `log_partition(...).backward()`. What counts is the peak beyond
+read after `log_partition(...).backward()` (or the same through
+`semimarkov_scan(p, LogSemiring())`). What counts is the peak beyond
 the inputs and the gradients (which stay allocated). glibc is told to serve
 every block above 64 KiB by mmap, so that freed tensors leave the resident
 set at once instead of hiding later allocations in reused heap.
@@ -30,10 +31,12 @@ from semiring_semicrf.autograd import log_partition
 
 PROBE = textwrap.dedent("""
     import json, sys, torch
-    from semiring_semicrf import SemiMarkovPotentials
+    from semiring_semicrf import LogSemiring, SemiMarkovPotentials, semimarkov_scan
     from semiring_semicrf.autograd import log_partition
     torch.set_num_threads(1)
     T, low_memory = int(sys.argv[1]), sys.argv[2] == "low"
+    if sys.argv[3] == "scan":
+        log_partition = lambda p, low_memory: semimarkov_scan(p, LogSemiring(), low_memory=low_memory)
     B, K, C = 4, 8, 32
     g = torch.Generator().manual_seed(0)
     def make(T):
@@ -55,9 +58,9 @@ PROBE = textwrap.dedent("""
 """)
 
 
-def probe(T: int, low_memory: bool) -> dict:
+def probe(T: int, low_memory: bool, entry: str = "log_partition") -> dict:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
-    out = subprocess.run([sys.executable, "-c", PROBE, str(T), "low" if low_memory else "default"],
+    out = subprocess.run([sys.executable, "-c", PROBE, str(T), "low" if low_memory else "default", entry],
                          capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -74,6 +77,16 @@ def test_default_mode_needs_a_small_multiple_of_BTC():
     assert large["extra"] > 1.5 * large["btc"], large
     # ... and little more (measured 2.3x)
     assert large["extra"] < 4 * large["btc"], (small, large)
+    assert large["extra"] > 8 * small["extra"], (small, large)
+
+
+@pytest.mark.slow
+@needs_proc
+def test_semimarkov_scan_log_backward_builds_no_graph_over_T():
+    # semimarkov_scan(p, LogSemiring()) takes the streaming autograd Function:
+    # an autograd graph over positions would hold O(T K C) (far above 4 BTC).
+    small, large = probe(10_000, False, "scan"), probe(100_000, False, "scan")
+    assert 1.5 * large["btc"] < large["extra"] < 4 * large["btc"], (small, large)
     assert large["extra"] > 8 * small["extra"], (small, large)
 
 

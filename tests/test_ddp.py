@@ -8,12 +8,19 @@
   concatenated batch.
 - The PyTorch Lightning example (`examples/lightning_train.py`), when
   Lightning is installed.
+- The data-parallel example (`examples/ddp_train.py`, NCCL on GPUs; here
+  its `--cpu` mode, gloo): its check of 1 and 2 processes through torchrun
+  (gradients against one process on the concatenated batch, throughput
+  table), and one process without torchrun. Its GPU run is the lead's
+  (docs/multi_gpu.md).
 """
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -134,3 +141,58 @@ def test_lightning_example_trains_the_head(tmp_path):
                            "--max-length", "40", "--root", str(tmp_path)])
     assert result["train_loss_last"] < result["train_loss_first"], result
     assert result["val_f1"] > 0.5, result
+
+
+def test_lightning_example_takes_ddp_with_several_devices():
+    pytest.importorskip("lightning")
+    example = load_example()
+    assert example.parse(["--devices", "2"]).strategy == "ddp"
+    assert example.parse([]).strategy == "auto"
+    assert example.parse(["--devices", "2", "--strategy", "ddp_spawn"]).strategy == "ddp_spawn"
+
+
+# -- examples/ddp_train.py (NCCL on GPUs; here gloo on CPU processes) -------------------------------------------
+DDP_EXAMPLE = EXAMPLE.parent / "ddp_train.py"
+TINY = ["--cpu", "--batch-size", "3", "--batches", "2", "--steps", "2", "--warmup", "1", "--num-classes", "3",
+        "--max-duration", "5", "--hidden-dim", "6", "--min-length", "9", "--max-length", "20", "--val-size", "4"]
+
+
+def run_ddp_example(*args, timeout=240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(DDP_EXAMPLE), *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def test_ddp_example_check_runs_one_and_two_processes_and_their_gradients_agree(tmp_path):
+    run = run_ddp_example("--check", "--no-lightning", "--out", str(tmp_path), *TINY)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    table = run.stdout.strip().splitlines()[-10:]
+    assert table[0] == "| data parallel | 1 CPU process | 2 CPU processes |", run.stdout
+    assert any(line.startswith("| sequences/s |") and "(x" in line for line in table)
+    for world in (1, 2):
+        result = json.loads((tmp_path / f"ddp_train_{world}.json").read_text())
+        assert result["processes"] == world and result["backend"] == "gloo" and result["log_sweeps"] == "torch"
+        check = result["gradient_check"]
+        assert check["ok"] and check["max_relative_error"] <= 1e-5, check
+        assert set(check["relative_error"]) == {"transition", "duration", "start", "end", "projection.weight",
+                                                "projection.bias"}
+        assert result["sequences_per_s"] > 0 and result["positions_per_s"] > result["sequences_per_s"]
+        assert (tmp_path / f"ddp_train_{world}.log").stat().st_size > 0
+    assert "gradient agreement, DDP on 2 processes" in run.stdout
+
+
+def test_ddp_example_runs_as_one_process_without_torchrun(tmp_path):
+    run = run_ddp_example("--out", str(tmp_path), *TINY)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert json.loads((tmp_path / "ddp_train_1.json").read_text())["gradient_check"]["ok"]
+    assert "throughput over 2 steps" in run.stdout
+
+
+def test_ddp_example_table_marks_runs_that_failed_or_did_not_run():
+    spec = importlib.util.spec_from_file_location("ddp_train", DDP_EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    text = example.table({}, {1: 1, 2: None}, {"command": "lightning_train.py --devices 2", "exit": 1}, cpu=False)
+    assert "| data parallel | 1 GPU | 2 GPUs |" in text
+    assert "| sequences/s | failed (1) | not run |" in text
+    assert "Lightning (`lightning_train.py --devices 2`): exit 1" in text

@@ -1,10 +1,15 @@
-"""SemiMarkovDistribution as a torch Distribution: construction, checks, errors."""
+"""SemiMarkovDistribution as a torch Distribution: construction, checks,
+errors, torch's conventions (mode, expand, support, broadcasting log_prob,
+what has no meaning), and cached results that callers own."""
 import pytest
 import torch
+from hypothesis import given, settings
+from strategies import tiny_problems
 
 from semiring_semicrf import SemiMarkovPotentials
 from semiring_semicrf.distribution import SemiMarkovDistribution
 from semiring_semicrf.segmentation import Segmentation
+from semiring_semicrf.testing import enumerate_structures
 
 
 def make(B=2, T=5, K=3, C=3, lengths=(5, 3), seed=0, **kwargs):
@@ -161,3 +166,140 @@ def test_an_empty_batch_gives_empty_results_where_the_distribution_decides():
     d = SemiMarkovDistribution(torch.zeros(0, 4, 3), torch.zeros(3, 3), torch.zeros(2, 3))
     assert d.argmax.shape == (0, 4) and d.topk(2).scores.shape == (2, 0) and d.count.shape == (0,)
     assert d.sample((2,)).shape == (2, 0, 4) and d.enumerate_support().shape == (0, 0, 4)
+
+
+# -- torch.distributions conventions ----------------------------------------------------
+def brute_log_prob(p: SemiMarkovPotentials, b: int, segments: list) -> torch.Tensor:
+    """log p(segments) in sequence b by brute force (-inf if not allowed)."""
+    truth = enumerate_structures(p, b)
+    for structure, probability in zip(truth.structures, truth.probabilities):
+        if list(structure) == list(segments):
+            return probability.log()
+    return torch.tensor(float("-inf"), dtype=torch.float64)
+
+
+@settings(deadline=None, max_examples=15)
+@given(p=tiny_problems(max_T=6))
+def test_mode_is_the_most_probable_segmentation(p):
+    d = SemiMarkovDistribution.from_potentials(p)
+    assert d.mode.equal(d.argmax)
+    for b in range(p.batch_size):
+        truth = enumerate_structures(p, b)
+        torch.testing.assert_close(d.log_prob(d.mode)[b], truth.max() - truth.log_partition)
+
+
+def test_expand_broadcasts_a_batch_of_one():
+    one = make(B=1, T=5, lengths=(4,), seed=5)
+    wide = one.expand((3,))
+    assert isinstance(wide, SemiMarkovDistribution) and wide.batch_shape == (3,) and wide.event_shape == (5,)
+    assert wide.potentials.scores.data_ptr() == one.potentials.scores.data_ptr()  # a view, no copy
+    assert wide.lengths.tolist() == [4, 4, 4] and wide.backend == one.backend
+    truth = enumerate_structures(one.potentials, 0)
+    torch.testing.assert_close(wide.partition, truth.log_partition.expand(3))
+    torch.testing.assert_close(wide.entropy(), truth.entropy().expand(3))
+    torch.testing.assert_close(wide.marginals, one.marginals.expand(3, -1, -1))
+    assert wide.argmax.to_segments() == one.argmax.to_segments() * 3
+    samples = wide.sample((2,))
+    assert samples.shape == (2, 3, 5) and bool(wide.support.check(samples).all())
+    assert one.expand(torch.Size([1])).batch_shape == (1,)
+    two = make()
+    assert two.expand((2,)).batch_shape == (2,)
+    with pytest.raises(ValueError, match="a batch of 2 sequences broadcasts to 2"):
+        two.expand((3,))
+    with pytest.raises(ValueError, match=r"1-D batch \(B,\)"):
+        one.expand((2, 3))
+
+
+@settings(deadline=None, max_examples=20)
+@given(p=tiny_problems(max_T=5))
+def test_support_is_the_allowed_segmentations(p):
+    d = SemiMarkovDistribution.from_potentials(p)
+    assert isinstance(d.support, torch.distributions.constraints.Constraint)
+    assert d.support.is_discrete and d.support.event_dim == 1
+    for b in range(p.batch_size):
+        truth = enumerate_structures(p, b)  # every segmentation, forbidden ones included
+        listed = Segmentation.from_segments([list(s) for s in truth.structures], p.T)
+        value = Segmentation(listed.labels[:, None].expand(-1, p.batch_size, -1).clone(),
+                             listed.starts[:, None].expand(-1, p.batch_size, -1).clone())
+        allowed = d.support.check(value)
+        assert allowed.shape == (len(truth.structures), p.batch_size)
+        assert allowed[:, b].tolist() == (truth.probabilities > 0).tolist()
+        same_length = p.lengths == int(p.lengths[b])
+        assert not allowed[:, ~same_length].any()  # another length: not a segmentation of that sequence
+
+
+def test_support_rejects_labels_and_durations_out_of_range_and_empty_entries():
+    d = make(B=1, T=4, K=2, C=2, lengths=(4,))
+    listed = Segmentation.from_segments([[(0, 2, 1), (2, 4, 0)], [(0, 2, 1), (2, 4, 2)], [(0, 3, 1), (3, 4, 0)],
+                                         [(0, 2, 1), (2, 3, 0)], []], T=4)
+    value = Segmentation(listed.labels[:, None], listed.starts[:, None], listed.lengths[:, None])  # (5, B, T)
+    assert d.support.check(value).tolist() == [[True], [False], [False], [False], [False]]
+    assert repr(d.support) == "SegmentationsOf(B=1, T=4, K=2, C=2)"
+    with pytest.raises(ValueError, match=r"value must be a Segmentation of shape \(\.\.\., B, T\)"):
+        d.support.check(Segmentation.from_segments([[(0, 3, 1)]], T=3))
+
+
+def test_log_prob_broadcasts_a_segmentation_over_the_batch():
+    d = make(B=3, T=5, K=3, C=3, lengths=(5, 5, 5), seed=2)
+    segments = [(0, 2, 1), (2, 5, 0)]
+    one = Segmentation.from_segments([segments], T=5)
+    expected = torch.stack([brute_log_prob(d.potentials, b, segments) for b in range(3)])
+    torch.testing.assert_close(d.log_prob(one[0]), expected)  # (T,)
+    torch.testing.assert_close(d.log_prob(one), expected)  # (1, T)
+    samples = d.sample((4,))  # (N, B, T)
+    stacked = Segmentation(samples.labels[:, :1], samples.starts[:, :1])  # (N, 1, T)
+    assert d.log_prob(stacked).shape == (4, 3)
+    for n, rows in enumerate(stacked.to_segments()):
+        torch.testing.assert_close(d.log_prob(stacked)[n],
+                                   torch.stack([brute_log_prob(d.potentials, b, rows[0]) for b in range(3)]))
+    with pytest.raises(ValueError, match=r"or one that broadcasts to it"):
+        d.log_prob(Segmentation.from_segments([segments] * 2, T=5))  # (2, T) against B = 3
+
+
+UNSUPPORTED = {  # what a segmentation lacks, and what the message must point to
+    "mean": (lambda d: d.mean, r"\.marginals"),
+    "variance": (lambda d: d.variance, r"\.marginals"),
+    "stddev": (lambda d: d.stddev, r"\.marginals"),
+    "rsample": (lambda d: d.rsample(), r"\.sample\(\)"),
+    "cdf": (lambda d: d.cdf(d.argmax), r"\.log_prob"),
+    "icdf": (lambda d: d.icdf(torch.zeros(2)), r"\.sample\(\)"),
+}
+
+
+@pytest.mark.parametrize("use,pointer", UNSUPPORTED.values(), ids=UNSUPPORTED.keys())
+def test_what_segmentations_lack_raises_with_what_to_use(use, pointer):
+    with pytest.raises(NotImplementedError, match=pointer):
+        use(make())
+
+
+def test_perplexity_is_the_exponentiated_entropy():
+    d = make()
+    truth = torch.stack([enumerate_structures(d.potentials, b).entropy() for b in range(2)])
+    torch.testing.assert_close(d.perplexity(), truth.exp())
+
+
+# -- cached results are the caller's own ----------------------------------------------
+def test_editing_a_returned_result_in_place_changes_no_later_query():
+    d = make(seed=3)
+    p = d.potentials
+    truth = [enumerate_structures(p, b) for b in range(2)]
+    entropy = torch.stack([t.entropy() for t in truth])
+    log_z = torch.stack([t.log_partition for t in truth])
+    before = {"marginals": d.marginals, "transition": d.transition_marginals, "count": d.count,
+              "argmax": d.argmax.to_segments()}
+    for result in (d.transition_marginals, d.duration_marginals, d.partition, d.count, d.marginals,
+                   d.boundary_marginals, d.max.detach()):
+        result /= result.sum()  # what `tm = d.transition_marginals; tm /= tm.sum()` did to the cache
+    posterior = d.posterior
+    for name in posterior.FIELDS:
+        getattr(posterior, name).mul_(7.0)
+    best = d.argmax
+    best.labels.fill_(0)
+    best.starts.fill_(True)
+    torch.testing.assert_close(d.entropy(), entropy)
+    torch.testing.assert_close(d.partition, log_z)
+    torch.testing.assert_close(d.marginals, before["marginals"])
+    torch.testing.assert_close(d.transition_marginals, before["transition"])
+    assert torch.equal(d.count, before["count"]) and d.argmax.to_segments() == before["argmax"]
+    torch.testing.assert_close(d.kl(d), torch.zeros(2, dtype=torch.float64), atol=1e-9, rtol=0)
+    torch.testing.assert_close(d.log_prob(d.argmax), torch.stack([t.max() for t in truth]) - log_z)

@@ -1,6 +1,8 @@
 """SemiMarkovDistribution against pytorch-struct's SemiMarkovCRF on the same
-potentials (`to_edges()`, one sequence at a time, lengths + 1: DESIGN.md
-section 1 explains the pinned first label and the mixed-length trap)."""
+potentials (`to_edges()`, one sequence at a time, lengths + 1: docs/model.md
+explains the pinned first label; pytorch-struct 0.5 sets its chart up from the
+batch's shortest length, so a batch of mixed lengths is wrong for the longer
+sequences there)."""
 import pytest
 import torch
 from hypothesis import given, settings

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import re
 
-import matplotlib
+import pytest
+import torch
 
+from semiring_semicrf import plot
+from semiring_semicrf.segmentation import Segmentation
+
+matplotlib = pytest.importorskip("matplotlib", reason="matplotlib is an optional extra: pip install -e '.[plot]'")
 matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from semiring_semicrf import plot  # noqa: E402
-from semiring_semicrf.segmentation import Segmentation  # noqa: E402
+plt = pytest.importorskip("matplotlib.pyplot")
 
 
 @pytest.fixture(autouse=True)
@@ -69,3 +68,42 @@ def test_benchmark_curves_skip_missing_points():
 def test_wrong_inputs_raise_clear_errors(call, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         call()
+
+
+def test_without_matplotlib_the_error_says_how_to_install_it(monkeypatch):
+    def missing(name):
+        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    monkeypatch.setattr(plot.importlib, "import_module", missing)
+    with pytest.raises(ImportError, match=re.escape('pip install "semiring-semicrf[plot]"')):
+        plot.plot_label_marginals(torch.rand(5, 3))
+
+
+def test_performance_figure_has_one_line_per_shape_and_marks_the_slow_anchors(tmp_path, monkeypatch):
+    """benchmarks/plot_performance.py on the committed H100 run: per panel, one
+    'ours' line per fixed (B, K, C) (T alone varies along it) and a '>60 s'
+    mark where flash-semicrf was known to take over a minute."""
+    import importlib.util
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parent.parent / "benchmarks"
+    spec = importlib.util.spec_from_file_location("plot_performance", bench / "plot_performance.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = module.load(str(bench / "gpu_bench_h100.json"))["results"]
+    over = {(4, 10000, 100, 24): {"fwd_bwd": float("inf")}, (1, 100000, 64, 8): {"fwd_bwd": float("inf")}}
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to inspect it
+    path = module.plot_performance(results, str(tmp_path / "performance.png"), over)
+    assert (tmp_path / "performance.png").stat().st_size > 20_000 and path.endswith("performance.png")
+    axes = figures[0].axes
+    assert [ax.get_title() for ax in axes] == ["forward", "forward+backward", "Viterbi"]
+    shapes = {(r["shape"][0], r["shape"][2], r["shape"][3]) for r in results}
+    for ax in axes:
+        solid = [line for line in ax.get_lines() if line.get_linestyle() == "-"]
+        assert len(solid) == len(shapes)  # one line per (B, K, C)
+        for line in solid:  # along a line only T varies, increasing
+            xs = list(line.get_xdata())
+            assert xs == sorted(xs) and len(set(xs)) == len(xs)
+    texts = [t.get_text() for t in axes[1].texts]
+    assert texts.count(">60 s") == 2 and not axes[0].texts

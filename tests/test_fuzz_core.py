@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 from hypothesis import assume, given, settings
-from test_fuzz_harness import (TENSOR_NAMES, Case, Raises, Returns, assert_matches, params, problems,
-                               reference_log_z)
+from test_fuzz_harness import (TENSOR_NAMES, ByPosition, Case, Expect, Raises, Returns, assert_matches, params,
+                               poked_oracle, problems, reference_log_z)
 
 from semiring_semicrf import (CrossEntropySemiring, EntropySemiring, KLDivergenceSemiring, KMaxSemiring,
                               LogSemiring, MaxSemiring, SemiMarkovPotentials, semimarkov_scan)
@@ -101,10 +101,10 @@ def tensor_argument_cases(name: str) -> list:
         Case(entry, f"{name}: missing dim", with_value(name, lambda t: t[0]),
              Raises(name) | Returns(oracle) if name == "transition" else Raises(name, "transition")),
         Case(entry, f"{name}: empty tensor", with_value(name, lambda t: t.new_empty(0)), Raises(name)),
-        Case(entry, f"{name}: NaN (validated)", poke_case(name, float("nan"), True), Raises(name)),
+        Case(entry, f"{name}: NaN (validated)", poke_case(name, float("nan"), True), ByPosition(Raises(name))),
         Case(entry, f"{name}: NaN (not validated)", poke_case(name, float("nan"), False),
              Returns(never_finite_wrong)),
-        Case(entry, f"{name}: +inf (validated)", poke_case(name, float("inf"), True), Raises(name)),
+        Case(entry, f"{name}: +inf (validated)", poke_case(name, float("inf"), True), ByPosition(Raises(name))),
         Case(entry, f"{name}: +inf (not validated)", poke_case(name, float("inf"), False),
              Returns(never_finite_wrong)),
         Case(entry, f"{name}: requires_grad", with_value(name, lambda t: t.requires_grad_()), Returns(oracle)),
@@ -120,8 +120,8 @@ def tensor_argument_cases(name: str) -> list:
         cases.append(Case(entry, f"{name}: None", with_value(name, lambda t: None), Raises(name)))
     else:
         cases.append(Case(entry, f"{name}: None (default)", with_value(name, lambda t: None), Returns(oracle)))
-    cases.append(Case(entry, f"{name}: -inf entry (mask)", _minus_inf(name),
-                      Raises(name) if name == "scores" else Returns(oracle)))
+    cases.append(Case(entry, f"{name}: -inf entry (mask)", poke_case(name, float("-inf"), True),
+                      ByPosition(Raises(name) if name == "scores" else Returns(poked_oracle))))
     cases += [Case(entry, f"{name}: dim {d} one too long", _grown(name, d), _grown_expect(name, d))
               for d in range(_ndim(name))]
     return cases
@@ -163,13 +163,6 @@ def _low_precision(problem, name, dtype):
         kwargs[key] = kwargs[key].to(dtype)
     rounded = {k: (v.double() if v.is_floating_point() else v) for k, v in kwargs.items()}
     return scan_of(kwargs), rounded
-
-
-def _minus_inf(name):
-    def call(problem):
-        kwargs, _ = problem.poke(name, float("-inf"))
-        return scan_of(kwargs), kwargs
-    return call
 
 
 # -- SemiMarkovPotentials: lengths ------------------------------------------------------
@@ -285,6 +278,17 @@ def _edge_call(value_of, lengths_of=None, validate_args=True):
     return call
 
 
+class EdgeByPosition(Expect):
+    """A NaN or +inf poked into an edge: a clear error naming `edge` when the
+    segment lies inside its sequence's length, the exact result when it ends
+    past it (padding). Info: `(edge, lengths)`."""
+
+    def check(self, call, info):
+        edge, lengths = info
+        b, s, d = ((torch.isnan(edge) | torch.isposinf(edge)).nonzero()[0, :3]).tolist()
+        (Returns(edge_oracle) if s + d > int(lengths[b]) else Raises("edge")).check(call, info)
+
+
 def _edge_poke(value):
     def change(problem, edge):
         edge = edge.clone()
@@ -333,10 +337,10 @@ def edge_cases() -> list:
         Case(entry, "edge: C_dst != C_src", _edge_call(lambda p, e: torch.cat([e, e[..., :1]], dim=-1)), bad),
         Case(entry, "edge: T = 0", _edge_call(lambda p, e: e[:, :0], lambda p: None), bad),
         Case(entry, "edge: empty tensor", _edge_call(lambda p, e: e.new_empty(0)), bad),
-        Case(entry, "edge: NaN (validated)", _edge_call(_edge_poke(float("nan"))), bad),
+        Case(entry, "edge: NaN (validated)", _edge_call(_edge_poke(float("nan"))), EdgeByPosition()),
         Case(entry, "edge: NaN (not validated)", _edge_call(_edge_poke_valid(float("nan")), validate_args=False),
              Returns(edge_poison_check)),
-        Case(entry, "edge: +inf (validated)", _edge_call(_edge_poke_valid(float("inf"))), bad),
+        Case(entry, "edge: +inf (validated)", _edge_call(_edge_poke_valid(float("inf"))), EdgeByPosition()),
         Case(entry, "edge: -inf entries (masks)", _edge_call(_edge_poke(float("-inf"))), Returns(edge_oracle)),
         Case(entry, "edge: float16 (upcast)", _edge_call(lambda p, e: e.half()),
              Returns(lambda r, info: edge_oracle(r, (info[0].float(), info[1])))),

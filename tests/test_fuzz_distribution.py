@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 from hypothesis import given, settings
-from test_fuzz_harness import (Case, Raises, Returns, assert_matches, params, problems, random_segments,
-                               reference_log_z)
+from test_fuzz_harness import (ByPosition, Case, Raises, Returns, assert_matches, params, problems,
+                               random_segments, reference_log_z)
 
 from semiring_semicrf import SemiMarkovPotentials
 from semiring_semicrf.distribution import SemiMarkovDistribution
@@ -40,11 +40,13 @@ def _set(name, value_of):
     return change
 
 
-def _nan(name):
-    """One NaN anywhere in `name` (rejected under validate_args even in padding)."""
-    def change(problem, kwargs):
-        kwargs[name].view(-1)[problem.pick((kwargs[name].numel(),))[0]] = float("nan")
-    return change
+def _poked(name, value, **options):
+    """Case call: one entry of `name`, anywhere, set to `value` (info:
+    `(kwargs, name, index)`, for :class:`ByPosition`)."""
+    def call(problem):
+        kwargs, index = problem.poke(name, value)
+        return (lambda: SemiMarkovDistribution(**kwargs, **options).partition), (kwargs, name, index)
+    return call
 
 
 def partition_oracle(result, kwargs):
@@ -68,7 +70,8 @@ def constructor_cases() -> list:
             Case(entry, f"{name}: nested list", _ctor(_set(name, lambda p, t: t.tolist())), Raises(name)),
             Case(entry, f"{name}: extra dim", _ctor(_set(name, lambda p, t: t[None])),
                  Raises(name) | Returns(partition_oracle) if name == "transition" else Raises(name)),
-            Case(entry, f"{name}: NaN (validate_args=True)", _ctor(_nan(name), validate_args=True), Raises(name)),
+            Case(entry, f"{name}: NaN (validate_args=True)", _poked(name, float("nan"), validate_args=True),
+                 ByPosition(Raises(name))),
             Case(entry, f"{name}: meta device", _ctor(_set(name, lambda p, t: t.to("meta"))),
                  Raises(name, "transition", "scores")),
         ]
@@ -154,7 +157,8 @@ def log_prob_cases() -> list:
              Raises("value")),
         Case(entry, "value: other T", _log_prob(lambda p, s: _seg(p, s, p.T + 1)), Raises("value")),
         Case(entry, "value: other B", _log_prob(lambda p, s: _seg(p, s + s[:1])), Raises("value")),
-        Case(entry, "value: no batch dim", _log_prob(lambda p, s: _seg(p, s)[0]), Raises("value")),
+        Case(entry, "value: no batch dim (broadcast)", _log_prob(lambda p, s: _seg(p, s)[0]),
+             Raises("value") | Returns(lambda r, info: log_prob_oracle(r, (info[0], [info[1][0]] * info[0].B)))),
         Case(entry, "value: empty entries (-inf)", _log_prob(lambda p, s: _seg(p, [[] for _ in s])),
              Returns(lambda r, info: torch.isneginf(r).all() or pytest.fail(f"{r}"))),
     ]

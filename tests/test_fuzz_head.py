@@ -161,7 +161,7 @@ def _seg(problem, segments, T=None):
 
 def loss_cases() -> list:
     entry = "SemiMarkovCRFHead.compute_loss"
-    bad = Raises("labels", "value")
+    bad = Raises("labels")  # the argument's name, never log_prob's "value"
 
     def relabel(problem, segments, label):
         s, e, _ = segments[0][-1]
@@ -178,7 +178,7 @@ def loss_cases() -> list:
         Case(entry, "labels: other B", _loss(lambda p, s: _seg(p, s + s[:1])), bad),
         Case(entry, "labels: lengths disagree with lengths", _loss(lambda p, s: _seg(p, s),
                                                                    lambda p: torch.full((p.B,), p.T)),
-             Raises("labels", "value", "lengths") | Returns(loss_oracle)),
+             Raises("labels", "lengths") | Returns(loss_oracle)),
     ]
 
 

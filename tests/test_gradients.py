@@ -62,7 +62,9 @@ def test_gradients_equal_naive_scan_and_brute_force(p, low_memory, seed):
 
 @pytest.mark.parametrize("dependent", [False, True])
 @pytest.mark.parametrize("low_memory", [False, True])
-def test_gradcheck(dependent, low_memory):
+def test_gradcheck_and_gradgradcheck_on_every_input(dependent, low_memory):
+    """First and second derivatives (the second: the backends' HVP) of all
+    seven inputs against finite differences."""
     g = torch.Generator().manual_seed(1)
     B, T, K, C = 2, 5, 3, 2
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)  # noqa: E731
@@ -74,6 +76,7 @@ def test_gradcheck(dependent, low_memory):
                                                   start_scores, end_scores), low_memory=low_memory)
 
     assert torch.autograd.gradcheck(f, inputs)
+    assert torch.autograd.gradgradcheck(f, inputs)
 
 
 @pytest.mark.parametrize("case", ["lengths_of_one", "K_is_1", "K_beyond_T", "forbidden_moves"])
@@ -140,11 +143,23 @@ def test_float32_gradients_follow_float64():
         torch.testing.assert_close(g32[name].double(), g64[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_double_backward_is_refused():
-    p = leaves(SemiMarkovPotentials(torch.randn(1, 4, 2), torch.randn(2, 2), torch.randn(2, 2)))
-    (g,) = torch.autograd.grad(log_partition(p).sum(), [p.scores], create_graph=True)
-    with pytest.raises(RuntimeError):
-        torch.autograd.grad(g.sum(), [p.scores])
+def test_gradient_penalty_is_not_dropped():
+    """A penalty on the gradient (create_graph=True) reaches the potentials:
+    it equals double autograd through the generic scan (the regression: the
+    backward used to be once-differentiable and the penalty's graph was
+    silently empty)."""
+    g = torch.Generator().manual_seed(3)
+    p = leaves(SemiMarkovPotentials(torch.randn(2, 6, 3, generator=g, dtype=torch.float64),
+                                    torch.randn(3, 3, generator=g, dtype=torch.float64),
+                                    torch.randn(4, 3, generator=g, dtype=torch.float64), torch.tensor([6, 4])))
+    penalties = []
+    for log_z in (log_partition(p), semimarkov_scan(p, backend="reference")):
+        (grad,) = torch.autograd.grad(log_z.sum(), [p.scores], create_graph=True)
+        penalty = (grad ** 2).sum() + log_z.sum()
+        assert penalty.requires_grad
+        penalties.append(torch.autograd.grad(penalty, list(p.tensors().values())))
+    for got, want in zip(*penalties):
+        torch.testing.assert_close(got, want, **TOL)
 
 
 def test_user_potentials_are_left_untouched():
@@ -191,7 +206,8 @@ def test_checkpointed_scan_gradients_equal_naive_scan(p, name, block, explicit, 
     arg = models[0] if len(models) == 1 else tuple(models)
     params = [t for m in models for t in m.tensors().values()]
     weights = torch.randn(p.batch_size, generator=torch.Generator().manual_seed(seed), dtype=p.dtype)
-    ours, naive = checkpointed_scan(arg, semiring, block_size=block), semimarkov_scan(arg, semiring)
+    ours = checkpointed_scan(arg, semiring, block_size=block)
+    naive = semimarkov_scan(arg, semiring, backend="reference")
     torch.testing.assert_close(ours, naive, **TOL)
     got = torch.autograd.grad((ours * weights).sum(), params, allow_unused=True)
     want = torch.autograd.grad((naive * weights).sum(), params, allow_unused=True)
@@ -225,7 +241,7 @@ def test_checkpointed_entropy_gradient_matches_brute_force():
 def test_checkpointed_scan_without_grad_and_bad_block_size():
     p = SemiMarkovPotentials(torch.randn(2, 9, 3), torch.randn(3, 3), torch.randn(4, 3))
     with torch.no_grad():
-        torch.testing.assert_close(checkpointed_scan(p, EntropySemiring()), semimarkov_scan(p, EntropySemiring()))
+        torch.testing.assert_close(checkpointed_scan(p, EntropySemiring()), semimarkov_scan(p, EntropySemiring(), backend="reference"))
     for bad in (0, -3, 2.5, True):
         with pytest.raises(ValueError, match="block_size"):
             checkpointed_scan(p, LogSemiring(), block_size=bad)

@@ -1,8 +1,9 @@
 """The Triton kernels against the float64 PyTorch scan, on fresh random inputs.
 
-Without CUDA the kernels run on CPU tensors through Triton's interpreter
-(``TRITON_INTERPRET=1``, set here before Triton is imported), so sizes stay
-tiny. Tests marked ``gpu`` run at scale when a GPU is present.
+Every check goes through the public API with ``backend="triton"``. Without
+CUDA the kernels run on CPU tensors through Triton's interpreter
+(``TRITON_INTERPRET=1``, set by conftest.py before Triton is imported), so
+sizes stay tiny. Tests marked ``gpu`` run at scale when a GPU is present.
 
 References: log Z and the best score from :func:`semimarkov_scan` in float64;
 posteriors as gradients of its log Z (one sequence at a time); a decoded
@@ -10,22 +11,17 @@ path is scored from the model's definition and must reach the best score.
 """
 from __future__ import annotations
 
-import os
-
+import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("triton")
 
-from semiring_semicrf import MaxSemiring, SemiMarkovPotentials, semimarkov_scan  # noqa: E402
-from semiring_semicrf.backends import Posterior  # noqa: E402
-from semiring_semicrf import kernels  # noqa: E402
+from semiring_semicrf import MaxSemiring, SemiMarkovPotentials, log_partition, posterior, semimarkov_scan  # noqa: E402
+from semiring_semicrf import backends, kernels  # noqa: E402
+from semiring_semicrf.decoding import viterbi  # noqa: E402
+from semiring_semicrf.posterior import Posterior  # noqa: E402
 from strategies import tiny_problems  # noqa: E402
 
 # log(0) = -inf ends a log-sum-exp over impossible terms, 1/0 a weight sum of an
@@ -89,7 +85,7 @@ def segmentation_score(p: SemiMarkovPotentials, b: int, segments: list) -> float
 # -- checks -------------------------------------------------------------------
 def check_log_z(p64: SemiMarkovPotentials, rtol=1e-4):
     p = converted(p64, DEVICE, torch.float32)
-    log_z, _ = kernels.inside(p)
+    log_z = log_partition(p, backend="triton")
     ref = semimarkov_scan(p64)
     assert log_z.dtype == torch.float32 and log_z.shape == (p.batch_size,)
     torch.testing.assert_close(log_z.double().cpu(), ref.cpu(), rtol=rtol, atol=rtol)
@@ -97,8 +93,7 @@ def check_log_z(p64: SemiMarkovPotentials, rtol=1e-4):
 
 def check_posterior(p64: SemiMarkovPotentials, atol=2e-5):
     p = converted(p64, DEVICE, torch.float32)
-    log_z, saved = kernels.inside(p)
-    post = kernels.outside(p, saved)
+    post = posterior(p, backend="triton")
     ref = reference_posterior(p64)
     torch.testing.assert_close(post.log_z.double().cpu(), ref.log_z.cpu(), rtol=1e-4, atol=1e-4)
     for name in POSTERIOR_FIELDS:
@@ -109,7 +104,7 @@ def check_posterior(p64: SemiMarkovPotentials, atol=2e-5):
 
 def check_viterbi(p64: SemiMarkovPotentials, rtol=1e-4):
     p = converted(p64, DEVICE, torch.float32)
-    score, labels, starts = kernels.viterbi(p)
+    score, labels, starts = viterbi(p, backend="triton")
     best = semimarkov_scan(p64, MaxSemiring())
     torch.testing.assert_close(score.double().cpu(), best.cpu(), rtol=rtol, atol=rtol)
     assert labels.dtype == torch.int64 and starts.dtype == torch.bool
@@ -177,7 +172,7 @@ def test_many_sequences_mixed_lengths():
 def test_posterior_sums():
     p64 = random_problem(2, 7, 3, 4, torch.tensor([7, 5]), seed=5)
     p = converted(p64, DEVICE, torch.float32)
-    post = kernels.outside(p, kernels.inside(p)[1])
+    post = posterior(p, backend="triton")
     n_segments = post.segment_start.sum(dim=(1, 2))
     torch.testing.assert_close(post.first.sum(-1), torch.ones(2, device=DEVICE))
     torch.testing.assert_close(post.last.sum(-1), torch.ones(2, device=DEVICE))
@@ -190,7 +185,7 @@ def test_posterior_sums():
 
 def test_outputs_zero_past_length():
     p = converted(random_problem(2, 6, 2, 3, torch.tensor([6, 2]), seed=6), DEVICE, torch.float32)
-    post = kernels.outside(p, kernels.inside(p)[1])
+    post = posterior(p, backend="triton")
     assert not bool(post.segment_start[1, 2:].any()) and not bool(post.segment_end[1, 2:].any())
 
 
@@ -211,9 +206,8 @@ def test_bitwise_deterministic():
     p = converted(random_problem(3, 9, 4, 5, torch.tensor([9, 4, 7]), seed=8), DEVICE, torch.float32)
     runs = []
     for _ in range(2):
-        log_z, saved = kernels.inside(p)
-        post = kernels.outside(p, saved)
-        runs.append([log_z] + [getattr(post, n) for n in POSTERIOR_FIELDS] + list(kernels.viterbi(p)))
+        post = posterior(p, backend="triton")
+        runs.append([post.log_z] + [getattr(post, n) for n in POSTERIOR_FIELDS] + list(viterbi(p, backend="triton")))
     for a, b in zip(*runs):
         assert torch.equal(a, b)
 
@@ -221,15 +215,15 @@ def test_bitwise_deterministic():
 # -- what the kernels refuse --------------------------------------------------
 def test_unsupported_reason():
     p = random_problem(1, 4, 2, 3, seed=9)
-    assert "CUDA" in kernels.unsupported_reason(p)
+    assert "CUDA" in backends.triton_unsupported_reason(p)
     dependent = p.replace(transition=torch.randn(2, 3, 3, dtype=torch.float64))
-    assert "duration-dependent" in kernels.common.kernel_limits_reason(dependent)
-    assert "float32" in kernels.common.kernel_limits_reason(p)
+    assert "duration-dependent" in kernels.kernel_limits_reason(dependent)
+    assert "float32" in kernels.kernel_limits_reason(p)
     with pytest.raises(ValueError, match="duration-dependent"):
-        kernels.inside(converted(dependent, DEVICE, torch.float32))
+        log_partition(converted(dependent, DEVICE, torch.float32), backend="triton")
     explicit = SemiMarkovPotentials.from_edges(p.to_edges())
-    assert "explicit" in kernels.common.kernel_limits_reason(explicit)
-    assert kernels.common.kernel_limits_reason(converted(p, DEVICE, torch.float32)) is None
+    assert "explicit" in kernels.kernel_limits_reason(explicit)
+    assert kernels.kernel_limits_reason(converted(p, DEVICE, torch.float32)) is None
 
 
 # -- at scale, on a GPU -------------------------------------------------------
@@ -258,7 +252,7 @@ def test_gpu_long_sequence_float32_holds():
     check_log_z(p64)
     check_viterbi(p64)
     p = converted(p64, DEVICE, torch.float32)
-    post = kernels.outside(p, kernels.inside(p)[1])
+    post = posterior(p, backend="triton")
     n_segments = post.segment_start.double().sum()
     assert abs(float(post.first.sum()) - 1) < 1e-4 and abs(float(post.last.sum()) - 1) < 1e-4
     assert abs(float(post.duration.double().sum() / n_segments) - 1) < 1e-4

@@ -99,3 +99,21 @@ def test_demo_runs_and_writes_its_plot(tmp_path, capsys):
     for words in ("log Z", "Viterbi", "top-3", "sample 3", "entropy", "Segment F1", "label_marginals.png"):
         assert words in printed
     assert os.path.getsize(tmp_path / "label_marginals.png") > 10_000
+
+
+def test_compute_loss_errors_name_the_labels():
+    head = SemiMarkovCRFHead(3, 2, 5)
+    data = make_synthetic(2, num_classes=3, max_duration=2, hidden_dim=5, min_length=4, max_length=6, seed=0)
+    gold = data.segmentation.to_segments()
+    assert data.lengths.tolist() == [6, 4] and gold[0][0] == (0, 2, 2)
+    cases = {
+        "labels must be a Segmentation": data.segmentation.labels,
+        r"labels\[0\]: label 3 at position 0 is out of range \[0, 3\)":
+            Segmentation.from_segments([[(0, 2, 3)] + gold[0][1:], gold[1]], T=6),
+        r"labels must be a Segmentation of shape \(\.\.\., B, T\)": Segmentation.from_segments(gold, T=7),
+        r"labels\[1\]: the segmentation covers \[0, 6\) but the sequence has length 4":
+            Segmentation.from_segments([gold[0], gold[0]], T=6),
+    }
+    for message, labels in cases.items():
+        with pytest.raises((TypeError, ValueError), match=message):
+            head.compute_loss(data.hidden, data.lengths, labels)

@@ -6,8 +6,11 @@ from hypothesis import strategies as st
 from strategies import perturbed, tiny_problems
 
 from semiring_semicrf import (CrossEntropySemiring, EntropySemiring, KLDivergenceSemiring, KMaxSemiring,
-                              LogSemiring, MaxSemiring, SemiMarkovPotentials, StdSemiring, semimarkov_scan)
+                              LogSemiring, MaxSemiring, SemiMarkovPotentials, StdSemiring, checkpointed_scan,
+                              semimarkov_scan)
 from semiring_semicrf.testing import enumerate_structures
+from test_semirings import SEMIRINGS as SHIPPED
+from test_semirings import BooleanSemiring, BottleneckSemiring, MaxCountSemiring
 
 
 def brute(potentials, query):
@@ -95,31 +98,80 @@ def test_long_sequence_float32_is_exact_despite_a_large_mean():
     assert ((ours.double() - ref).abs() / ref.abs()).max() < 1e-6
 
 
-def test_semiring_without_log_mass_is_not_rescaled():
-    """Max-min (bottleneck) is no homomorphic image of (R, +): on explicit edges it
-    still runs, and the scan must not multiply its result by embed(0)."""
-    from semiring_semicrf import MaxSemiring as Max
+def integer_valued(p: SemiMarkovPotentials) -> SemiMarkovPotentials:
+    """`p` with every potential rounded to an integer (exact sums, ties)."""
+    return p.replace(**{name: (2 * t).round() for name, t in p.tensors().items()})
 
-    class Bottleneck(Max):
-        def times(self, a, b):
-            return torch.minimum(a, b)
 
-        def times_potential(self, a, log_potentials):
-            return torch.minimum(a, log_potentials)
+@settings(max_examples=15)
+@given(p=tiny_problems(max_T=6), explicit=st.booleans())
+def test_every_semiring_equals_the_brute_force_reduction(p, explicit):
+    """The scan against `Enumeration.reduce`, the semiring's sum over every
+    segmentation of the product of its segments' embedded log-potentials
+    (MaxCount, whose ties need exact sums, below on integer potentials)."""
+    q = perturbed(p, 0)
+    if explicit:
+        p, q = (SemiMarkovPotentials.from_edges(x.to_edges(), x.lengths) for x in (p, q))
+    for semiring in SHIPPED + [BooleanSemiring()]:
+        pots = (p, q)[:semiring.num_potentials]
+        got = semimarkov_scan(pots, semiring)
+        want = [enumerate_structures(pots[0], b).reduce(semiring, *(enumerate_structures(x, b) for x in pots[1:]))
+                for b in range(p.batch_size)]
+        want = torch.stack(want, dim=-1)
+        assert got.dtype == (want.dtype if not want.is_floating_point() else p.dtype), semiring
+        if want.is_floating_point():
+            close(got, want)
+        else:
+            assert torch.equal(got, want), (semiring, got, want)
 
-        def one(self, shape, dtype=torch.float64, device=None):
-            return torch.full((1, *shape), float("inf"), dtype=dtype, device=device)
 
-        def log_mass(self, value):
-            return None
+@given(p=tiny_problems())
+def test_max_count_is_exact_on_integer_potentials(p):
+    """(max, number of optima) asks for uncentred factors (`center = False`):
+    on integer potentials every tie is exact, on every path."""
+    p = integer_valued(p)
+    counts = semimarkov_scan(p, MaxCountSemiring())
+    assert counts.dtype == torch.int64
+    truth = [enumerate_structures(p, b).reduce(MaxCountSemiring()) for b in range(p.batch_size)]
+    assert counts.tolist() == [int(t) for t in truth]
+    best = [enumerate_structures(p, b).scores.max() for b in range(p.batch_size)]
+    optima = [int((enumerate_structures(p, b).scores == m).sum()) if torch.isfinite(m) else 0
+              for b, m in enumerate(best)]
+    assert counts.tolist() == optima
 
-    g = torch.Generator().manual_seed(0)
-    edge = torch.randn(1, 4, 3, 2, 2, generator=g, dtype=torch.float64) + 5.0
-    edges = SemiMarkovPotentials.from_edges(edge)
-    enum = enumerate_structures(edges, 0)
-    widest = max(min(float(edge[0, s, e - s, c, prev]) for (s, e, c), prev in zip(segs, (c0,) + tuple(x[2] for x in segs)))
-                 for c0, segs in enum.structures)
-    assert semimarkov_scan(edges, Bottleneck()).item() == widest
+
+@settings(max_examples=20)
+@given(p=tiny_problems(duration_dependent=True), explicit=st.booleans())
+def test_bottleneck_equals_brute_force_where_segments_are_embedded_whole(p, explicit):
+    """A semiring whose embed is no homomorphism and whose one is not
+    embed(0) runs on (K, C, C) transitions and explicit edges."""
+    if explicit:
+        p = SemiMarkovPotentials.from_edges(p.to_edges(), p.lengths)
+    widest = semimarkov_scan(p, BottleneckSemiring())
+    truth = torch.stack([enumerate_structures(p, b).reduce(BottleneckSemiring()) for b in range(p.batch_size)])
+    close(widest, truth)
+
+
+def test_a_non_homomorphic_semiring_is_refused_on_the_factorized_path():
+    p = SemiMarkovPotentials(torch.randn(1, 5, 2), torch.randn(2, 2), torch.randn(3, 2))
+    with pytest.raises(ValueError, match=r"\(K, C, C\) transitions"):
+        semimarkov_scan(p, BottleneckSemiring())
+    with pytest.raises(ValueError, match="renormalize"):
+        semimarkov_scan(p.replace(transition=p.transition.expand(3, 2, 2)), type("Bad", (BottleneckSemiring,),
+                                                                                    {"renormalize": True})())
+
+
+def test_extract_keeps_bool_and_integer_results_on_every_path():
+    g = torch.Generator().manual_seed(3)
+    scores = torch.randint(-2, 3, (2, 6, 2), generator=g).double()
+    p = SemiMarkovPotentials(scores, torch.zeros(2, 2, dtype=torch.float64), torch.zeros(3, 2, dtype=torch.float64),
+                             lengths=torch.tensor([6, 4]))
+    for semiring, dtype in ((BooleanSemiring(), torch.bool), (MaxCountSemiring(), torch.int64)):
+        eager = semimarkov_scan(p, semiring, backend="reference")
+        assert eager.dtype == dtype
+        assert torch.equal(checkpointed_scan(p, semiring), eager)
+        p32 = p.replace(**{k: t.float() for k, t in p.tensors().items()})
+        assert torch.equal(semimarkov_scan(p32, semiring), eager)
 
 
 def test_factors_cached_without_grad_never_serve_a_differentiable_call():

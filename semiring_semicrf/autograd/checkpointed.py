@@ -1,6 +1,6 @@
 """Gradients through the generic scan in any semiring, by block checkpointing.
 
-:func:`checkpointed_scan` runs :class:`~semiring_semicrf.scan.ScanProgram`
+:func:`checkpointed_scan` runs :class:`~semiring_semicrf.backends.reference.ScanProgram`
 block by block under `torch.utils.checkpoint`: the forward keeps only the
 ring buffer (and the running result) at block boundaries, and the backward
 recomputes one block's steps at a time. With blocks of `~sqrt(T)` steps the
@@ -18,14 +18,13 @@ from typing import Optional
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ..scan import ScanProgram
+from ..backends.reference import ScanProgram
 from ..semirings import LogSemiring, Semiring
 
 
 def checkpointed_scan(potentials, semiring: Semiring = LogSemiring(), block_size: Optional[int] = None):
-    """Same result as :func:`~semiring_semicrf.scan.semimarkov_scan`
-    (`semiring.extract(...)`: `(B,)`, or `(k, B)` for KMax), differentiable
-    with memory sublinear in T.
+    """The generic scan's result (`semiring.extract(...)`: `(B,)`, or `(k, B)`
+    for KMax), differentiable with memory sublinear in T.
 
     Args:
         potentials: structured or explicit potentials (or a `(p, q)` tuple for
@@ -47,4 +46,4 @@ def checkpointed_scan(potentials, semiring: Semiring = LogSemiring(), block_size
             ring, offset, result = checkpoint(program.run, ring, offset, result, e0, e1, use_reentrant=False)
         else:
             ring, offset, result = program.run(ring, offset, result, e0, e1)
-    return semiring.extract(result).to(program.dtype)
+    return program.extract(result)

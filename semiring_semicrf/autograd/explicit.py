@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..backends import Posterior
+from ..posterior import Posterior
 from ..potentials import EdgePotentials
 from ..semirings import LogSemiring
 from .checkpointed import checkpointed_scan

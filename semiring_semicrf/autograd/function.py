@@ -3,9 +3,9 @@
 For structured :class:`SemiMarkovPotentials`, :func:`log_partition` is a
 `torch.autograd.Function` whose forward is a backend's `inside` sweep and
 whose backward is its `outside` sweep (the backend contract of
-:mod:`semiring_semicrf.backends`: PyTorch here, Triton kernels on CUDA). The
-gradient of `log Z` with respect to each input is an expected count of the
-:class:`~semiring_semicrf.backends.Posterior`:
+:mod:`semiring_semicrf.backends`: the torch sweeps, or the Triton kernels on
+CUDA). The gradient of `log Z` with respect to each input is an expected
+count of the :class:`~semiring_semicrf.posterior.Posterior`:
 
     scores        -> label marginals (B, T, C)        (P(t lies in a segment labelled c))
     duration      -> duration counts, summed over b   (K, C)
@@ -15,8 +15,14 @@ gradient of `log Z` with respect to each input is an expected count of the
     end_scores    -> segment_end (B, T, C)
 
 each scaled by the incoming gradient of its sequence. No autograd graph is
-built over positions; the backward is exact (not a surrogate) and may be
-called once (no double backward).
+built over positions; the backward is exact (not a surrogate).
+
+The backward is itself differentiable (:class:`LogPartitionGrad`): its
+derivative is the Hessian-vector product of the backend's dual sweeps (the
+"hvp" query), so gradient penalties and `torch.autograd.gradgradcheck` work;
+a third derivative raises. The Functions define `setup_context`, so
+`torch.func.grad` and `jacrev` apply; under `torch.compile` the partition is
+one opaque custom operator (:mod:`.ops`).
 
 Explicit :class:`EdgePotentials` (`O(T K C^2)` input) have no fast path:
 their `log Z` is differentiated by autograd through the block-checkpointed
@@ -28,73 +34,110 @@ from __future__ import annotations
 import torch
 
 from .. import backends
-from ..potentials import EdgePotentials, SemiMarkovPotentials
+from ..backends import torch_sweeps
+from ..posterior import Posterior
+from ..potentials import require_potentials
 from ..semirings import LogSemiring
-from . import log_sweeps
+from . import ops
 from .checkpointed import checkpointed_scan
+from .derivatives import direction, gradients, hvp, refuse_further_derivatives
 from .explicit import edge_marginals, posterior_from_edge_marginals
 
 
-def _check(potentials) -> None:
-    if not isinstance(potentials, (SemiMarkovPotentials, EdgePotentials)):
-        raise TypeError(f"potentials must be SemiMarkovPotentials or EdgePotentials, got {type(potentials).__name__}")
+class Tables:
+    """What a Function's forward leaves for its `setup_context` besides
+    tensors (torch.func's Functions get no `ctx` in `forward`): the detached
+    potentials, their factors and a rung's saved tables."""
+
+    def __init__(self):
+        self.potentials = self.factors = self.saved = None
 
 
 class LogPartition(torch.autograd.Function):
     """`log Z (B,)` of structured potentials through a backend's inside/outside.
 
-    `apply(potentials, backend_module, low_memory, *tensors)` where `tensors`
-    are `potentials.tensors().values()` in order (autograd tracks them).
+    `apply(tables, potentials, backend, low_memory, *tensors)` where
+    `tables` is a fresh :class:`Tables`, `backend` a rung of
+    :data:`semiring_semicrf.backends.LADDER` and `tensors` are
+    `potentials.tensors().values()` in order (autograd tracks them).
     """
 
     @staticmethod
-    def forward(ctx, potentials, backend, low_memory, *tensors):
+    def forward(tables, potentials, backend, low_memory, *tensors):
         names = list(potentials.tensors())
         detached = potentials.replace(**{n: t.detach() for n, t in zip(names, tensors)})
-        log_z, saved = backend.inside(detached, low_memory=low_memory)
-        ctx.potentials, ctx.backend, ctx.saved, ctx.names = detached, backend, saved, names
+        tables.potentials, tables.factors = detached, detached.factors()
+        log_z, tables.saved = backend.inside(tables.factors, low_memory=low_memory)
         return log_z
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    def setup_context(ctx, inputs, output):
+        tables, _, backend, _, *tensors = inputs
+        ctx.tables, ctx.backend = tables, backend
+        ctx.save_for_backward(*tensors)
+
+    @staticmethod
     def backward(ctx, grad_log_z):
-        post = ctx.backend.outside(ctx.potentials, ctx.saved)
-        grads = gradients(post, grad_log_z, ctx.names, ctx.needs_input_grad[3:])
-        return (None, None, None, *grads)
+        # the inputs join only a graph being built (create_graph=True): without
+        # one, the backward touches no saved tensor and may run again
+        tensors = ctx.saved_tensors if torch.is_grad_enabled() else ()
+        grads = LogPartitionGrad.apply(ctx.tables, ctx.backend, ctx.needs_input_grad[4:], grad_log_z, *tensors)
+        return (None, None, None, None, *grads)
 
 
-def gradients(post, grad_log_z: torch.Tensor, names: list, needed) -> list:
-    """The gradient of `sum_b grad_log_z[b] * log_z[b]` for each named input
-    (None where not `needed`), from one Posterior, in the order of
-    `potentials.tensors()` (scores first). The boundary gradients reuse the
-    Posterior's storage (scaled in place): call once per Posterior."""
-    g = grad_log_z.to(post.segment_start.dtype)
-    g3 = g[:, None, None]
-    out = []
-    for name, wanted in zip(names, needed):
-        if not wanted:
-            out.append(None)
-        elif name == "scores":
-            out.append(post.label_marginals().mul_(g3))
-        elif name == "start_scores":
-            out.append(post.segment_start.mul_(g3))
-        elif name == "end_scores":
-            out.append(post.segment_end.mul_(g3))
-        elif name == "transition":
-            out.append(torch.tensordot(g, post.transition, dims=1))
-        elif name == "duration":
-            out.append(torch.tensordot(g, post.duration, dims=1))
-        elif name == "start":
-            out.append(g @ post.first)
-        elif name == "end":
-            out.append(g @ post.last)
-        else:
-            raise ValueError(f"no gradient rule for input {name!r}")
-    return out
+class LogPartitionGrad(torch.autograd.Function):
+    """:class:`LogPartition`'s backward, differentiable: the gradient of
+    `sum_b g[b] log Z_b` for each input (None where not `needed`), from the
+    backend's `outside`.
+
+    `apply(tables, backend, needed, g, *tensors)`. Its derivative along the
+    directions `v` (one per output) is `sum_b g[b] hess(log Z_b) v` for the
+    inputs and `<grad log Z_b, v>` for `g`: one `hvp` of the backend.
+    Under `vmap` (`torch.func.jacrev`: a batch of `g`), one outside serves
+    every `g`.
+    """
+
+    @staticmethod
+    def forward(tables, backend, needed, grad_log_z, *tensors):
+        post = backend.outside(tables.factors, tables.saved)
+        return tuple(gradients(post, grad_log_z, list(tables.potentials.tensors()), needed, reuse=True))
+
+    @staticmethod
+    def vmap(info, in_dims, tables, backend, needed, grad_log_z, *tensors):
+        if in_dims[3] is None or any(d is not None for d in in_dims[4:]):
+            raise NotImplementedError("log_partition's backward is batched over its incoming gradient only")
+        post = backend.outside(tables.factors, tables.saved)
+        names = list(tables.potentials.tensors())
+        rows = [gradients(post, g, names, needed) for g in grad_log_z.unbind(in_dims[3])]
+        out = tuple(None if row[0] is None else torch.stack(row) for row in zip(*rows))
+        return out, tuple(None if t is None else 0 for t in out)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        tables, backend, needed, grad_log_z, *tensors = inputs
+        ctx.tables, ctx.backend = tables, backend
+        ctx.save_for_backward(grad_log_z, *tensors)
+
+    @staticmethod
+    def backward(ctx, *directions):
+        grad_log_z, *tensors = ctx.saved_tensors
+        tables = ctx.tables
+        names = list(tables.potentials.tensors())
+        tangent = direction(tables.potentials, dict(zip(names, directions)))
+        _, dot = hvp(tables.potentials, tables.factors, tangent, ctx.backend.name, tables.saved)
+        grads = gradients(dot, grad_log_z, names, ctx.needs_input_grad[4:], reuse=True)
+        grad_g = dot.log_z.to(grad_log_z.dtype) if ctx.needs_input_grad[3] else None
+        grad_g, *grads = refuse_further_derivatives([grad_g, *grads], [grad_log_z, *tensors, *directions],
+                                                    "the second derivative of log_partition")
+        return (None, None, None, grad_g, *grads)
 
 
 def log_partition(potentials, backend: str = "auto", low_memory: bool = False) -> torch.Tensor:
     """`log Z (B,)`, differentiable w.r.t. every tensor of `potentials`.
+
+    Twice differentiable (the second derivative is a Hessian-vector
+    product of the backend's dual sweeps); `torch.func.grad`/`jacrev` and
+    `torch.compile(fullgraph=True)` apply.
 
     Args:
         potentials: :class:`SemiMarkovPotentials` (fast path: exact streaming
@@ -104,14 +147,20 @@ def log_partition(potentials, backend: str = "auto", low_memory: bool = False) -
         low_memory: keep ring checkpoints every `~sqrt(T K)` rows instead of
             the `O(B T C)` inside tables, and recompute them in the backward.
     """
-    _check(potentials)
+    require_potentials(potentials)
     if potentials.is_explicit:
+        backends.check_name(backend)
         return checkpointed_scan(potentials, LogSemiring())
-    module = backends.get(backend, potentials)
-    return LogPartition.apply(potentials, module, low_memory, *potentials.tensors().values())
+    if torch.compiler.is_compiling():  # one opaque operator for dynamo
+        return ops.log_partition(potentials, backends.check_name(backend), low_memory)
+    rung = backends.get(backend, potentials)
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in potentials.tensors().values())):
+        with torch.no_grad():  # no backward follows: keep nothing of size T
+            return rung.log_partition(potentials.factors())
+    return LogPartition.apply(Tables(), potentials, rung, low_memory, *potentials.tensors().values())
 
 
-def posterior(potentials, backend: str = "auto", low_memory: bool = False) -> backends.Posterior:
+def posterior(potentials, backend: str = "auto", low_memory: bool = False) -> Posterior:
     """Posterior expected counts (no gradient): label/boundary marginals via
     :meth:`Posterior.label_marginals` / :meth:`Posterior.boundary_marginals`,
     transition, duration, first- and last-label counts.
@@ -119,14 +168,16 @@ def posterior(potentials, backend: str = "auto", low_memory: bool = False) -> ba
     For :class:`EdgePotentials` the first label is latent and `transition`
     is `(B, K, C, C)` `[d-1, c_src, c_dst]` over real transitions only
     (segments starting at s >= 1), by the entered segment's duration."""
-    _check(potentials)
+    require_potentials(potentials)
     if potentials.is_explicit:
+        backends.check_name(backend)
         marg, log_z = edge_marginals(potentials)
         return posterior_from_edge_marginals(marg, log_z, potentials.lengths)
-    module = backends.get(backend, potentials)
+    rung = backends.get(backend, potentials)
     with torch.no_grad():
-        _, saved = module.inside(potentials, low_memory=low_memory)
-        return module.outside(potentials, saved)
+        factors = potentials.factors()
+        _, saved = rung.inside(factors, low_memory=low_memory)
+        return rung.outside(factors, saved)
 
 
 def segment_marginals(potentials) -> torch.Tensor:
@@ -134,13 +185,14 @@ def segment_marginals(potentials) -> torch.Tensor:
     (zero where `s + d` passes the length). Materialized, `O(B T K C)`: for
     moderate T. Runs on the PyTorch sweeps (or edge marginals for explicit
     potentials); no gradient."""
-    _check(potentials)
+    require_potentials(potentials)
     if potentials.is_explicit:
         marg, _ = edge_marginals(potentials)
         return marg[:, :, 1:].sum(dim=-1)
     B, T, K, C = potentials.batch_size, potentials.T, potentials.K, potentials.C
     out = torch.zeros((B, T, K, C), dtype=potentials.dtype, device=potentials.device)
     with torch.no_grad():
-        _, saved = log_sweeps.inside(potentials)
-        log_sweeps.outside(potentials, saved, segments=out)
+        factors = potentials.factors()
+        _, saved = torch_sweeps.inside(factors)
+        torch_sweeps.outside(factors, saved, segments=out)
     return out

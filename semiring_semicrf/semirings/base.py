@@ -8,10 +8,31 @@ products therefore take *negative* dims, which never touch the state.
 Real log-potentials (edge scores, transitions, durations) enter a semiring
 through :meth:`Semiring.embed`, which takes a tensor with a leading dimension of
 size `num_potentials` (1 for most semirings, 2 for the ones comparing two
-models p and q) and returns a semiring value. `embed` must be a homomorphism
-from `(R ∪ {-inf}, +)` to `(S, times)`: `embed(x + y) == times(embed(x),
-embed(y))`. The factorized scan relies on that to split a segment's score into
-per-position and per-duration factors.
+models p and q) and returns a semiring value.
+
+A new semiring needs three methods, :meth:`~Semiring.times`,
+:meth:`~Semiring.sum` and :meth:`~Semiring.embed`; the rest derives from them
+(`zero = embed(-inf)`, `one = embed(0)`, `plus` = `sum` over a stack of two,
+`extract` = the single state entry), and class attributes say what the scan
+may do with it:
+
+- `homomorphic` (default True): `embed(x + y) == times(embed(x), embed(y))`
+  and `embed(0) == one`. The factorized scan (`(C, C)` transitions) splits a
+  segment's log-potential into factors and embeds each, so it needs this; a
+  semiring that sets it False (a max-min "bottleneck", say) runs on `(K, C,
+  C)` transitions and explicit edges, which embed each segment whole, and
+  defines its own `one`.
+- `renormalize` (default False): the scan factors a per-sequence log-scale
+  out of its state every few positions (:meth:`Semiring.log_mass` says how
+  much), so float32 states stay of order one at any T. Needs `log_mass` and
+  a homomorphic `embed`.
+- `center` (default True): the scan may zero-centre the scores before their
+  prefix sums (exact in real arithmetic, float rounding in practice). A
+  semiring that needs exact sums, for exact ties on integer potentials, sets
+  it False and gets uncentred factors.
+
+`semiring_semicrf.testing.check_semiring` checks the laws, the identities and
+the homomorphism of a semiring on drawn values.
 """
 from __future__ import annotations
 
@@ -23,33 +44,29 @@ import torch
 class Semiring(ABC):
     """Abstract semiring `(S, plus, times, zero, one)` over tensors.
 
-    Subclasses implement :meth:`zero`, :meth:`one`, :meth:`plus`,
-    :meth:`times`, :meth:`sum`, :meth:`embed` and :meth:`extract`; the rest
-    has generic defaults that a subclass may override for speed.
+    Subclasses implement :meth:`times`, :meth:`sum` and :meth:`embed`; the
+    rest has defaults derived from them, which a subclass may override (for
+    speed, or where the default does not hold: a non-homomorphic `embed` needs
+    its own `one`).
 
     Attributes:
         size: length of the leading state dimension of every value.
         num_potentials: how many sets of log-potentials `embed` takes (the
             leading dimension of its input).
+        homomorphic: `embed` is a homomorphism from `(R ∪ {-inf}, +)` to
+            `(S, times)`; required by the factorized `(C, C)` scan.
+        renormalize: the scan renormalizes the state through
+            :meth:`log_mass` (set it with `log_mass`).
+        center: the scan may zero-centre the scores (False: exact sums).
     """
 
     size: int = 1
     num_potentials: int = 1
+    homomorphic: bool = True
+    renormalize: bool = False
+    center: bool = True
 
-    # -- identities ---------------------------------------------------------
-    @abstractmethod
-    def zero(self, shape, dtype=torch.float64, device=None) -> torch.Tensor:
-        """Additive identity of shape `(size, *shape)`."""
-
-    @abstractmethod
-    def one(self, shape, dtype=torch.float64, device=None) -> torch.Tensor:
-        """Multiplicative identity of shape `(size, *shape)`."""
-
-    # -- operations ---------------------------------------------------------
-    @abstractmethod
-    def plus(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Semiring addition of two broadcastable values."""
-
+    # -- what every semiring defines ----------------------------------------
     @abstractmethod
     def times(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Semiring multiplication of two broadcastable values."""
@@ -63,12 +80,30 @@ class Semiring(ABC):
         """Map real log-potentials `(num_potentials, *shape)` to a value
         `(size, *shape)`. `-inf` means "forbidden" and must map to zero."""
 
-    @abstractmethod
+    # -- derived (override where they do not fit, or for speed) --------------
+    def zero(self, shape, dtype=torch.float64, device=None) -> torch.Tensor:
+        """Additive identity of shape `(size, *shape)`: `embed(-inf)`."""
+        return self.embed(torch.full((self.num_potentials, *tuple(shape)), float("-inf"), dtype=dtype,
+                                     device=device))
+
+    def one(self, shape, dtype=torch.float64, device=None) -> torch.Tensor:
+        """Multiplicative identity of shape `(size, *shape)`: `embed(0)`
+        (what a homomorphic `embed` gives; a semiring whose `embed(0)` is
+        not its `one` overrides this)."""
+        return self.embed(torch.zeros((self.num_potentials, *tuple(shape)), dtype=dtype, device=device))
+
+    def plus(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Semiring addition of two broadcastable values: `sum` over them stacked."""
+        a, b = torch.broadcast_tensors(a, b)
+        return self.sum(torch.stack([a, b], dim=-1), dim=-1)
+
     def extract(self, value: torch.Tensor) -> torch.Tensor:
         """Turn a final value `(size, *shape)` into the user-facing result:
-        `(*shape)` for scalar semirings, `(k, *shape)` for KMax."""
+        by default the state entry `(*shape)` when `size == 1`, else the
+        whole value (`(k, *shape)` for KMax). Its dtype is kept (a bool or an
+        integer count is returned as such)."""
+        return value[0] if self.size == 1 else value
 
-    # -- derived operations (override for speed) ----------------------------
     def times_potential(self, a: torch.Tensor, log_potentials: torch.Tensor) -> torch.Tensor:
         """`times(a, embed(log_potentials))`."""
         return self.times(a, self.embed(log_potentials))
@@ -80,16 +115,26 @@ class Semiring(ABC):
         """
         return self.sum(self.times(a.unsqueeze(-1), m), dim=-2)
 
-    def log_mass(self, value: torch.Tensor):
-        """Log-magnitude of a value per potential set, `(num_potentials, *shape)`,
-        or None if the semiring has no such notion.
+    def argsum(self, x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(sum(x, dim), index)` for semirings whose `plus` *selects* among
+        its arguments (Max, KMax): the reduced value and, per state entry,
+        where it came from, `index = position * size + rank` (an int tensor
+        of the value's shape). Decoding follows these back-pointers. Other
+        semirings have no such reduction."""
+        raise NotImplementedError(
+            f"{self!r} has no index-returning reduction (argsum): back-pointers need a semiring whose plus "
+            "selects one of its arguments, such as MaxSemiring or KMaxSemiring")
 
-        The scan uses it to renormalize: it factors a per-sequence shift `s`
+    def log_mass(self, value: torch.Tensor) -> torch.Tensor:
+        """Log-magnitude of a value per potential set, `(num_potentials, *shape)`.
+
+        With `renormalize = True` the scan factors a per-sequence shift `s`
         out of its state as `value = times_potential(value', s)` (exact, as
-        `embed` is a homomorphism) and carries `s` in float64, so float32
-        states stay O(1) at any T. Returning None (the default) opts out.
+        `embed` is a homomorphism) and carries `s` in float64.
         """
-        return None
+        raise NotImplementedError(
+            f"{type(self).__name__} sets renormalize = True but defines no log_mass(value): define it, or set "
+            "renormalize = False")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -100,7 +145,3 @@ def check_dim(dim: int) -> int:
     if dim >= 0:
         raise ValueError(f"semiring reductions take a negative dim (counted from the right), got dim={dim}")
     return dim
-
-
-def full(size: int, shape, value: float, dtype, device) -> torch.Tensor:
-    return torch.full((size, *tuple(shape)), value, dtype=dtype, device=device)

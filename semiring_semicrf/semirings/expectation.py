@@ -41,10 +41,12 @@ class ExpectationSemiring(Semiring):
     """Base of the log-space expectation semirings (see module docstring).
 
     A subclass sets `num_potentials` (m) and defines :meth:`functional`
-    (the additive `f` from the log-potentials) and :meth:`finalize`.
+    (the additive `f` from the log-potentials) and :meth:`finalize`. `zero`
+    (`(-inf, ..., 0)`), `one` and `plus` are the defaults.
     """
 
     num_potentials = 1
+    renormalize = True
 
     @property
     def size(self) -> int:  # m log-masses and one expectation
@@ -57,18 +59,6 @@ class ExpectationSemiring(Semiring):
     @abstractmethod
     def finalize(self, log_masses: torch.Tensor, expectation: torch.Tensor) -> torch.Tensor:
         """The user-facing result from `(m, *shape)` log-masses and `E`."""
-
-    def zero(self, shape, dtype=torch.float64, device=None):
-        out = torch.zeros((self.size, *tuple(shape)), dtype=dtype, device=device)
-        out[:-1] = float("-inf")
-        return out
-
-    def one(self, shape, dtype=torch.float64, device=None):
-        return torch.zeros((self.size, *tuple(shape)), dtype=dtype, device=device)
-
-    def plus(self, a, b):
-        a, b = torch.broadcast_tensors(a, b)
-        return self.sum(torch.stack([a, b], dim=-1), dim=-1)
 
     def times(self, a, b):
         out = a + b
@@ -93,7 +83,11 @@ class ExpectationSemiring(Semiring):
         return torch.cat([log_potentials, f.unsqueeze(0)], dim=0)
 
     def extract(self, value):
-        return self.finalize(value[:-1], value[-1])
+        """`finalize(...)`, with the conventions of every path
+        (:mod:`semiring_semicrf.information`): `+inf` where p gives mass to
+        what q forbids (`E = +inf`), 0 where p allows nothing."""
+        result = torch.where(torch.isposinf(value[-1]), value[-1], self.finalize(value[:-1], value[-1]))
+        return torch.where(torch.isneginf(value[0]), torch.zeros_like(result), result)
 
     def log_mass(self, value):
         return value[:-1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Semiring, check_dim, full
+from .base import Semiring, check_dim
 
 
 class KMaxSemiring(Semiring):
@@ -12,8 +12,12 @@ class KMaxSemiring(Semiring):
 
     `plus` merges two lists and keeps the k largest, `times` forms all
     pairwise sums and keeps the k largest. Ties are kept (a list of the k best
-    *structures*, so two structures with one score appear twice).
+    *structures*, so two structures with one score appear twice). `zero`,
+    `one` and `plus` are the defaults; `extract` keeps the list, `(k, ...)`,
+    for every k.
     """
+
+    renormalize = True
 
     def __init__(self, k: int):
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
@@ -24,24 +28,12 @@ class KMaxSemiring(Semiring):
     def __repr__(self) -> str:
         return f"KMaxSemiring(k={self.k})"
 
-    def zero(self, shape, dtype=torch.float64, device=None):
-        return full(self.k, shape, float("-inf"), dtype, device)
-
-    def one(self, shape, dtype=torch.float64, device=None):
-        out = self.zero(shape, dtype, device)
-        out[0] = 0.0
-        return out
-
     def _top(self, x: torch.Tensor) -> torch.Tensor:
         """k largest along dim 0 (sorted descending)."""
         if x.shape[0] < self.k:
             pad = x.new_full((self.k - x.shape[0], *x.shape[1:]), float("-inf"))
             x = torch.cat([x, pad], dim=0)
         return x.topk(self.k, dim=0).values
-
-    def plus(self, a, b):
-        a, b = torch.broadcast_tensors(a, b)
-        return self._top(torch.cat([a, b], dim=0))
 
     def times(self, a, b):
         a, b = torch.broadcast_tensors(a, b)
@@ -52,6 +44,17 @@ class KMaxSemiring(Semiring):
         dim = check_dim(dim)
         moved = x.movedim(dim, 1)  # (k, n, ...)
         return self._top(moved.flatten(0, 1))
+
+    def argsum(self, x, dim):
+        """`(sum(x, dim), index)`: the k best entries over `dim` and where
+        they come from, both `(k, ...)`: `index = position * k + rank` (the
+        rank of the entry in its position's list). Among equal scores the
+        smaller `(position, rank)` comes first."""
+        dim = check_dim(dim)
+        candidates = x.movedim(dim, -1).movedim(0, -1)  # (..., n, k)
+        values, index = candidates.flatten(-2).sort(dim=-1, descending=True, stable=True)
+        values, index = values[..., :self.k], index[..., :self.k]
+        return values.movedim(-1, 0), index.movedim(-1, 0)
 
     def embed(self, log_potentials):
         first = log_potentials[:1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Semiring, check_dim, full
+from .base import Semiring, check_dim
 
 
 def logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -27,13 +27,10 @@ class LogSemiring(Semiring):
 
     Contract: results are log-masses; a reduction over all `-inf` gives
     `-inf`. Gradients of the partition w.r.t. log-potentials are marginals.
+    `zero`, `one` and `extract` are the defaults.
     """
 
-    def zero(self, shape, dtype=torch.float64, device=None):
-        return full(1, shape, float("-inf"), dtype, device)
-
-    def one(self, shape, dtype=torch.float64, device=None):
-        return full(1, shape, 0.0, dtype, device)
+    renormalize = True
 
     def plus(self, a, b):
         return torch.logaddexp(a, b)
@@ -46,9 +43,6 @@ class LogSemiring(Semiring):
 
     def embed(self, log_potentials):
         return log_potentials
-
-    def extract(self, value):
-        return value[0]
 
     def times_potential(self, a, log_potentials):
         return a + log_potentials
@@ -66,17 +60,21 @@ class MaxSemiring(LogSemiring):
     def sum(self, x, dim):
         return x.amax(dim=check_dim(dim))
 
+    def argsum(self, x, dim):
+        """`(sum(x, dim), index)`: the maximum and the position along `dim`
+        that attains it (the first one among ties), both `(1, ...)`."""
+        values, index = x.max(dim=check_dim(dim))
+        return values, index
+
 
 class StdSemiring(Semiring):
     """`(+, *, 0, 1)` on exp(potentials): counts structures when every
     potential is 0, and sums probabilities exactly for tiny problems. Values
-    are not in log space, so it over/underflows where Log would not."""
+    are not in log space, so it over/underflows where Log would not (the scan
+    renormalizes it like Log, which rounds; a semiring with `renormalize =
+    False` keeps integer counts exact)."""
 
-    def zero(self, shape, dtype=torch.float64, device=None):
-        return full(1, shape, 0.0, dtype, device)
-
-    def one(self, shape, dtype=torch.float64, device=None):
-        return full(1, shape, 1.0, dtype, device)
+    renormalize = True
 
     def plus(self, a, b):
         return a + b
@@ -89,9 +87,6 @@ class StdSemiring(Semiring):
 
     def embed(self, log_potentials):
         return log_potentials.exp()
-
-    def extract(self, value):
-        return value[0]
 
     def log_mass(self, value):
         return value.log()

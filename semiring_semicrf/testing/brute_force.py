@@ -2,13 +2,14 @@
 
 This is the ground truth the scan, the gradients, the marginals and every fast
 path are checked against. It scores each segmentation straight from the model's
-definition (DESIGN.md section 1), with its own float64 prefix sums and no
+definition (docs/model.md), with its own float64 prefix sums and no
 factorization, so that it shares no arithmetic with the code under test.
 """
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -33,15 +34,49 @@ def enumerate_segmentations(length: int, K: int, C: int) -> tuple:
 
 @dataclass
 class Enumeration:
-    """Every structure of one sequence with its log-potential.
+    """Every structure of one sequence with its log-potential and its parts.
 
     `structures[i]` is a tuple of `(start, end, label)` segments; for explicit
     edges (latent first label) it is `(initial_label, segments)`.
-    `scores (N,)` float64 log-potentials, in the order of `structures`.
+    `parts (N, M)` float64: the whole log-potential of each segment, in
+    order (content + duration + transition, or start for the first segment,
+    + the optional start/end scores, + end for the last; for explicit edges
+    the edge entry), `part_mask (N, M)` which of the M slots hold a segment,
+    and `scores (N,)` the structures' log-potentials (their parts summed), in
+    the order of `structures`.
     """
 
     structures: list
-    scores: torch.Tensor
+    parts: torch.Tensor
+    part_mask: torch.Tensor
+
+    @cached_property
+    def scores(self) -> torch.Tensor:
+        return torch.where(self.part_mask, self.parts, torch.zeros_like(self.parts)).sum(dim=1)
+
+    def reduce(self, semiring, *others: "Enumeration") -> torch.Tensor:
+        """Any semiring's sum over the structures of the product of their
+        embedded parts, in segment order: `semiring.extract(...)` of
+
+            (+)_y  embed(part_1(y)) (x) embed(part_2(y)) (x) ... (x) embed(part_n(y))
+
+        starting from `one`, so that it is the definition whatever the
+        semiring (a non-homomorphic `embed` included). What the scan computes
+        with `(K, C, C)` transitions or explicit edges, and with `(C, C)`
+        transitions for a homomorphic semiring. `others`: the enumerations of
+        the other potential sets (q for a `(p, q)` semiring), same structures.
+        """
+        sets = (self, *others)
+        if len(sets) != semiring.num_potentials:
+            raise ValueError(f"{semiring!r} takes {semiring.num_potentials} set(s) of potentials: give "
+                             f"{semiring.num_potentials - 1} other enumeration(s), got {len(others)}")
+        if any(o.parts.shape != self.parts.shape or not torch.equal(o.part_mask, self.part_mask) for o in others):
+            raise ValueError("the enumerations must list the same structures (same lengths, K and C)")
+        parts = torch.stack([o.parts for o in sets])  # (P, N, M)
+        value = semiring.one((parts.shape[1],), dtype=torch.float64)
+        for j in range(parts.shape[2]):
+            value = torch.where(self.part_mask[:, j], semiring.times(value, semiring.embed(parts[:, :, j])), value)
+        return semiring.extract(semiring.sum(value, dim=-1))
 
     @property
     def log_partition(self) -> torch.Tensor:
@@ -111,27 +146,26 @@ def _structured(pot: SemiMarkovPotentials, b: int) -> Enumeration:
         part = part + f64["start_scores"][b][s, c]
     if "end_scores" in f64:
         part = part + f64["end_scores"][b][(e - 1).clamp(min=0), c]
-    scores = torch.where(mask, part, torch.zeros_like(part)).sum(dim=1)
-    last = c.gather(1, (mask.sum(1, keepdim=True) - 1)).squeeze(1)
-    scores = scores + f64["end"][last]
-    return Enumeration(list(enumerate_segmentations(L, pot.K, pot.C)), scores)
+    last = mask.sum(1, keepdim=True) - 1
+    end = torch.zeros_like(part).scatter_(1, last, f64["end"][c.gather(1, last)])
+    return Enumeration(list(enumerate_segmentations(L, pot.K, pot.C)), part + end, mask)
 
 
 def _explicit(pot: EdgePotentials, b: int) -> Enumeration:
     L = int(pot.lengths[b])
     s, e, c, prev, mask = _segment_arrays(L, pot.K, pot.C)
     edge = pot.edge[b].detach().to("cpu", torch.float64)
-    structures, scores = [], []
+    structures, parts = [], []
     for c0 in range(pot.C):
         src = torch.where(prev < 0, torch.full_like(prev, c0), prev)
-        part = edge[s, e - s, c, src]
-        scores.append(torch.where(mask, part, torch.zeros_like(part)).sum(dim=1))
+        parts.append(edge[s, e - s, c, src])
         structures.extend((c0, segs) for segs in enumerate_segmentations(L, pot.K, pot.C))
-    return Enumeration(structures, torch.cat(scores))
+    return Enumeration(structures, torch.cat(parts), mask.repeat(pot.C, 1))
 
 
 def enumerate_structures(potentials, b: int) -> Enumeration:
-    """Enumerate every structure of sequence `b` with its float64 score."""
+    """Enumerate every structure of sequence `b` with its float64 parts and
+    score (:class:`Enumeration`; `.reduce(semiring)` runs any semiring)."""
     if isinstance(potentials, EdgePotentials):
         return _explicit(potentials, b)
     return _structured(potentials, b)

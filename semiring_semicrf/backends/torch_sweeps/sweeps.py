@@ -1,8 +1,8 @@
-"""The PyTorch Log backend: `inside` and `outside` of the backend contract
-(:mod:`semiring_semicrf.backends`), for :class:`SemiMarkovPotentials`.
+"""The PyTorch Log sweeps: `inside` and `outside` of the backend contract
+(:mod:`semiring_semicrf.backends`), for structured :class:`Factors`.
 
-`inside(potentials, low_memory=False) -> (log_z (B,), saved)` runs the
-forward sweep (:mod:`.recurrences`); `outside(potentials, saved) ->
+`inside(factors, low_memory=False) -> (log_z (B,), saved)` runs the
+forward sweep (:mod:`.recurrences`); `outside(factors, saved) ->
 Posterior` runs the backward sweep right to left and turns the two into
 expected counts. Both walk blocks of `~sqrt(T K)` rows: a block's factor
 rows, outside tables and the parallel pass that forms its counts (chunked,
@@ -23,6 +23,21 @@ duration-dependent ones. Each row is a fixed handful of fused tensor ops
 with preallocated buffers; on the CPU the sweeps run with one intra-op
 thread when their per-row tensors are too small to gain from more (see
 :func:`sweep_threads`).
+
+Precision. The sweeps work in float64 whatever the input dtype (the factors
+are taken with :meth:`Factors.to`; outputs are cast back). A row's
+log-sum-exp adds and removes prefix sums that reach hundreds of nats at
+T = 1e5; in float32 their rounding (~3e-5 per row) random-walks apart between
+the inside and outside sweeps and left the float32 gradients 0.5% off at
+T = 1e5 (measured), while float64 keeps them within 1e-5 of a float64 run.
+On the CPU the per-row ops are bound by dispatch, not arithmetic, so this
+costs no measurable time; the tables take twice the bytes.
+
+Units. Every log-potential the sweeps see is in *bits* (base-2 logs: nats
+times `log2(e)`), so that their reductions use `exp2`/`log2`: on the CPU,
+torch's `exp` takes a slow path on very negative or `-inf` inputs (~100 us
+instead of ~1 us for 1,536 floats, measured with torch 2.13), which are
+everywhere in a semi-Markov ring; `exp2` does not.
 """
 from __future__ import annotations
 
@@ -33,9 +48,10 @@ from typing import Optional
 
 import torch
 
-from ..backends import Posterior
-from .problem import LN2, FactorRows, LogProblem
-from .recurrences import NEG_INF, DurationSweeps, FactorizedSweeps, SweepTables
+from ...factors import FactorRows
+from ...posterior import Posterior
+from .lanes import LN2
+from .recurrences import WORK_DTYPE, DurationSweeps, FactorizedSweeps, SweepTables
 
 #: Per-row tensors below this many elements run single-threaded on the CPU:
 #: thread hand-offs would cost more than the arithmetic.
@@ -60,27 +76,36 @@ class InsideSaved:
     checkpoints: Optional[list] = None
 
 
-def sweeps_for(problem: LogProblem):
-    return DurationSweeps(problem) if problem.duration_dependent else FactorizedSweeps(problem)
+def sweeps_for(factors):
+    """The sweeps of :class:`Factors` (or of :class:`~.lanes.StackedFactors`:
+    the same sweeps on several lanes)."""
+    return DurationSweeps(factors) if factors.duration_dependent else FactorizedSweeps(factors)
 
 
-def block_rows(T: int, K: int) -> list:
-    """Row ranges of `~sqrt((T+1) K)` rows covering `[0, T+1)`: per-block
-    work tensors and low-memory checkpoints then both stay sublinear in T."""
+#: Rows per block of a forward sweep that keeps nothing for an outside.
+FORWARD_ONLY_BLOCK = 256
+
+
+def block_rows(T: int, K: int, size: Optional[int] = None) -> list:
+    """Row ranges covering `[0, T+1)`, of `size` rows (default `~sqrt((T+1)
+    K)`: per-block work tensors and low-memory checkpoints then both stay
+    sublinear in T; a forward sweep that keeps nothing takes a fixed size,
+    so that its working memory does not depend on T at all)."""
     rows = T + 1
-    size = max(1, min(rows, math.isqrt(rows * K)))
+    size = max(1, min(rows, math.isqrt(rows * K) if size is None else size))
     return [(r0, min(rows, r0 + size)) for r0 in range(0, rows, size)]
 
 
 @contextlib.contextmanager
-def sweep_threads(problem: LogProblem):
+def sweep_threads(sweeps):
     """Run the sweeps with one intra-op thread on the CPU when a row's
     largest tensor is small (tiny ops do not amortize thread hand-offs;
     measured: `exp2` on 1,536 floats takes ~1 us on one thread, ~20 us on two
     on a busy 2-core machine). The caller's setting is restored on exit."""
-    width = problem.K * problem.B * problem.C * (problem.C if problem.duration_dependent else 1)
+    width = sweeps.K * sweeps.B * sweeps.C * (sweeps.C if sweeps.factors.duration_dependent else 1)
+    width *= len(sweeps.lanes.kinds)
     previous = torch.get_num_threads()
-    single = problem.device.type == "cpu" and width < SMALL_ROW_ELEMENTS and previous > 1
+    single = sweeps.device.type == "cpu" and width < SMALL_ROW_ELEMENTS and previous > 1
     if single:
         torch.set_num_threads(1)
     try:
@@ -91,67 +116,74 @@ def sweep_threads(problem: LogProblem):
 
 
 @torch.no_grad()
-def inside(potentials, low_memory: bool = False):
-    """Forward sweep: `(log_z (B,), saved)` (see module docstring)."""
-    problem = LogProblem.from_potentials(potentials)
-    sweeps = sweeps_for(problem)
-    blocks = block_rows(problem.T, problem.K)
+def inside(factors, low_memory: bool = False, keep: bool = True):
+    """Forward sweep: `(log_z (B,), saved)` (see module docstring); with
+    `keep=False` nothing is saved (`saved` is None: no outside follows).
+    On :class:`~.lanes.StackedFactors`, `log_z` is `(L, B)`: every lane's
+    result (log Z, its tangent, an entropy, ...)."""
+    sweeps = sweeps_for(factors)
+    blocks = block_rows(sweeps.T, sweeps.K, None if keep else FORWARD_ONLY_BLOCK)
     state = sweeps.initial_inside()
-    cum = problem.initial_cum()
-    saved = InsideSaved(None, blocks, [])
-    if low_memory:
+    cum = sweeps.factors.initial_cum()
+    saved = InsideSaved(None, blocks, []) if keep else None
+    if keep and low_memory:
         saved.checkpoints = []
-    else:
-        saved.tables = sweeps.inside_tables(0, problem.T + 1, dtype=problem.out_dtype)
-    with sweep_threads(problem):
+    elif keep:
+        saved.tables = sweeps.inside_tables(0, sweeps.T + 1, dtype=sweeps.table_dtype)
+    with sweep_threads(sweeps):
         for r0, r1 in blocks:
-            saved.cums.append(cum)
-            if low_memory:
+            if keep:
+                saved.cums.append(cum)
+            if keep and low_memory:
                 saved.checkpoints.append(state.clone())
-            rows, cum = problem.rows(r0, r1, cum)
-            block = None if low_memory else sweeps.inside_tables(r0, r1 - r0)
+            rows, cum = sweeps.rows(r0, r1, cum)
+            block = sweeps.inside_tables(r0, r1 - r0) if keep and not low_memory else None
             state = sweeps.inside(state, rows, block)
             if block is not None:
                 saved.tables.store(block)
-    saved.log_z = state.log_z
-    return (state.log_z * LN2).to(problem.out_dtype), saved
+    if keep:
+        saved.log_z = state.log_z
+    return (state.log_z * LN2).to(factors.dtype), saved
 
 
 class _Accumulator:
     """The Posterior under construction (`(B, T, C)` fields written block by
     block, counts summed in float64)."""
 
-    def __init__(self, problem: LogProblem, log_z: torch.Tensor, segments: Optional[torch.Tensor]):
-        p = self.problem = problem
+    def __init__(self, sweeps, log_z: torch.Tensor, segments: Optional[torch.Tensor]):
+        p = self.factors = sweeps.factors
+        self.lanes, self.dtype = sweeps.lanes, sweeps.table_dtype
         B, T, K, C = p.B, p.T, p.K, p.C
-        zeros = lambda *s, dtype=p.dtype: torch.zeros(s, dtype=dtype, device=p.device)  # noqa: E731
+        lead = self.lanes.lead
+        zeros = lambda *s, dtype=WORK_DTYPE: torch.zeros((*lead, *s), dtype=dtype, device=p.device)  # noqa: E731
         self.log_z = log_z
         # -inf (no segmentation) -> 0 so that every probability is exp2(-inf) = 0;
         # NaN (a NaN input) stays NaN and poisons that sequence's counts.
         self.log_z_safe = torch.where(torch.isneginf(log_z), torch.zeros_like(log_z), log_z)
-        self.segment_start = zeros(B, T, C, dtype=p.out_dtype)
-        self.segment_end = zeros(B, T, C, dtype=p.out_dtype)
+        self.segment_start = zeros(B, T, C, dtype=self.dtype)
+        self.segment_end = zeros(B, T, C, dtype=self.dtype)
         self.transition = zeros(B, K, C, C) if p.duration_dependent else zeros(B, C, C)
         self.duration = zeros(B, K, C)
         self.segments = segments  # (B, T, K, C) or None
 
     def write_starts(self, r0: int, values: torch.Tensor) -> None:
         """`values (m, B, C)` = P(a segment starts at rows r0..r0+m-1); row T dropped."""
-        m = min(values.shape[0], self.problem.T - r0)
-        self.segment_start[:, r0:r0 + m] = values[:m].transpose(0, 1)
+        m = min(values.shape[0], self.factors.T - r0)
+        self.segment_start[..., r0:r0 + m, :] = values[:m].movedim(0, -2)
 
     def write_ends(self, r0: int, values: torch.Tensor) -> None:
         """`values (m, B, C)` = P(a segment ends at rows r0..r0+m-1), i.e. its
         last position is the row minus one; row 0 dropped."""
         lo = 1 if r0 == 0 else 0
-        self.segment_end[:, r0 + lo - 1:r0 + values.shape[0] - 1] = values[lo:].transpose(0, 1)
+        self.segment_end[..., r0 + lo - 1:r0 + values.shape[0] - 1, :] = values[lo:].movedim(0, -2)
 
     def posterior(self) -> Posterior:
-        p = self.problem
-        last = self.segment_end.gather(1, (p.lengths - 1)[:, None, None].expand(-1, 1, p.C))[:, 0]
-        return Posterior((self.log_z * LN2).to(p.out_dtype), self.segment_start, self.segment_end,
-                         self.transition.to(p.out_dtype), self.duration.to(p.out_dtype),
-                         self.segment_start[:, 0].clone(), last)
+        """The Posterior (with lanes, each field has the lane axis first)."""
+        p, dtype = self.factors, self.dtype
+        last = self.segment_end[..., torch.arange(p.B, device=p.device), p.lengths - 1, :]
+        return Posterior((self.log_z * LN2).to(dtype), self.segment_start, self.segment_end,
+                         self.transition.to(dtype), self.duration.to(dtype),
+                         self.segment_start[..., 0, :].clone(), last)
 
 
 #: A parallel chunk holds at least this many elements (when the block has
@@ -163,50 +195,49 @@ def _combine(sweeps, rows: FactorRows, ins: SweepTables, outs: SweepTables, acc:
     """Add one block's expected counts to `acc`. `outs` has K extra rows
     holding the tail (`abar + leave_rows` of the K rows after the block, and
     their scale); returns the tail for the block before."""
-    p = sweeps.problem
-    K, B, C, n, r0 = p.K, p.B, p.C, rows.n, rows.r0
+    K, B, C, T, n, r0 = sweeps.K, sweeps.B, sweeps.C, sweeps.T, rows.n, rows.r0
     width = sweeps.combine_chunk()
     chunk = max(1, min(n, max(n // width, CHUNK_FLOOR // max(1, B * C * width))))
     for i0 in range(0, n, chunk):
         i1 = min(n, i0 + chunk)
         ends = ins.alpha[i0:i1] + outs.u[i0:i1]
-        ends += (ins.scale[i0:i1] + outs.scale[i0:i1] - acc.log_z_safe).to(p.dtype)[..., None]
-        acc.write_ends(r0 + i0, ends.exp2_())
+        ends += (ins.scale[i0:i1] + outs.scale[i0:i1] - acc.log_z_safe).to(WORK_DTYPE)[..., None]
+        acc.write_ends(r0 + i0, acc.lanes.probabilities_(ends, lane_axis=1))
     later, later_scale = outs.u, outs.scale  # rows r0 .. r0+n+K-1
     later[:n] += rows.leave
     for i0 in range(0, n, chunk):
         i1 = min(n, i0 + chunk)
         # windows of the K rows after each start: (m, B, C, K) -> (m, B, K, C)
-        window = later[i0 + 1:i1 + K].unfold(0, K, 1).permute(0, 1, 3, 2)
+        window = later[i0 + 1:i1 + K].unfold(0, K, 1).transpose(-1, -2)
         window_scale = later_scale[i0 + 1:i1 + K].unfold(0, K, 1)  # (m, B, K)
-        offset = (ins.scale[i0:i1, :, None] + window_scale - acc.log_z_safe[:, None]).to(p.dtype)
+        offset = (ins.scale[i0:i1, ..., None] + window_scale - acc.log_z_safe[..., None]).to(WORK_DTYPE)
         seg = sweeps.segment_terms(ins, outs, rows, i0, i1, window, offset, acc)
         if acc.segments is not None:
-            m = min(i1, p.T - r0) - i0
+            m = min(i1, T - r0) - i0
             if m > 0:
                 acc.segments[:, r0 + i0:r0 + i0 + m] = seg[:m].transpose(0, 1)
     return later[:K].clone(), later_scale[:K].clone()
 
 
 @torch.no_grad()
-def outside(potentials, saved: InsideSaved, segments: Optional[torch.Tensor] = None) -> Posterior:
+def outside(factors, saved: InsideSaved, segments: Optional[torch.Tensor] = None) -> Posterior:
     """Backward sweep and expected counts (see module docstring).
 
     `segments`, if given, is a `(B, T, K, C)` tensor that receives
     P(segment `[s, s+d)` has label `c`) at `[b, s, d-1, c]` (on request only:
-    it is `O(T K C)`)."""
-    problem = LogProblem.from_potentials(potentials)
-    sweeps = sweeps_for(problem)
-    acc = _Accumulator(problem, saved.log_z, segments)
-    B, C, K = problem.B, problem.C, problem.K
-    tail = (torch.full((K, B, C), NEG_INF, dtype=problem.dtype, device=problem.device),
-            torch.zeros((K, B), dtype=torch.float64, device=problem.device))
+    it is `O(T K C)`). On :class:`~.lanes.StackedFactors` of p and a tangent,
+    every field has a lane axis first: the posterior and its tangent."""
+    sweeps = sweeps_for(factors)
+    acc = _Accumulator(sweeps, saved.log_z, segments)
+    B, C, K = sweeps.B, sweeps.C, sweeps.K
+    tail = (sweeps.lanes.zero_(sweeps.lane_empty(B, C, before=(K,)), lane_axis=1),
+            torch.zeros((K, *sweeps.lanes.lead, B), dtype=torch.float64, device=sweeps.device))
     state = sweeps.initial_outside()
-    with sweep_threads(problem):
+    with sweep_threads(sweeps):
         for index in range(len(saved.blocks) - 1, -1, -1):
             r0, r1 = saved.blocks[index]
             n = r1 - r0
-            rows, _ = problem.rows(r0, r1, saved.cums[index])
+            rows, _ = sweeps.rows(r0, r1, saved.cums[index])
             if saved.checkpoints is not None:
                 ins = sweeps.inside_tables(r0, n)
                 sweeps.inside(saved.checkpoints[index].clone(), rows, ins)

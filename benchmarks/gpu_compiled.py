@@ -1,0 +1,119 @@
+"""The compiled generic scan on one GPU, in one run: checks, compile times, timings.
+
+    python3 -u benchmarks/gpu_compiled.py --out DIR > DIR/log      # ~5 min on an H200
+
+At (4, 1000, 32, 24), float32, for the semiring of notebooks/02_new_semiring.ipynb,
+`KMaxSemiring(5)` and `EntropySemiring()` (their specializations bypassed:
+`backend="compiled"` runs the generic scan, compiled, as CUDA graphs):
+
+- compile times apart: the first forward and the first forward+backward;
+- median times of the forward (under no_grad) and of the forward+backward
+  (`.sum().backward()` to every input: the compiled blocks' vector-Jacobian
+  products); the forward without CUDA graphs (the same compiled steps,
+  launched one by one) shows what the graphs save;
+- checks: the compiled results and gradients against the eager generic scan
+  (`backend="reference"`, float32, on the GPU) as `max |diff| / max |eager|`,
+  and the compiled and eager float32 results and gradients against the eager
+  float64 scan's (float32 rounding is the same order in both).
+
+Targets (issue 14): forward at most 20 ms, forward+backward at most 3x the
+forward. Writes `gpu_compiled.json` under --out and prints the table last.
+The GPU tests of the compiled rung are separate:
+`python -m pytest -m gpu tests/test_compiled.py`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cpu_compiled import forward, forward_backward, median_time, problem, relative, semirings  # noqa: E402
+from cpu_compiled import measure as measure_times  # noqa: E402
+
+SIZE = (4, 1000, 32, 24)
+TARGET_FORWARD_S = 0.020
+TARGET_RATIO = 3.0
+
+
+def without_graphs(p, semiring, repeats: int) -> float:
+    """The compiled forward's median time with its CUDA graphs off."""
+    from semiring_semicrf.backends import compiled
+    from semiring_semicrf.backends.reference import ScanProgram
+    blocks = compiled.blocks_for(ScanProgram(p, semiring))
+    graphs, blocks.graphs = blocks.graphs, False
+    try:
+        return median_time(lambda: forward(p, semiring, "compiled"), p.device, repeats)
+    finally:
+        blocks.graphs = graphs
+
+
+def measure(p, p64, name, semiring, repeats: int) -> dict:
+    results: dict = {}
+    row = measure_times(p, name, semiring, p.device, repeats, results)
+    row["fwd_no_graphs"] = without_graphs(p, semiring, max(1, repeats // 2))
+    _, truth_grads = forward_backward(p64, semiring, "reference")
+    truth = forward(p64, semiring, "reference")
+    row.update(err_compiled=relative(results["compiled"], truth), err_eager=relative(results["eager"], truth))
+    for backend, found in (("compiled", results["compiled_grads"]), ("reference", results["eager_grads"])):
+        row[f"grad_err_{backend}"] = max(relative(g, w) for g, w in zip(found, truth_grads))
+    row["meets_targets"] = row["fwd"] <= TARGET_FORWARD_S and row["fwd_bwd"] <= TARGET_RATIO * row["fwd"]
+    return row
+
+
+def table(rows) -> str:
+    head = ("semiring", "fwd ms", "f+b ms", "f+b/fwd", "no graphs ms", "eager fwd ms", "eager f+b ms",
+            "compile fwd s", "compile f+b s", "vs eager", "grads vs eager", "err f32 (eager's)",
+            "grad err f32 (eager's)", "targets")
+    lines, errors = [head], []
+    for r in rows:
+        if "error" in r:
+            errors.append(f"{r['semiring']}: {r['error']}")
+            continue
+        ms = lambda key, r=r: f"{1e3 * r[key]:.1f}"  # noqa: E731
+        lines.append((r["semiring"], ms("fwd"), ms("fwd_bwd"), f"{r['fwd_bwd'] / r['fwd']:.2f}", ms("fwd_no_graphs"),
+                      ms("eager_fwd"), ms("eager_fwd_bwd"), f"{r['compile_fwd_s']:.1f}", f"{r['compile_bwd_s']:.1f}",
+                      f"{r['diff']:.1e}", f"{r['grad_diff']:.1e}", f"{r['err_compiled']:.1e} ({r['err_eager']:.1e})",
+                      f"{r['grad_err_compiled']:.1e} ({r['grad_err_reference']:.1e})",
+                      "met" if r["meets_targets"] else "MISSED"))
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
+    return "\n".join(["  ".join(str(x).ljust(w) for x, w in zip(line, widths)) for line in lines] + errors)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="folder for gpu_compiled.json")
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("gpu_compiled.py needs a CUDA device")
+    os.makedirs(args.out, exist_ok=True)
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, size {SIZE}, float32", flush=True)
+    p = problem(*SIZE, device="cuda")
+    p64 = problem(*SIZE, device="cuda", dtype=torch.float64)
+    rows = []
+    for name, semiring in semirings().items():
+        started = time.perf_counter()
+        try:
+            rows.append(measure(p, p64, name, semiring, args.repeats))
+        except Exception as exc:  # noqa: BLE001 - reported in the table; the other semirings still run
+            traceback.print_exc()
+            rows.append({"semiring": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
+        print(f"{name}: {time.perf_counter() - started:.0f} s", rows[-1], flush=True)
+    with open(os.path.join(args.out, "gpu_compiled.json"), "w") as f:
+        json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "size": SIZE, "rows": rows},
+                  f, indent=1, default=str)
+    print(f"\n{SIZE} float32; targets: forward <= {1e3 * TARGET_FORWARD_S:.0f} ms, forward+backward <= "
+          f"{TARGET_RATIO:.0f}x forward; 'vs eager', 'grads vs eager': max |compiled - eager| / max |eager| "
+          "(float32); 'err f32', 'grad err f32': the compiled (and eager) float32 results and gradients against "
+          "the float64 eager scan's")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,322 @@
+"""The compiled rung: the generic scan of any semiring, compiled.
+
+The reference's recurrence (:class:`~semiring_semicrf.backends.reference.ScanProgram`)
+is compiled as it is written, not copied: `torch.compile` (inductor: Triton
+on CUDA, C++ on the CPU) compiles `ScanProgram.step`, with the position given
+as a 0-d tensor so that one compiled step serves every position, and
+`ScanProgram.renormalize`.
+
+The scan runs from position 1 to T as blocks of `BLOCK` steps, each opened
+by a renormalization (for a semiring that renormalizes), that end either at
+one of the sequences' lengths or `BLOCK` positions after the previous block
+(:func:`schedule`); a block that follows a length (and the first one) runs
+its steps before its `start` as no-ops. After the block that ends at a length
+`L`, the sequences of length `L` are finished with the reference's
+:meth:`ScanProgram.finish` (eager: a few ends per batch).
+
+On CUDA a block is captured once as a CUDA graph over static buffers (the
+tables the steps read, the ring, the position) and replayed for every block,
+so the per-position launch cost disappears. Gradients go through one
+autograd function per block that keeps only the block's input ring (block
+checkpointing, like :func:`~semiring_semicrf.autograd.checkpointed_scan`)
+and whose backward runs the block's compiled forward and backward again (its
+vector-Jacobian product, captured as a second graph).
+
+Compiled steps are cached per semiring (class and parameters), kind of
+potentials, number of potential sets, `(B, T, K, C)`, dtype and device
+(:data:`CACHE_SIZE` entries, least recently used dropped); the first call of
+an entry compiles, later ones reuse it. `auto` picks this rung on CUDA for a
+semiring without a specialization; on the CPU it runs when named
+(`backend="compiled"`): there it is several times faster than the eager scan
+for the expectation-like semirings but not for k-best
+(benchmarks/cpu_compiled.py), and compiling takes seconds.
+"""
+from __future__ import annotations
+
+import types
+from collections import OrderedDict
+from typing import Optional
+
+import torch
+
+from .base import Backend
+from .reference import ScanProgram
+
+#: Steps per block (on CUDA, one replay of a CUDA graph).
+BLOCK = 16
+#: Cache entries kept (least recently used dropped).
+CACHE_SIZE = 32
+#: Runs of a function before its CUDA graph is captured (the first compiles).
+_WARMUP = 2
+#: Inductor options by device type. On the CPU: one thread, as a step's
+#: tensors are small and OpenMP's barriers cost more than the work (30x on a
+#: loaded 2-core machine); and the vectorized tail loops of inductor's C++
+#: index the scatter of a gather's backward wrongly on small dims (torch
+#: 2.13: wrong gradients of the `(K, C, C)` step, seen in
+#: tests/test_compiled.py), so tails run scalar.
+_OPTIONS = {"cpu": {"cpp.threads": 1, "cpp.enable_loop_tail_vec": False}}
+
+
+def _step(program: ScanProgram, ring, e, start):
+    """`ScanProgram.step` at position `e` (0-d int64), leaving the ring as it
+    was when `e < start`: `(ring, alpha)`."""
+    stepped, alpha, _ = program.step(ring, e)
+    return torch.where(e >= start, stepped, ring), alpha
+
+
+def _renormalize(program: ScanProgram, ring, offset):
+    """`ScanProgram.renormalize`."""
+    return program.renormalize(ring, offset)
+
+
+def _own_code(function):
+    """`function` with a code object of its own: torch.compile keeps its
+    cache (and its recompilation limit) per code object, and each entry of
+    this rung's cache compiles its own step once."""
+    return types.FunctionType(function.__code__.replace(), function.__globals__, function.__name__,
+                              function.__defaults__, function.__closure__)
+
+
+def unavailable_reason() -> Optional[str]:
+    """None if torch.compile can run here, else why not."""
+    try:
+        import torch._dynamo as dynamo
+    except ImportError as exc:  # a torch built without the compiler
+        return f"torch.compile is not available ({exc})"
+    if not dynamo.is_dynamo_supported():
+        return "torch.compile does not support this Python version"
+    return None
+
+
+class _Graph:
+    """`function()` captured as a CUDA graph: it reads and writes static
+    buffers only; `replay()` runs it again and returns the outputs of the
+    capture (static: refreshed by every replay)."""
+
+    def __init__(self, function):
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(_WARMUP):
+                function()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.outputs = function()
+
+    def replay(self):
+        self.graph.replay()
+        return self.outputs
+
+
+class CompiledBlocks:
+    """The compiled step and renormalization of one cache entry, and the
+    block of `BLOCK` steps made of them, run as CUDA graphs on CUDA
+    (``graphs=True``) or called directly.
+
+    `template` is a program of the entry; calls pass the tables of their own
+    program (:meth:`ScanProgram.tables`) and a `ticket` naming the scan they
+    belong to: on CUDA graphs the tables are copied into static buffers when
+    another scan's are loaded.
+    """
+
+    def __init__(self, template: ScanProgram, graphs: bool):
+        self.template = template
+        self.names = tuple(template.tables())
+        options = _OPTIONS.get(template.device.type)
+        self.step = torch.compile(_own_code(_step), fullgraph=True, dynamic=False, options=options)
+        self.renormalize = torch.compile(_own_code(_renormalize), fullgraph=True, dynamic=False, options=options)
+        self.graphs = graphs
+        self._graphs: dict = {}
+        self._loaded: Optional[object] = None
+
+    def _block(self, tables, state, positions, start):
+        """The block ending at `positions[-1]` from `state = (ring, offset)`:
+        a renormalization, then a step at each of `positions` (`(BLOCK,)`
+        int64). Returns the ring and offset after it, the ring before its
+        last step and that step's alpha (what :meth:`ScanProgram.finish`
+        takes)."""
+        program = self.template.with_tables(dict(zip(self.names, tables)))
+        ring, offset = state
+        if program.semiring.renormalize:
+            ring, offset = self.renormalize(program, ring, offset)
+        previous = alpha = ring
+        for e in positions.unbind(0):
+            previous = ring
+            ring, alpha = self.step(program, ring, e, start)
+        return ring, offset, previous, alpha
+
+    def _vjp(self, tables, state, positions, start):
+        """From `state = (ring, offset, *grads)`: the gradients of the
+        block's `(ring, previous, alpha)`, given as `grads`, with respect to
+        its input ring and tables."""
+        ring, offset, *grads = state
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_() for t in (ring, *tables)]
+            out_ring, _, previous, alpha = self._block(leaves[1:], (leaves[0], offset), positions, start)
+            found = torch.autograd.grad((out_ring, previous, alpha), leaves, grads, allow_unused=True)
+        return tuple(torch.zeros_like(x) if g is None else g for g, x in zip(found, leaves))
+
+    def forward(self, ticket: object, tables, ring, offset, e_last: int, start: int):
+        """`(ring, offset, previous, alpha)` after the block ending at `e_last`
+        (no autograd graph; on CUDA graphs, static buffers: copy what must
+        outlive the next call)."""
+        with torch.no_grad():
+            return self._call(self._block, ticket, tables, (ring, offset), e_last, start)
+
+    def vjp(self, ticket: object, tables, ring, offset, e_last: int, start: int, grads):
+        """Gradients of the block's `(ring, previous, alpha)` outputs, given
+        as `grads`, with respect to its input ring and its tables (fresh
+        tensors)."""
+        found = self._call(self._vjp, ticket, tables, (ring, offset, *grads), e_last, start)
+        return tuple(g.clone() for g in found) if self.graphs else found
+
+    def captured(self, name: str) -> bool:
+        """Whether the CUDA graph of "forward" or "vjp" is captured."""
+        return {"forward": "_block", "vjp": "_vjp"}[name] in self._graphs
+
+    def _call(self, function, ticket, tables, state, e_last: int, start: int):
+        """`function(tables, state, positions, start)` for the block ending at
+        `e_last`, or its CUDA graph (captured on its first call) over static
+        copies of the inputs."""
+        device = state[0].device
+        if not self.graphs:
+            positions = torch.arange(e_last - BLOCK + 1, e_last + 1, device=device)
+            return function(tables, state, positions, torch.tensor(start, device=device))
+        if function.__name__ not in self._graphs:
+            if self._loaded is None:
+                self.static_tables = [t.detach().clone() for t in tables]
+                self.static_position = [torch.zeros((), dtype=torch.int64, device=device) for _ in range(2)]
+                self._loaded = ticket
+            static_state = [t.detach().clone() for t in state]
+            backwards = torch.arange(BLOCK - 1, -1, -1, device=device)
+            graph = _Graph(lambda: function(self.static_tables, static_state, self.static_position[0] - backwards,
+                                            self.static_position[1]))
+            self._graphs[function.__name__] = (graph, static_state)
+        graph, static_state = self._graphs[function.__name__]
+        if ticket is not self._loaded:
+            for static, t in zip(self.static_tables, tables):
+                static.copy_(t.detach())
+            self._loaded = ticket
+        for static, t in zip(static_state, state):
+            static.copy_(t.detach())
+        self.static_position[0].fill_(e_last)
+        self.static_position[1].fill_(start)
+        return graph.replay()
+
+
+class _Block(torch.autograd.Function):
+    """One compiled block as an autograd function: keeps its input ring,
+    and its backward is the block's vector-Jacobian product."""
+
+    @staticmethod
+    def forward(ctx, blocks: CompiledBlocks, ticket: object, e_last: int, start: int, ring, offset, *tables):
+        out = blocks.forward(ticket, tables, ring, offset, e_last, start)
+        out_ring, out_offset, previous, alpha = (t.clone() for t in out)
+        if blocks.graphs and not blocks.captured("vjp"):  # capture here, not in autograd's backward thread
+            blocks.vjp(ticket, tables, ring, offset, e_last, start,
+                       tuple(torch.zeros_like(t) for t in (out_ring, previous, alpha)))
+        ctx.blocks, ctx.ticket, ctx.e_last, ctx.start = blocks, ticket, e_last, start
+        ctx.save_for_backward(ring, offset, *tables)
+        ctx.mark_non_differentiable(out_offset)
+        return out_ring, out_offset, previous, alpha
+
+    @staticmethod
+    def backward(ctx, grad_ring, grad_offset, grad_previous, grad_alpha):
+        ring, offset, *tables = ctx.saved_tensors
+        grads = ctx.blocks.vjp(ctx.ticket, tables, ring, offset, ctx.e_last, ctx.start,
+                               (grad_ring, grad_previous, grad_alpha))
+        return (None, None, None, None, grads[0], None, *grads[1:])
+
+
+def schedule(lengths) -> list:
+    """The blocks of a scan: `(e_last, start, finishes)` in order, `finishes`
+    True when `e_last` is a sequence's length (every length ends a block)."""
+    blocks, previous = [], 0
+    for end in sorted({int(x) for x in lengths}):
+        e_last = previous + (end - previous - 1) % BLOCK + 1
+        while e_last <= end:
+            blocks.append((e_last, previous + 1, e_last == end))
+            e_last += BLOCK
+        previous = end
+    return blocks
+
+
+_CACHE: OrderedDict[tuple, CompiledBlocks] = OrderedDict()
+
+
+def cache_key(program: ScanProgram) -> tuple:
+    """What a compiled block depends on: the semiring (class and parameters),
+    the kind of potentials, the number of sets, the sizes, dtype and device."""
+    semiring = program.semiring
+    parameters = tuple(sorted((name, repr(value)) for name, value in vars(semiring).items()))
+    return (type(semiring), parameters, program.kind, semiring.num_potentials, program.B, program.T, program.K,
+            program.C, program.dtype, str(program.device))
+
+
+def blocks_for(program: ScanProgram) -> CompiledBlocks:
+    """The cached :class:`CompiledBlocks` of `program`'s entry (made on first use)."""
+    key = cache_key(program)
+    blocks = _CACHE.get(key)
+    if blocks is None:
+        blocks = _CACHE[key] = CompiledBlocks(program, graphs=program.device.type == "cuda")
+        while len(_CACHE) > CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    _CACHE.move_to_end(key)
+    return blocks
+
+
+def clear_cache() -> None:
+    """Drop every compiled block (and torch.compile's own caches of them)."""
+    _CACHE.clear()
+
+
+def compiled_scan(prepared, semiring) -> torch.Tensor:
+    """The generic scan of `prepared` (as for :class:`ScanProgram`) in
+    `semiring`, compiled: `semiring.extract(result)`, differentiable when a
+    gradient is tracked (block checkpointing)."""
+    program = ScanProgram(prepared, semiring)
+    blocks = blocks_for(program)
+    tables = tuple(program.tables().values())
+    ring, offset, result = program.initial_state()
+    tracked = (torch.is_grad_enabled() and ring.is_floating_point()
+               and any(t.requires_grad for t in (ring, *tables)))
+    ticket = object()
+    for e_last, start, finishes in schedule(program.lengths.tolist()):
+        if tracked:
+            ring, offset, previous, alpha = _Block.apply(blocks, ticket, e_last, start, ring, offset, *tables)
+        else:
+            ring, offset, previous, alpha = blocks.forward(ticket, tables, ring, offset, e_last, start)
+        if finishes:
+            result = program.collect(result, program.finish(previous, alpha, e_last), offset, e_last)
+    return program.extract(result)
+
+
+class CompiledBackend(Backend):
+    """The generic scan of any semiring, compiled (`scan`)."""
+
+    name = "compiled"
+    queries = frozenset({"scan"})
+
+    def answers(self, potentials, query: str, requested: bool = False, **options) -> bool:
+        # the query first: the other queries pass by without importing the compiler
+        return query in self.queries and super().answers(potentials, query, requested, **options)
+
+    def unsupported_reason(self, potentials, requested: bool = False) -> Optional[str]:
+        device = potentials.device.type
+        if device not in ("cpu", "cuda"):
+            return f"tensors are on {potentials.device}; the compiled scan runs on cpu and cuda"
+        if device == "cpu" and not requested:
+            return ("on the CPU compiling costs seconds and is not faster for every semiring (k-best: "
+                    "benchmarks/cpu_compiled.py); backend='compiled' compiles there")
+        return unavailable_reason()
+
+    def scan(self, prepared, semiring):
+        from torch._dynamo.exc import TorchDynamoException
+
+        try:
+            return compiled_scan(prepared, semiring)
+        except TorchDynamoException as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise RuntimeError(f"torch.compile cannot compile the scan in {semiring!r} ({type(exc).__name__}: "
+                               f"{first}); backend='reference' runs it eagerly") from exc

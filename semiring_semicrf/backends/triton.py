@@ -1,0 +1,58 @@
+"""The Triton rung: the kernels of ``semiring_semicrf.kernels`` (Log inside
+and outside, Viterbi) on CUDA, for structured float32 potentials with a
+`(C, C)` transition. With ``TRITON_INTERPRET=1`` set before the kernels are
+first imported, ``backend="triton"`` also runs them on CPU tensors through
+Triton's interpreter (tests; `"auto"` never picks that)."""
+from __future__ import annotations
+
+from typing import Optional
+
+from .base import Backend
+
+
+def _kernels():
+    """The kernels package (ImportError when Triton is missing)."""
+    from .. import kernels
+    return kernels
+
+
+class TritonBackend(Backend):
+    """The Triton kernels (`inside`, `outside`, `viterbi`, `hvp`, `information`)."""
+
+    name = "triton"
+    queries = frozenset({"log", "viterbi", "hvp", "information"})
+
+    def unsupported_reason(self, potentials, requested: bool = False) -> Optional[str]:
+        if potentials.is_explicit:
+            return "explicit edge potentials have no factorized form"
+        device = potentials.device.type
+        if device == "cpu" and not requested:  # decided before importing Triton
+            return "tensors are on cpu, the kernels need CUDA (or backend='triton' under TRITON_INTERPRET=1)"
+        if device not in ("cpu", "cuda"):
+            return f"tensors are on {potentials.device}, the kernels need CUDA"
+        try:
+            kernels = _kernels()
+        except ImportError as exc:  # Triton not installed
+            return f"Triton is not importable ({exc})"
+        if device == "cpu" and not kernels.INTERPRETED:
+            return ("tensors are on cpu: the kernels run on CPU tensors only through Triton's interpreter; set "
+                    "TRITON_INTERPRET=1 before semiring_semicrf's kernels are first imported")
+        return kernels.kernel_limits_reason(potentials)
+
+    def inside(self, prepared, low_memory: bool = False):
+        return _kernels().inside(prepared, low_memory)
+
+    def log_partition(self, prepared):
+        return _kernels().log_partition(prepared)
+
+    def outside(self, prepared, saved):
+        return _kernels().outside(prepared, saved)
+
+    def viterbi(self, prepared):
+        return _kernels().viterbi(prepared)
+
+    def hvp(self, prepared, tangent, saved=None):
+        return _kernels().hvp(prepared, tangent, saved)
+
+    def information(self, p, q, kind: str):
+        return _kernels().information(p, q, kind)

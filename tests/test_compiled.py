@@ -1,0 +1,199 @@
+"""The compiled rung (`backend="compiled"`) against the eager reference scan.
+
+Compiling costs seconds per (semiring, kind of potentials, shapes), so the
+problems keep fixed shapes and Hypothesis draws their values, lengths and
+extras. On the CPU a few cases run in every test run; the full matrix (every
+shipped semiring and the semirings defined in test_semirings.py, on the three
+kinds of potentials) is marked slow, and runs on the GPU too (marked gpu:
+CUDA graphs, float64 and float32).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_semirings import SEMIRINGS as SHIPPED
+from test_semirings import BooleanSemiring, BottleneckSemiring, MaxCountSemiring
+
+from semiring_semicrf import (EntropySemiring, KMaxSemiring, LogSemiring, MaxSemiring, SemiMarkovPotentials, backends,
+                              semimarkov_scan)
+from semiring_semicrf.backends import compiled
+from semiring_semicrf.backends.reference import ScanProgram
+from semiring_semicrf.scan import dispatch_table
+
+B, T, K, C = 3, 21, 3, 2  # T spans more than one block
+KINDS = ("factorized", "general", "explicit")
+#: Semirings whose results are exact on integer potentials (compared bit for bit).
+EXACT = (MaxCountSemiring, BooleanSemiring, BottleneckSemiring)
+#: Semirings whose plus selects one of its arguments.
+SELECTIVE = (MaxSemiring, KMaxSemiring, BottleneckSemiring)
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def problem(kind: str, seed: int, lengths, extras: bool, dtype=torch.float64, device="cpu", integer=False):
+    """Potentials of the fixed shapes, of one kind ("factorized": (C, C)
+    transitions, "general": (K, C, C), "explicit": edges)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def draw(*shape):
+        x = torch.randn(*shape, generator=g, dtype=torch.float64)
+        return ((2 * x).round() if integer else x).to(dtype=dtype, device=device)
+
+    transition = draw(K, C, C) if kind != "factorized" else draw(C, C)
+    transition[..., 0, 1] = float("-inf")
+    p = SemiMarkovPotentials(draw(B, T, C), transition, draw(K, C), torch.tensor(lengths, device=device),
+                             start=draw(C), end=draw(C), start_scores=draw(B, T, C) if extras else None,
+                             end_scores=draw(B, T, C) if extras else None)
+    return SemiMarkovPotentials.from_edges(p.to_edges(), p.lengths) if kind == "explicit" else p
+
+
+def with_grad(p):
+    """A copy of `p` whose tensors are leaves that require grad, and them."""
+    leaves = {name: t.detach().clone().requires_grad_() for name, t in p.tensors().items()}
+    if p.is_explicit:
+        return SemiMarkovPotentials.from_edges(leaves["edge"], p.lengths), leaves
+    return SemiMarkovPotentials(lengths=p.lengths, **leaves), leaves
+
+
+def assert_compiled_equals_eager(semiring, pots, rtol=1e-10):
+    got = semimarkov_scan(pots, semiring, backend="compiled")
+    want = semimarkov_scan(pots, semiring, backend="reference")
+    assert got.dtype == want.dtype and got.shape == want.shape
+    if isinstance(semiring, EXACT) or not want.is_floating_point():
+        assert torch.equal(got, want), (semiring, got, want)
+    else:
+        scale = float(want[torch.isfinite(want)].abs().max()) if torch.isfinite(want).any() else 1.0
+        torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * max(scale, 1.0))
+
+
+def assert_gradients_equal(semiring, pots, rtol=1e-9):
+    """The compiled scan's gradients (its blocks' vector-Jacobian products)
+    against the reference's (block checkpointing), relative to the largest.
+
+    Infinite results (a k-best list shorter than k) carry no gradient. A
+    selective semiring (max, k-best, max-min) has many subgradients where
+    structures tie, and each implementation picks one: its gradients are
+    checked through what every subgradient satisfies instead, `<grad, theta>
+    = the weighted results` (the results are sums of parts, linear in theta).
+    """
+    copies = [with_grad(p) for p in pots]
+    leaves = [t for _, named in copies for t in named.values()]
+    weights = torch.linspace(0.5, 1.5, pots[0].batch_size, dtype=pots[0].dtype, device=pots[0].device)
+    grads, losses = {}, {}
+    for backend in ("compiled", "reference"):
+        out = semimarkov_scan(tuple(p for p, _ in copies), semiring, backend=backend)
+        losses[backend] = (torch.where(torch.isfinite(out), out, torch.zeros_like(out)) * weights).sum()
+        grads[backend] = torch.autograd.grad(losses[backend], leaves, allow_unused=True)
+    if isinstance(semiring, SELECTIVE):
+        for backend, found in grads.items():
+            euler = sum((g * torch.where(torch.isfinite(x), x, torch.zeros_like(x))).sum()
+                        for g, x in zip(found, leaves) if g is not None)
+            torch.testing.assert_close(euler, losses[backend].detach(), rtol=1e-9, atol=1e-9, msg=backend)
+        return
+    for got, want in zip(grads["compiled"], grads["reference"]):
+        if want is None:
+            assert got is None or not got.any()
+        else:
+            scale = float(want.abs().max()) if want.numel() else 0.0
+            torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * max(scale, 1.0))
+
+
+lengths_drawn = st.lists(st.integers(1, T), min_size=B, max_size=B).map(lambda x: [T] + x[1:])
+
+
+# -- without compiling ------------------------------------------------------------
+@given(lengths=st.lists(st.integers(1, 70), min_size=1, max_size=6))
+def test_schedule_steps_every_position_once_and_ends_a_block_at_every_length(lengths):
+    blocks = compiled.schedule(lengths)
+    stepped = [e for e_last, start, _ in blocks for e in range(max(start, e_last - compiled.BLOCK + 1), e_last + 1)]
+    assert stepped == list(range(1, max(lengths) + 1))
+    assert [e_last for e_last, _, finishes in blocks if finishes] == sorted(set(lengths))
+
+
+def test_the_compiled_rung_answers_the_scan_when_named_and_on_cuda_under_auto():
+    p = problem("factorized", 0, [T] * B, False)
+    assert backends.select("compiled", p, "scan").name == "compiled"
+    assert backends.select("auto", p, "scan").name == "reference"  # on the CPU
+    assert backends.select("compiled", p, "log").name == "torch"  # the compiled rung answers only "scan"
+    rows = {(r[0], r[2]): r[3] for r in dispatch_table(["cpu"])}
+    assert rows[("any other semiring", "cpu")] == "reference (generic scan)"
+
+
+def test_cache_key_holds_the_semiring_parameters_kind_sizes_and_dtype():
+    p = problem("factorized", 0, [T] * B, False)
+    key = lambda semiring, q=p: compiled.cache_key(ScanProgram(q, semiring))  # noqa: E731
+    assert key(KMaxSemiring(2)) == key(KMaxSemiring(2)) != key(KMaxSemiring(3))
+    assert key(LogSemiring()) != key(LogSemiring(), problem("general", 0, [T] * B, False))
+    assert key(LogSemiring()) != key(LogSemiring(), p.replace(**{k: t.float() for k, t in p.tensors().items()}))
+
+
+# -- compiled on the CPU ----------------------------------------------------------
+@settings(max_examples=4)
+@given(seed=st.integers(0, 2**16), lengths=lengths_drawn, extras=st.booleans())
+def test_max_count_compiled_is_exact_and_stays_int64(seed, lengths, extras):
+    assert_compiled_equals_eager(MaxCountSemiring(), (problem("factorized", seed, lengths, extras, integer=True),))
+
+
+@settings(max_examples=3)
+@given(seed=st.integers(0, 2**16), lengths=lengths_drawn)
+def test_boolean_compiled_on_explicit_edges_stays_bool(seed, lengths):
+    assert_compiled_equals_eager(BooleanSemiring(), (problem("explicit", seed, lengths, False),))
+
+
+@settings(max_examples=3)
+@given(seed=st.integers(0, 2**16), lengths=lengths_drawn, extras=st.booleans())
+def test_entropy_compiled_gradients_equal_the_reference(seed, lengths, extras):
+    p = problem("general", seed, lengths, extras)
+    assert_compiled_equals_eager(EntropySemiring(), (p,))
+    assert_gradients_equal(EntropySemiring(), (p,))
+
+
+def test_a_semiring_torch_compile_cannot_trace_gets_a_clear_error():
+    class HostSum(LogSemiring):
+        def sum(self, x, dim):  # a Python branch on a tensor's value
+            return x.amax(dim=dim) if bool((x > 0).any()) else x.amin(dim=dim)
+
+    with pytest.raises(RuntimeError, match="backend='reference'"):
+        semimarkov_scan(problem("factorized", 0, [T] * B, False), HostSum(), backend="compiled")
+
+
+# -- the full matrix: slow on the CPU, and on the GPU -------------------------------
+MATRIX = [(s, kind) for s in SHIPPED + [MaxCountSemiring(), BooleanSemiring(), BottleneckSemiring()] for kind in KINDS
+          if not (isinstance(s, BottleneckSemiring) and kind == "factorized")]
+
+
+def check_case(semiring, kind, seed, lengths, extras, device, dtype=torch.float64, rtol=1e-10):
+    integer = isinstance(semiring, EXACT)
+    pots = tuple(problem(kind, seed + i, lengths, extras, dtype, device, integer)
+                 for i in range(semiring.num_potentials))
+    assert_compiled_equals_eager(semiring, pots, rtol)
+    if dtype == torch.float64 and not isinstance(semiring, (BooleanSemiring, MaxCountSemiring)):
+        assert_gradients_equal(semiring, pots)
+
+
+@pytest.mark.parametrize("device", [pytest.param("cpu", marks=pytest.mark.slow),
+                                    pytest.param("cuda", marks=[pytest.mark.gpu, CUDA])])
+@pytest.mark.parametrize("semiring, kind", MATRIX, ids=[f"{s!r}-{k}" for s, k in MATRIX])
+@settings(max_examples=3)
+@given(seed=st.integers(0, 2**16), lengths=lengths_drawn, extras=st.booleans())
+def test_compiled_equals_eager(semiring, kind, device, seed, lengths, extras):
+    """float64; on CUDA through the CUDA graphs."""
+    check_case(semiring, kind, seed, lengths, extras, device)
+
+
+@pytest.mark.gpu
+@CUDA
+@pytest.mark.parametrize("semiring", [LogSemiring(), KMaxSemiring(3), EntropySemiring(), MaxCountSemiring()], ids=repr)
+def test_compiled_float32_on_the_gpu_is_as_accurate_as_eager(semiring):
+    """float32 on CUDA graphs: within float32 rounding of the float64 scan
+    (exact for MaxCount on integers), at a size of several blocks."""
+    integer = isinstance(semiring, EXACT)
+    p64 = problem("factorized", 5, [T, 17, 9], True, torch.float64, "cuda", integer)
+    p32 = p64.replace(**{k: t.float() for k, t in p64.tensors().items()})
+    got = semimarkov_scan(p32, semiring, backend="compiled")
+    want = semimarkov_scan(p64, semiring, backend="reference")
+    if integer:
+        assert torch.equal(got, want)
+    else:
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
