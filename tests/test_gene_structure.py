@@ -240,32 +240,30 @@ def test_chain_potentials_shapes_and_forbidden_moves():
 def test_chained_potentials_in_the_triton_kernels():
     """On CUDA the head's "auto" backend runs the chained (2C-state, -inf
     laden) potentials through the Triton kernels: they must agree with the
-    PyTorch path (without a GPU, through Triton's interpreter on tiny sizes)."""
-    if not torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")
+    PyTorch sweeps and the reference Viterbi (without a GPU, through Triton's
+    interpreter on tiny sizes; conftest.py sets TRITON_INTERPRET)."""
     pytest.importorskip("triton")
-    from semiring_semicrf import SemiMarkovPotentials, kernels, torch_backend
+    from semiring_semicrf import SemiMarkovDistribution, backends
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator().manual_seed(0)
     B, T, K, C = 2, 30, 6, 5
-    shapes = {"scores": (B, T, C), "transition": (C, C), "duration": (K, C), "start": (C,), "end": (C,)}
+    shapes = {"scores": (B, T, C), "transition": (C, C), "duration": (K, C), "start": (C,), "end": (C,),
+              "run_start_scores": (B, T, C)}
     raw = {name: torch.randn(*shape, generator=g) for name, shape in shapes.items()}
     chained = {name: t.to(device) for name, t in gs.chain_potentials(**raw).items()}
-    p = SemiMarkovPotentials(lengths=torch.tensor([30, 19], device=device), **chained)
-    assert kernels.kernel_limits_reason(p) is None
+    lengths = torch.tensor([30, 19], device=device)
+    fast = SemiMarkovDistribution(lengths=lengths, backend="triton", **chained)
+    slow = SemiMarkovDistribution(lengths=lengths, backend="reference", **chained)
+    asked = "auto" if device == "cuda" else "triton"          # what the head asks for on a GPU
+    assert {backends.select(asked, fast.potentials, query).name for query in ("log", "viterbi")} == {"triton"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)     # the interpreter's log(0) = -inf
-        log_z, saved = kernels.inside(p)
-        posterior = kernels.outside(p, saved)
-        best = kernels.viterbi(p)
-    ref_z, ref_saved = torch_backend.inside(p)
-    ref_posterior = torch_backend.outside(p, ref_saved)
-    ref_best = torch_backend.viterbi(p)
-    assert torch.allclose(log_z, ref_z, rtol=1e-5)
-    assert torch.allclose(posterior.label_marginals(), ref_posterior.label_marginals(), atol=1e-5)
-    assert torch.allclose(best[0], ref_best[0], rtol=1e-5)
-    assert torch.equal(best[1], ref_best[1]) and torch.equal(best[2], ref_best[2])
+        log_z, marginals, best_score, best = fast.partition, fast.marginals, fast.max, fast.argmax
+    assert torch.allclose(log_z, slow.partition, rtol=1e-5)
+    assert torch.allclose(marginals, slow.marginals, atol=1e-5)
+    assert torch.allclose(best_score, slow.max, rtol=1e-5)
+    assert torch.equal(best.labels, slow.argmax.labels) and torch.equal(best.starts, slow.argmax.starts)
 
 
 def test_chained_head_on_the_fixture(loci):
