@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import shutil
@@ -526,17 +527,39 @@ def parameter_groups(model: GeneFinder, lr: float, structure_lr: float) -> List[
     return [{"params": rest, "lr": lr}, {"params": structure, "lr": structure_lr}]
 
 
-def train(model: GeneFinder, data: Sequence[Example], args, device, name: str) -> float:
-    """Adam on the per-base NLL for `args.epochs` epochs; returns seconds taken."""
+def train(model: GeneFinder, data: Sequence[Example], args, device, name: str,
+          seconds: Optional[float] = None) -> dict:
+    """Adam on the per-base NLL for `args.epochs` epochs or `seconds` of wall
+    clock, whichever ends first.
+
+    The learning rates follow a cosine from their initial values to 0 along
+    the fraction of training done: the larger of the steps taken over all
+    epochs' steps and the time taken over `seconds`. So a run the time budget
+    cuts short still anneals, and stops between two batches. Returns
+    `{"train_seconds", "epochs"}` (epochs completed, fractional when cut) and
+    `"cut_by_time_budget"`.
+    """
     optimizer = torch.optim.Adam(parameter_groups(model, args.lr, args.structure_lr))
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, args.epochs))
+    initial = [group["lr"] for group in optimizer.param_groups]
     rng = random.Random(args.seed)
+    steps_per_epoch = len(batches(data, args.max_tokens, shuffle=False, rng=None))
+    total_steps, step = args.epochs * steps_per_epoch, 0
     began = time.perf_counter()
+
+    def fraction_done() -> float:
+        by_time = (time.perf_counter() - began) / seconds if seconds else 0.0
+        return max(step / total_steps, by_time)
+
     for epoch in range(args.epochs):
         model.train()
         total, positions = 0.0, 0
         groups = batches(data, args.max_tokens, shuffle=True, rng=rng)
         for group in progress(groups, len(groups), f"{name} epoch {epoch + 1}", args.progress):
+            done = fraction_done()
+            if done >= 1:
+                break
+            for group_lr, lr in zip(optimizer.param_groups, initial):
+                group_lr["lr"] = lr * 0.5 * (1 + math.cos(math.pi * done))
             items = [data[i] if not args.augment or rng.random() < 0.5 else reverse_complement(data[i])
                      for i in group]
             one_hot, lengths, gold = collate(items, model.max_duration, device)
@@ -545,12 +568,18 @@ def train(model: GeneFinder, data: Sequence[Example], args, device, name: str) -
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
+            step += 1
             total += loss.item() * int(lengths.sum())
             positions += int(lengths.sum())
-        schedule.step()
-        print(f"  {name}: epoch {epoch + 1}/{args.epochs}  NLL {total / positions:.4f} per base  "
-              f"({time.perf_counter() - began:.0f} s)", flush=True)
-    return time.perf_counter() - began
+        if positions:
+            print(f"  {name}: epoch {epoch + 1}/{args.epochs}  NLL {total / positions:.4f} per base  "
+                  f"({time.perf_counter() - began:.0f} s)", flush=True)
+        if step < (epoch + 1) * steps_per_epoch:
+            print(f"  {name}: stopped by the time budget ({seconds:.0f} s) after {step} of {total_steps} steps",
+                  flush=True)
+            break
+    return {"train_seconds": time.perf_counter() - began, "epochs": step / steps_per_epoch,
+            "cut_by_time_budget": step < total_steps}
 
 
 @torch.no_grad()
@@ -579,12 +608,12 @@ def evaluate(predictions: Sequence[np.ndarray], loci: Sequence[Locus]) -> Dict[s
 def table(results: Dict[str, dict]) -> str:
     """The final comparison as text, one row per model."""
     header = (f"{'model':<22}" + "".join(f"{level + ' ' + m:>9}" for level in ("exon", "gene", "base")
-                                         for m in ("P", "R", "F1")) + f"{'train s':>9}")
+                                         for m in ("P", "R", "F1")) + f"{'epochs':>8}{'train s':>9}")
     lines = [header, "-" * len(header)]
     for name, result in results.items():
         cells = "".join(f"{result[level][m]:>9.3f}" for level in ("exon", "gene", "base")
                         for m in ("precision", "recall", "f1"))
-        lines.append(f"{name:<22}{cells}{result['train_seconds']:>9.0f}")
+        lines.append(f"{name:<22}{cells}{result['epochs']:>8.3g}{result['train_seconds']:>9.0f}")
     return "\n".join(lines)
 
 
@@ -657,8 +686,10 @@ def plot_posterior(models: Dict[str, GeneFinder], locus: Locus, device, path: Pa
 
 
 # -- main --------------------------------------------------------------------------------------------------------
-QUICK = dict(max_length=3000, train_loci=120, test_loci=30, epochs=4, width=32)
-FULL = dict(epochs=30, width=64)
+QUICK = dict(max_length=3000, train_loci=120, test_loci=30, epochs=4, width=32, time_budget=240)
+FULL = dict(epochs=30, width=64, time_budget=330)
+#: The share of --time-budget kept for decoding the test loci and drawing the plot after the last training.
+EVALUATION_SHARE = 0.15
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -678,6 +709,11 @@ def parse(argv=None) -> argparse.Namespace:
                         help="K, the longest segment of the semi-CRF; a longer run of one label is a chain of pieces")
     parser.add_argument("--epochs", type=int, default=None, help=f"default {QUICK['epochs']} quick, "
                                                                  f"{FULL['epochs']} full")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                        help=f"wall-clock seconds for the whole run (default {QUICK['time_budget']} quick, "
+                             f"{FULL['time_budget']} full; 0: none): training stops early, between two batches and "
+                             f"with its learning rate annealed, so that both models are trained, evaluated and "
+                             f"plotted within it ({EVALUATION_SHARE:.0%} of it is kept for the evaluation)")
     parser.add_argument("--window", type=int, default=1000,
                         help="train on windows of at most this many bases (the scan's sequential cost grows with "
                              "the window, its batch dimension is nearly free); evaluation decodes whole loci")
@@ -699,11 +735,14 @@ def parse(argv=None) -> argparse.Namespace:
     defaults = QUICK if args.quick else FULL
     args.epochs = defaults["epochs"] if args.epochs is None else args.epochs
     args.width = defaults["width"] if args.width is None else args.width
+    args.time_budget = defaults["time_budget"] if args.time_budget is None else args.time_budget
     for name in ("max_duration", "max_tokens", "width"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.epochs < 1 or args.window < 1:
         parser.error("--epochs and --window must be >= 1")
+    if args.time_budget < 0:
+        parser.error("--time-budget must be >= 0 (0: no budget)")
     return args
 
 
@@ -739,6 +778,17 @@ def load(args) -> Tuple[List[Locus], List[Locus]]:
     return train_loci, test_loci
 
 
+def training_allowance(budget: float, began: float, models_left: int) -> Optional[float]:
+    """Seconds the next model may train: an equal share, among the
+    `models_left` still to train, of what remains of the time `budget`
+    (counted from `began`, a perf_counter time) once EVALUATION_SHARE of it
+    is set aside; None when there is no budget (0)."""
+    if not budget:
+        return None
+    remaining = began + budget * (1 - EVALUATION_SHARE) - time.perf_counter()
+    return max(remaining / models_left, 1.0)
+
+
 def main(argv=None) -> dict:
     """Train the semi-CRF and the K = 1 baseline, evaluate, plot; returns the metrics."""
     args = parse(argv)
@@ -756,20 +806,22 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     models, results = {}, {}
-    for name, K in ((f"semi-CRF (K={args.max_duration})", args.max_duration), ("linear CRF (K=1)", 1)):
+    contenders = ((f"semi-CRF (K={args.max_duration})", args.max_duration), ("linear CRF (K=1)", 1))
+    for index, (name, K) in enumerate(contenders):
         seed_everything(args.seed)
         model = GeneFinder(K, args.width, args.boundary_scores).to(device)
         print(f"training {name}")
-        seconds = train(model, train_data, args, device, name)
+        allowance = training_allowance(args.time_budget, began, len(contenders) - index)
+        record = train(model, train_data, args, device, name, allowance)
         predictions = predict(model, test_loci, args, device, name)
-        results[name] = {**evaluate(predictions, test_loci), "train_seconds": seconds}
+        results[name] = {**evaluate(predictions, test_loci), **record}
         models[name] = model
     print()
     print(table(results))
     plot_locus = test_loci[pick_plot_locus(test_loci)]
     plot_posterior(models, plot_locus, device, out / "gene_posterior.png")
     summary = {"mode": "quick" if args.quick else "full", "device": str(device), "max_duration": args.max_duration,
-               "epochs": args.epochs, "train_loci": len(train_loci), "test_loci": len(test_loci),
+               "epochs": args.epochs, "time_budget": args.time_budget, "train_loci": len(train_loci), "test_loci": len(test_loci),
                "plot_locus": plot_locus.name, "results": results, "seconds": time.perf_counter() - began}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     print(f"\nwrote {out / 'metrics.json'} and {out / 'gene_posterior.png'} (locus {plot_locus.name}); "

@@ -5,11 +5,11 @@ they cannot be fetched)."""
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import re
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -357,6 +357,49 @@ def test_no_fetch_says_how_to_get_the_data(tmp_path, monkeypatch):
         gs.find_data(str(tmp_path), fetch=False)
 
 
+def test_time_budget_defaults_and_shares(monkeypatch):
+    assert gs.parse(["--quick"]).time_budget == gs.QUICK["time_budget"]
+    assert gs.parse([]).time_budget == gs.FULL["time_budget"]
+    assert gs.parse(["--time-budget", "0"]).time_budget == 0
+    with pytest.raises(SystemExit):
+        gs.parse(["--time-budget", "-1"])
+    monkeypatch.setattr(gs.time, "perf_counter", lambda: 1000.0)
+    assert gs.training_allowance(0, 1000.0, 2) is None
+    assert gs.training_allowance(200, 1000.0, 2) == pytest.approx(200 * (1 - gs.EVALUATION_SHARE) / 2)
+    assert gs.training_allowance(200, 900.0, 1) == pytest.approx(200 * (1 - gs.EVALUATION_SHARE) - 100)
+    assert gs.training_allowance(200, 0.0, 1) == 1.0                  # past the budget: one second, not less
+
+
+def tiny_training(loci, epochs):
+    args = gs.parse(["--epochs", str(epochs), "--width", "4", "--max-tokens", "100", "--no-progress"])
+    torch.manual_seed(0)
+    model = gs.GeneFinder(4, args.width)
+    return model, args, gs.examples(loci)                            # two examples: one batch each
+
+
+def test_training_runs_its_epochs_without_a_budget(loci):
+    model, args, data = tiny_training(loci, 2)
+    before = [p.detach().clone() for p in model.parameters()]
+    record = gs.train(model, data, args, "cpu", "tiny")
+    assert record["epochs"] == 2 and not record["cut_by_time_budget"]
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_time_budget_stops_between_batches(loci, monkeypatch):
+    """A clock that advances one second per reading: a budget of 3.5 s lets
+    a few batches run, then stops training before the epochs are done."""
+    model, args, data = tiny_training(loci, 5)
+    clock = iter(range(10_000))
+    monkeypatch.setattr(gs.time, "perf_counter", lambda: float(next(clock)))
+    record = gs.train(model, data, args, "cpu", "tiny", seconds=3.5)
+    assert record["cut_by_time_budget"] and 0 < record["epochs"] < 5 and (2 * record["epochs"]).is_integer()
+    model, args, data = tiny_training(loci, 5)
+    before = [p.detach().clone() for p in model.parameters()]
+    record = gs.train(model, data, args, "cpu", "tiny", seconds=1e-9)
+    assert record["cut_by_time_budget"] and record["epochs"] == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
 @pytest.fixture(scope="session")
 def gene_data():
     """The real data directory, fetched once into the user cache (or
@@ -368,9 +411,10 @@ def gene_data():
         pytest.skip(f"the AUGUSTUS gene data cannot be fetched here: {error}")
 
 
+@pytest.mark.slow
 def test_quick_run(gene_data, tmp_path):
-    """`examples/gene_structure.py --quick` prints exon F1 for both models."""
-    began = time.perf_counter()
+    """`examples/gene_structure.py --quick` finishes, prints the table of
+    exon F1 for both models and writes metrics.json and the plot."""
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "gene_structure.py"), "--quick", "--no-progress",
          "--data", str(gene_data), "--out", str(tmp_path)],
@@ -378,11 +422,13 @@ def test_quick_run(gene_data, tmp_path):
     assert result.returncode == 0, f"--quick failed:\n{result.stdout}\n{result.stderr}"
     header = next(line for line in result.stdout.splitlines() if line.startswith("model"))
     assert "exon F1" in header and "gene F1" in header
-    column = header.index("exon F1") + len("exon F1")
-    rows = {line.split("  ")[0]: float(line[column - 9:column]) for line in result.stdout.splitlines()
-            if line.startswith(("semi-CRF", "linear CRF"))}
-    assert set(rows) == {"semi-CRF (K=100)", "linear CRF (K=1)"}, result.stdout
-    assert all(0.0 <= f1 <= 1.0 for f1 in rows.values())
+    models = ("semi-CRF (K=100)", "linear CRF (K=1)")
+    assert all(any(line.startswith(name) for line in result.stdout.splitlines()) for name in models), result.stdout
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["mode"] == "quick" and set(metrics["results"]) == set(models)
+    for result in metrics["results"].values():
+        assert all(0.0 <= result[level][m] <= 1.0 for level in ("exon", "gene", "base")
+                   for m in ("precision", "recall", "f1"))
+        assert 0 < result["epochs"] <= metrics["epochs"]
+    assert (tmp_path / "gene_posterior.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "gene_posterior.png").stat().st_size > 10_000
-    assert (tmp_path / "metrics.json").is_file()
-    print(f"--quick took {time.perf_counter() - began:.0f} s; exon F1 {rows}")
