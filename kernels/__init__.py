@@ -11,6 +11,12 @@
   the duration counts as a parallel, fixed-order reduction over blocks.
 - :func:`viterbi`: the Max sweep storing small-integer backpointers, then a
   traceback kernel.
+- :func:`kbest`: the Max sweep with k lanes (sorted k-lists) and
+  back-pointers, then a traceback per (rank, sequence); k up to
+  :data:`~.kbest.MAX_K` (:func:`kbest_limits_reason`).
+- :func:`sample`: exact samples by forward filtering (the Log forward's
+  tables), backward sampling, one program per (sample, sequence),
+  reproducible from a `torch.Generator`.
 
 They read float32 :class:`~semiring_semicrf.factors.Factors` and run the
 factorized recurrence, so potentials with duration-dependent `(K, C, C)`
@@ -21,7 +27,6 @@ first imported): :data:`INTERPRETED` records which mode they were built in.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -29,15 +34,14 @@ import torch
 from ..factors import Factors
 from ..posterior import Posterior
 from .backward import outside_sweep
-from .common import duration_ring, kernel_limits_reason
+from .common import INTERPRETED, duration_ring, kernel_limits_reason
 from .forward import forward_sweep
+from .kbest import kbest_decode, kbest_limits_reason
+from .sampling import sample_segmentations
 from .traceback import viterbi_decode
 
-__all__ = ["inside", "log_partition", "outside", "viterbi", "kernel_limits_reason", "InsideTables", "INTERPRETED"]
-
-#: True when the kernels were built for Triton's interpreter (they then run
-#: on CPU tensors, slowly, for tests).
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+__all__ = ["inside", "log_partition", "outside", "viterbi", "kbest", "sample", "kernel_limits_reason",
+           "kbest_limits_reason", "InsideTables", "INTERPRETED"]
 
 
 @dataclass
@@ -90,3 +94,20 @@ def viterbi(factors: Factors):
     """Best segmentation: `(score (B,), labels (B, T) int64, starts (B, T) bool)`,
     `labels` -1 and `starts` False past each length."""
     return viterbi_decode(factors.to(torch.float32))
+
+
+def kbest(factors: Factors, k: int):
+    """The k best segmentations: `(scores (k, B), labels (k, B, T) int64,
+    starts (k, B, T) bool)`, best first, ties broken as the reference rung
+    does; missing entries (fewer than k segmentations) have score `-inf`,
+    labels -1 and no starts. `k <= MAX_K` (see :func:`kbest_limits_reason`)."""
+    return kbest_decode(factors.to(torch.float32), k)
+
+
+def sample(factors: Factors, num_samples: int, generator=None):
+    """`num_samples` exact samples of each sequence: `(labels (N, B, T)
+    int64, starts (N, B, T) bool)`, -1 / False past each length (and
+    everywhere for a sequence without any allowed segmentation). The same
+    state of `generator` gives the same samples."""
+    _, saved = inside(factors)
+    return sample_segmentations(saved.factors, saved.alpha_hat, saved.u_hat, saved.scale, num_samples, generator)

@@ -21,8 +21,11 @@ import triton.language as tl
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
+#: True when the kernels are built for Triton's interpreter (``TRITON_INTERPRET=1``
+#: when this package is first imported): they then run on CPU tensors, slowly, for tests.
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 #: Inline PTX is for the GPU only; the interpreter takes Triton's own exp2/log2.
-HARDWARE_MATH: tl.constexpr = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") in ("", "0"))
+HARDWARE_MATH: tl.constexpr = tl.constexpr(not INTERPRETED)
 
 
 @triton.jit
