@@ -16,16 +16,18 @@ from semiring_semicrf.testing import enumerate_structures
 
 
 def chi_square_p_value(counts: torch.Tensor, probabilities: torch.Tensor) -> float:
-    """Pearson's test of `counts` against `probabilities`, pooling the cells
-    expected fewer than 5 times into one; upper tail of chi^2(cells - 1) via
-    the regularized incomplete gamma function."""
-    expected = probabilities * counts.sum()
-    small = expected < 5
-    counts = torch.cat([counts[~small], counts[small].sum()[None]])
-    expected = torch.cat([expected[~small], expected[small].sum()[None]])
-    keep = expected > 0
-    assert bool((counts[~keep] == 0).all()), "a structure of probability 0 was sampled"
-    counts, expected = counts[keep], expected[keep]
+    """Pearson's test of `counts` against `probabilities`, pooling the
+    least likely cells into one until it is expected at least 5 times;
+    upper tail of chi^2(cells - 1) via the regularized incomplete gamma
+    function."""
+    assert bool((counts[probabilities == 0] == 0).all()), "a structure of probability 0 was sampled"
+    keep = probabilities > 0
+    counts, expected = counts[keep], probabilities[keep] * counts.sum()
+    order = expected.argsort()
+    counts, expected = counts[order], expected[order]
+    pooled = int((expected.cumsum(0) < 5).sum()) + 1  # the smallest cells whose total first reaches 5
+    counts = torch.cat([counts[:pooled].sum()[None], counts[pooled:]])
+    expected = torch.cat([expected[:pooled].sum()[None], expected[pooled:]])
     if len(counts) < 2:
         return 1.0
     statistic = ((counts - expected) ** 2 / expected).sum()
