@@ -70,6 +70,55 @@ def row_mask(labels, C, row, rows):
     return (labels < C) & (row >= 0) & (row < rows)
 
 
+@triton.jit
+def load_row(ptr, row, labels, C, rows):
+    """Row `row` of a `(rows, C)` float32 table as a `(CP,)` vector, 0
+    outside `[0, rows)` and past `C`."""
+    return tl.load(ptr + row * C + labels, mask=row_mask(labels, C, row, rows), other=0.0)
+
+
+@triton.jit
+def boundary_row(ptr, row, labels, C, rows, PRESENT: tl.constexpr):
+    """Row `row` of the optional `start_scores`/`end_scores` (zeros when the
+    potentials have none)."""
+    if PRESENT:
+        return load_row(ptr, row, labels, C, rows)
+    else:
+        return (labels * 0).to(tl.float32)
+
+
+# The zero-centred prefix sums of factors.py, evaluated inside the sweeps from
+# the scores: `cum[t+1] = cum[t] + (scores[t] - mean)`, the increment in the
+# working dtype (float32) as `Factors.centred` forms it, the sum carried in
+# float64 and rounded to float32 where used (as PyTorch's CPU cumsum does, so
+# the values are the same bits). `enter[s] = start_scores[s] - cum[s]`,
+# `leave[e-1] = cum[e] + end_scores[e-1]`.
+@triton.jit
+def advance_prefix_sum(cum, scores, mean):
+    """`cum[t+1]` (float64) from `cum[t]` and the scores of position `t`."""
+    return cum + (scores - mean).to(tl.float64)
+
+
+@triton.jit
+def retreat_prefix_sum(cum, scores, mean):
+    """`cum[t]` (float64) from `cum[t+1]` and the scores of position `t`
+    (the float64 sums are exact for float32 increments of similar
+    magnitude, so this retraces :func:`advance_prefix_sum`)."""
+    return cum - (scores - mean).to(tl.float64)
+
+
+@triton.jit
+def enter_factor(cum, start_score):
+    """`enter[s]` from `cum[s]` (float64) and `start_scores[s]`."""
+    return start_score - cum.to(tl.float32)
+
+
+@triton.jit
+def leave_factor(cum, end_score):
+    """`leave[e-1]` from `cum[e]` (float64) and `end_scores[e-1]`."""
+    return cum.to(tl.float32) + end_score
+
+
 def pad(n: int) -> int:
     """The power of two >= n that a tile axis of size n is padded to."""
     return triton.next_power_of_2(max(int(n), 1))
@@ -128,6 +177,27 @@ def duration_ring(duration: torch.Tensor) -> torch.Tensor:
     ring[:, :, :, :K, :C] = duration.detach()[:, None, None]
     ring[:, 1, :, 0] = float("-inf")
     return ring
+
+
+def position_inputs(factors) -> tuple:
+    """What the sweeps read per position instead of prefix-sum tables:
+    `(args, flags)`, `args = (scores, start_scores, end_scores, mean,
+    scores_stride, start_stride, end_stride)` (absent boundary scores are
+    replaced by `scores`, never read) and `flags` the constexprs
+    `START_SCORES`, `END_SCORES`. Float32 `(B, T, C)` rows and the float64
+    mean `(B, C)` of the :class:`Factors` (its definition of the centring).
+
+    The kernels thus evaluate `enter` and `leave` from the potentials
+    themselves: a :class:`Factors` whose `enter`/`leave` were replaced
+    (:meth:`Factors.replace`) is not theirs (the torch rung reads those)."""
+    p = factors.potentials
+    scores = rows(p.scores.to(torch.float32))
+    start = None if p.start_scores is None else rows(p.start_scores.to(torch.float32))
+    end = None if p.end_scores is None else rows(p.end_scores.to(torch.float32))
+    args = (scores, scores if start is None else start, scores if end is None else end,
+            factors.mean.contiguous(), scores.stride(0), (scores if start is None else start).stride(0),
+            (scores if end is None else end).stride(0))
+    return args, {"START_SCORES": start is not None, "END_SCORES": end is not None}
 
 
 def sizes(factors) -> tuple:

@@ -40,7 +40,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import duration_ring, pad, row_mask, rows, sizes, small
+from .common import (advance_prefix_sum, boundary_row, duration_ring, enter_factor, leave_factor, load_row, pad,
+                     position_inputs, sizes, small)
 
 #: The largest k the kernels keep lanes for.
 MAX_K = 16
@@ -103,14 +104,16 @@ def top_k_lists(candidates, key, ranks, KEYS: tl.constexpr, KBEST: tl.constexpr)
 
 @triton.jit
 def kbest_sweep_kernel(
-        enter_ptr, leave_ptr, duration_ring_ptr, transition_ptr, start_ptr, end_ptr, lengths_ptr,
-        duration_from_ptr, source_from_ptr, scores_ptr, final_ptr,
-        B, T, C, enter_stride, leave_stride,
-        KP: tl.constexpr, CP: tl.constexpr, KK: tl.constexpr, KBEST: tl.constexpr):
+        scores_ptr, start_scores_ptr, end_scores_ptr, mean_ptr,
+        duration_ring_ptr, transition_ptr, start_ptr, end_ptr, lengths_ptr,
+        duration_from_ptr, source_from_ptr, best_ptr, final_ptr,
+        B, T, C, scores_stride, start_stride, end_stride,
+        KP: tl.constexpr, CP: tl.constexpr, KK: tl.constexpr, KBEST: tl.constexpr,
+        START_SCORES: tl.constexpr, END_SCORES: tl.constexpr):
     """One sequence per program. Writes the back-pointers
     `duration_from (B, T+1, C, KBEST)` (`(d-1) KK + rank` in `v[e-d, c]`)
     and `source_from (B, T+1, C, KBEST)` (`c' KK + rank` in `alpha[e, c']`),
-    the `KBEST` best scores `scores (KBEST, B)` float32 and where each ends,
+    the `KBEST` best scores `best (KBEST, B)` float32 and where each ends,
     `final (KBEST, B)` (`c KK + rank` in `alpha[L, c]`)."""
     b = tl.program_id(0)
     length = tl.load(lengths_ptr + b).to(tl.int32)
@@ -119,8 +122,10 @@ def kbest_sweep_kernel(
     labels = tl.arange(0, CP)
     ranks = tl.arange(0, KK)
     valid = labels < C
-    enter_ptr += b64 * enter_stride
-    leave_ptr += b64 * leave_stride
+    scores_ptr += b64 * scores_stride
+    start_scores_ptr += b64 * start_stride
+    end_scores_ptr += b64 * end_stride
+    mean = tl.load(mean_ptr + b64 * C + labels, mask=valid, other=0.0).to(tl.float32)
     pointer_rows = b64 * (T + 1) * C * KBEST + labels[:, None] * KBEST + ranks[None, :]
     pointer_mask = valid[:, None] & (ranks[None, :] < KBEST)
     window = duration_ring_ptr + b64 * 4 * KP * CP + KP * CP - slots[:, None] * CP + labels[None, :]
@@ -128,19 +133,25 @@ def kbest_sweep_kernel(
                          mask=valid[:, None] & valid[None, :], other=float("-inf"))
     source_key = (labels * KK)[:, None, None] + ranks[None, None, :]  # (CP_src, 1, KK)
     start = tl.load(start_ptr + labels, mask=valid, other=float("-inf"))
-    v0 = start + tl.load(enter_ptr + labels, mask=valid, other=0.0)
+    cum = tl.zeros((CP,), tl.float64)
+    v0 = start + enter_factor(cum, boundary_row(start_scores_ptr, 0, labels, C, T, START_SCORES))
     first = (slots[:, None, None] == 0) & (ranks[None, None, :] == 0)
     ring = tl.where(first, v0[None, :, None], float("-inf"))
     alpha = tl.full((CP, KK), float("-inf"), tl.float32)
     scale = tl.full([], 0.0, tl.float64)
     next_duration = tl.load(window)
-    next_leave = tl.load(leave_ptr + labels, mask=valid, other=0.0)
-    next_enter = tl.load(enter_ptr + C + labels, mask=row_mask(labels, C, 1, T), other=0.0)
+    next_scores = load_row(scores_ptr, 0, labels, C, T)
+    next_end_score = boundary_row(end_scores_ptr, 0, labels, C, T, END_SCORES)
+    next_start_score = boundary_row(start_scores_ptr, 1, labels, C, T, START_SCORES)
     for e in range(1, length + 1):
-        duration, leave, enter = next_duration, next_leave, next_enter
+        duration, scores, end_score, start_score = next_duration, next_scores, next_end_score, next_start_score
         next_duration = tl.load(window + (e & (KP - 1)) * CP)
-        next_leave = tl.load(leave_ptr + e * C + labels, mask=row_mask(labels, C, e, T), other=0.0)
-        next_enter = tl.load(enter_ptr + (e + 1) * C + labels, mask=row_mask(labels, C, e + 1, T), other=0.0)
+        next_scores = load_row(scores_ptr, e, labels, C, T)
+        next_end_score = boundary_row(end_scores_ptr, e, labels, C, T, END_SCORES)
+        next_start_score = boundary_row(start_scores_ptr, e + 1, labels, C, T, START_SCORES)
+        cum = advance_prefix_sum(cum, scores, mean)  # cum[e]
+        leave = leave_factor(cum, end_score)  # leave[e-1]
+        enter = enter_factor(cum, start_score)  # enter[e]
 
         duration_key = (((e - 1 - slots) & (KP - 1)) * KK)[:, None, None] + ranks[None, None, :]
         alpha, alpha_from = top_k_lists(ring + duration[:, :, None], duration_key, ranks, KP * KK, KBEST)
@@ -161,7 +172,7 @@ def kbest_sweep_kernel(
         best = tl.max(tl.max(last, axis=1), axis=0)
         last = tl.where(last == best, REMOVED, last)
         value, index = unpack(best, CP * KK)
-        tl.store(scores_ptr + t * B + b, (scale + value.to(tl.float64)).to(tl.float32))
+        tl.store(best_ptr + t * B + b, (scale + value.to(tl.float64)).to(tl.float32))
         tl.store(final_ptr + t * B + b, index)
 
 
@@ -215,8 +226,8 @@ def kbest_decode(factors, k: int):
     -1 and no starts."""
     B, T, K, C = sizes(factors)
     KP, CP, KK = pad(K), pad(C), pad(k)
-    enter, leave = rows(factors.enter), rows(factors.leave)
-    device = enter.device
+    inputs, flags = position_inputs(factors)
+    device = inputs[0].device
     keys = pointer_dtype(max(KP, CP) * KK)
     duration_from = torch.empty((B, T + 1, C, k), dtype=keys, device=device)
     source_from = torch.empty((B, T + 1, C, k), dtype=keys, device=device)
@@ -227,10 +238,10 @@ def kbest_decode(factors, k: int):
     if B == 0:
         return scores, labels, starts.bool()
     kbest_sweep_kernel[(B,)](
-        enter, leave, duration_ring(factors.duration), small(factors.transition), small(factors.start),
+        *inputs[:4], duration_ring(factors.duration), small(factors.transition), small(factors.start),
         small(factors.end), factors.lengths, duration_from, source_from, scores, final,
-        B, T, C, enter.stride(0), leave.stride(0), KP=KP, CP=CP, KK=KK, KBEST=k,
-        num_warps=kbest_num_warps(max(KP, CP) * CP * KK))
+        B, T, C, *inputs[4:], KP=KP, CP=CP, KK=KK, KBEST=k,
+        num_warps=kbest_num_warps(max(KP, CP) * CP * KK), **flags)
     kbest_traceback_kernel[(k * B,)](duration_from, source_from, scores, final, factors.lengths, labels, starts,
                                      B, T, C, KP=KP, KK=KK, KBEST=k, num_warps=1)
     return scores, labels, starts.bool()

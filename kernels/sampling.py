@@ -1,15 +1,16 @@
 """Exact samples on the GPU: forward filtering, backward sampling from the
 Log forward's tables, one program per (sample, sequence).
 
-The forward (:func:`~.forward.forward_sweep`) stores `alpha_hat`, `u_hat`
+The forward (:func:`~.forward.forward_sweep`) stores `alpha_hat`, `v_hat`
 and the float64 scale `N` per position; these hold the weight of every
 prefix, so a segmentation is drawn from the right end with the exact
 conditionals of :mod:`semiring_semicrf.backends.reference.sample`:
 
 - the last label `c`, `∝ alpha[L, c] + end[c]`;
 - the duration `d` of the segment ending at `e` with label `c`,
-  `∝ u[e-d, c] + w(e-d, d, c)` (`leave[e-1, c]` is common to all `d` and
-  dropped; `u[e-d] = u_hat[e-d] + N[e-d]`, taken relative to `N[e]`);
+  `∝ u[e-d, c] + w(e-d, d, c)`, that is `v[e-d, c] + duration[d-1, c]`
+  (`leave[e-1, c]` is common to all `d` and dropped; `v[e-d] = v_hat[e-d] +
+  N[e-d]`, taken relative to `N[e]`);
 - the label `c'` before a segment starting at `s > 0` with label `c`,
   `∝ alpha[s, c'] + transition[c', c]` (one row, one scale: no `N`).
 
@@ -19,7 +20,7 @@ caller's `torch.Generator`), with the counter `(lane, draw, chain, 0)`, so
 every uniform of every chain is distinct and the result depends only on the
 seed: the same generator state gives the same samples, on any launch
 configuration. A chain walks one segment per iteration, two dependent loads
-each (the duration's column of `u_hat`, then one row of `alpha_hat`), so `N`
+each (the duration's column of `v_hat`, then one row of `alpha_hat`), so `N`
 samples of `B` sequences cost the forward plus `N B` parallel walks of
 `O(number of segments)` steps.
 """
@@ -29,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import INTERPRETED, pad, rows, sizes, small
+from .common import INTERPRETED, pad, sizes, small
 
 #: Chains per program under Triton's interpreter (numpy), whose cost is per
 #: operation: grouping chains amortizes it. On a GPU each chain has its program.
@@ -52,10 +53,10 @@ def gumbel(seed, draw, chain, lanes):
 
 @triton.jit
 def sample_kernel(
-        enter_ptr, duration_ptr, transition_ptr, end_ptr, lengths_ptr,
-        alpha_table_ptr, u_table_ptr, scale_ptr, seed_ptr,
+        duration_ptr, transition_ptr, end_ptr, lengths_ptr,
+        alpha_table_ptr, v_table_ptr, scale_ptr, seed_ptr,
         labels_ptr, starts_ptr,
-        B, T, K, C, NUM_CHAINS, enter_stride,
+        B, T, K, C, NUM_CHAINS,
         KP: tl.constexpr, CP: tl.constexpr, CHAINS: tl.constexpr):
     """Chain `n * B + b` draws sample `n` of sequence `b` into
     `labels (N, B, T)` int64 (label over each drawn segment) and
@@ -74,7 +75,6 @@ def sample_kernel(
     labels = tl.arange(0, CP)[None, :]
     valid = labels < C
     table = (b * (T + 1) * C)[:, None]
-    enter_row = enter_ptr + (b * enter_stride)[:, None]
     scale_row = scale_ptr + b * (T + 1)
     out = labels_ptr + (chains.to(tl.int64) * T)[:, None]
     starts_out = starts_ptr + chains.to(tl.int64) * T
@@ -95,8 +95,7 @@ def sample_kernel(
         column = c[:, None]
         shift = (tl.load(scale_row[:, None] + row, mask=possible, other=0.0)
                  - tl.load(scale_row + e, mask=active, other=0.0)[:, None]).to(tl.float32)
-        weight = (tl.load(u_table_ptr + table + row * C + column, mask=possible, other=float("-inf"))
-                  + tl.load(enter_row + row * C + column, mask=possible, other=0.0)
+        weight = (tl.load(v_table_ptr + table + row * C + column, mask=possible, other=float("-inf"))
                   + tl.load(duration_ptr + (b[:, None] * K + slots) * C + column, mask=possible, other=0.0)
                   + shift)
         j = tl.argmax(weight + gumbel(seed, draw, chains[:, None], slots), axis=1).to(tl.int32)
@@ -123,14 +122,13 @@ def draw_seed(generator, device) -> torch.Tensor:
     return seed.to(device)
 
 
-def sample_segmentations(factors, alpha_table, u_table, scale, num_samples: int, generator=None):
+def sample_segmentations(factors, alpha_table, v_table, scale, num_samples: int, generator=None):
     """`num_samples` exact samples of every sequence of float32
     :class:`Factors` from the Log forward's tables: `(labels (N, B, T)
     int64, starts (N, B, T) bool)`, -1 / False past each length and for a
     sequence without any allowed segmentation."""
     B, T, K, C = sizes(factors)
-    enter = rows(factors.enter)
-    device = enter.device
+    device = alpha_table.device
     labels = torch.full((num_samples, B, T), -1, dtype=torch.int64, device=device)
     starts = torch.zeros((num_samples, B, T), dtype=torch.int8, device=device)
     if num_samples * B == 0 or T == 0:
@@ -138,7 +136,7 @@ def sample_segmentations(factors, alpha_table, u_table, scale, num_samples: int,
     num_chains = num_samples * B
     chains = min(pad(num_chains), INTERPRETED_CHAINS) if INTERPRETED else 1
     sample_kernel[(triton.cdiv(num_chains, chains),)](
-        enter, small(factors.duration), small(factors.transition), small(factors.end), factors.lengths,
-        alpha_table, u_table, scale, draw_seed(generator, device), labels, starts,
-        B, T, K, C, num_chains, enter.stride(0), KP=pad(K), CP=pad(C), CHAINS=chains, num_warps=1)
+        small(factors.duration), small(factors.transition), small(factors.end), factors.lengths,
+        alpha_table, v_table, scale, draw_seed(generator, device), labels, starts,
+        B, T, K, C, num_chains, KP=pad(K), CP=pad(C), CHAINS=chains, num_warps=1)
     return labels, starts.bool()
