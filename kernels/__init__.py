@@ -88,7 +88,7 @@ def inside(factors: Factors, low_memory: bool = False):
     anything of size `T K C` or `T C^2`."""
     del low_memory
     factors = factors.to(torch.float32)
-    ring = duration_ring(factors.duration)
+    ring = duration_ring(factors)
     log_z, _, alpha_hat, v_hat, scale, cum = forward_sweep(factors, ring, max_semiring=False)
     return log_z, InsideTables(factors, ring, alpha_hat, v_hat, scale, cum, log_z)
 
@@ -97,19 +97,16 @@ def log_partition(factors: Factors) -> torch.Tensor:
     """`log Z (B,)` alone: the forward sweep writing no tables (nothing of
     size T beyond the inputs)."""
     factors = factors.to(torch.float32)
-    return forward_sweep(factors, duration_ring(factors.duration), max_semiring=False, tables=False)[0]
+    return forward_sweep(factors, duration_ring(factors), max_semiring=False, tables=False)[0]
 
 
 def outside(factors: Factors, saved: InsideTables) -> FlowPosterior:
     """Log backward sweep from :func:`inside`'s tables (consumed): the
     posterior expected counts (see :class:`~semiring_semicrf.posterior.Posterior`),
     with the label marginals (:class:`FlowPosterior`)."""
-    segment_start, segment_end, marginals, transition, duration = outside_sweep(
+    segment_start, segment_end, marginals, transition, duration, first, last = outside_sweep(
         saved.factors, saved.duration_ring, saved.alpha_hat, saved.v_hat, saved.scale, saved.cum)
-    batch = torch.arange(segment_end.shape[0], device=segment_end.device)
-    last = segment_end[batch, factors.lengths - 1]
-    return FlowPosterior(saved.log_z, segment_start, segment_end, transition, duration,
-                         segment_start[:, 0].clone(), last, marginals)
+    return FlowPosterior(saved.log_z, segment_start, segment_end, transition, duration, first, last, marginals)
 
 
 def viterbi(factors: Factors):
@@ -132,4 +129,5 @@ def sample(factors: Factors, num_samples: int, generator=None):
     everywhere for a sequence without any allowed segmentation). The same
     state of `generator` gives the same samples."""
     _, saved = inside(factors)
-    return sample_segmentations(saved.factors, saved.alpha_hat, saved.v_hat, saved.scale, num_samples, generator)
+    return sample_segmentations(saved.factors, saved.duration_ring, saved.alpha_hat, saved.v_hat, saved.scale,
+                                num_samples, generator)

@@ -28,8 +28,9 @@ the `K C` duration weights depend on the forward's tables only, so they are
 computed off the dependency chain, which is one `C x C` product and a few
 `C`-wide operations per step. The duration counts are accumulated on the
 way (the step's `(KP, CP)` masses, rotated from ring slots to durations by
-one `tl.gather`, summed in float64), as are the label marginals (the running
-sum above, in float64): one kernel, in a fixed order, bitwise reproducible.
+one `tl.gather`, summed in blocks of positions), as are the label marginals
+(the running sum above, in float64): one kernel, in a fixed order, bitwise
+reproducible.
 
 Memory: the flow writes `segment_end[e-1]` and `segment_start[e-1]` over row
 `e` of the forward's `alpha_hat` and `v_hat` tables once the sweep has read
@@ -66,15 +67,17 @@ def outside_flow_kernel(
         scores_ptr, start_scores_ptr, end_scores_ptr, mean_ptr, cum_ptr,
         duration_ring_ptr, transition_ptr, end_ptr, lengths_ptr,
         alpha_table_ptr, v_table_ptr, scale_ptr,
-        marginals_ptr, transition_count_ptr, duration_count_ptr,
+        marginals_ptr, transition_count_ptr, duration_count_ptr, first_last_ptr,
         T, K, C, scores_stride, start_stride, end_stride,
-        KP: tl.constexpr, CP: tl.constexpr, START_SCORES: tl.constexpr, END_SCORES: tl.constexpr):
+        KP: tl.constexpr, CP: tl.constexpr, START_SCORES: tl.constexpr, END_SCORES: tl.constexpr,
+        DURATION_BLOCK: tl.constexpr):
     """One sequence per program. Reads the forward's `alpha_hat`, `v_hat`
     `(B, T+1, C)`, `N (B, T+1)` and `cum[L] (B, C)`; overwrites rows `1..T`
     of `alpha_table` with `segment_end` and of `v_table` with
     `segment_start` (row `t + 1` = position `t`; 0 past the length), and
     writes `marginals (B, T, C)` (0 past the length), `transition_count
-    (B, C, C)` and `duration_count (B, K, C)`.
+    (B, C, C)`, `duration_count (B, K, C)` and the first and last labels'
+    probabilities `first_last (B, 2, C)`.
 
     The forward's own log-sums stabilize the exponentials (`alpha_hat[e] -
     leave[e-1]` is the log-sum of the duration terms of end `e`, `u_hat[e] =
@@ -126,14 +129,20 @@ def outside_flow_kernel(
     inside += (tl.load(scale_row + tl.maximum(starts, 0)) - base).to(tl.float32)[:, None]
     mass = tl.zeros((KP, CP), tl.float32)
     transition_count = tl.zeros((CP, CP), tl.float32)
-    duration_count = tl.zeros((KP, CP), tl.float64)  # row j: duration j + 1 (d = 1 kept apart)
-    duration_1_count = tl.zeros((CP,), tl.float64)
+    # Duration counts, row j: duration j + 1 (d = 1 kept apart until added in): float32
+    # over blocks of DURATION_BLOCK positions, the blocks summed into the output.
+    duration_count = tl.zeros((KP, CP), tl.float32)
+    duration_1_count = tl.zeros((CP,), tl.float32)
+    duration_out = duration_count_ptr + b * K * C + slots[:, None] * C + labels[None, :]
+    duration_mask = (slots[:, None] < K) & valid[None, :]
+    tl.store(duration_out, duration_count, mask=duration_mask)
     marginal = tl.zeros((CP,), tl.float64)
 
     end = tl.load(end_ptr + labels, mask=valid, other=float("-inf"))
     last = tl.load(alpha_ptr + length * C + labels, mask=valid, other=float("-inf")) + end
     w_last = fast_exp2((last - tl.max(last, axis=0)) * LOG2E)
     start_mass = divide(w_last, tl.sum(w_last, axis=0))  # at e = L: the end mass
+    tl.store(first_last_ptr + b * 2 * C + C + labels, start_mass, mask=valid)
     cum = tl.load(cum_ptr + b * C + labels, mask=valid, other=0.0)  # cum[L]
     v_e = tl.load(v_ptr + length * C + labels, mask=valid, other=float("-inf"))
 
@@ -203,9 +212,14 @@ def outside_flow_kernel(
         tl.store(v_ptr + e * C + labels, start_mass, mask=valid)  # segment_start[e-1]
         segments = w * coef[None, :]
         mass += segments
-        by_duration = tl.gather(segments, ((e - 1 - slots) & (KP - 1))[:, None] + labels[None, :] * 0, 0)
-        duration_count += by_duration.to(tl.float64)
-        duration_1_count += (w_1 * coef).to(tl.float64)
+        duration_count += tl.gather(segments, ((e - 1 - slots) & (KP - 1))[:, None] + labels[None, :] * 0, 0)
+        duration_1_count += w_1 * coef
+        if ((i + 1) % DURATION_BLOCK == 0) | (e == 1):
+            duration_count += tl.where(slots[:, None] == 0, duration_1_count[None, :], 0.0)
+            tl.store(duration_out, tl.load(duration_out, mask=duration_mask, other=0.0) + duration_count,
+                     mask=duration_mask)
+            duration_count = tl.zeros((KP, CP), tl.float32)
+            duration_1_count = tl.zeros((CP,), tl.float32)
 
         cum = retreat_prefix_sum(cum, scores, mean)  # cum[e-1]
         v_e = newest
@@ -220,9 +234,12 @@ def outside_flow_kernel(
 
     tl.store(transition_count_ptr + b * C * C + labels[:, None] * C + labels[None, :], transition_count,
              mask=valid[:, None] & valid[None, :])
-    duration_count += tl.where(slots[:, None] == 0, duration_1_count[None, :], 0.0)
-    tl.store(duration_count_ptr + b * K * C + slots[:, None] * C + labels[None, :], duration_count.to(tl.float32),
-             mask=(slots[:, None] < K) & valid[None, :])
+    tl.store(first_last_ptr + b * 2 * C + labels, start_mass, mask=valid)
+
+
+#: Positions whose duration counts are summed in float32 registers before they
+#: are added to the output (so that no float32 sum runs over T terms).
+DURATION_BLOCK = 1024
 
 
 def outside_sweep(factors, duration_ring: torch.Tensor, alpha_table, v_table, scale, cum,
@@ -230,8 +247,8 @@ def outside_sweep(factors, duration_ring: torch.Tensor, alpha_table, v_table, sc
     """Launch the outside flow on float32 :class:`Factors` and the forward's
     tables, which it consumes (see the module docstring). Returns
     `(segment_start, segment_end, marginals (B, T, C), transition (B, C, C),
-    duration (B, K, C))`; the first two are views of `v_table` and
-    `alpha_table`."""
+    duration (B, K, C), first (B, C), last (B, C))`; the first two are views
+    of `v_table` and `alpha_table`."""
     B, T, K, C = sizes(factors)
     KP, CP = pad(K), pad(C)
     inputs, flags = position_inputs(factors)
@@ -239,9 +256,10 @@ def outside_sweep(factors, duration_ring: torch.Tensor, alpha_table, v_table, sc
     marginals = torch.empty((B, T, C), dtype=torch.float32, device=device)
     transition = torch.empty((B, C, C), dtype=torch.float32, device=device)
     duration = torch.empty((B, K, C), dtype=torch.float32, device=device)
+    first_last = torch.empty((B, 2, C), dtype=torch.float32, device=device)
     if B > 0:
         outside_flow_kernel[(B,)](
             *inputs[:4], cum, duration_ring, small(factors.transition), small(factors.end), factors.lengths,
-            alpha_table, v_table, scale, marginals, transition, duration, T, K, C, *inputs[4:], KP=KP, CP=CP,
-            num_warps=num_warps or flow_num_warps(KP, CP), **flags)
-    return v_table[:, 1:], alpha_table[:, 1:], marginals, transition, duration
+            alpha_table, v_table, scale, marginals, transition, duration, first_last, T, K, C, *inputs[4:],
+            KP=KP, CP=CP, DURATION_BLOCK=DURATION_BLOCK, num_warps=num_warps or flow_num_warps(KP, CP), **flags)
+    return v_table[:, 1:], alpha_table[:, 1:], marginals, transition, duration, first_last[:, 0], first_last[:, 1]

@@ -128,22 +128,45 @@ def sweep_num_warps(kp: int, cp: int) -> int:
     """Warps for the forward sweep whose ring tile is `(KP, CP)`: one warp
     keeps every per-step reduction in registers and shuffles (measured
     fastest on an H100 up to 2048 elements); larger tiles spread their
-    exponentials over more warps."""
+    exponentials over more warps; from `CP = 64` on, enough warps to hold
+    the `C x C` tiles (:func:`register_warps`)."""
     size = kp * cp
     if size <= 2048:
-        return 1
-    if size <= 4096:
-        return 4
-    return 8
+        warps = 1
+    elif size <= 4096:
+        warps = 4
+    else:
+        warps = 8
+    return max(warps, register_warps(2 * cp * cp + 3 * kp * cp, cp))
 
 
 def flow_num_warps(kp: int, cp: int) -> int:
     """Warps for the outside flow, as measured on an H100: one for narrow
     tiles (`C <= 8`, up to 1024 elements), where the `C x C` step is small;
-    else four (eight beyond 4096 elements)."""
+    else four (eight beyond 4096 elements); from `CP = 64` on, enough warps
+    to hold the `C x C` tiles (:func:`register_warps`)."""
     if cp <= 8 and kp * cp <= 1024:
+        warps = 1
+    else:
+        warps = 4 if kp * cp <= 4096 else 8
+    return max(warps, register_warps(3 * cp * cp + 4 * kp * cp, cp))
+
+
+#: float32 values a thread may keep live across a step (of at most 255
+#: registers, the rest for addresses and scalars) before tiles spill.
+VALUES_PER_THREAD = 128
+
+
+def register_warps(live_values: int, cp: int) -> int:
+    """Warps that hold `live_values` float32 per step (a sweep's `C x C` and
+    ring tiles) at :data:`VALUES_PER_THREAD` per thread, up to 32, for
+    `CP >= 64` (below, the choices measured on an H100 stand; none was
+    measured beyond). At `(K, C) = (32, 128)` the forward keeps ~45,000
+    values live and the flow ~66,000: at 4 warps, the earlier choice, that
+    is 350-510 per thread, spilled to local memory at every step."""
+    if cp < 64:
         return 1
-    return 4 if kp * cp <= 4096 else 8
+    return min(32, pad(-(-live_values // (VALUES_PER_THREAD * 32))))
 
 
 # Offsets inside one sequence are 32-bit in the kernels.
@@ -163,19 +186,45 @@ def kernel_limits_reason(potentials) -> Optional[str]:
     return None
 
 
-def duration_ring(duration: torch.Tensor) -> torch.Tensor:
+@triton.jit
+def duration_ring_kernel(duration_ptr, mean_ptr, ring_ptr, K, C, KP: tl.constexpr, CP: tl.constexpr):
+    """Program `b` writes sequence `b`'s four `(KP, CP)` tables of
+    :func:`duration_ring`: the compensated durations `duration[d-1, c] +
+    d * mean[b, c]` (float32 product, then sum: launched without FMA
+    contraction, the same bits as `Factors.duration`) twice, then twice
+    again without `d = 1`."""
+    b = tl.program_id(0).to(tl.int64)
+    slots = tl.arange(0, KP)[:, None]
+    labels = tl.arange(0, CP)[None, :]
+    present = (slots < K) & (labels < C)
+    mean = tl.load(mean_ptr + b * C + labels, mask=labels < C, other=0.0).to(tl.float32)
+    value = tl.load(duration_ptr + slots * C + labels, mask=present, other=0.0) + (slots + 1).to(tl.float32) * mean
+    value = tl.where(present, value, float("-inf"))
+    longer = tl.where(slots == 0, float("-inf"), value)
+    out = ring_ptr + b * 4 * KP * CP + slots * CP + labels
+    tl.store(out, value)
+    tl.store(out + KP * CP, value)
+    tl.store(out + 2 * KP * CP, longer)
+    tl.store(out + 3 * KP * CP, longer)
+
+
+def duration_ring(factors) -> torch.Tensor:
     """The durations in the order a sweep's ring reads them, `(B, 2, 2 KP, CP)`.
 
-    Two doubled tables whose row `j` holds `duration[b, j mod KP, c]`
+    Two doubled tables whose row `j` holds `Factors.duration[b, j mod KP, c]`
     (`-inf` where `j mod KP >= K` or `c >= C`), so that a sweep reads the
     durations in the ring's rotated order as one contiguous, unmasked window;
     the second table also has `-inf` for `d = 1` (`j mod KP == 0`), the term
-    the outside flow keeps apart. `duration (B, K, C)` float32."""
-    B, K, C = duration.shape
+    the outside flow keeps apart. Built by one launch from the potentials'
+    `duration (K, C)` and the float32 :class:`Factors`' mean (as
+    :func:`position_inputs`, the potentials' own tensors are read)."""
+    B, K, C = factors.B, factors.K, factors.C
     KP, CP = pad(K), pad(C)
-    ring = duration.new_full((B, 2, 2, KP, CP), float("-inf"))
-    ring[:, :, :, :K, :C] = duration.detach()[:, None, None]
-    ring[:, 1, :, 0] = float("-inf")
+    duration = small(factors.potentials.duration.to(torch.float32))
+    ring = torch.empty((B, 2, 2, KP, CP), dtype=torch.float32, device=duration.device)
+    if B > 0:
+        duration_ring_kernel[(B,)](duration, factors.mean.contiguous(), ring, K, C, KP=KP, CP=CP, num_warps=1,
+                                   enable_fp_fusion=False)
     return ring
 
 

@@ -238,7 +238,7 @@ def kbest_decode(factors, k: int):
     if B == 0:
         return scores, labels, starts.bool()
     kbest_sweep_kernel[(B,)](
-        *inputs[:4], duration_ring(factors.duration), small(factors.transition), small(factors.start),
+        *inputs[:4], duration_ring(factors), small(factors.transition), small(factors.start),
         small(factors.end), factors.lengths, duration_from, source_from, scores, final,
         B, T, C, *inputs[4:], KP=KP, CP=CP, KK=KK, KBEST=k,
         num_warps=kbest_num_warps(max(KP, CP) * CP * KK), **flags)

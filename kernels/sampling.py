@@ -53,7 +53,7 @@ def gumbel(seed, draw, chain, lanes):
 
 @triton.jit
 def sample_kernel(
-        duration_ptr, transition_ptr, end_ptr, lengths_ptr,
+        duration_ring_ptr, transition_ptr, end_ptr, lengths_ptr,
         alpha_table_ptr, v_table_ptr, scale_ptr, seed_ptr,
         labels_ptr, starts_ptr,
         B, T, K, C, NUM_CHAINS,
@@ -96,7 +96,7 @@ def sample_kernel(
         shift = (tl.load(scale_row[:, None] + row, mask=possible, other=0.0)
                  - tl.load(scale_row + e, mask=active, other=0.0)[:, None]).to(tl.float32)
         weight = (tl.load(v_table_ptr + table + row * C + column, mask=possible, other=float("-inf"))
-                  + tl.load(duration_ptr + (b[:, None] * K + slots) * C + column, mask=possible, other=0.0)
+                  + tl.load(duration_ring_ptr + (b[:, None] * 4 * KP + slots) * CP + column, mask=possible, other=0.0)
                   + shift)
         j = tl.argmax(weight + gumbel(seed, draw, chains[:, None], slots), axis=1).to(tl.int32)
         start = e - 1 - j
@@ -122,9 +122,9 @@ def draw_seed(generator, device) -> torch.Tensor:
     return seed.to(device)
 
 
-def sample_segmentations(factors, alpha_table, v_table, scale, num_samples: int, generator=None):
+def sample_segmentations(factors, duration_ring, alpha_table, v_table, scale, num_samples: int, generator=None):
     """`num_samples` exact samples of every sequence of float32
-    :class:`Factors` from the Log forward's tables: `(labels (N, B, T)
+    :class:`Factors` from the Log forward's tables and duration ring: `(labels (N, B, T)
     int64, starts (N, B, T) bool)`, -1 / False past each length and for a
     sequence without any allowed segmentation."""
     B, T, K, C = sizes(factors)
@@ -136,7 +136,7 @@ def sample_segmentations(factors, alpha_table, v_table, scale, num_samples: int,
     num_chains = num_samples * B
     chains = min(pad(num_chains), INTERPRETED_CHAINS) if INTERPRETED else 1
     sample_kernel[(triton.cdiv(num_chains, chains),)](
-        small(factors.duration), small(factors.transition), small(factors.end), factors.lengths,
+        duration_ring, small(factors.transition), small(factors.end), factors.lengths,
         alpha_table, v_table, scale, draw_seed(generator, device), labels, starts,
         B, T, K, C, num_chains, KP=pad(K), CP=pad(C), CHAINS=chains, num_warps=1)
     return labels, starts.bool()

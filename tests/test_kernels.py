@@ -272,6 +272,16 @@ def test_gradients_through_the_kernels():
         torch.testing.assert_close(grads["triton"][name], want, rtol=1e-4, atol=2e-5, msg=name)
 
 
+def test_duration_counts_summed_in_blocks(monkeypatch):
+    """The flow sums its duration counts in blocks of positions: blocks of 3
+    (several per sequence) give the counts of one block per sequence."""
+    p = converted(random_problem(2, 9, 4, 3, torch.tensor([9, 7]), seed=14), DEVICE, torch.float32)
+    whole = posterior(p, backend="triton").duration
+    monkeypatch.setattr(kernels.backward, "DURATION_BLOCK", 3)
+    torch.testing.assert_close(posterior(p, backend="triton").duration, whole, rtol=1e-6, atol=1e-6)
+    check_posterior(converted(p, "cpu", torch.float64))
+
+
 def test_label_marginals_are_handed_over_once_then_recomputed():
     p = converted(random_problem(2, 7, 3, 4, torch.tensor([7, 5]), seed=13), DEVICE, torch.float32)
     post = posterior(p, backend="triton")
