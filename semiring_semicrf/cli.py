@@ -455,7 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=command_demo)
 
     positive_int = demo_module.positive_int
-    bench = commands.add_parser("bench", help="time forward, forward+backward and Viterbi, or other queries (CPU or GPU)")
+    bench = commands.add_parser("bench",
+                                help="time forward, forward+backward and Viterbi, or other queries (CPU or GPU)")
     bench.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                        help="where to run (default: cuda when available)")
     bench.add_argument("--quick", action="store_true", help="one small size, seconds")
