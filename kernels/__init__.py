@@ -52,7 +52,7 @@ class InsideTables:
     values minus the running scale: `v = u + enter`, the ring's entries), the
     scale `N (B, T+1)` float64, the prefix sums at each length `cum (B, C)`
     float64, and `log_z (B,)`. :func:`outside` consumes the two tables (it
-    writes the posterior over them)."""
+    writes the posterior over them) and sets `consumed`."""
 
     factors: Factors
     duration_ring: torch.Tensor
@@ -61,6 +61,7 @@ class InsideTables:
     scale: torch.Tensor
     cum: torch.Tensor
     log_z: torch.Tensor
+    consumed: bool = False
 
 
 @dataclass
@@ -103,7 +104,12 @@ def log_partition(factors: Factors) -> torch.Tensor:
 def outside(factors: Factors, saved: InsideTables) -> FlowPosterior:
     """Log backward sweep from :func:`inside`'s tables (consumed): the
     posterior expected counts (see :class:`~semiring_semicrf.posterior.Posterior`),
-    with the label marginals (:class:`FlowPosterior`)."""
+    with the label marginals (:class:`FlowPosterior`). Tables consumed by an
+    earlier call (a second backward through one forward, `retain_graph=True`)
+    are computed again by a forward sweep first."""
+    if saved.consumed:
+        saved = inside(saved.factors)[1]
+    saved.consumed = True
     segment_start, segment_end, marginals, transition, duration, first, last = outside_sweep(
         saved.factors, saved.duration_ring, saved.alpha_hat, saved.v_hat, saved.scale, saved.cum)
     return FlowPosterior(saved.log_z, segment_start, segment_end, transition, duration, first, last, marginals)

@@ -11,6 +11,11 @@ path is scored from the model's definition and must reach the best score.
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -282,6 +287,18 @@ def test_duration_counts_summed_in_blocks(monkeypatch):
     check_posterior(converted(p, "cpu", torch.float64))
 
 
+def test_a_second_backward_through_one_forward():
+    """The flow writes the posterior over the forward's tables: a second
+    backward (retain_graph=True) recomputes them and gets the same gradient."""
+    p = converted(random_problem(2, 7, 3, 4, torch.tensor([7, 4]), extras=True, seed=15), DEVICE, torch.float32)
+    leaves = {k: v.detach().requires_grad_() for k, v in p.tensors().items()}
+    log_z = log_partition(SemiMarkovPotentials(lengths=p.lengths, **leaves), backend="triton")
+    first = torch.autograd.grad(log_z.sum(), list(leaves.values()), retain_graph=True)
+    second = torch.autograd.grad(log_z.sum(), list(leaves.values()))
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
 def test_label_marginals_are_handed_over_once_then_recomputed():
     p = converted(random_problem(2, 7, 3, 4, torch.tensor([7, 5]), seed=13), DEVICE, torch.float32)
     post = posterior(p, backend="triton")
@@ -313,6 +330,31 @@ def test_unsupported_reason():
     explicit = SemiMarkovPotentials.from_edges(p.to_edges())
     assert "explicit" in kernels.kernel_limits_reason(explicit)
     assert kernels.kernel_limits_reason(converted(p, DEVICE, torch.float32)) is None
+
+
+def test_without_the_interpreter_cpu_tensors_get_a_clear_error():
+    """Every query of the Triton rung on CPU tensors without TRITON_INTERPRET:
+    the one error that says how to run the kernels on the CPU."""
+    if torch.cuda.is_available():
+        pytest.skip("the error concerns machines without CUDA")
+    code = textwrap.dedent("""
+        import torch
+        from semiring_semicrf import SemiMarkovPotentials, log_partition
+        from semiring_semicrf.decoding import topk, viterbi
+        from semiring_semicrf.sampling import sample
+        p = SemiMarkovPotentials(torch.zeros(1, 4, 2), torch.zeros(2, 2), torch.zeros(2, 2))
+        for query in (log_partition, viterbi, lambda p, backend: topk(p, 2, backend),
+                      lambda p, backend: sample(p, 2, backend=backend)):
+            try:
+                query(p, backend="triton")
+            except ValueError as error:
+                print(error)
+    """)
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    errors = out.stdout.strip().splitlines()
+    assert len(errors) == 4, out.stdout + out.stderr
+    assert all("backend='triton' cannot run these potentials" in e and "TRITON_INTERPRET=1" in e for e in errors)
 
 
 # -- at scale, on a GPU -------------------------------------------------------
