@@ -18,12 +18,15 @@ flash-semicrf 0.2.0 (the anchor) is imported if installed (it is not in the GPU 
    (CPU, background processes), the posterior against the float64 torch sweeps, samples valid and their label
    frequencies against the posterior marginals, the top-k sorted, scoring themselves, first = Viterbi; entropy
    and KL >= 0, cross-entropy = entropy + KL; every kernel bitwise run to run.
-3. :data:`ONCE_CONFIG` (4, 10^4, 100, 24): every query once (budgeted).
-4. The Log/Max targets: forward and forward+backward against flash-semicrf's Triton path at
+3. The Log/Max targets: forward and forward+backward against flash-semicrf's Triton path at
    :data:`FLASH_CONFIGS`; forward+backward at (1, 10^6, 64, 8); the host overhead (the public call minus its
    kernels) at small sizes; large label sets; peak GPU memory of forward+backward at (256, 1000, 32, 24) per
    B*T*C element beyond the inputs.
+4. :data:`ONCE_CONFIG` (4, 10^4, 100, 24): every query once (budgeted).
 5. A sweep of num_warps at :data:`SWEEP_CONFIGS` (the heuristic for C >= 64 was not measured).
+
+The run keeps its own clock (:data:`TESTS_TIMEOUT_S`, :data:`ONCE_UNTIL_S`): whatever is slow, it ends well
+under 8 minutes, saying what it did not run.
 
 Writes ``gpu_bench.json``, ``gpu_bench.png`` (Log/Max time against T, with flash-semicrf) and
 ``gpu_queries.png`` (every query against its target) under --out, and prints the tables last.
@@ -68,7 +71,14 @@ EARLIER: dict[str, dict] = {
     "wide_fwd_bwd": {(2, 1000, 16, 256): 0.215}}
 DEVICE = "cuda"
 WARM_UP_S = 0.3  # busy GPU before each timing: its clocks rise from idle
-COMPILE_S = 20.0  # allowance for the first call of a query (Triton compiles its kernels)
+COMPILE_S = 60.0  # allowance for the first call of a query (Triton compiles its kernels, up to 32 warps)
+#: The run's own clock (seconds since it started), so that it stays well under 8 minutes whatever is slow:
+#: the GPU tests stop after TESTS_TIMEOUT_S; a query of the every-query-once config that would start past
+#: ONCE_UNTIL_S is not run, nor the num_warps sweep past SWEEP_FROM_S, which stops at ONCE_UNTIL_S.
+TESTS_TIMEOUT_S = 150.0
+SWEEP_FROM_S = 360.0
+ONCE_UNTIL_S = 420.0
+STARTED = time.perf_counter()
 PROBE_T = 256  # beyond T = 1000, a query is first timed here and extrapolated (divisible by 16, as the long T)
 ANCHOR_LIMIT_S = 20.0  # an anchor run expected to take longer is skipped
 POSTERIOR_FIELDS = ("segment_start", "segment_end", "transition", "duration", "first", "last")
@@ -445,8 +455,13 @@ def log_max_targets(device_inputs, args, measured):
     return targets
 
 
+def elapsed():
+    return time.perf_counter() - STARTED
+
+
 def num_warps_sweep(device_inputs):
-    """Forward sweep and forward sweep + flow per num_warps, on factors prepared once."""
+    """Forward sweep and forward sweep + flow per num_warps, on factors prepared once, until ONCE_UNTIL_S
+    (each setting compiles both kernels anew)."""
     from semiring_semicrf.kernels.backward import outside_sweep
     from semiring_semicrf.kernels.common import duration_ring, flow_num_warps, pad, sweep_num_warps
     from semiring_semicrf.kernels.forward import forward_sweep
@@ -457,6 +472,10 @@ def num_warps_sweep(device_inputs):
         KP, CP = pad(shape[2]), pad(shape[3])
         row = {"chosen": f"{sweep_num_warps(KP, CP)}/{flow_num_warps(KP, CP)}"}
         for w in (1, 4, 8, 16, 32):
+            if elapsed() > ONCE_UNTIL_S:
+                row[w] = "not run (the run's time)"
+                continue
+
             def forward(w=w, factors=factors, ring=ring):
                 return forward_sweep(factors, ring, False, num_warps=w, tables=False)
 
@@ -466,8 +485,8 @@ def num_warps_sweep(device_inputs):
             row[w] = {"forward": median_time(forward, 3.0), "forward+flow": median_time(both, 3.0)}
         out[str(shape)] = row
         print(f"num_warps {shape}: chosen {row['chosen']}; " + "; ".join(
-            f"{w}: {fmt(t['forward'])} / {fmt(t['forward+flow'])}" for w, t in row.items() if w != "chosen"),
-            flush=True)
+            f"{w}: {fmt(t['forward'])} / {fmt(t['forward+flow'])}" if isinstance(t, dict) else f"{w}: {t}"
+            for w, t in row.items() if w != "chosen"), flush=True)
     return out
 
 
@@ -565,7 +584,14 @@ def run_gpu_tests():
     t0 = time.perf_counter()
     # -P: the installed package, not the source folder (whose kernels/ lies outside it)
     cmd = [sys.executable, "-P", "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *GPU_TEST_FILES]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=TESTS_TIMEOUT_S,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    except subprocess.TimeoutExpired as exc:
+        text = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        return {"returncode": None, "summary": f"stopped after {TESTS_TIMEOUT_S:.0f} s (progress: "
+                f"{text.strip().splitlines()[-1] if text.strip() else 'none'})", "seconds": TESTS_TIMEOUT_S,
+                "tail": text[-3000:]}
     summary = (out.stdout.strip().splitlines() or ["(no output)"])[-1]
     return {"returncode": out.returncode, "summary": summary, "seconds": time.perf_counter() - t0,
             "tail": out.stdout[-3000:] + out.stderr[-2000:]}
@@ -627,6 +653,9 @@ def main():
         document["queries"].append(record)
         save()
         del tensors
+    measured = {tuple(r["shape"]): r["times"] for r in document["queries"]}
+    document["targets"] = log_max_targets(device_inputs, args, measured)
+    save()
     once = None
     if not args.quick:
         print(f"{ONCE_CONFIG} (every query once):", flush=True)
@@ -634,15 +663,13 @@ def main():
         tensors = device_inputs(ONCE_CONFIG)
         for query in names:
             budget = budget_for(query, once["times"])
-            once["times"][query] = budgeted_time(query_maker(query, tensors), ONCE_CONFIG, budget, once=True)
+            once["times"][query] = (budgeted_time(query_maker(query, tensors), ONCE_CONFIG, budget, once=True)
+                                    if elapsed() < ONCE_UNTIL_S else f"not run ({elapsed():.0f} s into the run)")
             print(f"  {query}: {fmt(once['times'][query])}", flush=True)
         document["once"] = once
         del tensors
         save()
-    measured = {tuple(r["shape"]): r["times"] for r in document["queries"]}
-    document["targets"] = log_max_targets(device_inputs, args, measured)
-    save()
-    if not args.quick:
+    if not args.quick and elapsed() < SWEEP_FROM_S:
         document["num_warps"] = num_warps_sweep(device_inputs)
         save()
     pool.shutdown(cancel_futures=True)

@@ -47,7 +47,7 @@ import triton
 import triton.language as tl
 
 from .common import (LOG2E, boundary_row, enter_factor, fast_exp2, flow_num_warps, leave_factor, load_row, pad,
-                     position_inputs, retreat_prefix_sum, sizes, small)
+                     position_inputs, retreat_prefix_sum, sequence_inputs, sizes, small)
 
 
 @triton.jit
@@ -94,10 +94,8 @@ def outside_flow_kernel(
     slots = tl.arange(0, KP)
     labels = tl.arange(0, CP)
     valid = labels < C
-    scores_ptr += b * scores_stride
-    start_scores_ptr += b * start_stride
-    end_scores_ptr += b * end_stride
-    mean = tl.load(mean_ptr + b * C + labels, mask=valid, other=0.0).to(tl.float32)
+    scores_ptr, start_scores_ptr, end_scores_ptr, mean = sequence_inputs(
+        scores_ptr, start_scores_ptr, end_scores_ptr, mean_ptr, b, C, scores_stride, start_stride, end_stride, labels)
     alpha_ptr = alpha_table_ptr + b * (T + 1) * C
     v_ptr = v_table_ptr + b * (T + 1) * C
     marginals_out = marginals_ptr + b * T * C

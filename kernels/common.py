@@ -119,6 +119,32 @@ def leave_factor(cum, end_score):
     return cum.to(tl.float32) + end_score
 
 
+@triton.jit
+def sequence_inputs(scores_ptr, start_scores_ptr, end_scores_ptr, mean_ptr, b, C, scores_stride, start_stride,
+                    end_stride, labels):
+    """Sequence `b`'s rows of the position inputs (:func:`position_inputs`)
+    and its mean, in float32 as `Factors.centred` subtracts it."""
+    mean = tl.load(mean_ptr + b * C + labels, mask=labels < C, other=0.0).to(tl.float32)
+    return scores_ptr + b * scores_stride, start_scores_ptr + b * start_stride, end_scores_ptr + b * end_stride, mean
+
+
+@triton.jit
+def position_rows(scores_ptr, start_scores_ptr, end_scores_ptr, e, labels, C, T,
+                  START_SCORES: tl.constexpr, END_SCORES: tl.constexpr):
+    """What the left-to-right step after position `e` reads (loaded one
+    position ahead): `scores[e]`, `end_scores[e]`, `start_scores[e + 1]`."""
+    return (load_row(scores_ptr, e, labels, C, T), boundary_row(end_scores_ptr, e, labels, C, T, END_SCORES),
+            boundary_row(start_scores_ptr, e + 1, labels, C, T, START_SCORES))
+
+
+@triton.jit
+def step_factors(cum, scores, end_score, start_score, mean):
+    """At position `e`, from `cum[e-1]` and :func:`position_rows` of `e-1`:
+    `(cum[e], leave[e-1], enter[e])`."""
+    cum = advance_prefix_sum(cum, scores, mean)
+    return cum, leave_factor(cum, end_score), enter_factor(cum, start_score)
+
+
 def pad(n: int) -> int:
     """The power of two >= n that a tile axis of size n is padded to."""
     return triton.next_power_of_2(max(int(n), 1))

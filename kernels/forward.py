@@ -39,8 +39,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (advance_prefix_sum, boundary_row, enter_factor, leave_factor, load_row, pad, position_inputs,
-                     semiring_sum, sizes, small, sweep_num_warps)
+from .common import (boundary_row, enter_factor, pad, position_inputs, position_rows, semiring_sum, sequence_inputs,
+                     sizes, small, step_factors, sweep_num_warps)
 
 
 @triton.jit
@@ -67,10 +67,9 @@ def forward_sweep_kernel(
     slots = tl.arange(0, KP)
     labels = tl.arange(0, CP)
     valid = labels < C
-    scores_ptr += b * scores_stride
-    start_scores_ptr += b * start_stride
-    end_scores_ptr += b * end_stride
-    mean = tl.load(mean_ptr + b * C + labels, mask=valid, other=0.0).to(tl.float32)
+    scores_ptr, start_scores_ptr, end_scores_ptr, mean = sequence_inputs(
+        scores_ptr, start_scores_ptr, end_scores_ptr, mean_ptr, b, C, scores_stride, start_stride, end_stride,
+        labels)
     table = b * (T + 1) * C
     # Slot i at position e pairs with row (e - 1) mod KP + KP - i of the first table.
     window = duration_ring_ptr + b * 4 * KP * CP + KP * CP - slots[:, None] * CP + labels[None, :]
@@ -86,18 +85,14 @@ def forward_sweep_kernel(
     alpha = tl.full((CP,), float("-inf"), tl.float32)
     scale = tl.full([], 0.0, tl.float64)
     next_duration = tl.load(window)
-    next_scores = load_row(scores_ptr, 0, labels, C, T)
-    next_end_score = boundary_row(end_scores_ptr, 0, labels, C, T, END_SCORES)
-    next_start_score = boundary_row(start_scores_ptr, 1, labels, C, T, START_SCORES)
+    next_scores, next_end_score, next_start_score = position_rows(
+        scores_ptr, start_scores_ptr, end_scores_ptr, 0, labels, C, T, START_SCORES, END_SCORES)
     for e in range(1, length + 1):
         duration, scores, end_score, start_score = next_duration, next_scores, next_end_score, next_start_score
         next_duration = tl.load(window + (e & (KP - 1)) * CP)
-        next_scores = load_row(scores_ptr, e, labels, C, T)
-        next_end_score = boundary_row(end_scores_ptr, e, labels, C, T, END_SCORES)
-        next_start_score = boundary_row(start_scores_ptr, e + 1, labels, C, T, START_SCORES)
-        cum = advance_prefix_sum(cum, scores, mean)  # cum[e]
-        leave = leave_factor(cum, end_score)  # leave[e-1]
-        enter = enter_factor(cum, start_score)  # enter[e]
+        next_scores, next_end_score, next_start_score = position_rows(
+            scores_ptr, start_scores_ptr, end_scores_ptr, e, labels, C, T, START_SCORES, END_SCORES)
+        cum, leave, enter = step_factors(cum, scores, end_score, start_score, mean)  # cum[e], leave[e-1], enter[e]
 
         x = ring + duration
         if MAX:

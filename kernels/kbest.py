@@ -40,8 +40,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (advance_prefix_sum, boundary_row, duration_ring, enter_factor, leave_factor, load_row, pad,
-                     position_inputs, sizes, small)
+from .common import (boundary_row, duration_ring, enter_factor, pad, position_inputs, position_rows, sequence_inputs,
+                     sizes, small, step_factors)
 
 #: The largest k the kernels keep lanes for.
 MAX_K = 16
@@ -122,10 +122,9 @@ def kbest_sweep_kernel(
     labels = tl.arange(0, CP)
     ranks = tl.arange(0, KK)
     valid = labels < C
-    scores_ptr += b64 * scores_stride
-    start_scores_ptr += b64 * start_stride
-    end_scores_ptr += b64 * end_stride
-    mean = tl.load(mean_ptr + b64 * C + labels, mask=valid, other=0.0).to(tl.float32)
+    scores_ptr, start_scores_ptr, end_scores_ptr, mean = sequence_inputs(
+        scores_ptr, start_scores_ptr, end_scores_ptr, mean_ptr, b64, C, scores_stride, start_stride, end_stride,
+        labels)
     pointer_rows = b64 * (T + 1) * C * KBEST + labels[:, None] * KBEST + ranks[None, :]
     pointer_mask = valid[:, None] & (ranks[None, :] < KBEST)
     window = duration_ring_ptr + b64 * 4 * KP * CP + KP * CP - slots[:, None] * CP + labels[None, :]
@@ -140,18 +139,14 @@ def kbest_sweep_kernel(
     alpha = tl.full((CP, KK), float("-inf"), tl.float32)
     scale = tl.full([], 0.0, tl.float64)
     next_duration = tl.load(window)
-    next_scores = load_row(scores_ptr, 0, labels, C, T)
-    next_end_score = boundary_row(end_scores_ptr, 0, labels, C, T, END_SCORES)
-    next_start_score = boundary_row(start_scores_ptr, 1, labels, C, T, START_SCORES)
+    next_scores, next_end_score, next_start_score = position_rows(
+        scores_ptr, start_scores_ptr, end_scores_ptr, 0, labels, C, T, START_SCORES, END_SCORES)
     for e in range(1, length + 1):
         duration, scores, end_score, start_score = next_duration, next_scores, next_end_score, next_start_score
         next_duration = tl.load(window + (e & (KP - 1)) * CP)
-        next_scores = load_row(scores_ptr, e, labels, C, T)
-        next_end_score = boundary_row(end_scores_ptr, e, labels, C, T, END_SCORES)
-        next_start_score = boundary_row(start_scores_ptr, e + 1, labels, C, T, START_SCORES)
-        cum = advance_prefix_sum(cum, scores, mean)  # cum[e]
-        leave = leave_factor(cum, end_score)  # leave[e-1]
-        enter = enter_factor(cum, start_score)  # enter[e]
+        next_scores, next_end_score, next_start_score = position_rows(
+            scores_ptr, start_scores_ptr, end_scores_ptr, e, labels, C, T, START_SCORES, END_SCORES)
+        cum, leave, enter = step_factors(cum, scores, end_score, start_score, mean)  # cum[e], leave[e-1], enter[e]
 
         duration_key = (((e - 1 - slots) & (KP - 1)) * KK)[:, None, None] + ranks[None, None, :]
         alpha, alpha_from = top_k_lists(ring + duration[:, :, None], duration_key, ranks, KP * KK, KBEST)

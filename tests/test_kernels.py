@@ -220,18 +220,18 @@ def _factor_rows_kernel(scores_ptr, start_scores_ptr, end_scores_ptr, mean_ptr, 
     b = tl.program_id(0).to(tl.int64)
     labels = tl.arange(0, CP)
     valid = labels < C
-    scores_ptr += b * scores_stride
-    start_scores_ptr += b * start_stride
-    end_scores_ptr += b * end_stride
-    mean = tl.load(mean_ptr + b * C + labels, mask=valid, other=0.0).to(tl.float32)
+    scores_ptr, start_scores_ptr, end_scores_ptr, mean = common.sequence_inputs(
+        scores_ptr, start_scores_ptr, end_scores_ptr, mean_ptr, b, C, scores_stride, start_stride, end_stride, labels)
     out = b * T * C + labels
     cum = tl.zeros((CP,), tl.float64)
-    for t in range(0, T):
-        start_score = common.boundary_row(start_scores_ptr, t, labels, C, T, START_SCORES)
-        tl.store(enter_ptr + out + t * C, common.enter_factor(cum, start_score), mask=valid)
-        cum = common.advance_prefix_sum(cum, common.load_row(scores_ptr, t, labels, C, T), mean)
-        end_score = common.boundary_row(end_scores_ptr, t, labels, C, T, END_SCORES)
-        tl.store(leave_ptr + out + t * C, common.leave_factor(cum, end_score), mask=valid)
+    start_score = common.boundary_row(start_scores_ptr, 0, labels, C, T, START_SCORES)
+    tl.store(enter_ptr + out, common.enter_factor(cum, start_score), mask=valid)
+    for e in range(1, T + 1):
+        scores, end_score, start_score = common.position_rows(scores_ptr, start_scores_ptr, end_scores_ptr, e - 1,
+                                                              labels, C, T, START_SCORES, END_SCORES)
+        cum, leave, enter = common.step_factors(cum, scores, end_score, start_score, mean)
+        tl.store(leave_ptr + out + (e - 1) * C, leave, mask=valid)
+        tl.store(enter_ptr + out + e * C, enter, mask=valid & (labels * 0 + e < T))
     for i in range(0, T):
         t = T - 1 - i
         end_score = common.boundary_row(end_scores_ptr, t, labels, C, T, END_SCORES)
