@@ -177,8 +177,11 @@ def recover():
 def failure(exc, budget_s) -> str:
     import torch
     recover()
-    if isinstance(exc, OverBudget) or isinstance(exc.__cause__, OverBudget):  # (Triton's interpreter wraps it)
-        return f"over budget (>{budget_s:.3g} s)"
+    cause = exc
+    while cause is not None:  # (Triton's interpreter wraps what a kernel's call raised)
+        if isinstance(cause, OverBudget):
+            return f"over budget (>{budget_s:.3g} s)"
+        cause = cause.__cause__
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return "out of memory"
     return f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:70] if str(exc) else ''}"

@@ -159,8 +159,8 @@ def plot_queries(records: Sequence[dict], queries: Sequence[tuple], path: str) -
             if isinstance(got, (int, float)):
                 color = "0.5" if goal is None else ("C2" if got <= goal else "C3")
                 ax.barh(row, got, left=left, color=color)
-                ax.annotate(f"{got * 1e3:.3g} ms", (got, row), textcoords="offset points", xytext=(3, -3),
-                            fontsize=7)
+                ax.annotate(f"{got * 1e3:.3g} ms" if got < 1 else f"{got:.3g} s", (got, row),
+                            textcoords="offset points", xytext=(3, -3), fontsize=7)
             else:
                 ax.annotate(str(got or "not run")[:40], (left, row), textcoords="offset points", xytext=(3, -3),
                             fontsize=7, color="C3")

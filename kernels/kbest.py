@@ -95,7 +95,8 @@ def top_k_lists(candidates, key, ranks, KEYS: tl.constexpr, KBEST: tl.constexpr)
     keys = tl.zeros((candidates.shape[1], candidates.shape[2]), tl.int32)
     for t in tl.static_range(KBEST):
         best = tl.max(tl.max(packed, axis=2), axis=0)
-        packed = tl.where(packed == best[None, :, None], REMOVED, packed)
+        if t < KBEST - 1:
+            packed = tl.where(packed == best[None, :, None], REMOVED, packed)
         value, index = unpack(best, KEYS)
         values = tl.where(ranks[None, :] == t, value[:, None], values)
         keys = tl.where(ranks[None, :] == t, index[:, None], keys)
@@ -165,7 +166,8 @@ def kbest_sweep_kernel(
     last = pack(alpha + end[:, None], (labels * KK)[:, None] + ranks[None, :], CP * KK)
     for t in tl.static_range(KBEST):
         best = tl.max(tl.max(last, axis=1), axis=0)
-        last = tl.where(last == best, REMOVED, last)
+        if t < KBEST - 1:
+            last = tl.where(last == best, REMOVED, last)
         value, index = unpack(best, CP * KK)
         tl.store(best_ptr + t * B + b, (scale + value.to(tl.float64)).to(tl.float32))
         tl.store(final_ptr + t * B + b, index)
