@@ -63,6 +63,66 @@ def divide(num, den):
 
 
 @triton.jit
+def clear_past_length(end_rows_ptr, start_rows_ptr, marginals_ptr, length, T, C, slots, labels, valid,
+                      KP: tl.constexpr):
+    """Zeros where no segment starts, ends or lies past the length: rows
+    `L+1..T` of the two tables a flow writes its masses over (row `t + 1` =
+    position `t`) and rows `L..T-1` of its label marginals (one sequence's
+    pointers)."""
+    zeros = tl.zeros((KP, labels.shape[0]), tl.float32)
+    for first_row in range(length + 1, T + 1, KP):
+        block = first_row + slots[:, None]
+        past = (block <= T) & valid[None, :]
+        tl.store(end_rows_ptr + block * C + labels[None, :], zeros, mask=past)
+        tl.store(start_rows_ptr + block * C + labels[None, :], zeros, mask=past)
+        tl.store(marginals_ptr + (block - 1) * C + labels[None, :], zeros, mask=past)
+
+
+@triton.jit
+def starts_window(v_ptr, scale_row, base, length, K, C, slots, labels, valid, other, KP: tl.constexpr):
+    """The ring of a forward table's rows `v[s] + (N[s] - base)` for the
+    starts `L-K+1 .. L-1` (slot `s mod KP`), `other` in the slots no such
+    start fills (one sequence's pointers; `scale_row` its `N`)."""
+    starts = (length - 1) - ((length - 1 - slots) & (KP - 1))
+    in_window = (starts >= 0) & (starts > length - K)
+    at = tl.maximum(starts, 0)
+    window = tl.load(v_ptr + at[:, None] * C + labels[None, :], mask=in_window[:, None] & valid[None, :], other=other)
+    return window + (tl.load(scale_row + at) - base).to(tl.float32)[:, None]
+
+
+@triton.jit
+def zero_duration_counts(duration_count_ptr, b, K, C, slots, labels, valid, KP: tl.constexpr):
+    """Sequence `b`'s rows of the duration counts `(B, K, C)`, zeroed, for
+    :func:`count_durations`: `(count (KP, CP), count_1 (CP,), out, mask)`,
+    row `j` duration `j + 1` (`d = 1` kept apart until added in)."""
+    count = tl.zeros((KP, labels.shape[0]), tl.float32)
+    out = duration_count_ptr + b * K * C + slots[:, None] * C + labels[None, :]
+    mask = (slots[:, None] < K) & valid[None, :]
+    tl.store(out, count, mask=mask)
+    return count, tl.zeros((labels.shape[0],), tl.float32), out, mask
+
+
+@triton.jit
+def count_durations(count, count_1, segments, segment_1, e, i, slots, labels, out, mask,
+                    KP: tl.constexpr, BLOCK: tl.constexpr):
+    """Adds end `e`'s segment masses to the duration counts: `segments (KP,
+    CP)` by ring slot (`d >= 2`), rotated to durations (row `d - 1`) by one
+    `tl.gather`, and `segment_1 (CP,)` (`d = 1`), in float32 registers
+    `count`, `count_1`; every `BLOCK` steps (`i` the step's index) and at
+    `e = 1` adds them to the output rows `out (KP, CP)` (a float32 sum runs
+    over at most `BLOCK` positions). Returns the new `(count, count_1)`;
+    :func:`zero_duration_counts` gives the first ones."""
+    count += tl.gather(segments, ((e - 1 - slots) & (KP - 1))[:, None] + labels[None, :] * 0, 0)
+    count_1 += segment_1
+    if ((i + 1) % BLOCK == 0) | (e == 1):
+        count += tl.where(slots[:, None] == 0, count_1[None, :], 0.0)
+        tl.store(out, tl.load(out, mask=mask, other=0.0) + count, mask=mask)
+        count = tl.zeros_like(count)
+        count_1 = tl.zeros_like(count_1)
+    return count, count_1
+
+
+@triton.jit
 def outside_flow_kernel(
         scores_ptr, start_scores_ptr, end_scores_ptr, mean_ptr, cum_ptr,
         duration_ring_ptr, transition_ptr, end_ptr, lengths_ptr,
@@ -107,33 +167,17 @@ def outside_flow_kernel(
     transition = tl.load(transition_ptr + labels[:, None] * C + labels[None, :],
                          mask=valid[:, None] & valid[None, :], other=float("-inf"))
 
-    # No segment starts, ends or lies past the length (rows L+1..T; marginals L..T-1).
-    zeros = tl.zeros((KP, CP), tl.float32)
-    for first_row in range(length + 1, T + 1, KP):
-        block = first_row + slots[:, None]
-        past = (block <= T) & valid[None, :]
-        tl.store(alpha_ptr + block * C + labels[None, :], zeros, mask=past)
-        tl.store(v_ptr + block * C + labels[None, :], zeros, mask=past)
-        tl.store(marginals_out + (block - 1) * C + labels[None, :], zeros, mask=past)
+    clear_past_length(alpha_ptr, v_ptr, marginals_out, length, T, C, slots, labels, valid, KP)
 
     # Ring of v_hat[s] + (N[s] - base) for the starts L-K+1 .. L-1 (slot s mod
     # KP); `base` (a scale N) moves every KP positions, so entries stay O(K r).
     base = tl.load(scale_row + length)
-    starts = (length - 1) - ((length - 1 - slots) & (KP - 1))
-    in_window = (starts >= 0) & (starts > length - K)
-    window_mask = in_window[:, None] & valid[None, :]
-    inside = tl.load(v_ptr + tl.maximum(starts, 0)[:, None] * C + labels[None, :], mask=window_mask,
-                     other=float("-inf"))
-    inside += (tl.load(scale_row + tl.maximum(starts, 0)) - base).to(tl.float32)[:, None]
+    inside = starts_window(v_ptr, scale_row, base, length, K, C, slots, labels, valid, float("-inf"), KP)
     mass = tl.zeros((KP, CP), tl.float32)
     transition_count = tl.zeros((CP, CP), tl.float32)
-    # Duration counts, row j: duration j + 1 (d = 1 kept apart until added in): float32
-    # over blocks of DURATION_BLOCK positions, the blocks summed into the output.
-    duration_count = tl.zeros((KP, CP), tl.float32)
-    duration_1_count = tl.zeros((CP,), tl.float32)
-    duration_out = duration_count_ptr + b * K * C + slots[:, None] * C + labels[None, :]
-    duration_mask = (slots[:, None] < K) & valid[None, :]
-    tl.store(duration_out, duration_count, mask=duration_mask)
+    # Duration counts: float32 over blocks of DURATION_BLOCK positions, the blocks summed into the output.
+    duration_count, duration_1_count, duration_out, duration_mask = zero_duration_counts(
+        duration_count_ptr, b, K, C, slots, labels, valid, KP)
     marginal = tl.zeros((CP,), tl.float64)
 
     end = tl.load(end_ptr + labels, mask=valid, other=float("-inf"))
@@ -210,14 +254,9 @@ def outside_flow_kernel(
         tl.store(v_ptr + e * C + labels, start_mass, mask=valid)  # segment_start[e-1]
         segments = w * coef[None, :]
         mass += segments
-        duration_count += tl.gather(segments, ((e - 1 - slots) & (KP - 1))[:, None] + labels[None, :] * 0, 0)
-        duration_1_count += w_1 * coef
-        if ((i + 1) % DURATION_BLOCK == 0) | (e == 1):
-            duration_count += tl.where(slots[:, None] == 0, duration_1_count[None, :], 0.0)
-            tl.store(duration_out, tl.load(duration_out, mask=duration_mask, other=0.0) + duration_count,
-                     mask=duration_mask)
-            duration_count = tl.zeros((KP, CP), tl.float32)
-            duration_1_count = tl.zeros((CP,), tl.float32)
+        duration_count, duration_1_count = count_durations(duration_count, duration_1_count, segments, w_1 * coef,
+                                                           e, i, slots, labels, duration_out, duration_mask, KP,
+                                                           DURATION_BLOCK)
 
         cum = retreat_prefix_sum(cum, scores, mean)  # cum[e-1]
         v_e = newest
