@@ -19,7 +19,8 @@
   reproducible from a `torch.Generator`.
 - :func:`hvp`: the posterior and its tangent along a direction (a
   Hessian-vector product of log Z): a tangent lane along the forward's
-  tables, then the outside flow and its tangent (:mod:`.hvp`).
+  tables, the outside flow differentiated, then the outside flow
+  (:mod:`.hvp`).
 - :func:`information`: entropy, cross-entropy or KL, an information lane
   along the forward's tables (:mod:`.hvp`).
 
@@ -147,35 +148,34 @@ def sample(factors: Factors, num_samples: int, generator=None):
 
 def hvp(factors: Factors, tangent: Factors, saved: InsideTables | None = None) -> tuple:
     """`(posterior, its tangent along tangent)` (the backend contract's
-    `hvp`): the forward's tables (`saved`, if :func:`inside` left them),
-    the outside flow, a tangent sweep along the tables and the tangent flow."""
+    `hvp`), both :class:`FlowPosterior`: from the forward's tables (`saved`,
+    if :func:`inside` left them and no outside consumed them; else a forward
+    sweep first), a tangent lane along them, the tangent flow (which reads
+    them), then the outside flow (which consumes them). No copy of a table:
+    beyond the forward's, the tangent's two `(B, T+1, C)` float32 tables,
+    written over by the tangent of the posterior, and both label marginals."""
     factors = factors.to(torch.float32)
     tangent = tangent.to(torch.float32)
-    if saved is None:
+    if saved is None or saved.consumed:
         _, saved = inside(factors)
-    post = outside(factors, saved)
-    ring = tangent_duration_ring(duration_ring(tangent.duration))
-    log_z_tangent, *tangent_tables = expectation_sweep("tangent", factors, saved, tangent=tangent, tangent_ring=ring,
-                                                       keep_tables=True)
-    segment_start, segment_end, transition, duration = tangent_flow(factors, saved, tangent, ring, tangent_tables,
-                                                                    post.segment_start, post.segment_end)
-    batch = torch.arange(segment_end.shape[0], device=segment_end.device)
-    dot = Posterior(log_z_tangent.to(torch.float32), segment_start, segment_end, transition, duration,
-                    segment_start[:, 0].clone(), segment_end[batch, factors.lengths - 1])
-    return post, dot
+    ring = tangent_duration_ring(tangent)
+    log_z_tangent, tangent_tables = expectation_sweep("tangent", saved, tangent=tangent, tangent_ring=ring,
+                                                      keep_tables=True)
+    start, end, marginals, transition, duration, first, last = tangent_flow(saved, tangent, ring, tangent_tables)
+    dot = FlowPosterior(log_z_tangent.to(torch.float32), start, end, transition, duration, first, last, marginals)
+    return outside(factors, saved), dot
 
 
 def information(p: Factors, q: Factors | None, kind: str) -> tuple:
     """`(value (B,) float32, (p's tables, q's tables))`: entropy of p, or
     cross-entropy / KL of p and q (the backend contract's `information`),
     summed in float64 by an information lane along the forward tables of p
-    (and q); the tables serve a later :func:`hvp` of p and :func:`outside`
-    of q."""
+    (and q), which it only reads: they serve a later :func:`hvp` of p and
+    :func:`outside` of q (each consumes its own)."""
     p = p.to(torch.float32)
     _, p_tables = inside(p)
     q_tables = None
     if q is not None:
-        q = q.to(torch.float32)
-        _, q_tables = inside(q)
-    value = expectation_sweep(kind, p, p_tables, q=q, q_tables=q_tables)[0]
+        _, q_tables = inside(q.to(torch.float32))
+    value = expectation_sweep(kind, p_tables, q_tables=q_tables)[0]
     return value.to(torch.float32), (p_tables, q_tables)
