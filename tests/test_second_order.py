@@ -122,7 +122,19 @@ def test_triton_hvp_evaluates_the_tangent_by_the_factors_definition(p, offset, c
         torch.testing.assert_close(a.double(), b, rtol=2e-4, atol=2e-5 * scale, msg=name)
 
 
-def test_triton_hvp_runs_the_outside_last_and_recomputes_consumed_tables(monkeypatch):
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                                    reason="needs CUDA")])]
+
+
+def on(device: str, p: SemiMarkovPotentials) -> SemiMarkovPotentials:
+    """The same model on `device` (lengths included)."""
+    moved = p.replace(**{n: t.detach().to(device) for n, t in p.tensors().items()})
+    moved.lengths = p.lengths.to(device)
+    return moved
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_triton_hvp_runs_the_outside_last_and_recomputes_consumed_tables(monkeypatch, device):
     """The tangent sweeps read the forward's tables before the outside flow
     writes the posterior over them: hvp from fresh tables, from tables an
     outside consumed (a forward sweep again) and without tables agree
@@ -131,10 +143,10 @@ def test_triton_hvp_runs_the_outside_last_and_recomputes_consumed_tables(monkeyp
     with the sums of its boundary masses and its one-block counts."""
     kernels = pytest.importorskip("semiring_semicrf.kernels")
     g = torch.Generator().manual_seed(17)
-    p = SemiMarkovPotentials(torch.randn(2, 9, 3, generator=g), torch.randn(3, 3, generator=g),
-                             torch.randn(4, 3, generator=g), torch.tensor([9, 6]),
-                             start_scores=torch.randn(2, 9, 3, generator=g))
-    tangent = direction(p, random_direction(p, 18)).factors()
+    p = on(device, SemiMarkovPotentials(torch.randn(2, 9, 3, generator=g), torch.randn(3, 3, generator=g),
+                                        torch.randn(4, 3, generator=g), torch.tensor([9, 6]),
+                                        start_scores=torch.randn(2, 9, 3, generator=g)))
+    tangent = direction(p, {n: t.to(device) for n, t in random_direction(p, 18).items()}).factors()
     rung = backends.select("triton", p, "hvp")
     fields = Posterior.FIELDS
     _, saved = rung.inside(p.factors())
@@ -153,14 +165,15 @@ def test_triton_hvp_runs_the_outside_last_and_recomputes_consumed_tables(monkeyp
     torch.testing.assert_close(rung.hvp(p.factors(), tangent)[1].duration, dot.duration, rtol=1e-6, atol=1e-6)
 
 
-def test_triton_information_gradient_twice_through_one_forward():
+@pytest.mark.parametrize("device", DEVICES)
+def test_triton_information_gradient_twice_through_one_forward(device):
     """The information query keeps p's and q's forward tables for the
     gradient, whose hvp and outside consume them: a second backward
     (retain_graph=True) computes them again and gets the same gradients."""
     g = torch.Generator().manual_seed(19)
-    p = leaves(SemiMarkovPotentials(torch.randn(2, 7, 3, generator=g), torch.randn(3, 3, generator=g),
-                                    torch.randn(3, 3, generator=g), torch.tensor([7, 4])))
-    q = leaves(perturbed(p, 20))
+    p = SemiMarkovPotentials(torch.randn(2, 7, 3, generator=g), torch.randn(3, 3, generator=g),
+                             torch.randn(3, 3, generator=g), torch.tensor([7, 4]))
+    p, q = leaves(on(device, p)), leaves(on(device, perturbed(p, 20)))
     tensors = [*p.tensors().values(), *q.tensors().values()]
     value = semimarkov_scan((p, q), KLDivergenceSemiring(), backend="triton")
     first = torch.autograd.grad(value.sum(), tensors, retain_graph=True)
@@ -361,9 +374,7 @@ def test_compiled_sample_runs_eagerly_or_names_why_it_cannot():
 
 def on_gpu(p: SemiMarkovPotentials) -> SemiMarkovPotentials:
     """The same model in float32 on the GPU (lengths included)."""
-    moved = p.replace(**{n: t.detach().to("cuda", torch.float32) for n, t in p.tensors().items()})
-    moved.lengths = p.lengths.cuda()
-    return moved
+    return on("cuda", cast(p, torch.float32))
 
 
 @pytest.mark.gpu
