@@ -1,35 +1,47 @@
-"""The Triton kernels on one GPU, in one run: checks, then timings.
+"""Every query on one GPU, in one run: checks, then timings against the targets.
 
-    python benchmarks/gpu_bench.py --out DIR          # everything (~5 min on an H100)
-    python benchmarks/gpu_bench.py --quick --out DIR  # small configs, seconds
+    python3 -u benchmarks/gpu_bench.py --out DIR > DIR/log   # everything (about 6 minutes on one H200)
+    python3 -u benchmarks/gpu_bench.py --quick --out DIR     # the queries at (4, 1000, 32, 24) only
 
-1. the GPU tests (``pytest -m gpu`` on :data:`GPU_TEST_FILES`);
-2. per config (B, T, K, C): log Z, the Viterbi score and (small configs) the
-   posteriors of our float32 kernels against the float64 PyTorch scan on the
-   CPU (computed in background processes while the GPU works), bitwise
-   run-to-run determinism, and the agreement of flash-semicrf's log Z;
-3. median times of forward (`log_partition` under no_grad), forward+backward
-   (`log_partition(...).sum().backward()`: the gradient of every input) and
-   Viterbi (max sweep + traceback):
-   ours, flash-semicrf 0.2.0's Triton path and pytorch-struct 0.5 where they
-   fit (an anchor is skipped where its earlier figures say it takes over a
-   minute; those figures are printed instead); peak GPU memory beyond the
-   inputs; our time per position (time / T) per sweep;
-4. a sweep of num_warps for our two sweeps (how the heuristic was chosen).
+flash-semicrf 0.2.0 (the anchor) is imported if installed (it is not in the GPU image: install its wheel with
+``pip install --no-deps flash_semicrf-0.2.0-*.whl`` first); without it the anchor columns say why.
 
-Writes ``gpu_bench.json`` and ``gpu_bench.png`` (time vs T) under --out and
-prints the table last. Scores are zero-mean per sequence and label and
-`start = logsumexp(transition, 0)`, so flash-semicrf's model equals ours.
+1. The GPU tests (``pytest -m gpu`` on :data:`GPU_TEST_FILES`): every kernel against float64 references at scale.
+2. Queries, through the public API, float32, median, at :data:`QUERY_CONFIGS` (B, T, K, C) = (4, 1000, 32, 24)
+   and (1, 10^5, 64, 8): Log forward (``log_partition`` under no_grad) and forward+backward (every gradient),
+   Viterbi, ``sample((100,))``, ``topk(5)``, ``entropy()``/``cross_entropy(q)``/``kl(q)`` forward+backward with p
+   requiring grad, and the double backward of log Z (a gradient penalty on the scores), each against its target:
+   a sample at most 2x Log forward+backward, topk(5) at most 3x Viterbi, the others at most 3x Log
+   forward+backward. Every query runs under a time budget (:func:`budget_for`); one that runs past it is
+   interrupted and reported "over budget" (beyond T = 1000 its time at T = 256 is extrapolated first, so that a
+   slow path costs seconds, not minutes). Checks: log Z and the Viterbi score against the float64 PyTorch scan
+   (CPU, background processes), the posterior against the float64 torch sweeps, samples valid and their label
+   frequencies against the posterior marginals, the top-k sorted, scoring themselves, first = Viterbi; entropy
+   and KL >= 0, cross-entropy = entropy + KL; every kernel bitwise run to run.
+3. The Log/Max targets: forward and forward+backward against flash-semicrf's Triton path at
+   :data:`FLASH_CONFIGS`; forward+backward at (1, 10^6, 64, 8); the host overhead (the public call minus its
+   kernels) at small sizes; large label sets; peak GPU memory of forward+backward at (256, 1000, 32, 24) per
+   B*T*C element beyond the inputs.
+4. :data:`ONCE_CONFIG` (4, 10^4, 100, 24): every query once (budgeted).
+5. A sweep of num_warps at :data:`SWEEP_CONFIGS` (the heuristic for C >= 64 was not measured).
+
+The run keeps its own clock (:data:`TESTS_TIMEOUT_S`, :data:`ONCE_UNTIL_S`): whatever is slow, it ends well
+under 8 minutes, saying what it did not run.
+
+Writes ``gpu_bench.json``, ``gpu_bench.png`` (Log/Max time against T, with flash-semicrf) and
+``gpu_queries.png`` (every query against its target) under --out, and prints the tables last.
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import gc
 import json
 import math
 import multiprocessing as mp
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -37,50 +49,74 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-GPU_TEST_FILES = ["tests/test_kernels.py", "tests/test_determinism.py"]  # those with tests marked gpu
-CONFIGS = [(4, 1000, 32, 24), (16, 2000, 16, 12), (4, 10000, 100, 24), (1, 100000, 64, 8), (1, 1000000, 64, 8)]
-QUICK = [(4, 1000, 32, 24), (1, 20000, 64, 8)]
-# flash-semicrf 0.2.0 Triton on an H100 (docs/performance.md, "Anchor figures"), seconds; inf: "over 60 s".
-ANCHOR_FIGURES = {
-    (4, 1000, 32, 24): {"fwd": 0.040, "fwd_bwd": 0.500, "max": 0.011},
-    (16, 2000, 16, 12): {"fwd": 0.038, "fwd_bwd": 0.275, "max": 0.010},
-    (4, 10000, 100, 24): {"fwd": 1.3, "fwd_bwd": math.inf},
-    (1, 100000, 64, 8): {"fwd": 4.8, "fwd_bwd": math.inf},
-}
-WARM_UP_S = 0.3  # busy GPU before each timing: a forward timed right after the CPU-side checks read 3.7 ms, not 1.9
-ANCHOR_LIMIT_S = 20.0  # an anchor run expected to take longer is skipped (device time is scarce)
-ANCHOR_MAX_T = 100_000  # beyond: not run (T-scaling the row above gives ~48 s forward)
-TORCH_STRUCT_MAX_T = 2000  # its chart grows with T; it already fails at the first config
-EDGE_LIMIT_BYTES = 4 * 2**30  # pytorch-struct's (B, T, K+1, C, C) edge tensor
+GPU_TEST_FILES = ["tests/test_kernels.py", "tests/test_kernels_kbest.py", "tests/test_kernels_sampling.py",
+                  "tests/test_determinism.py"]  # those with tests marked gpu
+QUERY_CONFIGS = [(4, 1000, 32, 24), (1, 100_000, 64, 8)]
+ONCE_CONFIG = (4, 10_000, 100, 24)
+FLASH_CONFIGS = [(4, 1000, 32, 24), (16, 2000, 16, 12)]
+LONG_CONFIG = (1, 1_000_000, 64, 8)
+WIDE_CONFIGS = [(4, 1000, 32, 128), (2, 1000, 16, 256)]
+MEMORY_CONFIG = (256, 1000, 32, 24)
+SWEEP_CONFIGS = [(16, 2000, 16, 12), (4, 1000, 32, 128), (2, 1000, 16, 256)]
+#: (query, the query its target multiplies, the factor).
+QUERIES = [("fwd", None, None), ("fwd_bwd", None, None), ("viterbi", None, None), ("sample", "fwd_bwd", 2),
+           ("topk", "viterbi", 3), ("entropy", "fwd_bwd", 3), ("cross-entropy", "fwd_bwd", 3), ("kl", "fwd_bwd", 3),
+           ("double-backward", "fwd_bwd", 3)]
+#: The previous measurements on an H100 (docs/performance.md), seconds: what the targets are relative to.
+EARLIER: dict[str, dict] = {
+    "flash": {(4, 1000, 32, 24): {"fwd": 0.0401, "fwd_bwd": 0.496, "max": 0.0109},
+              (16, 2000, 16, 12): {"fwd": 0.0364, "fwd_bwd": 0.272, "max": 0.00965},
+              (4, 10000, 100, 24): {"fwd": 1.31, "fwd_bwd": math.inf, "max": 0.324},
+              (1, 100000, 64, 8): {"fwd": 4.79, "fwd_bwd": math.inf, "max": 1.14}},
+    "wide_fwd_bwd": {(2, 1000, 16, 256): 0.215}}
+DEVICE = "cuda"
+WARM_UP_S = 0.3  # busy GPU before each timing: its clocks rise from idle
+COMPILE_S = 60.0  # allowance for the first call of a query (Triton compiles its kernels, up to 32 warps)
+#: The run's own clock (seconds since it started), so that it stays well under 8 minutes whatever is slow:
+#: the GPU tests stop after TESTS_TIMEOUT_S; a query of the every-query-once config that would start past
+#: ONCE_UNTIL_S is not run, nor the num_warps sweep past SWEEP_FROM_S, which stops at ONCE_UNTIL_S.
+TESTS_TIMEOUT_S = 150.0
+SWEEP_FROM_S = 360.0
+ONCE_UNTIL_S = 420.0
+STARTED = time.perf_counter()
+PROBE_T = 256  # beyond T = 1000, a query is first timed here and extrapolated (divisible by 16, as the long T)
+ANCHOR_LIMIT_S = 20.0  # an anchor run expected to take longer is skipped
 POSTERIOR_FIELDS = ("segment_start", "segment_end", "transition", "duration", "first", "last")
-# On-chip latency of one log-semiring step (docs/performance.md, "Anchor figures"), us, by padded C.
-STEP_FLOOR_US = {8: 0.19, 16: 0.33, 32: 0.6}
 
 
-# -- inputs and float64 references (CPU, background processes) ---------------
+# -- inputs and float64 references (CPU, background processes) -------------------
 def make_inputs(B, T, K, C, seed=0):
+    """Scores zero-mean per sequence and label and `start = logsumexp(transition, 0)`: flash-semicrf's model
+    equals ours. Also the scores of a second model q (cross-entropy, KL)."""
     import torch
     g = torch.Generator().manual_seed(seed + T + K + C)
     scores = torch.randn(B, T, C, generator=g)
     scores = scores - scores.mean(dim=1, keepdim=True)
     transition = 0.5 * torch.randn(C, C, generator=g)
     duration = 0.5 * torch.randn(K, C, generator=g)
-    return scores, transition, duration, torch.logsumexp(transition, dim=0)
+    other = scores + torch.randn(B, T, C, generator=g)
+    return {"scores": scores, "transition": transition, "duration": duration,
+            "start": torch.logsumexp(transition, dim=0), "other": other}
 
 
-def potentials(tensors, device, dtype):
+def potentials(tensors, scores=None, requires_grad=False):
+    """`SemiMarkovPotentials` of `tensors` (`scores` replaced if given); fresh leaves requiring grad if asked."""
     from semiring_semicrf import SemiMarkovPotentials
-    scores, transition, duration, start = (t.to(device, dtype) for t in tensors)
-    return SemiMarkovPotentials(scores, transition, duration, start=start, validate_args=False)
+    names = ("scores", "transition", "duration", "start")
+    chosen = [tensors[n] if n != "scores" or scores is None else scores for n in names]
+    if requires_grad:
+        chosen = [t.detach().requires_grad_() for t in chosen]
+    return SemiMarkovPotentials(*chosen[:3], start=chosen[3], validate_args=False)
 
 
 def reference_job(shape, what):
-    """float64 CPU reference: 'log' / 'max' -> list (the PyTorch scan);
-    'posterior' -> dict of tensors (the PyTorch backend's outside pass)."""
+    """float64 CPU reference: 'log' / 'max' -> list (the PyTorch scan); 'posterior' -> dict of tensors (the
+    torch rung's outside sweep)."""
     import torch
     torch.set_num_threads(1)
     from semiring_semicrf import MaxSemiring, semimarkov_scan
-    p = potentials(make_inputs(*shape), "cpu", torch.float64)
+    tensors = {k: v.double() for k, v in make_inputs(*shape).items()}
+    p = potentials(tensors)
     if what == "log":
         return semimarkov_scan(p).tolist()
     if what == "max":
@@ -88,21 +124,36 @@ def reference_job(shape, what):
     from semiring_semicrf.backends import torch_sweeps
     factors = p.factors()
     ref = torch_sweeps.outside(factors, torch_sweeps.inside(factors)[1])
-    return {name: getattr(ref, name) for name in POSTERIOR_FIELDS}
+    return {name: getattr(ref, name) for name in POSTERIOR_FIELDS} | {"label_marginals": ref.label_marginals()}
 
 
-def start_references(configs):
-    workers = max(2, min(len(configs) * 2 + 2, (os.cpu_count() or 4) - 2))
-    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
-    jobs = {}
-    for shape in sorted(configs, key=lambda s: -s[1]):  # the longest first
-        for what in ("log", "max"):
-            jobs[(shape, what)] = pool.submit(reference_job, shape, what)
-        jobs[(shape, "posterior")] = pool.submit(reference_job, shape, "posterior")
-    return pool, jobs
+def start_references(jobs_wanted):
+    pool = cf.ProcessPoolExecutor(max_workers=max(2, min(len(jobs_wanted), (os.cpu_count() or 4) - 2)),
+                                  mp_context=mp.get_context("spawn"))
+    return pool, {job: pool.submit(reference_job, *job) for job in sorted(jobs_wanted, key=lambda j: -j[0][1])}
 
 
-# -- timing -------------------------------------------------------------------
+# -- timing under a budget ----------------------------------------------------------
+class OverBudget(Exception):
+    """A timed call ran past its budget."""
+
+
+@contextlib.contextmanager
+def deadline(seconds):
+    """Raise OverBudget in the main thread after `seconds` (the library's slow paths are Python loops, which
+    the signal interrupts; a CUDA kernel finishes first)."""
+    def expire(signum, frame):
+        raise OverBudget
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def event_seconds(fn):
     import torch
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -114,26 +165,93 @@ def event_seconds(fn):
     return start.elapsed_time(end) / 1e3
 
 
-def cuda_time(fn, budget_s=2.0, max_reps=20, warm_up=True):
-    """Median seconds of `fn()` (CUDA events), after warm-up calls for at
-    least WARM_UP_S (the GPU's clocks rise from idle; one call, unless the
-    caller already made one, where a call takes longer); calls over 2 s are
-    timed once."""
+def recover():
+    """After an interrupted or failed call: let the GPU finish, free what the call held."""
     import torch
-    begin = time.perf_counter()
-    while warm_up or time.perf_counter() - begin < WARM_UP_S:
-        fn()
+    with contextlib.suppress(Exception):
         torch.cuda.synchronize()
-        warm_up = False
-    times = [event_seconds(fn)]
-    more = 0 if times[0] > 2 else max(2, min(max_reps, int(budget_s / max(times[0], 1e-5))))
-    times += [event_seconds(fn) for _ in range(more)]
-    return statistics.median(times)
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def failure(exc, budget_s) -> str:
+    import torch
+    recover()
+    cause = exc
+    while cause is not None:  # (Triton's interpreter wraps what a kernel's call raised)
+        if isinstance(cause, OverBudget):
+            return f"over budget (>{budget_s:.3g} s)"
+        cause = cause.__cause__
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return "out of memory"
+    return f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:70] if str(exc) else ''}"
+
+
+def median_time(fn, budget_s, first_allowance_s=COMPILE_S, max_reps=20, once=False):
+    """Median seconds of `fn()` (CUDA events): one call (with `first_allowance_s` more for compiling), warm-up
+    calls for WARM_UP_S, then timed calls while half the budget lasts (at least 3 when they fit; a call over
+    1 s is timed once). `once`: the first call alone, timed (its kernels compiled already). A string instead
+    when a call runs past the budget or fails."""
+    import torch
+    try:
+        if once:
+            with deadline(budget_s + first_allowance_s):
+                return event_seconds(fn)
+        with deadline(budget_s + first_allowance_s):
+            fn()
+            torch.cuda.synchronize()
+        with deadline(budget_s):
+            begin = time.perf_counter()
+            while time.perf_counter() - begin < WARM_UP_S:
+                fn()
+                torch.cuda.synchronize()
+            times = [event_seconds(fn)]
+            reps = 0 if times[0] > 1 else max(2, min(max_reps, int(0.5 * budget_s / times[0])))
+            times += [event_seconds(fn) for _ in range(reps)]
+        return statistics.median(times)
+    except Exception as exc:  # noqa: BLE001 - a query failing or too slow is a result
+        return failure(exc, budget_s)
+
+
+def budgeted_time(make_fn, shape, budget_s, once=False):
+    """`median_time` of `make_fn(shape)()`; beyond T = 1000, first the time at T = PROBE_T (which also
+    compiles the same kernel variants), extrapolated linearly: over the budget, the query is not run at T."""
+    B, T, K, C = shape
+    if T > 1000:
+        probe = make_fn((B, PROBE_T, K, C))
+        try:
+            with deadline(max(budget_s, COMPILE_S)):
+                start = time.perf_counter()
+                probe()
+                recover()
+                seconds = time.perf_counter() - start
+            if seconds <= budget_s:
+                with deadline(budget_s):
+                    start = time.perf_counter()
+                    probe()
+                    recover()
+                    seconds = time.perf_counter() - start
+        except Exception as exc:  # noqa: BLE001
+            return failure(exc, budget_s) + f" at T={PROBE_T}"
+        del probe
+        estimate = seconds * T / PROBE_T
+        if estimate > budget_s:
+            return f"over budget (~{estimate:.0f} s from T={PROBE_T})"
+    return median_time(make_fn(shape), budget_s, first_allowance_s=COMPILE_S if T <= 1000 else 5.0, once=once)
+
+
+def budget_for(query, times):
+    """Seconds a query may take: ten times its target (at least 2 s, at most 20 s); 20 s for the Log and
+    Viterbi queries the targets refer to."""
+    _, against, factor = next(q for q in QUERIES if q[0] == query)
+    reference = times.get(against) if against else None
+    if not isinstance(reference, float):
+        return 20.0
+    return min(20.0, max(2.0, 10 * factor * reference))
 
 
 def peak_bytes(fn):
-    """Peak GPU memory allocated during `fn()` beyond what existed before
-    (the inputs), outputs included."""
+    """Peak GPU memory allocated during `fn()` beyond what existed before (the inputs), outputs included."""
     import torch
     gc.collect()  # a collection inside the window once freed earlier tensors: negative peaks
     torch.cuda.synchronize()
@@ -147,97 +265,91 @@ def peak_bytes(fn):
     return peak
 
 
-def guarded(fn):
-    """`fn()`, or the reason it failed (OOM, compile error) as a string."""
+# -- the queries ----------------------------------------------------------------------
+def query_maker(query, device_tensors):
+    """`make(shape) -> fn` for one query through the public API (the scores of `shape` cut or tiled from the
+    config's own inputs, so that the probe at T = 256 sees the same values)."""
     import torch
-    try:
-        return fn()
-    except torch.cuda.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        return "out of memory"
-    except Exception as exc:  # noqa: BLE001 - an anchor failing is a result, not a crash
-        torch.cuda.empty_cache()
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:60] if str(exc) else ''}"
+
+    from semiring_semicrf import log_partition
+    from semiring_semicrf.cli import query_call
+    from semiring_semicrf.decoding import viterbi
+
+    def sized(name, T):
+        t = device_tensors[name]
+        return t if t.shape[1] == T else t[:, :T].contiguous()
+
+    def make(shape):
+        T = shape[1]
+
+        def fresh(requires_grad=query in ("fwd_bwd", "entropy", "cross-entropy", "kl", "double-backward")):
+            return potentials(device_tensors, sized("scores", T), requires_grad)
+
+        if query == "fwd":
+            return lambda: torch.no_grad()(log_partition)(fresh(False))
+        if query == "fwd_bwd":
+            def fwd_bwd():
+                p = fresh()
+                log_partition(p).sum().backward()
+                return p.scores.grad
+            return fwd_bwd
+        if query == "viterbi":
+            return lambda: viterbi(fresh(False))[0]
+        return query_call(query, fresh, lambda: potentials(device_tensors, sized("other", T)))
+    return make
 
 
-# -- one config -----------------------------------------------------------------
-def ours(shape, tensors, refs, record):
+def check_queries(shape, tensors, refs, record):
+    """Correctness of every query at `shape` (see the module docstring), into `record["checks"]`."""
     import torch
-    from semiring_semicrf import kernels, log_partition
-    from semiring_semicrf.kernels.backward import outside_sweep
-    from semiring_semicrf.kernels.common import duration_ring, flow_num_warps, pad, sweep_num_warps
-    from semiring_semicrf.kernels.forward import forward_sweep
-    from semiring_semicrf.posterior import Posterior
+
+    from semiring_semicrf import SemiMarkovDistribution, log_partition, posterior
+    from semiring_semicrf.decoding import topk, viterbi
+    from semiring_semicrf.sampling import sample
+    from semiring_semicrf.segmentation import Segmentation
     B, T, K, C = shape
-    gpu = [t.cuda() for t in tensors]
-
-    def fresh():
-        return potentials(gpu, "cuda", torch.float32)
-
-    def fwd():
-        with torch.no_grad():
-            return log_partition(fresh(), backend="triton")
-
-    def fwd_bwd():  # the public path: every gradient, as flash-semicrf's timing
-        leaves = [t.detach().requires_grad_() for t in gpu]
-        log_partition(potentials(leaves, "cuda", torch.float32), backend="triton").sum().backward()
-        return [t.grad for t in leaves]
-
-    def vit():
-        return kernels.viterbi(fresh().factors())
-
-    # correctness and determinism
-    p = fresh().factors()
-    log_z, saved = kernels.inside(p)
-    post = kernels.outside(p, saved)
-    score, labels, starts = kernels.viterbi(p)
-    again_z, again_saved = kernels.inside(p)
-    again_post = kernels.outside(p, again_saved)
-    again_vit = kernels.viterbi(p)
-    record["bitwise_deterministic"] = bool(
-        torch.equal(log_z, again_z) and all(torch.equal(getattr(post, f), getattr(again_post, f)) for f in POSTERIOR_FIELDS)
-        and all(torch.equal(a, b) for a, b in zip((score, labels, starts), again_vit)))
-    n_seg = post.segment_start.sum(dim=(1, 2))
-    record["posterior_sums_error"] = max(
-        float((post.first.sum(-1) - 1).abs().max()), float((post.last.sum(-1) - 1).abs().max()),
-        float(((post.duration.sum(dim=(1, 2)) - n_seg) / n_seg).abs().max()),
-        float(((post.transition.sum(dim=(1, 2)) - (n_seg - 1)) / n_seg).abs().max()))
-    record["log_z"] = log_z.tolist()
-    record["log_z_rel_err"] = rel_err(log_z.cpu().double(), torch.tensor(refs["log"].result()))
-    record["viterbi_rel_err"] = rel_err(score.cpu().double(), torch.tensor(refs["max"].result()))
-    record["viterbi_path_valid"] = bool((labels >= 0).all() and starts[:, 0].all())
-    ref = refs["posterior"].result()
-    record["posterior_rel_err"] = {k: rel_err(getattr(post, k).cpu().double(), ref[k]) for k in POSTERIOR_FIELDS}
-    record["posterior_max_abs_err"] = max(float((getattr(post, k).cpu().double() - ref[k]).abs().max())
-                                          for k in ("segment_start", "segment_end", "first", "last"))
-    ref_labels = Posterior(None, ref["segment_start"], ref["segment_end"], *(None,) * 4).label_marginals()
-    record["label_marginals_max_abs_err"] = float((post.label_marginals().cpu().double() - ref_labels).abs().max())
-    del post, again_post, saved, again_saved
-
-    # timings and memory
-    record["ours"] = {"fwd": cuda_time(fwd), "fwd_bwd": cuda_time(fwd_bwd), "max": cuda_time(vit),
-                      "mem_fwd_bwd": peak_bytes(fwd_bwd), "mem_fwd": peak_bytes(fwd)}
-    record["input_bytes"] = sum(t.numel() * t.element_size() for t in gpu)
-
-    # num_warps sweep of the two sweeps alone (factors prepared once)
-    def prepare():
-        factors = fresh().factors()
-        return factors, duration_ring(factors.duration), factors.enter, factors.leave
-
-    inputs, ring, _, _ = prepare()
-    KP, CP = pad(K), pad(C)
-    chosen = f"{sweep_num_warps(KP, CP)}/{flow_num_warps(KP, CP)}"
-    sweep = {}
-    for w in (1, 2, 4, 8):
-        if (w == 1 and KP * CP > 4096) or (w == 8 and KP * CP < 4096):
-            continue
-        f = cuda_time(lambda: forward_sweep(inputs, ring, False, num_warps=w), budget_s=1.0)
-        _, _, alpha_hat, u_hat, scale = forward_sweep(inputs, ring, False, num_warps=w)
-        o = cuda_time(lambda: outside_sweep(inputs, ring, alpha_hat, u_hat, scale, num_warps=w), budget_s=1.0)
-        m = cuda_time(lambda: forward_sweep(inputs, ring, True, num_warps=w), budget_s=1.0)
-        sweep[w] = {"forward_sweep": f, "outside": o, "max_sweep": m}
-    record["num_warps_sweep"] = {"chosen": chosen, "times": sweep}
-    record["ours"]["prepare"] = cuda_time(prepare)
+    p = potentials(tensors)
+    checks = {}
+    with torch.no_grad():
+        log_z = log_partition(p)
+        best, labels, starts = viterbi(p)
+        post = posterior(p)
+        marginals = post.label_marginals()
+        scores, top_labels, top_starts = topk(p, 5)
+        drawn = sample(p, 100, torch.Generator(DEVICE).manual_seed(0))
+        again = (log_partition(p), viterbi(p), posterior(p).label_marginals(), topk(p, 5),
+                 sample(p, 100, torch.Generator(DEVICE).manual_seed(0)))
+    checks["bitwise"] = bool(torch.equal(log_z, again[0]) and all(torch.equal(a, b) for a, b in zip(
+        (best, labels, starts), again[1])) and torch.equal(marginals, again[2])
+        and all(torch.equal(a, b) for a, b in zip((scores, top_labels, top_starts), again[3]))
+        and all(torch.equal(a, b) for a, b in zip(drawn, again[4])))
+    checks["log_z_rel_err"] = rel_err(log_z.cpu().double(), torch.tensor(refs["log"].result()))
+    checks["viterbi_rel_err"] = rel_err(best.cpu().double(), torch.tensor(refs["max"].result()))
+    if "posterior" in refs:
+        ref = refs["posterior"].result()
+        checks["posterior_rel_err"] = max(rel_err(getattr(post, k).cpu().double(), ref[k]) for k in POSTERIOR_FIELDS)
+        checks["label_marginals_max_abs_err"] = float((marginals.cpu().double() - ref["label_marginals"]).abs().max())
+    # samples: valid, label frequencies within a few standard errors of the marginals
+    Segmentation(drawn[0][:8], drawn[1][:8]).validate(p)
+    frequencies = torch.stack([(drawn[0] == c).double().mean(dim=0) for c in range(C)], dim=-1)
+    spread = (marginals.double() * (1 - marginals.double()) / 100).sqrt().clamp(min=1e-3)
+    checks["sample_max_z"] = float(((frequencies - marginals.double()).abs() / spread).max())
+    # top-k: sorted, the first is Viterbi, each entry scores itself, entries distinct
+    own = Segmentation(top_labels.flatten(0, 1), top_starts.flatten(0, 1)).log_potential(
+        p[torch.arange(B, device=DEVICE).repeat(5)], validate=False).view(5, B)
+    checks["topk_sorted"] = bool((scores[1:] <= scores[:-1]).all())
+    checks["topk_first_is_viterbi"] = rel_err(scores[0].double(), best.double())
+    checks["topk_own_score_rel_err"] = rel_err(own.double(), scores.double())
+    checks["topk_distinct"] = all(len({tuple(top_labels[q, b].tolist()) + tuple(top_starts[q, b].tolist())
+                                       for q in range(5)}) == 5 for b in range(min(B, 2)))
+    # information: signs and the identity CE = H + KL
+    d = SemiMarkovDistribution.from_potentials(p, validate_args=False)
+    q = SemiMarkovDistribution.from_potentials(potentials(tensors, tensors["other"]), validate_args=False)
+    with torch.no_grad():
+        entropy, kl, cross = d.entropy(), d.kl(q), d.cross_entropy(q)
+    checks["entropy_min"], checks["kl_min"] = float(entropy.min()), float(kl.min())
+    checks["cross_entropy_identity_rel_err"] = rel_err(cross.double(), (entropy + kl).double())
+    record["checks"] = checks
 
 
 def rel_err(got, want):
@@ -245,17 +357,42 @@ def rel_err(got, want):
     return float(torch.linalg.vector_norm(got - want) / torch.linalg.vector_norm(want).clamp(min=1e-30))
 
 
-def flash(shape, tensors, record):
+def run_queries(shape, tensors, names, record):
+    """Times of `names` at `shape` into `record["times"]` (seconds or a reason), each under its budget."""
+    times = record.setdefault("times", {})
+    for query in names:
+        budget = budget_for(query, times)
+        times[query] = budgeted_time(query_maker(query, tensors), shape, budget)
+        print(f"  {query}: {fmt(times[query])} (budget {budget:.3g} s)", flush=True)
+
+
+# -- the Log/Max targets --------------------------------------------------------------
+def kernels_alone(tensors):
+    """(forward sweep, forward sweep with tables + outside flow) seconds on factors prepared once: what the
+    public call adds is host overhead."""
+    from semiring_semicrf.kernels.backward import outside_sweep
+    from semiring_semicrf.kernels.common import duration_ring
+    from semiring_semicrf.kernels.forward import forward_sweep
+    factors = potentials(tensors).factors()
+    ring = duration_ring(factors)
+    forward = median_time(lambda: forward_sweep(factors, ring, False, tables=False), 5.0)
+    both = median_time(lambda: outside_sweep(factors, ring, *forward_sweep(factors, ring, False)[2:6]), 5.0)
+    return forward, both
+
+
+def flash(shape, tensors):
+    """flash-semicrf 0.2.0's Triton path: {'fwd', 'fwd_bwd', 'max'} seconds or a reason, and the relative
+    difference of its log Z from ours."""
     import torch
-    from flash_semicrf.streaming import semi_crf_streaming_forward
+    try:
+        from flash_semicrf.streaming import semi_crf_streaming_forward
+    except ImportError as exc:
+        reason = f"not installed ({exc.name})"
+        return dict.fromkeys(("fwd", "fwd_bwd", "max"), reason)
     B, T, K, C = shape
-    if T > ANCHOR_MAX_T:
-        record["flash"] = {k: "skipped" for k in ("fwd", "fwd_bwd", "max")}
-        return
-    scores, transition, duration, _ = (t.cuda() for t in tensors)
-    cum = torch.nn.functional.pad(scores.cumsum(dim=1), (0, 0, 1, 0))
-    lengths = torch.full((B,), T, dtype=torch.long, device="cuda")
-    figures = ANCHOR_FIGURES.get(shape, {})
+    cum = torch.nn.functional.pad(tensors["scores"].cumsum(dim=1), (0, 0, 1, 0))
+    transition, duration = tensors["transition"], tensors["duration"]
+    lengths = torch.full((B,), T, dtype=torch.long, device=DEVICE)
 
     def run(semiring):
         with torch.no_grad():
@@ -266,198 +403,294 @@ def flash(shape, tensors, record):
         semi_crf_streaming_forward(c, tr, du, lengths, K).sum().backward()
         return c.grad
 
-    z = guarded(lambda: run("log"))  # also the forward's warm-up (compilation)
-    if not isinstance(z, str):
-        record["flash_log_z_rel_diff"] = rel_err(z.double().cpu(), torch.tensor(record["log_z"]).double())
     out = {}
-    for name, fn in (("fwd", lambda: run("log")), ("fwd_bwd", run_grad), ("max", lambda: run("max"))):
-        if figures.get(name, 0.0) > ANCHOR_LIMIT_S:
-            out[name] = "skipped"
-        elif name == "fwd" and isinstance(z, str):
-            out[name] = z
-        else:
-            out[name] = guarded(lambda: cuda_time(fn, budget_s=3.0, warm_up=name != "fwd"))
-    record["flash"] = out
+    for key, fn in (("fwd", lambda: run("log")), ("fwd_bwd", run_grad), ("max", lambda: run("max"))):
+        earlier = EARLIER["flash"].get(shape, {}).get(key, 0.0)
+        out[key] = "skipped" if earlier > ANCHOR_LIMIT_S else median_time(fn, 8.0, max_reps=5)
+    if isinstance(out["fwd"], float):
+        from semiring_semicrf import log_partition
+        with torch.no_grad():
+            ours = log_partition(potentials(tensors)).double().cpu()
+        out["log_z_rel_diff"] = rel_err(run("log").double().cpu(), ours)
+    return out
 
 
-def torch_struct(shape, tensors, record):
+def log_max_targets(device_inputs, args, measured):
+    """Every item of the Log/Max targets (see the module docstring): `{"flash": [...], "long": {...},
+    "wide": [...], "memory": {...}}`, each entry with its `shape`. `measured`: shape -> the query times
+    already taken there (not measured again)."""
     import torch
-    B, T, K, C = shape
-    need = B * T * (K + 1) * C * C * 4
-    if need > EDGE_LIMIT_BYTES or T > TORCH_STRUCT_MAX_T:
-        record["torch_struct"] = {k: "skipped" for k in ("fwd", "fwd_bwd", "max")}
-        return
-    import torch_struct as ts
-    p = potentials([t.cuda() for t in tensors], "cuda", torch.float32)
-    edges = guarded(p.to_edges)
-    if isinstance(edges, str):
-        record["torch_struct"] = {"fwd": edges, "fwd_bwd": "-", "max": "-"}
-        return
-    lengths = torch.full((B,), T + 1, dtype=torch.long, device="cuda")
-
-    def fwd_bwd():
-        e = edges.clone().requires_grad_()
-        ts.SemiMarkovCRF(e, lengths=lengths).partition.sum().backward()
-        return e.grad
-
-    fwd = guarded(lambda: cuda_time(lambda: ts.SemiMarkovCRF(edges, lengths=lengths).partition))
-    record["torch_struct"] = {"fwd": fwd, "fwd_bwd": "-", "max": "-"}
-    if not isinstance(fwd, str):
-        record["torch_struct"]["fwd_bwd"] = guarded(lambda: cuda_time(fwd_bwd))
-        record["torch_struct"]["max"] = guarded(lambda: cuda_time(lambda: ts.SemiMarkovCRF(edges, lengths=lengths).max))
-    del edges
+    targets = {"flash": [], "wide": []}
+    for shape in FLASH_CONFIGS:
+        tensors = device_inputs(shape)
+        times = {q: measured[shape][q] if shape in measured else median_time(query_maker(q, tensors)(shape), 20.0)
+                 for q in ("fwd", "fwd_bwd", "viterbi")}
+        anchor = (dict.fromkeys(("fwd", "fwd_bwd", "max"), "not run (--no-anchors)") if args.no_anchors
+                  else flash(shape, tensors))
+        kernel_fwd, kernel_both = kernels_alone(tensors)
+        overhead = {"fwd": times["fwd"] - kernel_fwd if isinstance(kernel_fwd, float) else kernel_fwd,
+                    "fwd_bwd": times["fwd_bwd"] - kernel_both if isinstance(kernel_both, float) else kernel_both,
+                    "kernels_fwd": kernel_fwd, "kernels_fwd_bwd": kernel_both}
+        targets["flash"].append({"shape": list(shape), "ours": times, "flash": anchor, "overhead": overhead})
+        print(f"{shape}: ours {fmt_dict(times)}; flash {fmt_dict(anchor)}; overhead {fmt_dict(overhead)}", flush=True)
+        del tensors
+    if not args.quick:
+        tensors = device_inputs(LONG_CONFIG)
+        targets["long"] = {q: median_time(query_maker(q, tensors)(LONG_CONFIG), 20.0, max_reps=3)
+                           for q in ("fwd", "fwd_bwd", "viterbi")}
+        targets["long"]["mem_fwd_bwd"] = peak_bytes(query_maker("fwd_bwd", tensors)(LONG_CONFIG))
+        print(f"{LONG_CONFIG}: {fmt_dict(targets['long'])}", flush=True)
+        del tensors
+        for shape in WIDE_CONFIGS:
+            tensors = device_inputs(shape)
+            entry = {"shape": list(shape)} | {q: median_time(query_maker(q, tensors)(shape), 20.0)
+                                              for q in ("fwd", "fwd_bwd")}
+            targets["wide"].append(entry)
+            print(f"{shape}: {fmt_dict(entry)}", flush=True)
+            del tensors
+    tensors = device_inputs(MEMORY_CONFIG)
+    B, T, K, C = MEMORY_CONFIG
+    peak = peak_bytes(query_maker("fwd_bwd", tensors)(MEMORY_CONFIG))
+    targets["memory"] = {"shape": list(MEMORY_CONFIG), "peak_bytes": peak, "bytes_per_element": peak / (B * T * C)}
+    print(f"{MEMORY_CONFIG}: peak {peak / 2**20:.0f} MiB = {peak / (B * T * C):.1f} bytes per B*T*C", flush=True)
+    del tensors
     torch.cuda.empty_cache()
+    return targets
 
 
-# -- report ---------------------------------------------------------------------
+def elapsed():
+    return time.perf_counter() - STARTED
+
+
+def num_warps_sweep(device_inputs):
+    """Forward sweep and forward sweep + flow per num_warps, on factors prepared once, until ONCE_UNTIL_S
+    (each setting compiles both kernels anew)."""
+    from semiring_semicrf.kernels.backward import outside_sweep
+    from semiring_semicrf.kernels.common import duration_ring, flow_num_warps, pad, sweep_num_warps
+    from semiring_semicrf.kernels.forward import forward_sweep
+    out = {}
+    for shape in SWEEP_CONFIGS:
+        factors = potentials(device_inputs(shape)).factors()
+        ring = duration_ring(factors)
+        KP, CP = pad(shape[2]), pad(shape[3])
+        row = {"chosen": f"{sweep_num_warps(KP, CP)}/{flow_num_warps(KP, CP)}"}
+        for w in (1, 4, 8, 16, 32):
+            if elapsed() > ONCE_UNTIL_S:
+                row[w] = "not run (the run's time)"
+                continue
+
+            def forward(w=w, factors=factors, ring=ring):
+                return forward_sweep(factors, ring, False, num_warps=w, tables=False)
+
+            def both(w=w, factors=factors, ring=ring):
+                return outside_sweep(factors, ring, *forward_sweep(factors, ring, False, num_warps=w)[2:6],
+                                     num_warps=w)
+            row[w] = {"forward": median_time(forward, 3.0), "forward+flow": median_time(both, 3.0)}
+        out[str(shape)] = row
+        print(f"num_warps {shape}: chosen {row['chosen']}; " + "; ".join(
+            f"{w}: {fmt(t['forward'])} / {fmt(t['forward+flow'])}" if isinstance(t, dict) else f"{w}: {t}"
+            for w, t in row.items() if w != "chosen"), flush=True)
+    return out
+
+
+# -- report -----------------------------------------------------------------------------
 def fmt(x):
-    if not isinstance(x, float):
-        return "-" if x in (None, "skipped") else str(x)[:14]
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return "-" if x is None else str(x)
     if math.isinf(x):
         return ">60 s"
-    return f"{x * 1e3:.2f} ms" if x < 1 else f"{x:.2f} s"
+    return f"{x * 1e3:.2f} ms" if abs(x) < 1 else f"{x:.2f} s"
 
 
-def anchor(record, key):
-    """(seconds or None, shown): measured here, else the earlier figure in brackets."""
-    got = record["flash"].get(key)
-    if isinstance(got, float):
-        return got, fmt(got)
-    figure = ANCHOR_FIGURES.get(tuple(record["shape"]), {}).get(key)
-    if figure is not None and got == "skipped":
-        return figure, f"[{fmt(figure)}]"
-    return None, fmt(got)
+def fmt_dict(d):
+    return ", ".join(f"{k} {f'{v / 2**20:.0f} MiB' if k.startswith('mem') else fmt(v)}" for k, v in d.items()
+                     if k != "shape" and not isinstance(v, dict))
 
 
-def plot(results, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    styles = {"fwd": ("forward", "o"), "fwd_bwd": ("forward+backward", "s"), "max": ("Viterbi / max", "^")}
-    for color, (key, (label, marker)) in zip(("C0", "C1", "C2"), styles.items()):
-        ax.plot([r["shape"][1] for r in results], [r["ours"][key] for r in results], marker=marker, color=color,
-                label=f"ours: {label}")
-        measured, figures = [], []
-        for r in results:
-            seconds, _ = anchor(r, key)
-            if seconds is not None and not math.isinf(seconds):
-                (measured if isinstance(r["flash"].get(key), float) else figures).append((r["shape"][1], seconds))
-        if measured:
-            ax.plot(*zip(*measured), marker=marker, color=color, ls="--", mfc="none",
-                    label=f"flash-semicrf: {label}")
-        if figures:
-            ax.plot(*zip(*figures), marker=marker, color=color, ls="none", mfc="none", ms=9, alpha=0.6,
-                    label=f"flash-semicrf, earlier figure: {label}")
-    for i, r in enumerate(results):  # labels alternate below/above the points; the last one leftwards
-        last = i == len(results) - 1
-        ax.annotate("B={} K={} C={}".format(r["shape"][0], r["shape"][2], r["shape"][3]),
-                    (r["shape"][1], r["ours"]["fwd"]), textcoords="offset points",
-                    xytext=(-6 if last else 4, -24 if last else -13 if i % 2 == 0 else -22), ha="right" if last else "left",
-                    fontsize=7)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("sequence length T")
-    ax.set_ylabel("time (s), median")
-    ax.set_title(f"semi-Markov CRF, log semiring and max, one {results[0]['gpu']}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
+def queries_table(records):
+    lines = [f"{'config':<18} {'query':<16} {'median':<30} {'ratio':<22} {'target':<16} status"]
+    for r in records:
+        times = r["times"]
+        for query, against, factor in QUERIES:
+            got = times.get(query)
+            if got is None:
+                continue
+            ratio = target = status = ""
+            if against:
+                reference = times.get(against)
+                target = f"<= {factor}x {against}"
+                if isinstance(got, float) and isinstance(reference, float):
+                    ratio = f"{got / reference:.2f}x {against}"
+                    status = "met" if got <= factor * reference else "missed"
+                else:
+                    status = "missed" if not isinstance(got, float) else "-"
+            lines.append(f"{'x'.join(map(str, r['shape'])):<18} {query:<16} {fmt(got)[:30]:<30} {ratio:<22} "
+                         f"{target:<16} {status}")
+    return "\n".join(lines)
 
 
-def table(results):
-    header = ["B x T x K x C", "op", "ours", "us/step", "floor us", "flash-semicrf", "flash/ours",
-              "torch-struct", "GPU mem ours"]
+def checks_table(records):
+    keys = ("bitwise", "log_z_rel_err", "viterbi_rel_err", "posterior_rel_err", "label_marginals_max_abs_err",
+            "sample_max_z", "topk_sorted", "topk_first_is_viterbi", "topk_own_score_rel_err", "topk_distinct",
+            "entropy_min", "kl_min", "cross_entropy_identity_rel_err")
+    lines = []
+    for r in records:
+        checks = r.get("checks", {})
+        lines.append("x".join(map(str, r["shape"])) + ": " + ", ".join(
+            f"{k} {checks[k]:.1e}" if isinstance(checks.get(k), float) else f"{k} {checks.get(k)}"
+            for k in keys if k in checks))
+    return "\n".join(lines)
+
+
+def targets_table(targets):
     rows = []
-    for r in results:
-        B, T, K, C = r["shape"]
-        floor = STEP_FLOOR_US[min(max(8, 2 ** math.ceil(math.log2(C))), 32)]
-        for key, sweeps in (("fwd", 1), ("fwd_bwd", 2), ("max", 1)):
-            mine = r["ours"][key]
-            seconds, shown = anchor(r, key)
-            speedup = "-" if seconds is None else (
-                f">{60 / mine:.0f}x" if math.isinf(seconds) else f"{seconds / mine:.0f}x")
-            mem = {"fwd": r["ours"]["mem_fwd"], "fwd_bwd": r["ours"]["mem_fwd_bwd"]}.get(key)
-            rows.append([f"{B}x{T}x{K}x{C}" if key == "fwd" else "", key, fmt(mine),
-                         f"{mine / T / sweeps * 1e6:.3f}", f"{floor:.2f}", shown, speedup,
-                         fmt(r["torch_struct"].get(key)), f"{mem / 2**20:.0f} MiB" if mem is not None else ""])
-    widths = [max(len(str(x[i])) for x in [header] + rows) for i in range(len(header))]
-    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths))]
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
-    return "\n".join(lines)
 
+    def add(name, measured, goal, met):
+        rows.append(f"{name:<58} {measured:<34} {goal:<22} {'met' if met else 'missed' if met is False else '-'}")
 
-def checks_table(results):
-    lines = ["config             logZ rel err  viterbi rel err  posterior rel err (max abs)  label marg max abs  "
-             "sums err  flash logZ diff  bitwise  prep ms  num_warps (chosen) w:fwd/outside/max ms"]
-    for r in results:
-        sweep = " ".join(f"{w}:{t['forward_sweep'] * 1e3:.2f}/{t['outside'] * 1e3:.2f}/{t['max_sweep'] * 1e3:.2f}"
-                         for w, t in r["num_warps_sweep"]["times"].items())
-        lines.append(f"{'x'.join(map(str, r['shape'])):<18} {r['log_z_rel_err']:<13.1e} {r['viterbi_rel_err']:<16.1e} "
-                     f"{max(r['posterior_rel_err'].values()):<8.1e} ({r['posterior_max_abs_err']:.1e})        "
-                     f"{r['label_marginals_max_abs_err']:<19.1e} "
-                     f"{r['posterior_sums_error']:<9.1e} "
-                     f"{r.get('flash_log_z_rel_diff', float('nan')):<16.1e} {str(r['bitwise_deterministic']):<8} "
-                     f"{r['ours']['prepare'] * 1e3:<8.2f} "
-                     f"({r['num_warps_sweep']['chosen']}) {sweep}")
-    return "\n".join(lines)
+    for entry in targets["flash"]:
+        shape = tuple(entry["shape"])
+        for key, factor in (("fwd_bwd", 100), ("fwd", 20)):
+            ours, theirs = entry["ours"].get(key), entry["flash"].get(key)
+            if isinstance(ours, float) and isinstance(theirs, float):
+                add(f"{shape} {key}: flash-semicrf / ours", f"{theirs / ours:.0f}x ({fmt(ours)} vs {fmt(theirs)})",
+                    f">= {factor}x", theirs / ours >= factor)
+            else:
+                add(f"{shape} {key}: flash-semicrf / ours", f"ours {fmt(ours)}, flash {fmt(theirs)}"[:34],
+                    f">= {factor}x", None)
+        overhead = entry["overhead"]
+        add(f"{shape} host overhead fwd / fwd_bwd", f"{fmt(overhead['fwd'])} / {fmt(overhead['fwd_bwd'])}",
+            "~0 (was 0.3-0.9 ms)", None)
+    if "long" in targets:
+        got = targets["long"]["fwd_bwd"]
+        add(f"{LONG_CONFIG} fwd_bwd", fmt(got), "< 1.5 s", isinstance(got, float) and got < 1.5)
+        add(f"{LONG_CONFIG} fwd_bwd peak memory", f"{targets['long']['mem_fwd_bwd'] / 2**20:.0f} MiB", "< 1 GiB",
+            targets["long"]["mem_fwd_bwd"] < 2**30)
+    for entry in targets["wide"]:
+        shape, fwd, both = tuple(entry["shape"]), entry["fwd"], entry["fwd_bwd"]
+        if not (isinstance(fwd, float) and isinstance(both, float)):
+            add(f"{shape} fwd / fwd_bwd", f"{fmt(fwd)} / {fmt(both)}", "", None)
+        elif shape in EARLIER["wide_fwd_bwd"]:
+            earlier = EARLIER["wide_fwd_bwd"][shape]
+            add(f"{shape} fwd_bwd (H100 before: {fmt(earlier)})", fmt(both), f"<= {fmt(earlier / 2)}",
+                both <= earlier / 2)
+        else:
+            add(f"{shape} backward / forward", f"{(both - fwd) / fwd:.1f} ({fmt(both - fwd)} / {fmt(fwd)})", "<= 3",
+                both - fwd <= 3 * fwd)
+    memory = targets["memory"]
+    add(f"{tuple(memory['shape'])} fwd_bwd peak memory per B*T*C", f"{memory['bytes_per_element']:.1f} bytes "
+        f"({memory['peak_bytes'] / 2**20:.0f} MiB)", "<= 16 bytes", memory["bytes_per_element"] <= 16)
+    return "\n".join([f"{'Log/Max target':<58} {'measured':<34} {'target':<22} status"] + rows)
 
 
 def run_gpu_tests():
     t0 = time.perf_counter()
     # -P: the installed package, not the source folder (whose kernels/ lies outside it)
     cmd = [sys.executable, "-P", "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *GPU_TEST_FILES]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=TESTS_TIMEOUT_S,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    except subprocess.TimeoutExpired as exc:
+        text = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        return {"returncode": None, "summary": f"stopped after {TESTS_TIMEOUT_S:.0f} s (progress: "
+                f"{text.strip().splitlines()[-1] if text.strip() else 'none'})", "seconds": TESTS_TIMEOUT_S,
+                "tail": text[-3000:]}
     summary = (out.stdout.strip().splitlines() or ["(no output)"])[-1]
     return {"returncode": out.returncode, "summary": summary, "seconds": time.perf_counter() - t0,
             "tail": out.stdout[-3000:] + out.stderr[-2000:]}
 
 
+def log_max_records(query_records, once_record, targets):
+    """Records of Log/Max times per shape for the time-against-T figure (plot_performance)."""
+    times = {tuple(r["shape"]): (r["times"], {}) for r in query_records + ([once_record] if once_record else [])}
+    for entry in targets["flash"]:
+        ours, anchor = times.get(tuple(entry["shape"]), (entry["ours"], {}))
+        times[tuple(entry["shape"])] = (ours, entry["flash"])
+    if "long" in targets:
+        times[LONG_CONFIG] = (targets["long"], {})
+    return [{"shape": list(shape), "ours": {"fwd": ours.get("fwd"), "fwd_bwd": ours.get("fwd_bwd"),
+                                            "max": ours.get("viterbi")},
+             "flash": {k: anchor.get(k, "skipped") for k in ("fwd", "fwd_bwd", "max")}}
+            for shape, (ours, anchor) in sorted(times.items(), key=lambda kv: kv[0][1])]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="the queries at (4, 1000, 32, 24), the small targets")
     parser.add_argument("--skip-tests", action="store_true")
     parser.add_argument("--no-anchors", action="store_true")
     args = parser.parse_args()
     import torch
     import triton
-    configs = QUICK if args.quick else CONFIGS
-    pool, jobs = start_references(configs)
+    query_configs = QUERY_CONFIGS[:1] if args.quick else QUERY_CONFIGS
+    wanted = {(shape, what) for shape in query_configs for what in ("log", "max", "posterior")}
+    pool, jobs = start_references(wanted)
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
     print(meta, flush=True)
-    tests = None if args.skip_tests else run_gpu_tests()
+    tests = None if args.skip_tests or args.quick else run_gpu_tests()
     if tests:
         print("gpu tests:", tests["summary"], f"({tests['seconds']:.0f} s)", flush=True)
         if tests["returncode"] != 0:
             print(tests["tail"], flush=True)
-    results = []
-    for shape in configs:
-        t0 = time.perf_counter()
-        tensors = make_inputs(*shape)
-        refs = {what: jobs[(shape, what)] for what in ("log", "max", "posterior") if (shape, what) in jobs}
-        record = {"shape": list(shape), "gpu": meta["gpu"], "flash": {}, "torch_struct": {}}
-        ours(shape, tensors, refs, record)
-        if not args.no_anchors:
-            flash(shape, tensors, record)
-            torch_struct(shape, tensors, record)
-        results.append(record)
-        print(f"{shape}: done in {time.perf_counter() - t0:.0f} s; ours {record['ours']}; "
-              f"flash {record['flash']}; torch-struct {record['torch_struct']}", flush=True)
+
+    def device_inputs(shape):
+        return {k: v.to(DEVICE) for k, v in make_inputs(*shape).items()}
+
+    document = {"meta": meta, "tests": tests, "queries": []}
+
+    def save():
         with open(os.path.join(args.out, "gpu_bench.json"), "w") as f:
-            json.dump({"meta": meta, "tests": tests, "results": results}, f, indent=1, default=str)
+            json.dump(document, f, indent=1, default=str)
+
+    names = [q for q, _, _ in QUERIES]
+    for shape in query_configs:
+        t0 = time.perf_counter()
+        print(f"{shape}:", flush=True)
+        tensors = device_inputs(shape)
+        record = {"shape": list(shape)}
+        run_queries(shape, tensors, names, record)
+        check_queries(shape, tensors, {what: jobs[(shape, what)] for what in ("log", "max", "posterior")}, record)
+        record["mem_fwd_bwd"] = peak_bytes(query_maker("fwd_bwd", tensors)(shape))
+        print(f"{shape}: done in {time.perf_counter() - t0:.0f} s; checks {record['checks']}", flush=True)
+        document["queries"].append(record)
+        save()
+        del tensors
+    measured = {tuple(r["shape"]): r["times"] for r in document["queries"]}
+    document["targets"] = log_max_targets(device_inputs, args, measured)
+    save()
+    once = None
+    if not args.quick:
+        print(f"{ONCE_CONFIG} (every query once):", flush=True)
+        once = {"shape": list(ONCE_CONFIG), "times": {}}
+        tensors = device_inputs(ONCE_CONFIG)
+        for query in names:
+            budget = budget_for(query, once["times"])
+            once["times"][query] = (budgeted_time(query_maker(query, tensors), ONCE_CONFIG, budget, once=True)
+                                    if elapsed() < ONCE_UNTIL_S else f"not run ({elapsed():.0f} s into the run)")
+            print(f"  {query}: {fmt(once['times'][query])}", flush=True)
+        document["once"] = once
+        del tensors
+        save()
+    if not args.quick and elapsed() < SWEEP_FROM_S:
+        document["num_warps"] = num_warps_sweep(device_inputs)
+        save()
     pool.shutdown(cancel_futures=True)
-    from plot_performance import plot_performance  # beside this script
-    plot_performance(results, os.path.join(args.out, "gpu_bench.png"), ANCHOR_FIGURES)
-    print("\nchecks (float32 kernels vs float64 PyTorch scan on CPU; rel err = ||ours - ref|| / ||ref||)")
-    print(checks_table(results))
-    print(f"\n{meta['gpu']}, torch {meta['torch']}, triton {meta['triton']}; median times; "
-          "us/step = time / T per sweep (fwd+bwd: 2 sweeps); floor = on-chip step latency (docs/performance.md); "
-          "[..] = earlier figure (docs/performance.md), not run here")
+    from plot_performance import plot_performance, plot_queries  # beside this script
+    document["log_max"] = log_max_records(document["queries"], once, document["targets"])
+    plot_performance(document["log_max"], os.path.join(args.out, "gpu_bench.png"), EARLIER["flash"])
+    plot_queries(document["queries"] + ([once] if once else []), QUERIES, os.path.join(args.out, "gpu_queries.png"))
+    save()
+    print("\nchecks (float32 kernels against float64 references on the CPU; rel err = ||ours - ref|| / ||ref||)")
+    print(checks_table(document["queries"]))
+    if "num_warps" in document:
+        print("\nnum_warps (forward sweep / forward sweep + flow):", json.dumps(document["num_warps"], default=fmt))
+    print(f"\n{meta['gpu']}, torch {meta['torch']}, triton {meta['triton']}; median times through the public API")
     if tests:
         print("gpu tests:", tests["summary"])
-    print(table(results))
+    print(targets_table(document["targets"]))
+    print()
+    print(queries_table(document["queries"] + ([once] if once else [])))
 
 
 if __name__ == "__main__":

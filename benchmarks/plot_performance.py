@@ -1,14 +1,21 @@
-"""The performance figure: time against T from a ``gpu_bench.py`` JSON file.
+"""The performance figures from a ``gpu_bench.py`` JSON file.
 
     python benchmarks/plot_performance.py            # regenerates docs/performance.png
     python benchmarks/plot_performance.py --json results/gpu_bench.json --out results/gpu_bench.png
 
-One panel per operation (forward, forward+backward, Viterbi). In each, one
-line per fixed (B, K, C), so that only T varies along a line (a shape run at a
-single T is a single marker): ours solid with filled markers, flash-semicrf
-dashed with hollow markers in the same colour. Where flash-semicrf was not run
-because it is known to take over a minute, a hollow triangle at 60 s marks it
-">60 s". The legends sit outside the panels, so no label covers a point.
+:func:`plot_performance`, time against T: one panel per operation (forward,
+forward+backward, Viterbi). In each, one line per fixed (B, K, C), so that
+only T varies along a line (a shape run at a single T is a single marker):
+ours solid with filled markers, flash-semicrf dashed with hollow markers in
+the same colour. Where flash-semicrf was not run because it is known to take
+over a minute, a hollow triangle at 60 s marks it ">60 s". The legends sit
+outside the panels, so no label covers a point.
+
+:func:`plot_queries`, every query against its target: one panel per problem
+size, a horizontal bar per query (its median time, log scale), green where
+it meets its target (a black tick: a multiple of Log forward+backward or of
+Viterbi), red where it misses it; a query that ran past its time budget or
+failed is named at the left edge instead of a bar.
 """
 from __future__ import annotations
 
@@ -25,10 +32,12 @@ OVER_S = 60.0  # where a ">60 s" anchor is drawn
 
 
 def load(path: str) -> dict:
-    """The JSON document ``gpu_bench.py`` writes: ``{"meta", "tests", "results"}``."""
+    """The JSON document ``gpu_bench.py`` writes: ``{"meta", "tests", "log_max", "queries", ...}`` (earlier
+    runs: ``{"meta", "tests", "results"}``), with its Log/Max records under ``"results"`` either way."""
     with open(path) as f:
         document = json.load(f)
-    if not document.get("results"):
+    document.setdefault("results", document.get("log_max"))
+    if not document["results"]:
         raise ValueError(f"{path} holds no results to plot")
     return document
 
@@ -131,6 +140,45 @@ def plot_performance(results: Sequence[dict], path: str, anchor_figures: Mapping
     return path
 
 
+def plot_queries(records: Sequence[dict], queries: Sequence[tuple], path: str) -> str:
+    """Draw every query of `records` (``gpu_bench.py``'s query records: ``"shape"`` and ``"times"``, seconds or
+    a reason) against its target into `path`. `queries`: `(name, the query the target multiplies, factor)`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(records), figsize=(5.2 * len(records), 4.2), squeeze=False)
+    for ax, record in zip(axes[0], records):
+        times = record["times"]
+        measured = [t for t in times.values() if isinstance(t, (int, float))]
+        left = min(measured) / 3 if measured else 1e-4
+        for row, (name, against, factor) in enumerate(queries):
+            got, reference = times.get(name), times.get(against) if against else None
+            goal = factor * reference if isinstance(reference, (int, float)) else None
+            if isinstance(got, (int, float)):
+                color = "0.5" if goal is None else ("C2" if got <= goal else "C3")
+                ax.barh(row, got, left=left, color=color)
+                ax.annotate(f"{got * 1e3:.3g} ms" if got < 1 else f"{got:.3g} s", (got, row),
+                            textcoords="offset points", xytext=(3, -3), fontsize=7)
+            else:
+                ax.annotate(str(got or "not run")[:40], (left, row), textcoords="offset points", xytext=(3, -3),
+                            fontsize=7, color="C3")
+            if goal is not None:
+                ax.plot([goal, goal], [row - 0.4, row + 0.4], color="black", lw=1.5)
+        ax.set_xscale("log")
+        ax.set_yticks(range(len(queries)), [q[0] for q in queries], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("median time (s)")
+        ax.set_title("B x T x K x C = " + " x ".join(f"{x:,}" for x in record["shape"]), fontsize=9)
+        ax.grid(True, axis="x", which="both", alpha=0.3)
+    fig.suptitle("every query against its target (tick): green met, red missed", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "gpu_bench_h100.json"),
@@ -139,9 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the PNG to write (default: %(default)s)")
     args = parser.parse_args(argv)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from gpu_bench import ANCHOR_FIGURES  # the anchors' known figures live beside the runs that use them
+    from gpu_bench import EARLIER  # the anchors' known figures live beside the runs that use them
 
-    print(plot_performance(load(args.json)["results"], args.out, ANCHOR_FIGURES))
+    print(plot_performance(load(args.json)["results"], args.out, EARLIER["flash"]))
     return 0
 
 

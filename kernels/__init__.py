@@ -7,13 +7,20 @@
   buffer of the last `K` rows in registers, segment potentials evaluated on
   the fly from the factors, float32 with running normalization.
 - :func:`outside`: the posterior as a mass-conserving flow right to left
-  from the forward's `O(T C)` tables (transition counts on the way), then
-  the duration counts as a parallel, fixed-order reduction over blocks.
+  from the forward's `O(T C)` tables, written over them (transition and
+  duration counts and the label marginals accumulated on the way).
 - :func:`viterbi`: the Max sweep storing small-integer backpointers, then a
   traceback kernel.
+- :func:`kbest`: the Max sweep with k lanes (sorted k-lists) and
+  back-pointers, then a traceback per (rank, sequence); k up to
+  :data:`~.kbest.MAX_K` (:func:`kbest_limits_reason`).
+- :func:`sample`: exact samples by forward filtering (the Log forward's
+  tables), backward sampling, one program per (sample, sequence),
+  reproducible from a `torch.Generator`.
 - :func:`hvp`: the posterior and its tangent along a direction (a
   Hessian-vector product of log Z): a tangent lane along the forward's
-  tables, then the outside flow and its tangent (:mod:`.hvp`).
+  tables, the outside flow differentiated, then the outside flow
+  (:mod:`.hvp`).
 - :func:`information`: entropy, cross-entropy or KL, an information lane
   along the forward's tables (:mod:`.hvp`).
 
@@ -26,71 +33,93 @@ first imported): :data:`INTERPRETED` records which mode they were built in.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from ..factors import Factors
 from ..posterior import Posterior
 from .backward import outside_sweep
-from .common import duration_ring, kernel_limits_reason
+from .common import INTERPRETED, duration_ring, kernel_limits_reason
 from .forward import forward_sweep
 from .hvp import expectation_sweep, tangent_duration_ring, tangent_flow
+from .kbest import kbest_decode, kbest_limits_reason
+from .sampling import sample_segmentations
 from .traceback import viterbi_decode
 
-__all__ = ["inside", "log_partition", "outside", "viterbi", "hvp", "information", "kernel_limits_reason",
-           "InsideTables", "INTERPRETED"]
-
-#: True when the kernels were built for Triton's interpreter (they then run
-#: on CPU tensors, slowly, for tests).
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+__all__ = ["inside", "log_partition", "outside", "viterbi", "kbest", "sample", "hvp", "information",
+           "kernel_limits_reason", "kbest_limits_reason", "InsideTables", "FlowPosterior", "INTERPRETED"]
 
 
 @dataclass
 class InsideTables:
     """What :func:`inside` keeps for :func:`outside`: the float32 factors and
-    their duration ring, `alpha_hat`, `u_hat` `(B, T+1, C)` float32 (inside
-    values minus the running scale), the scale `N (B, T+1)` float64, and
-    `log_z (B,)`."""
+    their duration ring, `alpha_hat`, `v_hat` `(B, T+1, C)` float32 (inside
+    values minus the running scale: `v = u + enter`, the ring's entries), the
+    scale `N (B, T+1)` float64, the prefix sums at each length `cum (B, C)`
+    float64, and `log_z (B,)`. :func:`outside` consumes the two tables (it
+    writes the posterior over them) and sets `consumed`."""
 
     factors: Factors
     duration_ring: torch.Tensor
     alpha_hat: torch.Tensor
-    u_hat: torch.Tensor
+    v_hat: torch.Tensor
     scale: torch.Tensor
+    cum: torch.Tensor
     log_z: torch.Tensor
+    consumed: bool = False
+
+
+@dataclass
+class FlowPosterior(Posterior):
+    """The :class:`Posterior` of :func:`outside`, with the label marginals
+    the flow accumulated on its way (no prefix sum over time needed): the
+    first :meth:`label_marginals` call hands that `(B, T, C)` table over
+    (the caller owns it, e.g. to scale it in place into a gradient); later
+    calls compute it again from the segment starts and ends."""
+
+    marginals: Optional[torch.Tensor] = None
+
+    def label_marginals(self) -> torch.Tensor:
+        if self.marginals is None:
+            return super().label_marginals()
+        marginals, self.marginals = self.marginals, None
+        return marginals
 
 
 def inside(factors: Factors, low_memory: bool = False):
     """Log forward sweep. Returns `(log_z (B,), saved)` with `saved` an
     :class:`InsideTables`. `low_memory` changes nothing here: the kernels
-    always keep the `O(T C)` float32 alpha/u tables, the size of the
-    gradient the backward returns anyway, and never anything of size
-    `T K C` or `T C^2`."""
+    always keep the `O(T C)` float32 alpha/v tables, the size of the
+    gradient the backward returns anyway (and overwritten by it), and never
+    anything of size `T K C` or `T C^2`."""
     del low_memory
     factors = factors.to(torch.float32)
-    ring = duration_ring(factors.duration)
-    log_z, _, alpha_hat, u_hat, scale = forward_sweep(factors, ring, max_semiring=False)
-    return log_z, InsideTables(factors, ring, alpha_hat, u_hat, scale, log_z)
+    ring = duration_ring(factors)
+    log_z, _, alpha_hat, v_hat, scale, cum = forward_sweep(factors, ring, max_semiring=False)
+    return log_z, InsideTables(factors, ring, alpha_hat, v_hat, scale, cum, log_z)
 
 
 def log_partition(factors: Factors) -> torch.Tensor:
     """`log Z (B,)` alone: the forward sweep writing no tables (nothing of
     size T beyond the inputs)."""
     factors = factors.to(torch.float32)
-    return forward_sweep(factors, duration_ring(factors.duration), max_semiring=False, tables=False)[0]
+    return forward_sweep(factors, duration_ring(factors), max_semiring=False, tables=False)[0]
 
 
-def outside(factors: Factors, saved: InsideTables) -> Posterior:
-    """Log backward sweep from :func:`inside`'s tables: the posterior
-    expected counts (see :class:`~semiring_semicrf.posterior.Posterior`)."""
-    segment_start, segment_end, transition, duration = outside_sweep(saved.factors, saved.duration_ring,
-                                                                     saved.alpha_hat, saved.u_hat, saved.scale)
-    batch = torch.arange(segment_end.shape[0], device=segment_end.device)
-    last = segment_end[batch, factors.lengths - 1]
-    return Posterior(saved.log_z, segment_start, segment_end, transition, duration,
-                     segment_start[:, 0].clone(), last)
+def outside(factors: Factors, saved: InsideTables) -> FlowPosterior:
+    """Log backward sweep from :func:`inside`'s tables (consumed): the
+    posterior expected counts (see :class:`~semiring_semicrf.posterior.Posterior`),
+    with the label marginals (:class:`FlowPosterior`). Tables consumed by an
+    earlier call (a second backward through one forward, `retain_graph=True`)
+    are computed again by a forward sweep first."""
+    if saved.consumed:
+        saved = inside(saved.factors)[1]
+    saved.consumed = True
+    segment_start, segment_end, marginals, transition, duration, first, last = outside_sweep(
+        saved.factors, saved.duration_ring, saved.alpha_hat, saved.v_hat, saved.scale, saved.cum)
+    return FlowPosterior(saved.log_z, segment_start, segment_end, transition, duration, first, last, marginals)
 
 
 def viterbi(factors: Factors):
@@ -99,37 +128,54 @@ def viterbi(factors: Factors):
     return viterbi_decode(factors.to(torch.float32))
 
 
+def kbest(factors: Factors, k: int):
+    """The k best segmentations: `(scores (k, B), labels (k, B, T) int64,
+    starts (k, B, T) bool)`, best first, ties broken as the reference rung
+    does; missing entries (fewer than k segmentations) have score `-inf`,
+    labels -1 and no starts. `k <= MAX_K` (see :func:`kbest_limits_reason`)."""
+    return kbest_decode(factors.to(torch.float32), k)
+
+
+def sample(factors: Factors, num_samples: int, generator=None):
+    """`num_samples` exact samples of each sequence: `(labels (N, B, T)
+    int64, starts (N, B, T) bool)`, -1 / False past each length (and
+    everywhere for a sequence without any allowed segmentation). The same
+    state of `generator` gives the same samples."""
+    _, saved = inside(factors)
+    return sample_segmentations(saved.factors, saved.duration_ring, saved.alpha_hat, saved.v_hat, saved.scale,
+                                num_samples, generator)
+
+
 def hvp(factors: Factors, tangent: Factors, saved: InsideTables | None = None) -> tuple:
     """`(posterior, its tangent along tangent)` (the backend contract's
-    `hvp`): the forward's tables (`saved`, if :func:`inside` left them),
-    the outside flow, a tangent sweep along the tables and the tangent flow."""
+    `hvp`), both :class:`FlowPosterior`: from the forward's tables (`saved`,
+    if :func:`inside` left them and no outside consumed them; else a forward
+    sweep first), a tangent lane along them, the tangent flow (which reads
+    them), then the outside flow (which consumes them). No copy of a table:
+    beyond the forward's, the tangent's two `(B, T+1, C)` float32 tables,
+    written over by the tangent of the posterior, and both label marginals."""
     factors = factors.to(torch.float32)
     tangent = tangent.to(torch.float32)
-    if saved is None:
+    if saved is None or saved.consumed:
         _, saved = inside(factors)
-    post = outside(factors, saved)
-    ring = tangent_duration_ring(duration_ring(tangent.duration))
-    log_z_tangent, *tangent_tables = expectation_sweep("tangent", factors, saved, tangent=tangent, tangent_ring=ring,
-                                                       keep_tables=True)
-    segment_start, segment_end, transition, duration = tangent_flow(factors, saved, tangent, ring, tangent_tables,
-                                                                    post.segment_start, post.segment_end)
-    batch = torch.arange(segment_end.shape[0], device=segment_end.device)
-    dot = Posterior(log_z_tangent.to(torch.float32), segment_start, segment_end, transition, duration,
-                    segment_start[:, 0].clone(), segment_end[batch, factors.lengths - 1])
-    return post, dot
+    ring = tangent_duration_ring(tangent)
+    log_z_tangent, tangent_tables = expectation_sweep("tangent", saved, tangent=tangent, tangent_ring=ring,
+                                                      keep_tables=True)
+    start, end, marginals, transition, duration, first, last = tangent_flow(saved, tangent, ring, tangent_tables)
+    dot = FlowPosterior(log_z_tangent.to(torch.float32), start, end, transition, duration, first, last, marginals)
+    return outside(factors, saved), dot
 
 
 def information(p: Factors, q: Factors | None, kind: str) -> tuple:
     """`(value (B,) float32, (p's tables, q's tables))`: entropy of p, or
     cross-entropy / KL of p and q (the backend contract's `information`),
     summed in float64 by an information lane along the forward tables of p
-    (and q); the tables serve a later :func:`hvp` of p and :func:`outside`
-    of q."""
+    (and q), which it only reads: they serve a later :func:`hvp` of p and
+    :func:`outside` of q (each consumes its own)."""
     p = p.to(torch.float32)
     _, p_tables = inside(p)
     q_tables = None
     if q is not None:
-        q = q.to(torch.float32)
-        _, q_tables = inside(q)
-    value = expectation_sweep(kind, p, p_tables, q=q, q_tables=q_tables)[0]
+        _, q_tables = inside(q.to(torch.float32))
+    value = expectation_sweep(kind, p_tables, q_tables=q_tables)[0]
     return value.to(torch.float32), (p_tables, q_tables)

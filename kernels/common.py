@@ -21,8 +21,11 @@ import triton.language as tl
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
+#: True when the kernels are built for Triton's interpreter (``TRITON_INTERPRET=1``
+#: when this package is first imported): they then run on CPU tensors, slowly, for tests.
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 #: Inline PTX is for the GPU only; the interpreter takes Triton's own exp2/log2.
-HARDWARE_MATH: tl.constexpr = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") in ("", "0"))
+HARDWARE_MATH: tl.constexpr = tl.constexpr(not INTERPRETED)
 
 
 @triton.jit
@@ -67,6 +70,81 @@ def row_mask(labels, C, row, rows):
     return (labels < C) & (row >= 0) & (row < rows)
 
 
+@triton.jit
+def load_row(ptr, row, labels, C, rows):
+    """Row `row` of a `(rows, C)` float32 table as a `(CP,)` vector, 0
+    outside `[0, rows)` and past `C`."""
+    return tl.load(ptr + row * C + labels, mask=row_mask(labels, C, row, rows), other=0.0)
+
+
+@triton.jit
+def boundary_row(ptr, row, labels, C, rows, PRESENT: tl.constexpr):
+    """Row `row` of the optional `start_scores`/`end_scores` (zeros when the
+    potentials have none)."""
+    if PRESENT:
+        return load_row(ptr, row, labels, C, rows)
+    else:
+        return (labels * 0).to(tl.float32)
+
+
+# The zero-centred prefix sums of factors.py, evaluated inside the sweeps from
+# the scores: `cum[t+1] = cum[t] + (scores[t] - mean)`, the increment in the
+# working dtype (float32) as `Factors.centred` forms it, the sum carried in
+# float64 and rounded to float32 where used (as PyTorch's CPU cumsum does, so
+# the values are the same bits). `enter[s] = start_scores[s] - cum[s]`,
+# `leave[e-1] = cum[e] + end_scores[e-1]`.
+@triton.jit
+def advance_prefix_sum(cum, scores, mean):
+    """`cum[t+1]` (float64) from `cum[t]` and the scores of position `t`."""
+    return cum + (scores - mean).to(tl.float64)
+
+
+@triton.jit
+def retreat_prefix_sum(cum, scores, mean):
+    """`cum[t]` (float64) from `cum[t+1]` and the scores of position `t`
+    (the float64 sums are exact for float32 increments of similar
+    magnitude, so this retraces :func:`advance_prefix_sum`)."""
+    return cum - (scores - mean).to(tl.float64)
+
+
+@triton.jit
+def enter_factor(cum, start_score):
+    """`enter[s]` from `cum[s]` (float64) and `start_scores[s]`."""
+    return start_score - cum.to(tl.float32)
+
+
+@triton.jit
+def leave_factor(cum, end_score):
+    """`leave[e-1]` from `cum[e]` (float64) and `end_scores[e-1]`."""
+    return cum.to(tl.float32) + end_score
+
+
+@triton.jit
+def sequence_inputs(scores_ptr, start_scores_ptr, end_scores_ptr, mean_ptr, b, C, scores_stride, start_stride,
+                    end_stride, labels):
+    """Sequence `b`'s rows of the position inputs (:func:`position_inputs`)
+    and its mean, in float32 as `Factors.centred` subtracts it."""
+    mean = tl.load(mean_ptr + b * C + labels, mask=labels < C, other=0.0).to(tl.float32)
+    return scores_ptr + b * scores_stride, start_scores_ptr + b * start_stride, end_scores_ptr + b * end_stride, mean
+
+
+@triton.jit
+def position_rows(scores_ptr, start_scores_ptr, end_scores_ptr, e, labels, C, T,
+                  START_SCORES: tl.constexpr, END_SCORES: tl.constexpr):
+    """What the left-to-right step after position `e` reads (loaded one
+    position ahead): `scores[e]`, `end_scores[e]`, `start_scores[e + 1]`."""
+    return (load_row(scores_ptr, e, labels, C, T), boundary_row(end_scores_ptr, e, labels, C, T, END_SCORES),
+            boundary_row(start_scores_ptr, e + 1, labels, C, T, START_SCORES))
+
+
+@triton.jit
+def step_factors(cum, scores, end_score, start_score, mean):
+    """At position `e`, from `cum[e-1]` and :func:`position_rows` of `e-1`:
+    `(cum[e], leave[e-1], enter[e])`."""
+    cum = advance_prefix_sum(cum, scores, mean)
+    return cum, leave_factor(cum, end_score), enter_factor(cum, start_score)
+
+
 def pad(n: int) -> int:
     """The power of two >= n that a tile axis of size n is padded to."""
     return triton.next_power_of_2(max(int(n), 1))
@@ -76,22 +154,45 @@ def sweep_num_warps(kp: int, cp: int) -> int:
     """Warps for the forward sweep whose ring tile is `(KP, CP)`: one warp
     keeps every per-step reduction in registers and shuffles (measured
     fastest on an H100 up to 2048 elements); larger tiles spread their
-    exponentials over more warps."""
+    exponentials over more warps; from `CP = 64` on, enough warps to hold
+    the `C x C` tiles (:func:`register_warps`)."""
     size = kp * cp
     if size <= 2048:
-        return 1
-    if size <= 4096:
-        return 4
-    return 8
+        warps = 1
+    elif size <= 4096:
+        warps = 4
+    else:
+        warps = 8
+    return max(warps, register_warps(2 * cp * cp + 3 * kp * cp, cp))
 
 
 def flow_num_warps(kp: int, cp: int) -> int:
     """Warps for the outside flow, as measured on an H100: one for narrow
     tiles (`C <= 8`, up to 1024 elements), where the `C x C` step is small;
-    else four (eight beyond 4096 elements)."""
+    else four (eight beyond 4096 elements); from `CP = 64` on, enough warps
+    to hold the `C x C` tiles (:func:`register_warps`)."""
     if cp <= 8 and kp * cp <= 1024:
+        warps = 1
+    else:
+        warps = 4 if kp * cp <= 4096 else 8
+    return max(warps, register_warps(3 * cp * cp + 4 * kp * cp, cp))
+
+
+#: float32 values a thread may keep live across a step (of at most 255
+#: registers, the rest for addresses and scalars) before tiles spill.
+VALUES_PER_THREAD = 128
+
+
+def register_warps(live_values: int, cp: int) -> int:
+    """Warps that hold `live_values` float32 per step (a sweep's `C x C` and
+    ring tiles) at :data:`VALUES_PER_THREAD` per thread, up to 32, for
+    `CP >= 64` (below, the choices measured on an H100 stand; none was
+    measured beyond). At `(K, C) = (32, 128)` the forward keeps ~45,000
+    values live and the flow ~66,000: at 4 warps, the earlier choice, that
+    is 350-510 per thread, spilled to local memory at every step."""
+    if cp < 64:
         return 1
-    return 4 if kp * cp <= 4096 else 8
+    return min(32, pad(-(-live_values // (VALUES_PER_THREAD * 32))))
 
 
 # Offsets inside one sequence are 32-bit in the kernels.
@@ -111,20 +212,67 @@ def kernel_limits_reason(potentials) -> Optional[str]:
     return None
 
 
-def duration_ring(duration: torch.Tensor) -> torch.Tensor:
+@triton.jit
+def duration_ring_kernel(duration_ptr, mean_ptr, ring_ptr, K, C, KP: tl.constexpr, CP: tl.constexpr):
+    """Program `b` writes sequence `b`'s four `(KP, CP)` tables of
+    :func:`duration_ring`: the compensated durations `duration[d-1, c] +
+    d * mean[b, c]` (float32 product, then sum: launched without FMA
+    contraction, the same bits as `Factors.duration`) twice, then twice
+    again without `d = 1`."""
+    b = tl.program_id(0).to(tl.int64)
+    slots = tl.arange(0, KP)[:, None]
+    labels = tl.arange(0, CP)[None, :]
+    present = (slots < K) & (labels < C)
+    mean = tl.load(mean_ptr + b * C + labels, mask=labels < C, other=0.0).to(tl.float32)
+    value = tl.load(duration_ptr + slots * C + labels, mask=present, other=0.0) + (slots + 1).to(tl.float32) * mean
+    value = tl.where(present, value, float("-inf"))
+    longer = tl.where(slots == 0, float("-inf"), value)
+    out = ring_ptr + b * 4 * KP * CP + slots * CP + labels
+    tl.store(out, value)
+    tl.store(out + KP * CP, value)
+    tl.store(out + 2 * KP * CP, longer)
+    tl.store(out + 3 * KP * CP, longer)
+
+
+def duration_ring(factors) -> torch.Tensor:
     """The durations in the order a sweep's ring reads them, `(B, 2, 2 KP, CP)`.
 
-    Two doubled tables whose row `j` holds `duration[b, j mod KP, c]`
+    Two doubled tables whose row `j` holds `Factors.duration[b, j mod KP, c]`
     (`-inf` where `j mod KP >= K` or `c >= C`), so that a sweep reads the
     durations in the ring's rotated order as one contiguous, unmasked window;
     the second table also has `-inf` for `d = 1` (`j mod KP == 0`), the term
-    the outside flow keeps apart. `duration (B, K, C)` float32."""
-    B, K, C = duration.shape
+    the outside flow keeps apart. Built by one launch from the potentials'
+    `duration (K, C)` and the float32 :class:`Factors`' mean (as
+    :func:`position_inputs`, the potentials' own tensors are read)."""
+    B, K, C = factors.B, factors.K, factors.C
     KP, CP = pad(K), pad(C)
-    ring = duration.new_full((B, 2, 2, KP, CP), float("-inf"))
-    ring[:, :, :, :K, :C] = duration.detach()[:, None, None]
-    ring[:, 1, :, 0] = float("-inf")
+    duration = small(factors.potentials.duration.to(torch.float32))
+    ring = torch.empty((B, 2, 2, KP, CP), dtype=torch.float32, device=duration.device)
+    if B > 0:
+        duration_ring_kernel[(B,)](duration, factors.mean.contiguous(), ring, K, C, KP=KP, CP=CP, num_warps=1,
+                                   enable_fp_fusion=False)
     return ring
+
+
+def position_inputs(factors) -> tuple:
+    """What the sweeps read per position instead of prefix-sum tables:
+    `(args, flags)`, `args = (scores, start_scores, end_scores, mean,
+    scores_stride, start_stride, end_stride)` (absent boundary scores are
+    replaced by `scores`, never read) and `flags` the constexprs
+    `START_SCORES`, `END_SCORES`. Float32 `(B, T, C)` rows and the float64
+    mean `(B, C)` of the :class:`Factors` (its definition of the centring).
+
+    The kernels thus evaluate `enter` and `leave` from the potentials
+    themselves: a :class:`Factors` whose `enter`/`leave` were replaced
+    (:meth:`Factors.replace`) is not theirs (the torch rung reads those)."""
+    p = factors.potentials
+    scores = rows(p.scores.to(torch.float32))
+    start = None if p.start_scores is None else rows(p.start_scores.to(torch.float32))
+    end = None if p.end_scores is None else rows(p.end_scores.to(torch.float32))
+    args = (scores, scores if start is None else start, scores if end is None else end,
+            factors.mean.contiguous(), scores.stride(0), (scores if start is None else start).stride(0),
+            (scores if end is None else end).stride(0))
+    return args, {"START_SCORES": start is not None, "END_SCORES": end is not None}
 
 
 def sizes(factors) -> tuple:

@@ -43,7 +43,7 @@ def viterbi_decode(factors, num_warps: int | None = None):
     """Max sweep + traceback on float32 :class:`Factors`. Returns `(score
     (B,), labels (B, T) int64, starts (B, T) bool)`, -1 / False past each length."""
     B, T, K, C = sizes(factors)
-    score, last_label, best_duration, best_source, _ = forward_sweep(factors, duration_ring(factors.duration), True,
+    score, last_label, best_duration, best_source, _, _ = forward_sweep(factors, duration_ring(factors), True,
                                                                      num_warps)
     labels = torch.full((B, T), -1, dtype=torch.int64, device=score.device)
     starts = torch.zeros((B, T), dtype=torch.int8, device=score.device)

@@ -1,7 +1,8 @@
 """The ``semicrf`` command (also ``python -m semiring_semicrf``).
 
     semicrf demo [--out DIR]     synthetic data: summary table, PNG plots
-    semicrf bench [...]          forward / forward+backward / Viterbi timings
+    semicrf bench [...]          forward / forward+backward / Viterbi timings (and samples, top-k,
+                                 entropy, cross-entropy, KL, double backward with --ops)
     semicrf info                 versions, devices, backend per semiring
     semicrf --version
 
@@ -124,7 +125,15 @@ BENCH_SIZES = {
 }
 #: pytorch-struct builds charts of about T K^2 C^2 entries (and more): skip it beyond this.
 TORCH_STRUCT_LIMIT = 4_000_000
-OPS = ("forward", "forward+backward", "viterbi")
+#: Samples drawn and entries listed by the "sample" and "topk" queries.
+SAMPLES, TOPK = 100, 5
+#: The other queries, timed through SemiMarkovDistribution (see :func:`query_call`).
+QUERIES = ("sample", "topk", "entropy", "cross-entropy", "kl", "double-backward")
+OPS = ("forward", "forward+backward", "viterbi") + QUERIES
+#: What `semicrf bench` times without --ops (the anchors time these three).
+DEFAULT_OPS = OPS[:3]
+#: The queries that differentiate (their potentials require grad).
+DIFFERENTIATED = ("forward+backward", "entropy", "cross-entropy", "kl", "double-backward")
 
 
 class BenchProblem:
@@ -132,7 +141,9 @@ class BenchProblem:
     (C, C)`, `duration (K, C)` and the `start` that makes our model equal to
     flash-semicrf's free first label (log-sum-exp over sources for Log, max
     for Viterbi); pytorch-struct gets our model through `to_edges()`.
-    Every method's call returns log Z (or the best score), `(B,)`."""
+    Every method's call returns log Z (or the best score), `(B,)`; the
+    other :data:`QUERIES` return their own result (cross-entropy and KL
+    against a second model whose scores are `other_scores`)."""
 
     def __init__(self, op: str, B: int, T: int, K: int, C: int, device: str, dtype):
         import torch
@@ -142,14 +153,57 @@ class BenchProblem:
         self.scores = torch.randn(B, T, C, generator=g, dtype=dtype).to(device)
         self.transition = (0.5 * torch.randn(C, C, generator=g, dtype=dtype)).to(device)
         self.duration = (0.5 * torch.randn(K, C, generator=g, dtype=dtype)).to(device)
-        self.gradient = op == "forward+backward"
+        self.gradient = op in DIFFERENTIATED
         self.scores.requires_grad_(self.gradient)
+        self.other_scores = None
+        if op in ("cross-entropy", "kl"):
+            self.other_scores = self.scores.detach() + torch.randn(B, T, C, generator=g, dtype=dtype).to(device)
 
-    def potentials(self):
+    def potentials(self, scores=None):
         from .potentials import SemiMarkovPotentials
 
+        scores = self.scores if scores is None else scores
         source = self.transition.amax(dim=0) if self.op == "viterbi" else self.transition.logsumexp(dim=0)
-        return SemiMarkovPotentials(self.scores, self.transition, self.duration, start=source)
+        return SemiMarkovPotentials(scores, self.transition, self.duration, start=source)
+
+
+def query_call(op: str, make: Callable, other: Callable) -> Callable:
+    """`fn()` running one of :data:`QUERIES` through the public API
+    (:class:`SemiMarkovDistribution`) on `make()`'s potentials, built anew
+    at each call; the differentiated queries (entropy, cross-entropy and KL
+    forward+backward, and the double backward of log Z: a gradient penalty
+    on the scores) need `make()`'s scores to require grad. `other()`: the
+    second model of cross-entropy and KL (no grad). `fn` returns a tensor."""
+    import torch
+
+    from .autograd import log_partition
+    from .distribution import SemiMarkovDistribution
+
+    def distribution(potentials):
+        return SemiMarkovDistribution.from_potentials(potentials, validate_args=False)
+
+    if op == "sample":
+        return lambda: distribution(make()).sample((SAMPLES,)).labels
+    if op == "topk":
+        return lambda: distribution(make()).topk(TOPK).scores
+    if op == "double-backward":
+        def penalty():
+            p = make()
+            log_z = log_partition(p)
+            (grad,) = torch.autograd.grad(log_z.sum(), p.scores, create_graph=True)
+            (grad ** 2).sum().backward()
+            return log_z
+        return penalty
+    measures = {"entropy": lambda d: d.entropy(), "cross-entropy": lambda d: d.cross_entropy(distribution(other())),
+                "kl": lambda d: d.kl(distribution(other()))}
+    if op not in measures:
+        raise ValueError(f"op must be one of {QUERIES}, got {op!r}")
+
+    def forward_backward():
+        value = measures[op](distribution(make()))
+        value.sum().backward()
+        return value
+    return forward_backward
 
 
 def _ours(problem: BenchProblem) -> Callable:
@@ -158,6 +212,8 @@ def _ours(problem: BenchProblem) -> Callable:
     from .autograd import log_partition
     from .decoding import viterbi
 
+    if problem.op in QUERIES:
+        return query_call(problem.op, problem.potentials, lambda: problem.potentials(problem.other_scores))
     if problem.gradient:
         def run():
             log_z = log_partition(problem.potentials())
@@ -171,6 +227,8 @@ def _ours(problem: BenchProblem) -> Callable:
 
 
 def _torch_struct(problem: BenchProblem) -> Callable | None:
+    if problem.op in QUERIES:
+        return None
     if problem.T * (problem.K * problem.C) ** 2 > TORCH_STRUCT_LIMIT:
         return None
     import torch
@@ -188,7 +246,9 @@ def _torch_struct(problem: BenchProblem) -> Callable | None:
     return run
 
 
-def _flash_semicrf(problem: BenchProblem) -> Callable:
+def _flash_semicrf(problem: BenchProblem) -> Callable | None:
+    if problem.op in QUERIES:
+        return None
     import torch
     from flash_semicrf import semi_crf_streaming_forward
 
@@ -249,7 +309,7 @@ def _measure(factory, problem: BenchProblem, repeat: int, progress) -> tuple:
     try:
         fn = factory(problem)
         if fn is None:
-            return {"skipped": "too big"}, None
+            return {"skipped": "-" if problem.op in QUERIES else "too big"}, None
         times, result = time_calls(fn, repeat, problem.device, tick)
         return {"median_s": statistics.median(times), "times_s": times}, result
     except (torch.OutOfMemoryError, MemoryError):
@@ -257,6 +317,8 @@ def _measure(factory, problem: BenchProblem, repeat: int, progress) -> tuple:
     except RuntimeError as err:
         if "can't allocate memory" in str(err):
             return {"skipped": "out of memory"}, None
+        if problem.op in QUERIES:  # a query this version cannot run (e.g. no second derivative) is a result
+            return {"skipped": f"error: {str(err).splitlines()[0][:60]}"}, None
         raise
     finally:
         progress.update(1 + repeat - done)
@@ -309,7 +371,7 @@ def run_bench(args) -> dict:
         torch.set_num_threads(args.threads)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     sizes = args.size or BENCH_SIZES[("quick" if args.quick else "full", device)]
-    ops = args.ops or list(OPS)
+    ops = args.ops or list(DEFAULT_OPS)
     anchors = {}
     if args.anchors:
         for name, (module, factory) in ANCHORS.items():
@@ -393,13 +455,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=command_demo)
 
     positive_int = demo_module.positive_int
-    bench = commands.add_parser("bench", help="time forward, forward+backward and Viterbi (CPU or GPU)")
+    bench = commands.add_parser("bench",
+                                help="time forward, forward+backward and Viterbi, or other queries (CPU or GPU)")
     bench.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                        help="where to run (default: cuda when available)")
     bench.add_argument("--quick", action="store_true", help="one small size, seconds")
     bench.add_argument("--size", type=_size, action="append", metavar="B,T,K,C",
                        help="a problem size (repeatable; default: a preset per device)")
-    bench.add_argument("--ops", nargs="+", choices=OPS, help="what to time (default: all)")
+    bench.add_argument("--ops", nargs="+", choices=OPS, metavar="OP",
+                       help=f"what to time, among {', '.join(OPS)} (default: {', '.join(DEFAULT_OPS)}); "
+                            f"sample draws {SAMPLES}, topk lists {TOPK}; entropy, cross-entropy and kl are "
+                            "forward+backward with p requiring grad; double-backward differentiates "
+                            "(d log Z / d scores)^2")
     bench.add_argument("--anchors", action="store_true",
                        help="also time pytorch-struct and flash-semicrf where installed, with ratios")
     bench.add_argument("--dtype", choices=("float32", "float64"), default="float32")

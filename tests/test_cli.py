@@ -115,6 +115,21 @@ def test_bench_prints_a_table_with_agreeing_anchors(capsys):
     assert "ours forward B=2 T=30 K=4 C=3" in err and "call/s" in err, err
 
 
+def test_bench_times_the_other_queries(capsys):
+    """--ops takes the other queries (never timed by default): each gets its row, a time or why it cannot run."""
+    import json
+
+    queries = ["sample", "topk", "entropy", "cross-entropy", "kl", "double-backward"]
+    status, out, err = run(capsys, "bench", "--device", "cpu", "--size", "1,8,3,2", "--repeat", "1",
+                           "--ops", *queries, "--json", "--no-progress")
+    assert status == 0 and err == "", err
+    cases = json.loads(out)["cases"]
+    assert [case["op"] for case in cases] == queries
+    for case in cases:
+        ours = case["methods"]["ours"]
+        assert "median_s" in ours or ours["skipped"].startswith("error: "), case
+
+
 def test_bench_json_and_threads(capsys):
     import json
 

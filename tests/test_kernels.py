@@ -11,15 +11,22 @@ path is scored from the model's definition and must reach the best score.
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
+tl = pytest.importorskip("triton.language")
 
 from semiring_semicrf import MaxSemiring, SemiMarkovPotentials, log_partition, posterior, semimarkov_scan  # noqa: E402
 from semiring_semicrf import backends, kernels  # noqa: E402
+from semiring_semicrf.kernels import common  # noqa: E402
 from semiring_semicrf.decoding import viterbi  # noqa: E402
 from semiring_semicrf.posterior import Posterior  # noqa: E402
 from strategies import tiny_problems  # noqa: E402
@@ -202,6 +209,105 @@ def test_hard_constraints_and_large_scores():
     check_viterbi(p64)
 
 
+@triton.jit
+def _factor_rows_kernel(scores_ptr, start_scores_ptr, end_scores_ptr, mean_ptr, enter_ptr, leave_ptr, leave_back_ptr,
+                        T, C, scores_stride, start_stride, end_stride, CP: tl.constexpr,
+                        START_SCORES: tl.constexpr, END_SCORES: tl.constexpr):
+    """`enter`, `leave (B, T, C)` as the sweeps evaluate them left to right
+    (the forward, k-best), and `leave` as the flow does, carrying `cum` back
+    from `cum[T]` (past a sequence's length the scores are read as they
+    are, which the sweeps never do)."""
+    b = tl.program_id(0).to(tl.int64)
+    labels = tl.arange(0, CP)
+    valid = labels < C
+    scores_ptr, start_scores_ptr, end_scores_ptr, mean = common.sequence_inputs(
+        scores_ptr, start_scores_ptr, end_scores_ptr, mean_ptr, b, C, scores_stride, start_stride, end_stride, labels)
+    out = b * T * C + labels
+    cum = tl.zeros((CP,), tl.float64)
+    start_score = common.boundary_row(start_scores_ptr, 0, labels, C, T, START_SCORES)
+    tl.store(enter_ptr + out, common.enter_factor(cum, start_score), mask=valid)
+    for e in range(1, T + 1):
+        scores, end_score, start_score = common.position_rows(scores_ptr, start_scores_ptr, end_scores_ptr, e - 1,
+                                                              labels, C, T, START_SCORES, END_SCORES)
+        cum, leave, enter = common.step_factors(cum, scores, end_score, start_score, mean)
+        tl.store(leave_ptr + out + (e - 1) * C, leave, mask=valid)
+        tl.store(enter_ptr + out + e * C, enter, mask=valid & (labels * 0 + e < T))
+    for i in range(0, T):
+        t = T - 1 - i
+        end_score = common.boundary_row(end_scores_ptr, t, labels, C, T, END_SCORES)
+        tl.store(leave_back_ptr + out + t * C, common.leave_factor(cum, end_score), mask=valid)
+        cum = common.retreat_prefix_sum(cum, common.load_row(scores_ptr, t, labels, C, T), mean)
+
+
+@settings(deadline=None, max_examples=10)
+@given(structured_problems(max_B=3, max_T=9, max_K=3, max_C=5), st.floats(-50, 50), st.booleans())
+def test_kernel_factors_are_the_factors_definition(p64, offset, center):
+    """The sweeps evaluate `enter`/`leave` from the scores (zero-centred
+    prefix sums carried in float64), never from the tables of
+    :class:`Factors`: on the CPU they are the same bits (PyTorch's CPU
+    cumsum also sums float32 in double); carried back from `cum[T]` (the
+    flow) they are equal to rounding."""
+    if DEVICE == "cuda":
+        pytest.skip("the bitwise comparison is with PyTorch's CPU cumsum")
+    p = SemiMarkovPotentials(lengths=p64.lengths, center=center, validate_args=False,
+                             **{k: v.float() for k, v in p64.replace(scores=p64.scores + offset).tensors().items()})
+    factors = p.factors()
+    inputs, flags = common.position_inputs(factors)
+    B, T, C = p.batch_size, p.T, p.C
+    enter, leave, leave_back = (torch.empty(B, T, C) for _ in range(3))
+    _factor_rows_kernel[(B,)](*inputs[:4], enter, leave, leave_back, T, C, *inputs[4:], CP=common.pad(C), **flags)
+    valid = p.valid_mask()  # the sweeps stop at each length; the test kernel runs on to T
+    assert torch.equal(enter[valid], factors.enter[valid]) and torch.equal(leave[valid], factors.leave[valid])
+    torch.testing.assert_close(leave_back[valid], factors.leave[valid], rtol=1e-6, atol=1e-5)
+
+
+def test_gradients_through_the_kernels():
+    """`log_partition(backend="triton")` differentiated: the flow's label
+    marginals handed to the gradient of the scores, every other input's
+    gradient from its counts, against the float64 torch rung."""
+    p64 = random_problem(3, 8, 3, 4, torch.tensor([8, 5, 2]), extras=True, seed=12)
+    grads = {}
+    for backend, dtype in (("triton", torch.float32), ("torch", torch.float64)):
+        p = converted(p64, DEVICE, dtype)
+        leaves = {k: v.detach().requires_grad_() for k, v in p.tensors().items()}
+        weights = torch.tensor([1.0, -2.0, 0.5], device=DEVICE, dtype=dtype)
+        log_partition(SemiMarkovPotentials(lengths=p.lengths, **leaves), backend=backend).mul(weights).sum().backward()
+        grads[backend] = {k: v.grad.double().cpu() for k, v in leaves.items()}
+    for name, want in grads["torch"].items():
+        torch.testing.assert_close(grads["triton"][name], want, rtol=1e-4, atol=2e-5, msg=name)
+
+
+def test_duration_counts_summed_in_blocks(monkeypatch):
+    """The flow sums its duration counts in blocks of positions: blocks of 3
+    (several per sequence) give the counts of one block per sequence."""
+    p = converted(random_problem(2, 9, 4, 3, torch.tensor([9, 7]), seed=14), DEVICE, torch.float32)
+    whole = posterior(p, backend="triton").duration
+    monkeypatch.setattr(kernels.backward, "DURATION_BLOCK", 3)
+    torch.testing.assert_close(posterior(p, backend="triton").duration, whole, rtol=1e-6, atol=1e-6)
+    check_posterior(converted(p, "cpu", torch.float64))
+
+
+def test_a_second_backward_through_one_forward():
+    """The flow writes the posterior over the forward's tables: a second
+    backward (retain_graph=True) recomputes them and gets the same gradient."""
+    p = converted(random_problem(2, 7, 3, 4, torch.tensor([7, 4]), extras=True, seed=15), DEVICE, torch.float32)
+    leaves = {k: v.detach().requires_grad_() for k, v in p.tensors().items()}
+    log_z = log_partition(SemiMarkovPotentials(lengths=p.lengths, **leaves), backend="triton")
+    first = torch.autograd.grad(log_z.sum(), list(leaves.values()), retain_graph=True)
+    second = torch.autograd.grad(log_z.sum(), list(leaves.values()))
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_label_marginals_are_handed_over_once_then_recomputed():
+    p = converted(random_problem(2, 7, 3, 4, torch.tensor([7, 5]), seed=13), DEVICE, torch.float32)
+    post = posterior(p, backend="triton")
+    first = post.label_marginals()
+    second = post.label_marginals()
+    assert first is not second
+    torch.testing.assert_close(first, second, rtol=0, atol=1e-6)
+
+
 def test_bitwise_deterministic():
     p = converted(random_problem(3, 9, 4, 5, torch.tensor([9, 4, 7]), seed=8), DEVICE, torch.float32)
     runs = []
@@ -224,6 +330,31 @@ def test_unsupported_reason():
     explicit = SemiMarkovPotentials.from_edges(p.to_edges())
     assert "explicit" in kernels.kernel_limits_reason(explicit)
     assert kernels.kernel_limits_reason(converted(p, DEVICE, torch.float32)) is None
+
+
+def test_without_the_interpreter_cpu_tensors_get_a_clear_error():
+    """Every query of the Triton rung on CPU tensors without TRITON_INTERPRET:
+    the one error that says how to run the kernels on the CPU."""
+    if torch.cuda.is_available():
+        pytest.skip("the error concerns machines without CUDA")
+    code = textwrap.dedent("""
+        import torch
+        from semiring_semicrf import SemiMarkovPotentials, log_partition
+        from semiring_semicrf.decoding import topk, viterbi
+        from semiring_semicrf.sampling import sample
+        p = SemiMarkovPotentials(torch.zeros(1, 4, 2), torch.zeros(2, 2), torch.zeros(2, 2))
+        for query in (log_partition, viterbi, lambda p, backend: topk(p, 2, backend),
+                      lambda p, backend: sample(p, 2, backend=backend)):
+            try:
+                query(p, backend="triton")
+            except ValueError as error:
+                print(error)
+    """)
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    errors = out.stdout.strip().splitlines()
+    assert len(errors) == 4, out.stdout + out.stderr
+    assert all("backend='triton' cannot run these potentials" in e and "TRITON_INTERPRET=1" in e for e in errors)
 
 
 # -- at scale, on a GPU -------------------------------------------------------

@@ -29,6 +29,7 @@ from semiring_semicrf import (
 )
 from semiring_semicrf.autograd import log_partition
 from semiring_semicrf.autograd.derivatives import direction, gradients
+from semiring_semicrf.posterior import Posterior
 from semiring_semicrf.sampling import sample
 
 TOL = dict(rtol=1e-9, atol=1e-10)
@@ -98,6 +99,87 @@ def test_triton_hvp_equals_double_autograd(p, seed):
     torch.testing.assert_close(got_value.double(), want_value, **FLOAT32)
     for name, a, b in zip(p.tensors(), got, want):
         torch.testing.assert_close(a.double(), b, **FLOAT32, msg=name)
+
+
+@settings(deadline=None, max_examples=6)
+@given(p=tiny_problems(max_B=2, max_T=6, max_K=3, max_C=3, extras=True, duration_dependent=False),
+       offset=st.floats(-40, 40), center=st.booleans(), seed=st.integers(0, 2**16))
+def test_triton_hvp_evaluates_the_tangent_by_the_factors_definition(p, offset, center, seed):
+    """The kernels evaluate the tangent's `enter`/`leave` from its scores (the
+    zero-centred prefix sums of factors.py): with and without the centring,
+    scores and directions far from 0, against the float64 scan."""
+    p = SemiMarkovPotentials(lengths=p.lengths, center=center,
+                             **{**p.tensors(), "scores": p.scores + offset})
+    v = random_direction(p, seed)
+    v["scores"] = v["scores"] + offset
+    weights = torch.randn(p.batch_size, generator=torch.Generator().manual_seed(seed + 1), dtype=p.dtype)
+    want_value, want = reference_hvp(p, v, weights)
+    p32 = SemiMarkovPotentials(lengths=p.lengths, center=center, **{n: t.float() for n, t in p.tensors().items()})
+    got_value, got = rung_hvp(p32, {n: t.float() for n, t in v.items()}, weights.float(), "triton")
+    scale = 1 + abs(offset)
+    torch.testing.assert_close(got_value.double(), want_value, rtol=2e-4, atol=2e-5 * scale)
+    for name, a, b in zip(p.tensors(), got, want):
+        torch.testing.assert_close(a.double(), b, rtol=2e-4, atol=2e-5 * scale, msg=name)
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                                    reason="needs CUDA")])]
+
+
+def on(device: str, p: SemiMarkovPotentials) -> SemiMarkovPotentials:
+    """The same model on `device` (lengths included)."""
+    moved = p.replace(**{n: t.detach().to(device) for n, t in p.tensors().items()})
+    moved.lengths = p.lengths.to(device)
+    return moved
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_triton_hvp_runs_the_outside_last_and_recomputes_consumed_tables(monkeypatch, device):
+    """The tangent sweeps read the forward's tables before the outside flow
+    writes the posterior over them: hvp from fresh tables, from tables an
+    outside consumed (a forward sweep again) and without tables agree
+    bitwise, with the posterior of a plain outside; the tangent flow's label
+    marginals and its duration counts summed in blocks of 3 positions agree
+    with the sums of its boundary masses and its one-block counts."""
+    kernels = pytest.importorskip("semiring_semicrf.kernels")
+    g = torch.Generator().manual_seed(17)
+    p = on(device, SemiMarkovPotentials(torch.randn(2, 9, 3, generator=g), torch.randn(3, 3, generator=g),
+                                        torch.randn(4, 3, generator=g), torch.tensor([9, 6]),
+                                        start_scores=torch.randn(2, 9, 3, generator=g)))
+    tangent = direction(p, {n: t.to(device) for n, t in random_direction(p, 18).items()}).factors()
+    rung = backends.select("triton", p, "hvp")
+    fields = Posterior.FIELDS
+    _, saved = rung.inside(p.factors())
+    post, dot = rung.hvp(p.factors(), tangent, saved)
+    assert saved.consumed
+    again_post, again_dot = rung.hvp(p.factors(), tangent, saved)
+    plain = rung.outside(p.factors(), rung.inside(p.factors())[1])
+    fresh_post, fresh_dot = rung.hvp(p.factors(), tangent)
+    for name in fields:
+        assert torch.equal(getattr(post, name), getattr(plain, name)), name
+        for other_post, other_dot in ((again_post, again_dot), (fresh_post, fresh_dot)):
+            assert torch.equal(getattr(other_post, name), getattr(post, name)), name
+            assert torch.equal(getattr(other_dot, name), getattr(dot, name)), name
+    torch.testing.assert_close(dot.label_marginals(), Posterior.label_marginals(dot), rtol=0, atol=1e-6)
+    monkeypatch.setattr(kernels.backward, "DURATION_BLOCK", 3)
+    torch.testing.assert_close(rung.hvp(p.factors(), tangent)[1].duration, dot.duration, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_triton_information_gradient_twice_through_one_forward(device):
+    """The information query keeps p's and q's forward tables for the
+    gradient, whose hvp and outside consume them: a second backward
+    (retain_graph=True) computes them again and gets the same gradients."""
+    g = torch.Generator().manual_seed(19)
+    p = SemiMarkovPotentials(torch.randn(2, 7, 3, generator=g), torch.randn(3, 3, generator=g),
+                             torch.randn(3, 3, generator=g), torch.tensor([7, 4]))
+    p, q = leaves(on(device, p)), leaves(on(device, perturbed(p, 20)))
+    tensors = [*p.tensors().values(), *q.tensors().values()]
+    value = semimarkov_scan((p, q), KLDivergenceSemiring(), backend="triton")
+    first = torch.autograd.grad(value.sum(), tensors, retain_graph=True)
+    second = torch.autograd.grad(value.sum(), tensors)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("dependent", [False, True])
@@ -292,9 +374,7 @@ def test_compiled_sample_runs_eagerly_or_names_why_it_cannot():
 
 def on_gpu(p: SemiMarkovPotentials) -> SemiMarkovPotentials:
     """The same model in float32 on the GPU (lengths included)."""
-    moved = p.replace(**{n: t.detach().to("cuda", torch.float32) for n, t in p.tensors().items()})
-    moved.lengths = p.lengths.cuda()
-    return moved
+    return on("cuda", cast(p, torch.float32))
 
 
 @pytest.mark.gpu

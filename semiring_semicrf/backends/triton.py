@@ -1,13 +1,21 @@
 """The Triton rung: the kernels of ``semiring_semicrf.kernels`` (Log inside
-and outside, Viterbi) on CUDA, for structured float32 potentials with a
+and outside, Viterbi, k-best, samples, Hessian-vector products, entropy,
+cross-entropy and KL) on CUDA, for structured float32 potentials with a
 `(C, C)` transition. With ``TRITON_INTERPRET=1`` set before the kernels are
 first imported, ``backend="triton"`` also runs them on CPU tensors through
 Triton's interpreter (tests; `"auto"` never picks that)."""
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 from .base import Backend
+
+
+class KBestFallbackWarning(UserWarning):
+    """A k-best that the Triton rung declines (k or the tiles too large) runs
+    on the reference rung instead, much more slowly (shown once per process
+    by Python's default warning filter)."""
 
 
 def _kernels():
@@ -17,10 +25,11 @@ def _kernels():
 
 
 class TritonBackend(Backend):
-    """The Triton kernels (`inside`, `outside`, `viterbi`, `hvp`, `information`)."""
+    """The Triton kernels (`inside`, `outside`, `viterbi`, `kbest`, `sample`,
+    `hvp`, `information`)."""
 
     name = "triton"
-    queries = frozenset({"log", "viterbi", "hvp", "information"})
+    queries = frozenset({"log", "viterbi", "kbest", "sample", "hvp", "information"})
 
     def unsupported_reason(self, potentials, requested: bool = False) -> Optional[str]:
         if potentials.is_explicit:
@@ -39,6 +48,20 @@ class TritonBackend(Backend):
                     "TRITON_INTERPRET=1 before semiring_semicrf's kernels are first imported")
         return kernels.kernel_limits_reason(potentials)
 
+    def query_reason(self, potentials, query: str, **options) -> Optional[str]:
+        """As the base class; "kbest" also needs `k` within the kernel's
+        lanes and registers (:func:`~semiring_semicrf.kernels.kbest_limits_reason`).
+        A k-best this rung could run but for `k` warns once
+        (:class:`KBestFallbackWarning`): the reference scan that runs it
+        instead is far slower."""
+        why_not = super().query_reason(potentials, query, **options)
+        if why_not is None and query == "kbest":
+            why_not = _kernels().kbest_limits_reason(potentials, options["k"])
+            if why_not is not None:
+                warnings.warn(f"topk/KMaxSemiring on {potentials.device}: {why_not}", KBestFallbackWarning,
+                              stacklevel=2)
+        return why_not
+
     def inside(self, prepared, low_memory: bool = False):
         return _kernels().inside(prepared, low_memory)
 
@@ -50,6 +73,12 @@ class TritonBackend(Backend):
 
     def viterbi(self, prepared):
         return _kernels().viterbi(prepared)
+
+    def kbest(self, prepared, k: int):
+        return _kernels().kbest(prepared, k)
+
+    def sample(self, prepared, num_samples: int, generator=None):
+        return _kernels().sample(prepared, num_samples, generator)
 
     def hvp(self, prepared, tangent, saved=None):
         return _kernels().hvp(prepared, tangent, saved)
