@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import gzip
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
 
 #: Feature-table keys start in column 6; continuation lines are indented 21 spaces.
 _FEATURE_KEY = re.compile(r"^ {5}(\S+)\s+(.*)$")
@@ -49,7 +49,7 @@ class Gene:
 
     name: str
     strand: int
-    exons: Tuple[Tuple[int, int], ...]
+    exons: tuple[tuple[int, int], ...]
     open_5prime: bool = False
     open_3prime: bool = False
 
@@ -64,7 +64,7 @@ class Gene:
         return self.exons[-1][1]
 
     @property
-    def introns(self) -> Tuple[Tuple[int, int], ...]:
+    def introns(self) -> tuple[tuple[int, int], ...]:
         """The gaps between consecutive exons, 0-based half-open."""
         return tuple((a[1], b[0]) for a, b in zip(self.exons, self.exons[1:]))
 
@@ -76,13 +76,13 @@ class Locus:
 
     name: str
     sequence: str
-    genes: Tuple[Gene, ...]
+    genes: tuple[Gene, ...]
 
     def __len__(self) -> int:
         return len(self.sequence)
 
 
-def parse_location(text: str, length: Optional[int] = None, where: str = "location"):
+def parse_location(text: str, length: int | None = None, where: str = "location"):
     """Parse a CDS location.
 
     Args:
@@ -137,7 +137,7 @@ def _location_parts(text: str, reverse: bool, where: str) -> Iterator[tuple]:
     yield reverse, start - 1, end, bool(open_low), bool(open_high)
 
 
-def _split_top_level(text: str, where: str) -> List[str]:
+def _split_top_level(text: str, where: str) -> list[str]:
     """Split on the commas that are not inside parentheses."""
     pieces, depth, current = [], 0, []
     for char in text:
@@ -160,7 +160,7 @@ def _split_top_level(text: str, where: str) -> List[str]:
     return pieces
 
 
-def parse_genbank(text: str, source: str = "<text>") -> List[Locus]:
+def parse_genbank(text: str, source: str = "<text>") -> list[Locus]:
     """All records of a GenBank flat file's text (records end with ``//``).
 
     Raises ValueError (naming `source` and the record) for a record without a
@@ -196,7 +196,7 @@ def _parse_record(lines: Sequence[str], where: str) -> Locus:
     if len(sequence) != length:
         raise ValueError(f"{where}: the sequence has {len(sequence)} bases but LOCUS says {length}")
     genes = []
-    for index, (key, location, qualifiers) in enumerate(_features(lines[1:origin])):
+    for key, location, qualifiers in _features(lines[1:origin]):
         if key != "CDS":
             continue
         strand, exons, open_5, open_3 = parse_location(location, length, f"{where}, CDS {location!r}")
@@ -205,7 +205,7 @@ def _parse_record(lines: Sequence[str], where: str) -> Locus:
     return Locus(name, sequence, tuple(genes))
 
 
-def _features(lines: Sequence[str]) -> Iterator[Tuple[str, str, dict]]:
+def _features(lines: Sequence[str]) -> Iterator[tuple[str, str, dict]]:
     """Yield `(key, location, qualifiers)` for each entry of the FEATURES
     table found in `lines` (location lines joined; qualifier values unquoted)."""
     inside, key, location, qualifiers, in_location = False, None, [], [], False
@@ -247,7 +247,7 @@ def _qualifier_dict(qualifiers: Sequence[str]) -> dict:
     return result
 
 
-def read_genbank(path) -> List[Locus]:
+def read_genbank(path) -> list[Locus]:
     """The records of a GenBank file (plain or ``.gz``)."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open

@@ -29,15 +29,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from semiring_semicrf import SemiMarkovCRFHead, SemiMarkovDistribution, Segmentation
+from semiring_semicrf import Segmentation, SemiMarkovCRFHead, SemiMarkovDistribution
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from genbank import Locus, read_genbank  # noqa: E402  (the sibling module, found from any working directory)
@@ -61,7 +61,7 @@ class DataUnavailable(RuntimeError):
     """The data files are neither found nor fetchable; the message says how to get them."""
 
 
-def data_directory(explicit: Optional[str] = None) -> Path:
+def data_directory(explicit: str | None = None) -> Path:
     """Where the data live or will be fetched to: `explicit` (--data), else
     ${SEMICRF_GENE_DATA}, else ~/.cache/semiring-semicrf/augustus."""
     chosen = explicit or os.environ.get(ENV_VAR)
@@ -79,7 +79,7 @@ def data_path(directory: Path, name: str) -> Path:
     return plain if plain.is_file() else directory / f"{name}.gz"
 
 
-def find_data(explicit: Optional[str] = None, fetch: bool = True, log=print) -> Path:
+def find_data(explicit: str | None = None, fetch: bool = True, log=print) -> Path:
     """A directory holding `genes.gb.train` and `genes.gb.test`.
 
     Looks in :func:`data_directory`, then in an installed `augustus-doc`
@@ -121,7 +121,7 @@ def fetch_data(target: Path, log=print) -> Path:
     return target
 
 
-def _run(command: List[str], cwd: Path) -> None:
+def _run(command: list[str], cwd: Path) -> None:
     """Run a fetch command; DataUnavailable with its output when it fails."""
     try:
         result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
@@ -171,7 +171,7 @@ def locus_labels(locus: Locus) -> np.ndarray:
     return labels
 
 
-def runs(labels: Sequence[int]) -> List[Tuple[int, int, int]]:
+def runs(labels: Sequence[int]) -> list[tuple[int, int, int]]:
     """Maximal runs of equal labels, `(start, end, label)` with `end` exclusive."""
     labels = np.asarray(labels)
     if labels.ndim != 1:
@@ -183,7 +183,7 @@ def runs(labels: Sequence[int]) -> List[Tuple[int, int, int]]:
     return [(int(a), int(b), int(labels[a])) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def chop(segments: Sequence[Tuple[int, int, int]], max_duration: int) -> List[Tuple[int, int, int]]:
+def chop(segments: Sequence[tuple[int, int, int]], max_duration: int) -> list[tuple[int, int, int]]:
     """Split every segment longer than `max_duration` (K) into a chain of
     pieces of the same label: first the remainder, of length r in [1, K],
     then pieces of length exactly K. A segment of length L = r + m K has
@@ -201,7 +201,7 @@ def chop(segments: Sequence[Tuple[int, int, int]], max_duration: int) -> List[Tu
     return pieces
 
 
-def chain(labels: np.ndarray, max_duration: int, num_labels: int = len(LABELS)) -> Tuple[np.ndarray, np.ndarray]:
+def chain(labels: np.ndarray, max_duration: int, num_labels: int = len(LABELS)) -> tuple[np.ndarray, np.ndarray]:
     """The gold for :class:`ChainedCRFHead`: `(states, starts)`, both `(T,)`.
 
     `starts` is True where a piece of :func:`chop` begins; `states` is the
@@ -218,10 +218,10 @@ def chain(labels: np.ndarray, max_duration: int, num_labels: int = len(LABELS)) 
 
 
 # -- genes from labels, and the metrics --------------------------------------------------------------------------
-Structure = Tuple[int, Tuple[Tuple[int, int], ...]]   # (strand, exons)
+Structure = tuple[int, tuple[tuple[int, int], ...]]   # (strand, exons)
 
 
-def structures(labels: Sequence[int]) -> List[Structure]:
+def structures(labels: Sequence[int]) -> list[Structure]:
     """The genes a label sequence describes: each maximal stretch of
     non-intergenic bases of one strand is a gene, and its exon runs are its
     exons. A stretch that begins or ends with an intron is kept (it can only
@@ -238,7 +238,7 @@ def structures(labels: Sequence[int]) -> List[Structure]:
     return genes
 
 
-def annotated_structures(locus: Locus) -> List[Structure]:
+def annotated_structures(locus: Locus) -> list[Structure]:
     """The annotated genes of a locus as `(strand, exons)`."""
     return [(gene.strand, gene.exons) for gene in locus.genes]
 
@@ -257,7 +257,7 @@ class Counts:
         self.predicted += len(predicted)
         self.annotated += len(annotated)
 
-    def scores(self) -> Dict[str, float]:
+    def scores(self) -> dict[str, float]:
         """Precision, recall and F1 (0 where undefined)."""
         precision = self.tp / self.predicted if self.predicted else 0.0
         recall = self.tp / self.annotated if self.annotated else 0.0
@@ -265,7 +265,7 @@ class Counts:
         return {"precision": precision, "recall": recall, "f1": f1}
 
 
-def evaluate_locus(predicted_labels: np.ndarray, locus: Locus, counts: Dict[str, Counts]) -> None:
+def evaluate_locus(predicted_labels: np.ndarray, locus: Locus, counts: dict[str, Counts]) -> None:
     """Add one locus's exon-, gene- and base-level matches to `counts`.
 
     - exon: a predicted exon (a run of one exon label) is correct when an
@@ -310,7 +310,7 @@ class Example:
         return self.codes.size
 
 
-def examples(loci: Sequence[Locus], window: Optional[int] = None) -> List[Example]:
+def examples(loci: Sequence[Locus], window: int | None = None) -> list[Example]:
     """One Example per locus, or, with `window`, consecutive windows of at
     most `window` bases (a locus of length L gives ceil(L / window) windows
     of near-equal length; segments crossing a cut are cut with it)."""
@@ -337,7 +337,7 @@ def reverse_complement(example: Example) -> Example:
                    OTHER_STRAND[example.labels[::-1]])
 
 
-def batches(items: Sequence[Example], max_tokens: int, shuffle: bool, rng: random.Random) -> List[List[int]]:
+def batches(items: Sequence[Example], max_tokens: int, shuffle: bool, rng: random.Random) -> list[list[int]]:
     """Index batches of examples of similar length, each holding at most
     `max_tokens` padded positions (or one example if it alone is longer);
     in random order when `shuffle`."""
@@ -355,7 +355,7 @@ def batches(items: Sequence[Example], max_tokens: int, shuffle: bool, rng: rando
     return groups
 
 
-def collate(items: Sequence[Example], max_duration: int, device) -> Tuple[torch.Tensor, torch.Tensor, Segmentation]:
+def collate(items: Sequence[Example], max_duration: int, device) -> tuple[torch.Tensor, torch.Tensor, Segmentation]:
     """One-hot DNA `(B, T, 4)`, lengths `(B,)` and the gold Segmentation
     `(B, T)` over the states of a ChainedCRFHead with K = `max_duration`
     (:func:`chain`: pieces of at most K)."""
@@ -396,7 +396,7 @@ class DilatedConvEncoder(nn.Module):
 
 
 def chain_potentials(scores: torch.Tensor, transition: torch.Tensor, duration: torch.Tensor, start: torch.Tensor,
-                     end: torch.Tensor, run_start_scores: Optional[torch.Tensor] = None) -> dict:
+                     end: torch.Tensor, run_start_scores: torch.Tensor | None = None) -> dict:
     """Potentials over 2C states from a C-label head's, such that every
     labelling is exactly one segmentation (the chain of :func:`chop`).
 
@@ -459,7 +459,7 @@ class ChainedCRFHead(SemiMarkovCRFHead):
         """2C: the first piece of a run of each label, and its continuations."""
         return 2 * self.num_classes
 
-    def forward(self, hidden: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> SemiMarkovDistribution:
+    def forward(self, hidden: torch.Tensor, lengths: torch.Tensor | None = None) -> SemiMarkovDistribution:
         potentials = super().forward(hidden, lengths).potentials      # the stock head's checks and casts
         tensors = potentials.tensors()
         run_starts = None if self.boundary is None else self.boundary(hidden).to(potentials.dtype)
@@ -505,17 +505,19 @@ class GeneFinder(nn.Module):
 
 # -- training and evaluation -------------------------------------------------------------------------------------
 def progress(iterable, total: int, description: str, enabled: bool):
-    """tqdm over `iterable` when installed and `enabled`, else the iterable."""
+    """tqdm over `iterable` when installed, `enabled` and stderr is a
+    terminal (a log file gets the epoch lines only), else the iterable."""
     if enabled:
         try:
             from tqdm import tqdm
         except ImportError:
             return iterable
-        return tqdm(iterable, total=total, desc=description, leave=False, file=sys.stderr, mininterval=1.0)
+        return tqdm(iterable, total=total, desc=description, leave=False, file=sys.stderr, mininterval=1.0,
+                    disable=None)
     return iterable
 
 
-def parameter_groups(model: GeneFinder, lr: float, structure_lr: float) -> List[dict]:
+def parameter_groups(model: GeneFinder, lr: float, structure_lr: float) -> list[dict]:
     """Two learning rates: `lr` for the encoder and the head's projection,
     `structure_lr` for the head's transition, duration, start and end scores
     (a handful of numbers, shared by every position, that start at 0 and
@@ -528,7 +530,7 @@ def parameter_groups(model: GeneFinder, lr: float, structure_lr: float) -> List[
 
 
 def train(model: GeneFinder, data: Sequence[Example], args, device, name: str,
-          seconds: Optional[float] = None) -> dict:
+          seconds: float | None = None) -> dict:
     """Adam on the per-base NLL for `args.epochs` epochs or `seconds` of wall
     clock, whichever ends first.
 
@@ -583,11 +585,11 @@ def train(model: GeneFinder, data: Sequence[Example], args, device, name: str,
 
 
 @torch.no_grad()
-def predict(model: GeneFinder, loci: Sequence[Locus], args, device, name: str) -> List[np.ndarray]:
+def predict(model: GeneFinder, loci: Sequence[Locus], args, device, name: str) -> list[np.ndarray]:
     """Viterbi labels of each whole locus (no windows: the scan streams over T)."""
     model.eval()
     data = examples(loci)
-    out: List[Optional[np.ndarray]] = [None] * len(data)
+    out: list[np.ndarray | None] = [None] * len(data)
     groups = batches(data, 8 * args.max_tokens, shuffle=False, rng=random.Random(0))  # no gradients: larger batches
     for group in progress(groups, len(groups), f"{name} decoding", args.progress):
         one_hot, lengths, _ = collate([data[i] for i in group], model.max_duration, device)
@@ -597,7 +599,7 @@ def predict(model: GeneFinder, loci: Sequence[Locus], args, device, name: str) -
     return out
 
 
-def evaluate(predictions: Sequence[np.ndarray], loci: Sequence[Locus]) -> Dict[str, Dict[str, float]]:
+def evaluate(predictions: Sequence[np.ndarray], loci: Sequence[Locus]) -> dict[str, dict[str, float]]:
     """Exon-, gene- and base-level precision, recall and F1 over the loci."""
     counts = {level: Counts() for level in ("exon", "gene", "base")}
     for labels, locus in zip(predictions, loci):
@@ -605,7 +607,7 @@ def evaluate(predictions: Sequence[np.ndarray], loci: Sequence[Locus]) -> Dict[s
     return {level: count.scores() for level, count in counts.items()}
 
 
-def table(results: Dict[str, dict]) -> str:
+def table(results: dict[str, dict]) -> str:
     """The final comparison as text, one row per model."""
     header = (f"{'model':<22}" + "".join(f"{level + ' ' + m:>9}" for level in ("exon", "gene", "base")
                                          for m in ("P", "R", "F1")) + f"{'epochs':>8}{'train s':>9}")
@@ -627,7 +629,7 @@ def pick_plot_locus(loci: Sequence[Locus], max_length: int = 4000) -> int:
     return 0
 
 
-def plot_posterior(models: Dict[str, GeneFinder], locus: Locus, device, path: Path) -> None:
+def plot_posterior(models: dict[str, GeneFinder], locus: Locus, device, path: Path) -> None:
     """Into `path` (PNG), over one locus: each model's posterior label
     marginals and boundary probabilities (where a run of a new label starts:
     the first-piece states' segment starts; for K > 1 also where any piece
@@ -671,7 +673,7 @@ def plot_posterior(models: Dict[str, GeneFinder], locus: Locus, device, path: Pa
                 ax.legend(loc="upper left", fontsize=7, ncol=3, frameon=False)
         ax.set_ylim(-0.1, 1.25)
     ax = axes[-1]
-    for y, (name, labels) in enumerate(reversed(list(tracks.items()))):
+    for y, labels in enumerate(reversed(list(tracks.values()))):
         for start, end, label in runs(labels):
             if label in EXON_LABELS:
                 ax.add_patch(plt.Rectangle((start, y - 0.35), end - start, 0.7, color=colours[label]))
@@ -730,7 +732,8 @@ def parse(argv=None) -> argparse.Namespace:
                         help="no reverse-complement augmentation (by default each training example is read from "
                              "the other strand with probability 1/2 at every epoch)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no tqdm bars (there are none when stderr is not a terminal)")
     args = parser.parse_args(argv)
     defaults = QUICK if args.quick else FULL
     args.epochs = defaults["epochs"] if args.epochs is None else args.epochs
@@ -766,7 +769,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load(args) -> Tuple[List[Locus], List[Locus]]:
+def load(args) -> tuple[list[Locus], list[Locus]]:
     """The training and test loci (the quick slice with --quick)."""
     directory = find_data(args.data, fetch=args.fetch)
     train_loci = read_genbank(data_path(directory, DATA_FILES[0]))
@@ -778,7 +781,7 @@ def load(args) -> Tuple[List[Locus], List[Locus]]:
     return train_loci, test_loci
 
 
-def training_allowance(budget: float, began: float, models_left: int) -> Optional[float]:
+def training_allowance(budget: float, began: float, models_left: int) -> float | None:
     """Seconds the next model may train: an equal share, among the
     `models_left` still to train, of what remains of the time `budget`
     (counted from `began`, a perf_counter time) once EVALUATION_SHARE of it
@@ -798,7 +801,7 @@ def main(argv=None) -> dict:
         train_loci, test_loci = load(args)
     except DataUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None
     train_data = examples(train_loci, args.window)
     print(f"{'quick' if args.quick else 'full'} run on {device}: {len(train_loci)} training loci "
           f"({sum(map(len, train_data)):,} bp in {len(train_data)} examples), {len(test_loci)} test loci "
@@ -821,8 +824,9 @@ def main(argv=None) -> dict:
     plot_locus = test_loci[pick_plot_locus(test_loci)]
     plot_posterior(models, plot_locus, device, out / "gene_posterior.png")
     summary = {"mode": "quick" if args.quick else "full", "device": str(device), "max_duration": args.max_duration,
-               "epochs": args.epochs, "time_budget": args.time_budget, "train_loci": len(train_loci), "test_loci": len(test_loci),
-               "plot_locus": plot_locus.name, "results": results, "seconds": time.perf_counter() - began}
+               "epochs": args.epochs, "time_budget": args.time_budget, "train_loci": len(train_loci),
+               "test_loci": len(test_loci), "plot_locus": plot_locus.name, "results": results,
+               "seconds": time.perf_counter() - began}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     print(f"\nwrote {out / 'metrics.json'} and {out / 'gene_posterior.png'} (locus {plot_locus.name}); "
           f"total {summary['seconds']:.0f} s")

@@ -135,7 +135,7 @@ def test_chop_into_pieces_of_at_most_K(loci, K):
         assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))        # they tile the locus
         labels = np.concatenate([[label] * (end - start) for start, end, label in pieces])
         assert (labels == gs.locus_labels(locus)).all()
-        for start, end, label in segments:                                  # the remainder, then K, K, ...
+        for start, end, _ in segments:                                      # the remainder, then K, K, ...
             inside = [e - s for s, e, _ in pieces if start <= s < end]
             first = (end - start - 1) % K + 1
             assert inside == [first] + [K] * ((end - start - first) // K)
@@ -237,7 +237,8 @@ def test_chain_potentials_shapes_and_forbidden_moves():
     assert "start_scores" not in plain
 
 
-def test_chained_potentials_in_the_triton_kernels():
+@pytest.mark.parametrize("K", [1, 6])
+def test_chained_potentials_in_the_triton_kernels(K):
     """On CUDA the head's "auto" backend runs the chained (2C-state, -inf
     laden) potentials through the Triton kernels: they must agree with the
     PyTorch sweeps and the reference Viterbi (without a GPU, through Triton's
@@ -247,7 +248,7 @@ def test_chained_potentials_in_the_triton_kernels():
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator().manual_seed(0)
-    B, T, K, C = 2, 30, 6, 5
+    B, T, C = 2, 30, 5
     shapes = {"scores": (B, T, C), "transition": (C, C), "duration": (K, C), "start": (C,), "end": (C,),
               "run_start_scores": (B, T, C)}
     raw = {name: torch.randn(*shape, generator=g) for name, shape in shapes.items()}
