@@ -153,6 +153,12 @@ EXON = {1: 1, -1: 3}
 INTRON = {1: 2, -1: 4}
 STRAND_OF = {1: 1, 2: 1, 3: -1, 4: -1}
 EXON_LABELS = (1, 3)
+#: Which label may follow which where a run ends (`GRAMMAR[a, b]`: b after a;
+#: a run's own continuation, the diagonal, is always allowed): a gene starts
+#: and ends with an exon, and an intron lies between two exons of its strand.
+GRAMMAR = np.eye(len(LABELS), dtype=bool)
+for _before, _after in ((0, 1), (0, 3), (1, 0), (1, 2), (2, 1), (3, 0), (3, 4), (4, 3)):
+    GRAMMAR[_before, _after] = True
 
 
 def locus_labels(locus: Locus) -> np.ndarray:
@@ -375,24 +381,34 @@ def collate(items: Sequence[Example], max_duration: int, device) -> tuple[torch.
 
 # -- model -------------------------------------------------------------------------------------------------------
 class DilatedConvEncoder(nn.Module):
-    """One-hot DNA `(B, T, 4)` -> features `(B, T, width)`: a width-9
-    convolution, then residual blocks of dilated convolutions (kernel 5).
-    The dilations are powers of 3, so each block compares bases in the same
-    codon position (a coding region's 3-periodic composition); with the
-    default 1, 3, 9, 27, 81 each position sees about 500 bases."""
+    """One-hot DNA `(B, T, 4)` -> features `(B, T, width + motifs)`.
 
-    def __init__(self, width: int = 64, dilations: Sequence[int] = (1, 3, 9, 27, 81), kernel_size: int = 5):
+    Context features (`width`): a width-9 convolution, then residual blocks
+    of dilated convolutions (kernel 5), layer-normalized. The dilations are
+    powers of 3, so each block compares bases in the same codon position (a
+    coding region's 3-periodic composition); with the default 1, 3, 9, 27, 81
+    each position sees about 500 bases. Motif features (`motifs`): one
+    convolution of the `motif_size` bases centred on each position, then
+    GELU, beside them. Splice sites and start and stop codons are such local
+    motifs, which the wide context features blur."""
+
+    def __init__(self, width: int = 64, dilations: Sequence[int] = (1, 3, 9, 27, 81), kernel_size: int = 5,
+                 motifs: int = 32, motif_size: int = 31):
         super().__init__()
         self.embed = nn.Conv1d(4, width, 9, padding=4)
         self.blocks = nn.ModuleList(
             nn.Conv1d(width, width, kernel_size, dilation=d, padding=d * (kernel_size - 1) // 2) for d in dilations)
         self.norm = nn.LayerNorm(width)
+        self.motifs = nn.Conv1d(4, motifs, motif_size, padding=motif_size // 2)
+        self.out_features = width + motifs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.embed(x.transpose(1, 2))
+        bases = x.transpose(1, 2)
+        h = self.embed(bases)
         for conv in self.blocks:
             h = h + conv(torch.nn.functional.gelu(h))
-        return self.norm(h.transpose(1, 2))
+        motifs = torch.nn.functional.gelu(self.motifs(bases))
+        return torch.cat([self.norm(h.transpose(1, 2)), motifs.transpose(1, 2)], dim=-1)
 
 
 def chain_potentials(scores: torch.Tensor, transition: torch.Tensor, duration: torch.Tensor, start: torch.Tensor,
@@ -443,16 +459,23 @@ class ChainedCRFHead(SemiMarkovCRFHead):
     pieces (:func:`chop`; gold states from :func:`chain`). Map states back
     with :func:`state_labels` and state marginals with :func:`label_marginals`.
     With K = 1 every piece has length 1: a linear-chain CRF whose 2C states
-    mark where runs start.
+    mark where runs start. `allowed`, a `(C, C)` boolean array, forbids the
+    label transitions it marks False (their scores become -inf: a grammar
+    such as GRAMMAR; its diagonal must be True).
     """
 
     def __init__(self, num_classes: int, max_duration: int, hidden_dim: int, backend: str = "auto",
-                 boundary_scores: bool = True):
+                 boundary_scores: bool = True, allowed: np.ndarray | None = None):
         super().__init__(num_classes, max_duration, hidden_dim, backend)
         self.boundary = nn.Linear(hidden_dim, num_classes) if boundary_scores else None
         if self.boundary is not None:
             nn.init.zeros_(self.boundary.weight)
             nn.init.zeros_(self.boundary.bias)
+        allowed = np.ones((num_classes, num_classes), dtype=bool) if allowed is None else np.asarray(allowed)
+        if allowed.shape != (num_classes, num_classes) or allowed.dtype != bool or not allowed.diagonal().all():
+            raise ValueError(f"allowed must be a boolean ({num_classes}, {num_classes}) array with a True diagonal "
+                             f"(a run's continuation), got {allowed.dtype} {allowed.shape}")
+        self.register_buffer("allowed", torch.from_numpy(allowed.copy()), persistent=False)
 
     @property
     def num_states(self) -> int:
@@ -463,7 +486,8 @@ class ChainedCRFHead(SemiMarkovCRFHead):
         potentials = super().forward(hidden, lengths).potentials      # the stock head's checks and casts
         tensors = potentials.tensors()
         run_starts = None if self.boundary is None else self.boundary(hidden).to(potentials.dtype)
-        chained = chain_potentials(tensors["scores"], tensors["transition"], tensors["duration"], tensors["start"],
+        transition = tensors["transition"].masked_fill(~self.allowed, float("-inf"))
+        chained = chain_potentials(tensors["scores"], transition, tensors["duration"], tensors["start"],
                                    tensors["end"], run_starts)
         return SemiMarkovDistribution(lengths=potentials.lengths, backend=self.backend, **chained)
 
@@ -479,14 +503,16 @@ def label_marginals(marginals: torch.Tensor, num_labels: int = len(LABELS)) -> t
 
 
 class GeneFinder(nn.Module):
-    """The encoder and a `SemiMarkovCRFHead` with `max_duration` K over LABELS."""
+    """The encoder and a :class:`ChainedCRFHead` with `max_duration` K over
+    LABELS, its label transitions restricted to GRAMMAR."""
 
     def __init__(self, max_duration: int, width: int = 64, boundary_scores: bool = True):
         super().__init__()
         self.max_duration = max_duration
         self.encoder = DilatedConvEncoder(width)
-        self.head = ChainedCRFHead(num_classes=len(LABELS), max_duration=max_duration, hidden_dim=width,
-                                   boundary_scores=boundary_scores)
+        self.head = ChainedCRFHead(num_classes=len(LABELS), max_duration=max_duration,
+                                   hidden_dim=self.encoder.out_features, boundary_scores=boundary_scores,
+                                   allowed=GRAMMAR)
 
     def forward(self, one_hot: torch.Tensor, lengths: torch.Tensor) -> SemiMarkovDistribution:
         """The distribution over chained segmentations (states, see ChainedCRFHead)."""
@@ -517,16 +543,21 @@ def progress(iterable, total: int, description: str, enabled: bool):
     return iterable
 
 
-def parameter_groups(model: GeneFinder, lr: float, structure_lr: float) -> list[dict]:
-    """Two learning rates: `lr` for the encoder and the head's projection,
-    `structure_lr` for the head's transition, duration, start and end scores
-    (a handful of numbers, shared by every position, that start at 0 and
-    must travel several units)."""
+def parameter_groups(model: GeneFinder, lr: float, structure_lr: float, site_lr: float) -> list[dict]:
+    """Three learning rates: `structure_lr` for the head's transition,
+    duration, start and end scores (a handful of numbers, shared by every
+    position, that start at 0 and must travel several units); `site_lr` for
+    the site scorers, the encoder's motif convolution and the head's
+    run-start projection (sharp, rare signals: at the encoder's rate they
+    stay a flat penalty on every boundary and no intron is ever called);
+    `lr` for the rest of the encoder and the label projection."""
     head = model.head
     structure = [head.transition, head.duration, head.start, head.end]
-    ids = {id(p) for p in structure}
-    rest = [p for p in model.parameters() if id(p) not in ids]
-    return [{"params": rest, "lr": lr}, {"params": structure, "lr": structure_lr}]
+    sites = [*model.encoder.motifs.parameters(), *(head.boundary.parameters() if head.boundary is not None else ())]
+    taken = {id(p) for p in structure + sites}
+    rest = [p for p in model.parameters() if id(p) not in taken]
+    return [{"params": rest, "lr": lr}, {"params": structure, "lr": structure_lr},
+            {"params": sites, "lr": site_lr}]
 
 
 def train(model: GeneFinder, data: Sequence[Example], args, device, name: str,
@@ -541,7 +572,7 @@ def train(model: GeneFinder, data: Sequence[Example], args, device, name: str,
     `{"train_seconds", "epochs"}` (epochs completed, fractional when cut) and
     `"cut_by_time_budget"`.
     """
-    optimizer = torch.optim.Adam(parameter_groups(model, args.lr, args.structure_lr))
+    optimizer = torch.optim.Adam(parameter_groups(model, args.lr, args.structure_lr, args.site_lr))
     initial = [group["lr"] for group in optimizer.param_groups]
     rng = random.Random(args.seed)
     steps_per_epoch = len(batches(data, args.max_tokens, shuffle=False, rng=None))
@@ -688,10 +719,10 @@ def plot_posterior(models: dict[str, GeneFinder], locus: Locus, device, path: Pa
 
 
 # -- main --------------------------------------------------------------------------------------------------------
-QUICK = dict(max_length=3000, train_loci=120, test_loci=30, epochs=4, width=32, time_budget=240)
+QUICK = dict(max_length=3000, train_loci=120, test_loci=30, epochs=8, width=32, time_budget=200)
 FULL = dict(epochs=30, width=64, time_budget=330)
 #: The share of --time-budget kept for decoding the test loci and drawing the plot after the last training.
-EVALUATION_SHARE = 0.15
+EVALUATION_SHARE = 0.2
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -722,9 +753,13 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=8000, help="padded positions per training batch")
     parser.add_argument("--width", type=int, default=None,
                         help=f"encoder channels (default {QUICK['width']} quick, {FULL['width']} full)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="Adam's learning rate for the encoder")
+    parser.add_argument("--lr", type=float, default=3e-3,
+                        help="Adam's learning rate for the encoder's context layers and the label projection")
     parser.add_argument("--structure-lr", type=float, default=0.05,
                         help="Adam's learning rate for the head's transition, duration, start and end scores")
+    parser.add_argument("--site-lr", type=float, default=0.15,
+                        help="Adam's learning rate for the site scorers: the encoder's motif convolution and the "
+                             "head's run-start projection")
     parser.add_argument("--no-boundary-scores", dest="boundary_scores", action="store_false",
                         help="no learnt scores for a run of each label starting at each position (splice sites, "
                              "start and stop codons)")

@@ -248,10 +248,11 @@ def test_chained_potentials_in_the_triton_kernels(K):
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator().manual_seed(0)
-    B, T, C = 2, 30, 5
+    B, T, C = 2, 30, len(gs.LABELS)
     shapes = {"scores": (B, T, C), "transition": (C, C), "duration": (K, C), "start": (C,), "end": (C,),
               "run_start_scores": (B, T, C)}
     raw = {name: torch.randn(*shape, generator=g) for name, shape in shapes.items()}
+    raw["transition"] = raw["transition"].masked_fill(~torch.from_numpy(gs.GRAMMAR), float("-inf"))  # as GeneFinder
     chained = {name: t.to(device) for name, t in gs.chain_potentials(**raw).items()}
     lengths = torch.tensor([30, 19], device=device)
     fast = SemiMarkovDistribution(lengths=lengths, backend="triton", **chained)
@@ -289,6 +290,30 @@ def test_chained_head_on_the_fixture(loci):
     merged = gs.label_marginals(dist.marginals)
     assert merged.shape == (2, 150, 5)
     assert torch.allclose(merged.sum(-1)[0, :120], torch.ones(120), atol=1e-5)
+
+
+def test_grammar_allows_the_genes_and_forbids_the_rest(loci):
+    for locus in loci:                                              # every annotated transition is allowed
+        labels = [label for _, _, label in label_runs(locus)]
+        assert all(gs.GRAMMAR[a, b] for a, b in zip(labels, labels[1:]))
+    torch.manual_seed(0)
+    head = gs.ChainedCRFHead(len(gs.LABELS), 4, 3, allowed=gs.GRAMMAR)
+    with torch.no_grad():
+        head.transition.normal_()
+    with torch.no_grad():
+        dist = head(torch.randn(1, 24, 3))
+    gene = [0] * 4 + [1] * 5 + [2] * 6 + [1] * 5 + [0] * 4             # intergenic, exon, intron, exon, intergenic
+    strand_swap = [0] * 4 + [1] * 5 + [2] * 6 + [4] * 5 + [3] * 4       # a forward intron into a reverse one
+    gold = {}
+    for name, labels in (("gene", gene), ("swap", strand_swap)):
+        states, starts = gs.chain(np.array(labels), 4)
+        gold[name] = float(dist.log_prob(Segmentation(torch.from_numpy(states)[None], torch.from_numpy(starts)[None])))
+    assert np.isfinite(gold["gene"]) and gold["swap"] == float("-inf")
+    for sample in dist.sample((20,)).labels[:, 0]:
+        runs = [label for _, _, label in gs.runs(gs.state_labels(sample).numpy())]
+        assert all(gs.GRAMMAR[a, b] for a, b in zip(runs, runs[1:]))
+    with pytest.raises(ValueError, match="True diagonal"):
+        gs.ChainedCRFHead(len(gs.LABELS), 4, 3, allowed=~gs.GRAMMAR)
 
 
 def test_reverse_complement_swaps_strands(loci):
@@ -356,6 +381,19 @@ def test_no_fetch_says_how_to_get_the_data(tmp_path, monkeypatch):
     monkeypatch.setattr(gs, "PACKAGE_DIR", "nonexistent/for/this/test")
     with pytest.raises(gs.DataUnavailable, match="apt-get download augustus-doc"):
         gs.find_data(str(tmp_path), fetch=False)
+
+
+@pytest.mark.parametrize("boundary_scores", [True, False])
+def test_parameter_groups_cover_every_parameter_once(boundary_scores):
+    model = gs.GeneFinder(8, width=4, boundary_scores=boundary_scores)
+    rest, structure, sites = gs.parameter_groups(model, 1e-3, 0.05, 0.15)
+    assert [group["lr"] for group in (rest, structure, sites)] == [1e-3, 0.05, 0.15]
+    ids = [id(p) for group in (rest, structure, sites) for p in group["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters())
+    expected = {*model.encoder.motifs.parameters(), *(model.head.boundary.parameters() if boundary_scores else ())}
+    assert {id(p) for p in sites["params"]} == {id(p) for p in expected}
+    features = model.encoder(torch.zeros(2, 50, 4))
+    assert features.shape == (2, 50, model.encoder.out_features) == (2, 50, 4 + 32)
 
 
 def test_time_budget_defaults_and_shares(monkeypatch):
