@@ -569,26 +569,26 @@ def train(model: GeneFinder, data: Sequence[Example], args, device, name: str,
     the fraction of training done: the larger of the steps taken over all
     epochs' steps and the time taken over `seconds`. So a run the time budget
     cuts short still anneals, and stops between two batches. Returns
-    `{"train_seconds", "epochs"}` (epochs completed, fractional when cut) and
-    `"cut_by_time_budget"`.
+    `{"train_seconds", "epochs"}` (epochs completed, fractional when cut),
+    `"cut_by_time_budget"` and `"schedule_by_clock"`: whether the time ever
+    led the schedule (then the run depends on the machine's speed, not only
+    on the seed).
     """
     optimizer = torch.optim.Adam(parameter_groups(model, args.lr, args.structure_lr, args.site_lr))
     initial = [group["lr"] for group in optimizer.param_groups]
     rng = random.Random(args.seed)
     steps_per_epoch = len(batches(data, args.max_tokens, shuffle=False, rng=None))
-    total_steps, step = args.epochs * steps_per_epoch, 0
+    total_steps, step, by_clock = args.epochs * steps_per_epoch, 0, False
     began = time.perf_counter()
-
-    def fraction_done() -> float:
-        by_time = (time.perf_counter() - began) / seconds if seconds else 0.0
-        return max(step / total_steps, by_time)
-
     for epoch in range(args.epochs):
         model.train()
         total, positions = 0.0, 0
         groups = batches(data, args.max_tokens, shuffle=True, rng=rng)
         for group in progress(groups, len(groups), f"{name} epoch {epoch + 1}", args.progress):
-            done = fraction_done()
+            steps_done = step / total_steps
+            time_done = (time.perf_counter() - began) / seconds if seconds else 0.0
+            by_clock = by_clock or time_done > steps_done
+            done = max(steps_done, time_done)
             if done >= 1:
                 break
             for group_lr, lr in zip(optimizer.param_groups, initial):
@@ -611,8 +611,10 @@ def train(model: GeneFinder, data: Sequence[Example], args, device, name: str,
             print(f"  {name}: stopped by the time budget ({seconds:.0f} s) after {step} of {total_steps} steps",
                   flush=True)
             break
+    if by_clock and step == total_steps:
+        print(f"  {name}: the time budget came close: the learning rates followed the clock", flush=True)
     return {"train_seconds": time.perf_counter() - began, "epochs": step / steps_per_epoch,
-            "cut_by_time_budget": step < total_steps}
+            "cut_by_time_budget": step < total_steps, "schedule_by_clock": by_clock}
 
 
 @torch.no_grad()

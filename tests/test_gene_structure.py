@@ -416,12 +416,16 @@ def tiny_training(loci, epochs):
     return model, args, gs.examples(loci)                            # two examples: one batch each
 
 
-def test_training_runs_its_epochs_without_a_budget(loci):
-    model, args, data = tiny_training(loci, 2)
-    before = [p.detach().clone() for p in model.parameters()]
-    record = gs.train(model, data, args, "cpu", "tiny")
-    assert record["epochs"] == 2 and not record["cut_by_time_budget"]
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+def test_training_without_a_budget_runs_its_epochs_reproducibly(loci):
+    trained = []
+    for _ in range(2):
+        model, args, data = tiny_training(loci, 2)
+        before = [p.detach().clone() for p in model.parameters()]
+        record = gs.train(model, data, args, "cpu", "tiny")
+        assert record["epochs"] == 2 and not record["cut_by_time_budget"] and not record["schedule_by_clock"]
+        assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+        trained.append(list(model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(*trained))
 
 
 def test_time_budget_stops_between_batches(loci, monkeypatch):
@@ -431,7 +435,8 @@ def test_time_budget_stops_between_batches(loci, monkeypatch):
     clock = iter(range(10_000))
     monkeypatch.setattr(gs.time, "perf_counter", lambda: float(next(clock)))
     record = gs.train(model, data, args, "cpu", "tiny", seconds=3.5)
-    assert record["cut_by_time_budget"] and 0 < record["epochs"] < 5 and (2 * record["epochs"]).is_integer()
+    assert record["cut_by_time_budget"] and record["schedule_by_clock"]
+    assert 0 < record["epochs"] < 5 and (2 * record["epochs"]).is_integer()
     model, args, data = tiny_training(loci, 5)
     before = [p.detach().clone() for p in model.parameters()]
     record = gs.train(model, data, args, "cpu", "tiny", seconds=1e-9)
