@@ -390,7 +390,12 @@ class DilatedConvEncoder(nn.Module):
     each position sees about 500 bases. Motif features (`motifs`): one
     convolution of the `motif_size` bases centred on each position, then
     GELU, beside them. Splice sites and start and stop codons are such local
-    motifs, which the wide context features blur."""
+    motifs, which the wide context features blur.
+
+    With `lengths (B,)`, the context layers are zeroed past each length after
+    every convolution, so that a sequence's features do not depend on the
+    padding its batch gives it (the embedding's bias would otherwise reach
+    ~250 bases back into it through the dilated blocks)."""
 
     def __init__(self, width: int = 64, dilations: Sequence[int] = (1, 3, 9, 27, 81), kernel_size: int = 5,
                  motifs: int = 32, motif_size: int = 31):
@@ -402,11 +407,12 @@ class DilatedConvEncoder(nn.Module):
         self.motifs = nn.Conv1d(4, motifs, motif_size, padding=motif_size // 2)
         self.out_features = width + motifs
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         bases = x.transpose(1, 2)
-        h = self.embed(bases)
+        inside = 1.0 if lengths is None else (torch.arange(x.shape[1], device=x.device) < lengths[:, None])[:, None]
+        h = self.embed(bases) * inside
         for conv in self.blocks:
-            h = h + conv(torch.nn.functional.gelu(h))
+            h = (h + conv(torch.nn.functional.gelu(h))) * inside
         motifs = torch.nn.functional.gelu(self.motifs(bases))
         return torch.cat([self.norm(h.transpose(1, 2)), motifs.transpose(1, 2)], dim=-1)
 
@@ -516,16 +522,16 @@ class GeneFinder(nn.Module):
 
     def forward(self, one_hot: torch.Tensor, lengths: torch.Tensor) -> SemiMarkovDistribution:
         """The distribution over chained segmentations (states, see ChainedCRFHead)."""
-        return self.head(self.encoder(one_hot), lengths)
+        return self.head(self.encoder(one_hot, lengths), lengths)
 
     @torch.no_grad()
     def decode(self, one_hot: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Viterbi labels `(B, T)` (indices into LABELS, -1 past each length)."""
-        return state_labels(self.head.decode(self.encoder(one_hot), lengths).labels)
+        return state_labels(self.head.decode(self.encoder(one_hot, lengths), lengths).labels)
 
     def loss(self, one_hot: torch.Tensor, lengths: torch.Tensor, gold: Segmentation) -> torch.Tensor:
         """Negative log-likelihood of the gold pieces, per base."""
-        nll = self.head.compute_loss(self.encoder(one_hot), lengths, gold)
+        nll = self.head.compute_loss(self.encoder(one_hot, lengths), lengths, gold)
         return nll * len(lengths) / lengths.sum()
 
 

@@ -316,6 +316,23 @@ def test_grammar_allows_the_genes_and_forbids_the_rest(loci):
         gs.ChainedCRFHead(len(gs.LABELS), 4, 3, allowed=~gs.GRAMMAR)
 
 
+def test_padding_does_not_reach_a_sequence(loci):
+    """A locus gets the same features and Viterbi labels alone as in a
+    batch with a longer one (the dilated blocks would carry the padding's
+    activations ~250 bases into it)."""
+    torch.manual_seed(0)
+    model = gs.GeneFinder(8, width=8).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.5)
+    one_hot, lengths, _ = gs.collate(gs.examples(loci), 8, "cpu")
+    alone, alone_lengths, _ = gs.collate(gs.examples(loci[:1]), 8, "cpu")
+    with torch.no_grad():
+        batched, single = model.encoder(one_hot, lengths)[0, :120], model.encoder(alone, alone_lengths)[0]
+    assert torch.allclose(batched, single, atol=1e-5)
+    assert torch.equal(model.decode(one_hot, lengths)[0, :120], model.decode(alone, alone_lengths)[0])
+
+
 def test_reverse_complement_swaps_strands(loci):
     (forward,) = gs.examples(loci[:1])
     reverse = gs.reverse_complement(forward)
