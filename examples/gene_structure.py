@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from semiring_semicrf import Segmentation, SemiMarkovCRFHead, SemiMarkovDistribution
+from semiring_semicrf.plot import require_matplotlib
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from genbank import Locus, read_genbank  # noqa: E402  (the sibling module, found from any working directory)
@@ -674,9 +675,8 @@ def plot_posterior(models: dict[str, GeneFinder], locus: Locus, device, path: Pa
     the first-piece states' segment starts; for K > 1 also where any piece
     starts, `dist.boundary_marginals`), with the annotated exon edges
     ticked; then the annotated and Viterbi gene structures."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    require_matplotlib().use("Agg")
+    plt = require_matplotlib("matplotlib.pyplot")
 
     one_hot, lengths, _ = collate(examples([locus]), 1, device)
     colours = {1: "tab:red", 2: "tab:orange", 3: "tab:blue", 4: "tab:cyan"}
@@ -841,8 +841,9 @@ def main(argv=None) -> dict:
     began = time.perf_counter()
     device = resolve_device(args.device)
     try:
+        require_matplotlib()                      # for the plot: stop now rather than after training
         train_loci, test_loci = load(args)
-    except DataUnavailable as error:
+    except (ImportError, DataUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     train_data = examples(train_loci, args.window)

@@ -461,6 +461,20 @@ def test_time_budget_stops_between_batches(loci, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+def test_missing_matplotlib_stops_before_training(monkeypatch, capsys, tmp_path):
+    def missing(submodule="matplotlib"):
+        raise ImportError("plotting needs matplotlib, which is not installed: pip install ...")
+
+    def never(args):
+        raise AssertionError("the data were loaded although the plot cannot be drawn")
+
+    monkeypatch.setattr(gs, "require_matplotlib", missing)
+    monkeypatch.setattr(gs, "load", never)
+    with pytest.raises(SystemExit) as stop:
+        gs.main(["--quick", "--out", str(tmp_path)])
+    assert stop.value.code == 2 and "needs matplotlib" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="session")
 def gene_data():
     """The real data directory, fetched once into the user cache (or
