@@ -8,8 +8,11 @@ trained the same way. The data are the AUGUSTUS tutorial's training and test
 loci (486 and 100 GenBank records, 381 to 118,333 bp), shipped by Debian's
 `augustus-doc` package and fetched with `apt-get download` when missing.
 
-    python examples/gene_structure.py --quick            # short loci, 2-3 minutes on 2 CPU cores
-    python examples/gene_structure.py --device cuda      # every locus (the full run)
+    python examples/gene_structure.py --quick            # short loci, about 2 minutes on 2 CPU cores
+    python examples/gene_structure.py --device cuda      # every locus (the full run, about 6 minutes)
+
+Both stop training at a wall-clock budget (--time-budget: 200 s quick, 330 s
+full) so that they end in time on a slow or loaded machine.
 
 It prints exon-, gene- and base-level precision, recall and F1 on the test
 loci and writes `metrics.json` and `gene_posterior.png` (posterior label
