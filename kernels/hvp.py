@@ -294,7 +294,8 @@ def tangent_flow_kernel(
          + tl.load(end_ptr + labels, mask=valid, other=float("-inf")))
     t_z = (tl.load(t_alpha_ptr + length * C + labels, mask=valid, other=0.0)
            + tl.load(t_end_ptr + labels, mask=valid, other=0.0))
-    wz, inverse_z, _ = _softmax_parts(z[:, None], 0)
+    # (not `_`: compiled Triton keeps a name's type through the loop below, where it is reassigned)
+    wz, inverse_z, _surprisal_z = _softmax_parts(z[:, None], 0)
     start_mass = tl.sum(wz * inverse_z[None, :], axis=1)
     d_start_mass = start_mass * (t_z - tl.sum(tl.where(start_mass == 0, 0.0, start_mass * t_z), axis=0))
     tl.store(d_first_last_ptr + b * 2 * C + C + labels, d_start_mass, mask=valid)
@@ -337,7 +338,7 @@ def tangent_flow_kernel(
         mean = (tl.sum(tl.where(w == 0, 0.0, w * t_x), axis=0) + tl.where(w_1 == 0, 0.0, w_1 * t_x_1)) * inverse
         # the label before a segment that starts at e (e < L), then the end mass at e
         if e < length:
-            wy, inverse_y, _ = _softmax_parts(
+            wy, inverse_y, _surprisal_y = _softmax_parts(
                 tl.load(alpha_ptr + e * C + labels, mask=valid, other=float("-inf"))[:, None] + transition, 0)
             t_y = tl.load(t_alpha_ptr + e * C + labels, mask=valid, other=0.0)[:, None] + t_transition
             p_y = wy * inverse_y[None, :]
