@@ -216,11 +216,12 @@ def kbest_num_warps(tile: int) -> int:
     return max(1, min(8, tile // 1024))
 
 
-def kbest_decode(factors, k: int):
+def kbest_decode(factors, k: int, num_warps: Optional[int] = None):
     """The k best segmentations of float32 :class:`Factors`: `(scores (k, B)
     float32, labels (k, B, T) int64, starts (k, B, T) bool)`, best first;
     missing entries (fewer than k segmentations) have score `-inf`, labels
-    -1 and no starts."""
+    -1 and no starts. `num_warps` of the sweep: :func:`kbest_num_warps` by
+    default."""
     B, T, K, C = sizes(factors)
     KP, CP, KK = pad(K), pad(C), pad(k)
     inputs, flags = position_inputs(factors)
@@ -238,7 +239,7 @@ def kbest_decode(factors, k: int):
         *inputs[:4], duration_ring(factors), small(factors.transition), small(factors.start),
         small(factors.end), factors.lengths, duration_from, source_from, scores, final,
         B, T, C, *inputs[4:], KP=KP, CP=CP, KK=KK, KBEST=k,
-        num_warps=kbest_num_warps(max(KP, CP) * CP * KK), **flags)
+        num_warps=num_warps or kbest_num_warps(max(KP, CP) * CP * KK), **flags)
     kbest_traceback_kernel[(k * B,)](duration_from, source_from, scores, final, factors.lengths, labels, starts,
                                      B, T, C, KP=KP, KK=KK, KBEST=k, num_warps=1)
     return scores, labels, starts.bool()
