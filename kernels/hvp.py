@@ -336,23 +336,20 @@ def tangent_flow_kernel(
         total = tl.sum(w, axis=0) + w_1
         inverse = tl.where(total == 0, 0.0, 1.0 / tl.where(total == 0, 1.0, total))
         mean = (tl.sum(tl.where(w == 0, 0.0, w * t_x), axis=0) + tl.where(w_1 == 0, 0.0, w_1 * t_x_1)) * inverse
-        # the label before a segment that starts at e (e < L), then the end mass at e
-        if e < length:
-            wy, inverse_y, _surprisal_y = _softmax_parts(
-                tl.load(alpha_ptr + e * C + labels, mask=valid, other=float("-inf"))[:, None] + transition, 0)
-            t_y = tl.load(t_alpha_ptr + e * C + labels, mask=valid, other=0.0)[:, None] + t_transition
-            p_y = wy * inverse_y[None, :]
-            t_mean_y = tl.sum(tl.where(p_y == 0, 0.0, p_y * t_y), axis=0)
-            d_flow = tl.where(p_y == 0, 0.0,
-                              p_y * (d_start_mass[None, :] + start_mass[None, :] * (t_y - t_mean_y[None, :])))
-            d_transition += d_flow
-            end_mass = tl.sum(p_y * start_mass[None, :], axis=1)
-            d_end_mass = tl.sum(d_flow, axis=1)
-            d_marginal += (d_end_mass - d_start_mass).to(tl.float64)
-        else:
-            end_mass = start_mass
-            d_end_mass = d_start_mass
-            d_marginal += d_end_mass.to(tl.float64)
+        # the label before a segment that starts at e (e < L), then the end mass at e. (Selected, not
+        # branched: Triton 3.6 gave an `if`'s two end masses, reduced along different axes, one layout.)
+        later = e < length
+        wy, inverse_y, _surprisal_y = _softmax_parts(
+            tl.load(alpha_ptr + e * C + labels, mask=valid, other=float("-inf"))[:, None] + transition, 0)
+        t_y = tl.load(t_alpha_ptr + e * C + labels, mask=valid, other=0.0)[:, None] + t_transition
+        p_y = wy * inverse_y[None, :]
+        t_mean_y = tl.sum(tl.where(p_y == 0, 0.0, p_y * t_y), axis=0)
+        d_flow = tl.where(later & (p_y != 0),
+                          p_y * (d_start_mass[None, :] + start_mass[None, :] * (t_y - t_mean_y[None, :])), 0.0)
+        d_transition += d_flow
+        end_mass = tl.where(later, tl.sum(p_y * start_mass[None, :], axis=1), start_mass)
+        d_end_mass = tl.where(later, tl.sum(d_flow, axis=1), d_start_mass)
+        d_marginal += (d_end_mass - tl.where(later, d_start_mass, 0.0)).to(tl.float64)
         tl.store(t_alpha_ptr + e * C + labels, d_end_mass, mask=valid)  # the tangent of segment_end[e-1]
         tl.store(d_marginals_ptr + (e - 1) * C + labels, d_marginal.to(tl.float32), mask=valid)
         # the end mass at e flows to the starts e-1 .. e-K
