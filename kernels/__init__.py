@@ -79,7 +79,7 @@ class FlowPosterior(Posterior):
     (the caller owns it, e.g. to scale it in place into a gradient); later
     calls compute it again from the segment starts and ends."""
 
-    marginals: Optional[torch.Tensor] = None
+    marginals: torch.Tensor | None = None
 
     def label_marginals(self) -> torch.Tensor:
         if self.marginals is None:

@@ -39,8 +39,19 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (boundary_row, enter_factor, pad, position_inputs, position_rows, semiring_sum, sequence_inputs,
-                     sizes, small, step_factors, sweep_num_warps)
+from .common import (
+    boundary_row,
+    enter_factor,
+    pad,
+    position_inputs,
+    position_rows,
+    semiring_sum,
+    sequence_inputs,
+    sizes,
+    small,
+    step_factors,
+    sweep_num_warps,
+)
 
 
 @triton.jit

@@ -18,8 +18,6 @@ convention), built once by :meth:`SemiMarkovPotentials.factors`.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from . import validation as V
@@ -139,7 +137,7 @@ class SemiMarkovPotentials(_Conversions):
         self.start, self.end = start, end
         self.start_scores, self.end_scores = extras["start_scores"], extras["end_scores"]
         self.center = bool(center)
-        self._factors: Optional[Factors] = None  # cached when no input needs grad
+        self._factors: Factors | None = None  # cached when no input needs grad
 
     # -- sizes ---------------------------------------------------------------
     @property
@@ -182,20 +180,20 @@ class SemiMarkovPotentials(_Conversions):
                 out[name] = getattr(self, name)
         return out
 
-    def replace(self, **tensors) -> "SemiMarkovPotentials":
+    def replace(self, **tensors) -> SemiMarkovPotentials:
         """A copy with some tensors replaced, their shapes, dtypes and devices
         checked again; the same lengths, not checked again (their range check
         reads them on the host: a device sync on CUDA)."""
         return self._with({**self.tensors(), **tensors}, self.lengths)
 
-    def _with(self, tensors: dict, lengths: torch.Tensor) -> "SemiMarkovPotentials":
+    def _with(self, tensors: dict, lengths: torch.Tensor) -> SemiMarkovPotentials:
         """New potentials of these tensors (checked) and these lengths (not
         checked again), with this `center`."""
         copy = SemiMarkovPotentials(validate_args=False, center=self.center, **tensors)
         copy.lengths = lengths
         return copy
 
-    def __getitem__(self, index) -> "SemiMarkovPotentials":
+    def __getitem__(self, index) -> SemiMarkovPotentials:
         """The potentials of some sequences of the batch: an int (kept as a
         batch of one), a slice, or a 1-D index tensor or list."""
         if isinstance(index, int) and not isinstance(index, bool):
@@ -203,7 +201,7 @@ class SemiMarkovPotentials(_Conversions):
         per_sequence = {name: t[index] for name, t in self.tensors().items() if name in PER_POSITION}
         return self._with({**self.tensors(), **per_sequence}, self.lengths[index])
 
-    def expand(self, batch_size: int) -> "SemiMarkovPotentials":
+    def expand(self, batch_size: int) -> SemiMarkovPotentials:
         """A batch of `batch_size` from a batch of one (or of `batch_size`:
         itself), broadcast as `torch.Tensor.expand` does: views, no copy."""
         size = self.batch_size
@@ -275,7 +273,7 @@ class SemiMarkovPotentials(_Conversions):
         return torch.cat([pad, edge], dim=2)
 
     @staticmethod
-    def from_edges(edge, lengths=None, *, validate_args: bool = True) -> "EdgePotentials":
+    def from_edges(edge, lengths=None, *, validate_args: bool = True) -> EdgePotentials:
         """Explicit potentials from an edge tensor in pytorch-struct's layout;
         see :class:`EdgePotentials`."""
         return EdgePotentials(edge, lengths, validate_args=validate_args)
@@ -336,14 +334,14 @@ class EdgePotentials(_Conversions):
         """The input tensors by name (`edge`: as given, padding included)."""
         return {"edge": self._edge}
 
-    def _with(self, tensors: dict, lengths: torch.Tensor) -> "EdgePotentials":
+    def _with(self, tensors: dict, lengths: torch.Tensor) -> EdgePotentials:
         """New potentials of these edges and these lengths (not checked
         again: the range check reads them on the host)."""
         copy = EdgePotentials(tensors["edge"], validate_args=False)
         copy.lengths = lengths
         return copy
 
-    def prepare(self) -> "EdgePotentials":
+    def prepare(self) -> EdgePotentials:
         """Explicit edges are their own prepared form (the reference scan reads them)."""
         return self
 

@@ -2,8 +2,6 @@
 (:mod:`semiring_semicrf.backends.reference.sample` documents the algorithm)."""
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from . import backends
@@ -12,7 +10,7 @@ from .potentials import require_potentials
 
 @torch.compiler.disable(reason="sampling walks the sequences on the host (their lengths and the draws decide the "
                                 "steps); it runs eagerly, as a graph break, and fullgraph=True cannot hold it")
-def sample(potentials, num_samples: int, generator: Optional[torch.Generator] = None, backend: str = "auto"):
+def sample(potentials, num_samples: int, generator: torch.Generator | None = None, backend: str = "auto"):
     """Draw `num_samples` exact samples of every sequence. Under
     `torch.compile` it runs eagerly (a graph break; `fullgraph=True` raises
     and names the reason).

@@ -22,7 +22,7 @@ specialized: a subclass that changes an operation runs the generic scan.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -31,8 +31,15 @@ from .autograd import log_partition
 from .backends.reference import RENORM_INTERVAL, ScanProgram, ScanTables, prepare, scan
 from .potentials import SemiMarkovPotentials
 from .segmentation import Segmentation
-from .semirings import (CrossEntropySemiring, EntropySemiring, KLDivergenceSemiring, KMaxSemiring, LogSemiring,
-                        MaxSemiring, Semiring)
+from .semirings import (
+    CrossEntropySemiring,
+    EntropySemiring,
+    KLDivergenceSemiring,
+    KMaxSemiring,
+    LogSemiring,
+    MaxSemiring,
+    Semiring,
+)
 
 __all__ = ["semimarkov_scan", "dispatch_table", "ScanProgram", "ScanTables", "RENORM_INTERVAL"]
 
@@ -121,7 +128,7 @@ def semimarkov_scan(potentials, semiring: Semiring = LogSemiring(), *, backend: 
     return special[1](tuple(users), semiring, backend, low_memory)
 
 
-def dispatch_table(devices: Optional[Sequence[str]] = None) -> list:
+def dispatch_table(devices: Sequence[str] | None = None) -> list:
     """`(semiring, potentials kind, device, path)` rows: what
     `semimarkov_scan(..., backend="auto")` runs on each (default devices:
     the CPU and every visible GPU)."""

@@ -25,7 +25,7 @@ the label changes unless ``starts`` say otherwise) / the ``labels`` attribute.
 from __future__ import annotations
 
 import operator
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -47,7 +47,7 @@ class Segmentation:
             a label change without a start.
     """
 
-    def __init__(self, labels: torch.Tensor, starts: torch.Tensor, lengths: Optional[torch.Tensor] = None):
+    def __init__(self, labels: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor | None = None):
         labels = _checked_labels(labels)
         if not isinstance(starts, torch.Tensor) or starts.dtype != torch.bool:
             raise TypeError(f"starts must be a bool tensor of shape (..., T), got {_describe(starts)}")
@@ -96,7 +96,7 @@ class Segmentation:
         """`(...)` int64: the number of segments of each sequence."""
         return self.starts.sum(dim=-1)
 
-    def __getitem__(self, index) -> "Segmentation":
+    def __getitem__(self, index) -> Segmentation:
         """Index the leading dims (never T): `seg[0]`, `seg[:, 2]`, ..."""
         index = index if isinstance(index, tuple) else (index,)
         if any(i is Ellipsis for i in index):
@@ -105,14 +105,14 @@ class Segmentation:
             raise IndexError(f"too many indices for a Segmentation with {self.lengths.dim()} leading dim(s)")
         return Segmentation(self.labels[index], self.starts[index], self.lengths[index])
 
-    def to(self, device) -> "Segmentation":
+    def to(self, device) -> Segmentation:
         return Segmentation(self.labels.to(device), self.starts.to(device), self.lengths.to(device))
 
-    def clone(self) -> "Segmentation":
+    def clone(self) -> Segmentation:
         """A copy that owns its tensors."""
         return Segmentation(self.labels.clone(), self.starts.clone(), self.lengths.clone())
 
-    def expand(self, *shape) -> "Segmentation":
+    def expand(self, *shape) -> Segmentation:
         """The same segmentations broadcast to the leading dims `shape` (the
         sizes before T; an int or a sequence of ints), as
         `torch.Tensor.expand` does: views, no copy."""
@@ -120,7 +120,7 @@ class Segmentation:
         return Segmentation(self.labels.expand(*shape, self.T), self.starts.expand(*shape, self.T),
                             self.lengths.expand(shape))
 
-    def equal(self, other: "Segmentation") -> bool:
+    def equal(self, other: Segmentation) -> bool:
         """True when both hold the same segmentations (same shape)."""
         return (self.shape == other.shape and torch.equal(self.labels, other.labels.to(self.device))
                 and torch.equal(self.starts, other.starts.to(self.device))
@@ -133,7 +133,7 @@ class Segmentation:
 
     # -- conversions ----------------------------------------------------------
     @classmethod
-    def from_segments(cls, segments: Sequence, T: Optional[int] = None, *, device=None) -> "Segmentation":
+    def from_segments(cls, segments: Sequence, T: int | None = None, *, device=None) -> Segmentation:
         """From one list of `(start, end, label)` segments per sequence.
 
         Args:
@@ -207,8 +207,8 @@ class Segmentation:
         return convert(starts, ends, labels)
 
     @classmethod
-    def from_labels(cls, labels: torch.Tensor, starts: Optional[torch.Tensor] = None,
-                    lengths: Optional[torch.Tensor] = None) -> "Segmentation":
+    def from_labels(cls, labels: torch.Tensor, starts: torch.Tensor | None = None,
+                    lengths: torch.Tensor | None = None) -> Segmentation:
         """From per-position labels `(..., T)`.
 
         Args:

@@ -17,13 +17,24 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import perturbed, tiny_problems
 
-from semiring_semicrf import (CrossEntropySemiring, EntropySemiring, KLDivergenceSemiring, KMaxSemiring, LogSemiring,
-                              MaxSemiring, SemiMarkovPotentials, StdSemiring, backends, posterior, semimarkov_scan)
+from semiring_semicrf import (
+    CrossEntropySemiring,
+    EntropySemiring,
+    KLDivergenceSemiring,
+    KMaxSemiring,
+    LogSemiring,
+    MaxSemiring,
+    SemiMarkovPotentials,
+    StdSemiring,
+    backends,
+    posterior,
+    semimarkov_scan,
+)
 from semiring_semicrf.backends.reference import ReferenceBackend
 from semiring_semicrf.posterior import Posterior
 from semiring_semicrf.testing import enumerate_structures
-from strategies import perturbed, tiny_problems
 
 # log(0) = -inf ends a log-sum-exp over impossible terms; the interpreter (numpy) warns.
 pytestmark = pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning")

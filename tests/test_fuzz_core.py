@@ -7,11 +7,30 @@ from __future__ import annotations
 import pytest
 import torch
 from hypothesis import assume, given, settings
-from test_fuzz_harness import (TENSOR_NAMES, ByPosition, Case, Expect, Raises, Returns, assert_matches, params,
-                               poked_oracle, problems, reference_log_z)
+from test_fuzz_harness import (
+    TENSOR_NAMES,
+    ByPosition,
+    Case,
+    Expect,
+    Raises,
+    Returns,
+    assert_matches,
+    params,
+    poked_oracle,
+    problems,
+    reference_log_z,
+)
 
-from semiring_semicrf import (CrossEntropySemiring, EntropySemiring, KLDivergenceSemiring, KMaxSemiring,
-                              LogSemiring, MaxSemiring, SemiMarkovPotentials, semimarkov_scan)
+from semiring_semicrf import (
+    CrossEntropySemiring,
+    EntropySemiring,
+    KLDivergenceSemiring,
+    KMaxSemiring,
+    LogSemiring,
+    MaxSemiring,
+    SemiMarkovPotentials,
+    semimarkov_scan,
+)
 from semiring_semicrf.testing import enumerate_structures
 
 REQUIRED = ("scores", "transition", "duration")

@@ -8,12 +8,19 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from semiring_semicrf import (CrossEntropySemiring, EdgePotentials, EntropySemiring, KLDivergenceSemiring,
-                              LogSemiring, SemiMarkovPotentials, semimarkov_scan)
-from semiring_semicrf.autograd import checkpointed_scan, log_partition
 from strategies import perturbed, tiny_problems
 from test_marginals import brute_posterior
+
+from semiring_semicrf import (
+    CrossEntropySemiring,
+    EdgePotentials,
+    EntropySemiring,
+    KLDivergenceSemiring,
+    LogSemiring,
+    SemiMarkovPotentials,
+    semimarkov_scan,
+)
+from semiring_semicrf.autograd import checkpointed_scan, log_partition
 
 TOL = dict(rtol=1e-9, atol=1e-11)
 

@@ -13,7 +13,6 @@ rather than `sqrt(T K)`.)
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -22,7 +21,7 @@ from ..backends.reference import ScanProgram
 from ..semirings import LogSemiring, Semiring
 
 
-def checkpointed_scan(potentials, semiring: Semiring = LogSemiring(), block_size: Optional[int] = None):
+def checkpointed_scan(potentials, semiring: Semiring = LogSemiring(), block_size: int | None = None):
     """The generic scan's result (`semiring.extract(...)`: `(B,)`, or `(k, B)`
     for KMax), differentiable with memory sublinear in T.
 

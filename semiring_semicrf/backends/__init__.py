@@ -101,6 +101,6 @@ def resolve(backend: str, potentials) -> str:
     return get(backend, potentials).name
 
 
-def triton_unsupported_reason(potentials) -> Optional[str]:
+def triton_unsupported_reason(potentials) -> str | None:
     """None if the Triton kernels run these potentials under `"auto"`, else why not."""
     return _BY_NAME["triton"].unsupported_reason(potentials)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import types
 from collections import OrderedDict
-from typing import Optional
 
 import torch
 
@@ -77,7 +76,7 @@ def _own_code(function):
                               function.__defaults__, function.__closure__)
 
 
-def unavailable_reason() -> Optional[str]:
+def unavailable_reason() -> str | None:
     """None if torch.compile can run here, else why not."""
     try:
         import torch._dynamo as dynamo
@@ -128,7 +127,7 @@ class CompiledBlocks:
         self.renormalize = torch.compile(_own_code(_renormalize), fullgraph=True, dynamic=False, options=options)
         self.graphs = graphs
         self._graphs: dict = {}
-        self._loaded: Optional[object] = None
+        self._loaded: object | None = None
 
     def _block(self, tables, state, positions, start):
         """The block ending at `positions[-1]` from `state = (ring, offset)`:
@@ -302,7 +301,7 @@ class CompiledBackend(Backend):
         # the query first: the other queries pass by without importing the compiler
         return query in self.queries and super().answers(potentials, query, requested, **options)
 
-    def unsupported_reason(self, potentials, requested: bool = False) -> Optional[str]:
+    def unsupported_reason(self, potentials, requested: bool = False) -> str | None:
         device = potentials.device.type
         if device not in ("cpu", "cuda"):
             return f"tensors are on {potentials.device}; the compiled scan runs on cpu and cuda"

@@ -17,9 +17,9 @@ For a whole set of structures with `A_p = log Z_p`, `A_q = log Z_q`:
 """
 from __future__ import annotations
 
-import torch
-
 from abc import abstractmethod
+
+import torch
 
 from .base import Semiring, check_dim
 from .real import logsumexp

@@ -50,8 +50,8 @@ the back-pointers of every reduction (see :mod:`.decode`).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 
@@ -79,7 +79,7 @@ class ScanTables:
     """
 
     alpha: torch.Tensor
-    u: Optional[torch.Tensor]
+    u: torch.Tensor | None
 
 
 def prepare(potentials, semiring: Semiring) -> tuple:
@@ -208,7 +208,7 @@ class ScanProgram:
             return {name: _stack([getattr(f, name) for f in self.prepared]) for name in names}
         return {name: getattr(self, name) for name in names}
 
-    def with_tables(self, tables: dict) -> "ScanProgram":
+    def with_tables(self, tables: dict) -> ScanProgram:
         """A copy of this program whose steps read `tables` (as returned by
         :meth:`tables`, e.g. leaves to differentiate against) instead."""
         copy = object.__new__(ScanProgram)
@@ -264,7 +264,7 @@ class ScanProgram:
         return self.initial_ring(), offset, S.zero((self.B,), dtype=result_dtype, device=self.device)
 
     # -- the loop -------------------------------------------------------------
-    def run(self, ring, offset, result, e0: int, e1: int, record=None, keep: Optional[Keep] = None):
+    def run(self, ring, offset, result, e0: int, e1: int, record=None, keep: Keep | None = None):
         """Positions `e0 .. e1-1` of the scan: renormalize every
         `RENORM_INTERVAL` positions (into the float64 `offset`), step, and
         collect the (float64, rescaled) result of the sequences ending there.
@@ -288,7 +288,7 @@ class ScanProgram:
         :meth:`finish`), rescaled by `offset`."""
         return torch.where(self.lengths == e, self.rescale(here, offset), result)
 
-    def _reduce(self, x: torch.Tensor, dim: int, name: str, e: int, keep: Optional[Keep]) -> torch.Tensor:
+    def _reduce(self, x: torch.Tensor, dim: int, name: str, e: int, keep: Keep | None) -> torch.Tensor:
         if keep is None:
             return self.semiring.sum(x, dim)
         value, index = self.semiring.argsum(x, dim)
@@ -296,7 +296,7 @@ class ScanProgram:
         return value
 
     # -- one position ---------------------------------------------------------
-    def step(self, ring: torch.Tensor, e: int, keep: Optional[Keep] = None):
+    def step(self, ring: torch.Tensor, e: int, keep: Keep | None = None):
         """Advance from position `e-1` to `e` (1 <= e <= T).
 
         Returns `(ring, alpha, u)`: the new ring, `alpha[e]` `(S, B, C)` and
@@ -335,7 +335,7 @@ class ScanProgram:
         block = self.edge[:, :, s.clamp(0, self.T - 1), j + 1]
         return block.masked_fill(((s < 0) | (s >= self.T))[None, None, :, None, None], float("-inf"))
 
-    def finish(self, previous: torch.Tensor, alpha: torch.Tensor, e: int, keep: Optional[Keep] = None):
+    def finish(self, previous: torch.Tensor, alpha: torch.Tensor, e: int, keep: Keep | None = None):
         """The result `(S, B)` for sequences ending at `e`: `alpha (x) end`
         summed over labels. On the general path the last segment's edge
         includes `end` (each segment embedded whole), recomputed from the ring

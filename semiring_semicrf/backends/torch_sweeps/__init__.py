@@ -44,7 +44,7 @@ class TorchBackend(Backend):
     name = "torch"
     queries = frozenset({"log", "hvp", "information"})
 
-    def unsupported_reason(self, potentials, requested: bool = False) -> Optional[str]:
+    def unsupported_reason(self, potentials, requested: bool = False) -> str | None:
         if potentials.is_explicit:
             return "explicit edge potentials have no factors: they take the reference scan"
         return None

@@ -44,7 +44,6 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -72,8 +71,8 @@ class InsideSaved:
     log_z: torch.Tensor
     blocks: list
     cums: list
-    tables: Optional[SweepTables] = None
-    checkpoints: Optional[list] = None
+    tables: SweepTables | None = None
+    checkpoints: list | None = None
 
 
 def sweeps_for(factors):
@@ -86,7 +85,7 @@ def sweeps_for(factors):
 FORWARD_ONLY_BLOCK = 256
 
 
-def block_rows(T: int, K: int, size: Optional[int] = None) -> list:
+def block_rows(T: int, K: int, size: int | None = None) -> list:
     """Row ranges covering `[0, T+1)`, of `size` rows (default `~sqrt((T+1)
     K)`: per-block work tensors and low-memory checkpoints then both stay
     sublinear in T; a forward sweep that keeps nothing takes a fixed size,
@@ -150,7 +149,7 @@ class _Accumulator:
     """The Posterior under construction (`(B, T, C)` fields written block by
     block, counts summed in float64)."""
 
-    def __init__(self, sweeps, log_z: torch.Tensor, segments: Optional[torch.Tensor]):
+    def __init__(self, sweeps, log_z: torch.Tensor, segments: torch.Tensor | None):
         p = self.factors = sweeps.factors
         self.lanes, self.dtype = sweeps.lanes, sweeps.table_dtype
         B, T, K, C = p.B, p.T, p.K, p.C
@@ -220,7 +219,7 @@ def _combine(sweeps, rows: FactorRows, ins: SweepTables, outs: SweepTables, acc:
 
 
 @torch.no_grad()
-def outside(factors, saved: InsideSaved, segments: Optional[torch.Tensor] = None) -> Posterior:
+def outside(factors, saved: InsideSaved, segments: torch.Tensor | None = None) -> Posterior:
     """Backward sweep and expected counts (see module docstring).
 
     `segments`, if given, is a `(B, T, K, C)` tensor that receives
