@@ -34,7 +34,6 @@ first imported): :data:`INTERPRETED` records which mode they were built in.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 

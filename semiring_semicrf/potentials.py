@@ -106,7 +106,8 @@ class SemiMarkovPotentials(_Conversions):
         duration = V.as_float_tensor("duration", duration, ndim=2)
         K = duration.shape[0]
         if K < 1:
-            raise ValueError(f"duration must have shape (K, C) with K >= 1 (the longest segment), got {tuple(duration.shape)}")
+            raise ValueError("duration must have shape (K, C) with K >= 1 (the longest segment), "
+                             f"got {tuple(duration.shape)}")
         V.check_shape("duration", duration, (K, C), "(K, C)")
         transition = V.as_float_tensor("transition", transition)
         if transition.dim() == 3:

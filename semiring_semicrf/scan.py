@@ -10,8 +10,8 @@ on structured potentials:
 | `LogSemiring()` | Log inside sweep (:func:`~semiring_semicrf.autograd.log_partition`) | the streaming outside sweep |
 | `MaxSemiring()` | Viterbi sweep | the best segmentation's parts (as `log_potential`) |
 | `KMaxSemiring(k)` | k-best sweep | the k segmentations' parts |
-| Entropy, CrossEntropy, KL | an inside sweep with an information lane (:mod:`semiring_semicrf.information`) | Hessian-vector products of log Z (dual-number sweeps) |
-| any other, explicit edges, or `backend="reference"`/`"compiled"` | the generic scan (query "scan") | block checkpointing |
+| Entropy, CrossEntropy, KL | inside sweep with an information lane (:mod:`.information`) | dual-number HVPs of log Z |
+| any other, explicit edges, `backend="reference"`/`"compiled"` | generic scan (query "scan") | block checkpointing |
 
 The rung that runs a specialization (Triton on CUDA, the torch sweeps,
 the reference) or the generic scan (compiled on CUDA, the reference) is
@@ -144,7 +144,8 @@ def dispatch_table(devices: Sequence[str] | None = None) -> list:
             for device in devices:
                 rung = backends.select("auto", _tiny(device, dependent), query, k=2)
                 rows.append((label, kind, device, f"{rung.name} ({_describe(query)})"))
-    for label, kind, explicit in (("any semiring", "explicit edges", True), ("any other semiring", "structured", False)):
+    generic = (("any semiring", "explicit edges", True), ("any other semiring", "structured", False))
+    for label, kind, explicit in generic:
         for device in devices:
             rung = backends.select("auto", _tiny(device, True, explicit), "scan")
             rows.append((label, kind, device, f"{rung.name} (generic scan)"))

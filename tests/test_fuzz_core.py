@@ -292,7 +292,9 @@ def _edge_call(value_of, lengths_of=None, validate_args=True):
     def call(problem):
         edge = value_of(problem, edges_of(problem))
         lengths = torch.tensor(problem.lengths) if lengths_of is None else lengths_of(problem)
-        run = lambda: semimarkov_scan(SemiMarkovPotentials.from_edges(edge, lengths, validate_args=validate_args))
+
+        def run():
+            return semimarkov_scan(SemiMarkovPotentials.from_edges(edge, lengths, validate_args=validate_args))
         return run, (edge, lengths)
     return call
 

@@ -41,8 +41,6 @@ that cannot run the potentials at all raises.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 from ..posterior import Posterior
 from .base import QUERIES, Backend
 from .compiled import CompiledBackend

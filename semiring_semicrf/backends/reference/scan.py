@@ -145,6 +145,13 @@ def _stack(tensors) -> torch.Tensor:
     return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors, dim=0)
 
 
+def _fill_caches(factors: Factors) -> None:
+    """Compute the cached factors the general path's steps read now, not
+    inside a (checkpointed) step."""
+    for name in ("enter", "leave", "duration", "transition_with_start"):
+        getattr(factors, name)
+
+
 def _row(table: torch.Tensor, r) -> torch.Tensor:
     """`table[:, :, r]` of a `(P, B, T, C)` table: `r` an int, or a 0-d
     tensor clamped into `[0, T)` (see the module docstring)."""
@@ -186,8 +193,8 @@ class ScanProgram:
             self.start = _stack([f.start for f in pots])[:, None, :]  # (P, 1, C)
         else:
             self.sources = self.C + 1  # the virtual start label last
-            for f in pots:  # compute the cached factors now, not inside a (checkpointed) step
-                f.enter, f.leave, f.duration, f.transition_with_start
+            for f in pots:
+                _fill_caches(f)
 
     # -- the tensors the steps read -------------------------------------------
     #: Per kind of path, the names of :meth:`tables`.
@@ -219,7 +226,7 @@ class ScanProgram:
         copy.prepared = tuple(f.replace(**{name: t[i] for name, t in tables.items()})
                               for i, f in enumerate(self.prepared))
         for f in copy.prepared:
-            f.transition_with_start
+            _fill_caches(f)
         return copy
 
     # -- the state ------------------------------------------------------------

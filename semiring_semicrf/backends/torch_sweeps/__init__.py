@@ -7,8 +7,6 @@ inside). Decoding and sampling go to the reference rung, whose scan already
 is plain PyTorch."""
 from __future__ import annotations
 
-from typing import Optional
-
 from ...posterior import Posterior
 from ..base import Backend
 from .lanes import Lanes, StackedFactors

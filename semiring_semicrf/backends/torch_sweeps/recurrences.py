@@ -274,10 +274,12 @@ class FactorizedSweeps(_Sweeps):
     def _run(self, state: RingState, rows: FactorRows, tables: SweepTables | None, reverse: bool) -> RingState:
         n = rows.n
         if reverse:
-            close, open_, trans, first, first_rows = rows.enter, rows.leave, self.transition_t, self.end, self.length_rows
+            close, open_, first, first_rows = rows.enter, rows.leave, self.end, self.length_rows
+            trans = self.transition_t
             order = range(n - 1, -1, -1)
         else:
-            close, open_, trans, first, first_rows = rows.leave, rows.enter, self.transition, self.start, frozenset([0])
+            close, open_, first, first_rows = rows.leave, rows.enter, self.start, frozenset([0])
+            trans = self.transition
             order = range(n)
         closes, opens = close.unbind(0), open_.unbind(0)
         alphas, us = self._rows_out(tables, "alpha", n), self._rows_out(tables, "u", n)
