@@ -37,8 +37,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..factors import Factors
-from ..posterior import Posterior
+from semiring_semicrf.factors import Factors
+from semiring_semicrf.posterior import Posterior
+
 from .backward import outside_sweep
 from .common import INTERPRETED, duration_ring, kernel_limits_reason
 from .forward import forward_sweep

@@ -30,7 +30,7 @@ meaning for segmentations and raise NotImplementedError naming what to use.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch.distributions import Distribution, constraints, register_kl
@@ -215,7 +215,9 @@ class SemiMarkovDistribution(Distribution):
         """`log Z (B,)`, differentiable (streaming backward)."""
         return self._partition().clone()
 
-    def log_prob(self, value: Segmentation) -> torch.Tensor:
+    # The values of this distribution are Segmentations where torch's base class types them as Tensors:
+    # log_prob, sample, mode and enumerate_support override it with that type (type: ignore[override]).
+    def log_prob(self, value: Segmentation) -> torch.Tensor:  # type: ignore[override]
         """`log p(value)`, `(..., B)` for a Segmentation that broadcasts to
         `(..., B, T)` (`(T,)` or `(1, T)`: one segmentation scored in every
         sequence; `(N, 1, T)`: N of them); `-inf` for empty entries, and for
@@ -239,14 +241,15 @@ class SemiMarkovDistribution(Distribution):
         """`(B,)` float64: the number of allowed segmentations (forbidden
         `-inf` potentials excluded), exact integers up to 2**53."""
         def compute():
-            tensors = {name: torch.where(torch.isneginf(t), t, torch.zeros_like(t)).double().detach()
+            tensors: dict[str, Any] = {name: torch.where(torch.isneginf(t), t, torch.zeros_like(t)).double().detach()
                        for name, t in self.potentials.tensors().items()}
             unit = SemiMarkovPotentials(lengths=self.lengths, validate_args=False, **tensors)
             with torch.no_grad():
                 return semimarkov_scan(unit, _CountingSemiring())
         return self._cached("count", compute).clone()
 
-    def enumerate_support(self, expand: bool = True, *, limit: int = SUPPORT_LIMIT) -> Segmentation:
+    def enumerate_support(  # type: ignore[override]  # a Segmentation (see log_prob)
+            self, expand: bool = True, *, limit: int = SUPPORT_LIMIT) -> Segmentation:
         """Every allowed segmentation, `(n, B, T)`, for tiny problems.
 
         `n` is the largest number of allowed segmentations of a sequence;
@@ -329,7 +332,7 @@ class SemiMarkovDistribution(Distribution):
         return self._argmax().clone()
 
     @property
-    def mode(self) -> Segmentation:
+    def mode(self) -> Segmentation:  # type: ignore[override]  # a Segmentation (see log_prob)
         """The most probable segmentation: :attr:`argmax`."""
         return self.argmax
 
@@ -345,7 +348,8 @@ class SemiMarkovDistribution(Distribution):
         value = Segmentation(labels, starts)
         return TopK(value.log_potential(self.potentials, validate=False), value)
 
-    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> Segmentation:
+    def sample(  # type: ignore[override]  # a Segmentation (see log_prob)
+            self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> Segmentation:
         """Exact samples, `(*sample_shape, B, T)`; reproducible with `generator`."""
         sample_shape = torch.Size(sample_shape)
         if any(n < 0 for n in sample_shape):

@@ -18,6 +18,8 @@ convention), built once by :meth:`SemiMarkovPotentials.factors`.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypeVar
+
 import torch
 
 from . import validation as V
@@ -36,11 +38,23 @@ def _valid_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
     return torch.arange(T, device=lengths.device) < lengths[:, None]
 
 
+_Converted = TypeVar("_Converted", bound="_Conversions")
+
+
 class _Conversions:
     """`to`, `double` and `float` for potentials (`tensors()` and `lengths`;
     `_with(tensors, lengths)` builds the copy)."""
 
-    def to(self, *args, **kwargs):
+    lengths: torch.Tensor
+
+    if TYPE_CHECKING:  # what a subclass defines
+        def tensors(self) -> dict[str, torch.Tensor]:
+            ...
+
+        def _with(self: _Converted, tensors: dict, lengths: torch.Tensor) -> _Converted:
+            ...
+
+    def to(self: _Converted, *args, **kwargs) -> _Converted:
         """The potentials converted by `torch.Tensor.to(*args, **kwargs)`: a
         dtype, a device, both (`to(device, dtype)`, keywords), or a tensor
         whose dtype and device to take. Lengths stay int64 and move with the
@@ -56,11 +70,11 @@ class _Conversions:
                             f"got {first.dtype}")
         return self._with(converted, self.lengths.to(first.device))
 
-    def double(self):
+    def double(self: _Converted) -> _Converted:
         """`self.to(torch.float64)`."""
         return self.to(torch.float64)
 
-    def float(self):
+    def float(self: _Converted) -> _Converted:
         """`self.to(torch.float32)`."""
         return self.to(torch.float32)
 

@@ -163,7 +163,8 @@ class Segmentation:
         for b, sequence in enumerate(segments):
             if not isinstance(sequence, (list, tuple)):
                 raise ValueError(f"segments[{b}] must be a list of (start, end, label), got {type(sequence).__name__}")
-            labels, starts = [], []
+            labels: list[int] = []
+            starts: list[bool] = []
             for segment in sequence:
                 try:
                     start, end, label = (operator.index(x) for x in segment)
@@ -189,9 +190,10 @@ class Segmentation:
         if max(lengths, default=0) > T:
             b = max(range(len(lengths)), key=lambda i: lengths[i])
             raise ValueError(f"segments[{b}] covers [0, {lengths[b]}), past T = {T}")
-        labels = torch.tensor([row + [-1] * (T - len(row)) for row in label_rows], dtype=torch.int64).view(-1, T)
-        starts = torch.tensor([row + [False] * (T - len(row)) for row in start_rows], dtype=torch.bool).view(-1, T)
-        return cls(labels.to(device), starts.to(device), torch.tensor(lengths, dtype=torch.int64, device=device))
+        label_table = torch.tensor([row + [-1] * (T - len(row)) for row in label_rows], dtype=torch.int64).view(-1, T)
+        start_table = torch.tensor([row + [False] * (T - len(row)) for row in start_rows], dtype=torch.bool).view(-1, T)
+        return cls(label_table.to(device), start_table.to(device),
+                   torch.tensor(lengths, dtype=torch.int64, device=device))
 
     def to_segments(self) -> list:
         """Nested lists (one level per leading dim) of `(start, end, label)`."""

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import types
 from collections import OrderedDict
+from typing import Any
 
 import torch
 
@@ -53,7 +54,7 @@ _WARMUP = 2
 #: index the scatter of a gather's backward wrongly on small dims (torch
 #: 2.13: wrong gradients of the `(K, C, C)` step, seen in
 #: tests/test_compiled.py), so tails run scalar.
-_OPTIONS = {"cpu": {"cpp.threads": 1, "cpp.enable_loop_tail_vec": False}}
+_OPTIONS: dict[str, dict[str, Any]] = {"cpu": {"cpp.threads": 1, "cpp.enable_loop_tail_vec": False}}
 
 
 def _step(program: ScanProgram, ring, e, start):

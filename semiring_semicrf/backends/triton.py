@@ -19,7 +19,7 @@ class KBestFallbackWarning(UserWarning):
 
 def _kernels():
     """The kernels package (ImportError when Triton is missing)."""
-    from .. import kernels
+    import semiring_semicrf.kernels as kernels
     return kernels
 
 

@@ -48,8 +48,8 @@ class ExpectationSemiring(Semiring):
     num_potentials = 1
     renormalize = True
 
-    @property
-    def size(self) -> int:  # m log-masses and one expectation
+    @property  # read-only here: it follows num_potentials
+    def size(self) -> int:  # type: ignore[override]  # m log-masses and one expectation
         return self.num_potentials + 1
 
     @abstractmethod

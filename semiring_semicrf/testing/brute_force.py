@@ -155,7 +155,8 @@ def _explicit(pot: EdgePotentials, b: int) -> Enumeration:
     L = int(pot.lengths[b])
     s, e, c, prev, mask = _segment_arrays(L, pot.K, pot.C)
     edge = pot.edge[b].detach().to("cpu", torch.float64)
-    structures, parts = [], []
+    structures: list[tuple[int, tuple]] = []
+    parts = []
     for c0 in range(pot.C):
         src = torch.where(prev < 0, torch.full_like(prev, c0), prev)
         parts.append(edge[s, e - s, c, src])

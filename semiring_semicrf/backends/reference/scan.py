@@ -261,7 +261,7 @@ class ScanProgram:
         rest = self.semiring.zero((self.B, self.K - 1, row.shape[-1]), dtype=self.dtype, device=self.device)
         return torch.cat([row.unsqueeze(2), rest], dim=2)
 
-    def initial_state(self):
+    def initial_state(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`(ring, offset, result)` before position 1: the initial ring, a zero
         float64 log-scale `(P, B)` and a `zero` result `(S, B)` (float64 when
         the semiring renormalizes, else in the working dtype)."""

@@ -87,6 +87,7 @@ class SweepTables:
         view = self.rows(block.r0, block.r0 + block.scale.shape[0])
         for mine, theirs in ((view.alpha, block.alpha), (view.u, block.u), (view.scale, block.scale)):
             if mine is not None:
+                assert theirs is not None  # both made by inside_tables with the same fields
                 mine.copy_(theirs)
 
 
@@ -316,6 +317,7 @@ class FactorizedSweeps(_Sweeps):
         `later (m, B, K, C)`: `abar + leave_rows` at row `s + d`, relative to
         its own scale; `offset (m, B, K)`: `R_in[s] + R_out[s+d] - log Z`.
         """
+        assert ins.alpha is not None and ins.u is not None and outs.alpha is not None  # INSIDE_/OUTSIDE_TABLES
         probabilities_ = self.lanes.probabilities_
         v = ins.u[i0:i1] + rows.enter[i0:i1]  # (m, B, C)
         seg = later + offset[..., None]
@@ -423,6 +425,7 @@ class DurationSweeps(_Sweeps):
                       later: torch.Tensor, offset: torch.Tensor, acc) -> torch.Tensor:
         """As :meth:`FactorizedSweeps.segment_terms`, summing over the source
         label (and the virtual start label) of the `(m, B, K, C+1, C)` terms."""
+        assert ins.alpha is not None  # INSIDE_TABLES
         C = self.C
         virtual = self.lanes.zero_(torch.empty_like(ins.alpha[i0:i1, ..., :1]), lane_axis=1)
         if rows.r0 + i0 == 0:
