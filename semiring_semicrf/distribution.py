@@ -30,6 +30,7 @@ meaning for segmentations and raise NotImplementedError naming what to use.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -109,8 +110,10 @@ class SemiMarkovDistribution(Distribution):
     arg_constraints: dict = {}
     has_enumerate_support = True
 
-    def __init__(self, scores, transition, duration, lengths=None, start=None, end=None, *,
-                 start_scores=None, end_scores=None, backend: str = "auto", validate_args: bool | None = None):
+    def __init__(self, scores: torch.Tensor, transition: torch.Tensor, duration: torch.Tensor,
+                 lengths: torch.Tensor | Sequence[int] | None = None, start: torch.Tensor | None = None,
+                 end: torch.Tensor | None = None, *, start_scores: torch.Tensor | None = None,
+                 end_scores: torch.Tensor | None = None, backend: str = "auto", validate_args: bool | None = None):
         check = Distribution._validate_args if validate_args is None else bool(validate_args)
         potentials = SemiMarkovPotentials(scores, transition, duration, lengths, start, end,
                                           start_scores=start_scores, end_scores=end_scores, validate_args=check)
@@ -172,7 +175,8 @@ class SemiMarkovDistribution(Distribution):
         """`self.to(torch.float32)`."""
         return self.to(torch.float32)
 
-    def expand(self, batch_shape, _instance=None) -> SemiMarkovDistribution:
+    def expand(self, batch_shape: Sequence[int],
+               _instance: SemiMarkovDistribution | None = None) -> SemiMarkovDistribution:
         """The distribution broadcast to `batch_shape = (B',)`: a batch of one
         sequence repeated `B'` times (views, as `torch.Tensor.expand`), or
         the same batch when `B' = B`."""
@@ -349,7 +353,8 @@ class SemiMarkovDistribution(Distribution):
         return TopK(value.log_potential(self.potentials, validate=False), value)
 
     def sample(  # type: ignore[override]  # a Segmentation (see log_prob)
-            self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> Segmentation:
+            self, sample_shape: Sequence[int] = torch.Size(),
+            generator: torch.Generator | None = None) -> Segmentation:
         """Exact samples, `(*sample_shape, B, T)`; reproducible with `generator`."""
         sample_shape = torch.Size(sample_shape)
         if any(n < 0 for n in sample_shape):

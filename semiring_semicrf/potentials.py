@@ -18,7 +18,8 @@ convention), built once by :meth:`SemiMarkovPotentials.factors`.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import torch
 
@@ -109,10 +110,12 @@ class SemiMarkovPotentials(_Conversions):
     `torch.Tensor.to` would, keeping the lengths (int64) and `center`.
     """
 
-    is_explicit = False
+    is_explicit: Literal[False] = False
 
-    def __init__(self, scores, transition, duration, lengths=None, start=None, end=None,
-                 start_scores=None, end_scores=None, *, validate_args: bool = True, center: bool = True):
+    def __init__(self, scores: torch.Tensor, transition: torch.Tensor, duration: torch.Tensor,
+                 lengths: torch.Tensor | Sequence[int] | None = None, start: torch.Tensor | None = None,
+                 end: torch.Tensor | None = None, start_scores: torch.Tensor | None = None,
+                 end_scores: torch.Tensor | None = None, *, validate_args: bool = True, center: bool = True):
         scores = V.as_float_tensor("scores", scores, ndim=3)
         B, T, C = scores.shape
         if T < 1 or C < 1:
@@ -186,7 +189,7 @@ class SemiMarkovPotentials(_Conversions):
         """True when `transition` is `(K, C, C)` (no factorized scan then)."""
         return self.transition.dim() == 3
 
-    def tensors(self) -> dict:
+    def tensors(self) -> dict[str, torch.Tensor]:
         """The user's tensors by name (extras only where given)."""
         out = {"scores": self.scores, "transition": self.transition, "duration": self.duration,
                "start": self.start, "end": self.end}
@@ -195,7 +198,7 @@ class SemiMarkovPotentials(_Conversions):
                 out[name] = getattr(self, name)
         return out
 
-    def replace(self, **tensors) -> SemiMarkovPotentials:
+    def replace(self, **tensors: torch.Tensor) -> SemiMarkovPotentials:
         """A copy with some tensors replaced, their shapes, dtypes and devices
         checked again; the same lengths, not checked again (their range check
         reads them on the host: a device sync on CUDA)."""
@@ -288,13 +291,14 @@ class SemiMarkovPotentials(_Conversions):
         return torch.cat([pad, edge], dim=2)
 
     @staticmethod
-    def from_edges(edge, lengths=None, *, validate_args: bool = True) -> EdgePotentials:
+    def from_edges(edge: torch.Tensor, lengths: torch.Tensor | Sequence[int] | None = None, *,
+                   validate_args: bool = True) -> EdgePotentials:
         """Explicit potentials from an edge tensor in pytorch-struct's layout;
         see :class:`EdgePotentials`."""
         return EdgePotentials(edge, lengths, validate_args=validate_args)
 
 
-def require_potentials(potentials, name: str = "potentials") -> None:
+def require_potentials(potentials: object, name: str = "potentials") -> None:
     """Raise a TypeError naming `name` unless it holds potentials."""
     if not isinstance(potentials, (SemiMarkovPotentials, EdgePotentials)):
         raise TypeError(f"{name} must be SemiMarkovPotentials or EdgePotentials, got {type(potentials).__name__}")
@@ -315,10 +319,11 @@ class EdgePotentials(_Conversions):
     `validate_args` does not look at them.
     """
 
-    is_explicit = True
+    is_explicit: Literal[True] = True
     duration_dependent = True
 
-    def __init__(self, edge, lengths=None, *, validate_args: bool = True):
+    def __init__(self, edge: torch.Tensor, lengths: torch.Tensor | Sequence[int] | None = None, *,
+                 validate_args: bool = True):
         edge = V.as_float_tensor("edge", edge, ndim=5)
         B, T, K1, C, C2 = edge.shape
         if K1 < 2 or C != C2 or T < 1 or C < 1:
@@ -345,7 +350,7 @@ class EdgePotentials(_Conversions):
     dtype = property(lambda self: self._edge.dtype)
     device = property(lambda self: self._edge.device)
 
-    def tensors(self) -> dict:
+    def tensors(self) -> dict[str, torch.Tensor]:
         """The input tensors by name (`edge`: as given, padding included)."""
         return {"edge": self._edge}
 
@@ -362,3 +367,7 @@ class EdgePotentials(_Conversions):
 
     def to_edges(self) -> torch.Tensor:
         return self.edge
+
+
+#: What the scans, decoders and samplers take: structured or explicit potentials.
+Potentials = SemiMarkovPotentials | EdgePotentials

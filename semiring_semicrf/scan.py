@@ -23,13 +23,14 @@ specialized: a subclass that changes an operation runs the generic scan.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, overload
 
 import torch
 
 from . import backends, information
 from .autograd import log_partition
 from .backends.reference import RENORM_INTERVAL, ScanProgram, ScanTables, prepare, scan
-from .potentials import SemiMarkovPotentials
+from .potentials import Potentials, SemiMarkovPotentials
 from .segmentation import Segmentation
 from .semirings import (
     CrossEntropySemiring,
@@ -94,8 +95,21 @@ SPECIALIZED: dict = {
 GENERIC_BACKENDS = ("reference", "compiled")
 
 
-def semimarkov_scan(potentials, semiring: Semiring = LogSemiring(), *, backend: str = "auto",
-                    low_memory: bool = False, return_tables: bool = False):
+@overload
+def semimarkov_scan(potentials: Potentials | Sequence[Potentials], semiring: Semiring = ..., *, backend: str = ...,
+                    low_memory: bool = ..., return_tables: Literal[False] = ...) -> torch.Tensor:
+    ...
+
+
+@overload
+def semimarkov_scan(potentials: Potentials | Sequence[Potentials], semiring: Semiring = ..., *, backend: str = ...,
+                    low_memory: bool = ..., return_tables: Literal[True]) -> tuple[torch.Tensor, ScanTables]:
+    ...
+
+
+def semimarkov_scan(potentials: Potentials | Sequence[Potentials], semiring: Semiring = LogSemiring(), *,
+                    backend: str = "auto", low_memory: bool = False,
+                    return_tables: bool = False) -> torch.Tensor | tuple[torch.Tensor, ScanTables]:
     """The semiring's sum over every segmentation, per sequence.
 
     Args:

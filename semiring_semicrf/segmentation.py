@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .potentials import EdgePotentials, SemiMarkovPotentials
+from .potentials import EdgePotentials, Potentials, SemiMarkovPotentials
 
 
 class Segmentation:
@@ -105,7 +105,7 @@ class Segmentation:
             raise IndexError(f"too many indices for a Segmentation with {self.lengths.dim()} leading dim(s)")
         return Segmentation(self.labels[index], self.starts[index], self.lengths[index])
 
-    def to(self, device) -> Segmentation:
+    def to(self, device: torch.device | str) -> Segmentation:
         return Segmentation(self.labels.to(device), self.starts.to(device), self.lengths.to(device))
 
     def clone(self) -> Segmentation:
@@ -133,7 +133,8 @@ class Segmentation:
 
     # -- conversions ----------------------------------------------------------
     @classmethod
-    def from_segments(cls, segments: Sequence, T: int | None = None, *, device=None) -> Segmentation:
+    def from_segments(cls, segments: Sequence, T: int | None = None, *,
+                      device: torch.device | str | None = None) -> Segmentation:
         """From one list of `(start, end, label)` segments per sequence.
 
         Args:
@@ -233,7 +234,7 @@ class Segmentation:
         return cls(labels, starts, lengths)
 
     # -- checks against a problem -----------------------------------------------
-    def validate(self, potentials, *, name: str = "value") -> None:
+    def validate(self, potentials: Potentials, *, name: str = "value") -> None:
         """Raise ValueError unless every entry is a segmentation allowed by
         `potentials` or empty: shape `(..., B, T)`, lengths equal to the
         potentials' (no segment past the length, none missing), labels in
@@ -256,7 +257,7 @@ class Segmentation:
             raise ValueError(f"{name}{where[:-1]}: the segment starting at {where[-1]} has length "
                              f"{int(self.durations()[tuple(where)])}, longer than K = {potentials.K}")
 
-    def allowed(self, potentials) -> torch.Tensor:
+    def allowed(self, potentials: Potentials) -> torch.Tensor:
         """`(...)` bool: whether each entry is a segmentation of its sequence
         that `potentials` allow (it tiles `[0, length)` with labels in
         `[0, C)` and durations in `[1, K]`, and no part of it is forbidden
@@ -269,7 +270,7 @@ class Segmentation:
                                torch.where(fits, self.lengths, torch.zeros_like(self.lengths)))
         return fits & torch.isfinite(fitting.log_potential(potentials, validate=False).detach())
 
-    def _misfits(self, potentials, name: str = "value") -> tuple:
+    def _misfits(self, potentials: Potentials, name: str = "value") -> tuple:
         """What keeps entries from being segmentations of their sequences:
         `(wrong_length (...), bad_label (..., T), too_long (..., T))`, an
         empty entry fitting any sequence. Raises ValueError unless the shape
@@ -282,7 +283,7 @@ class Segmentation:
         return wrong_length, self.labels >= potentials.C, self.durations() > potentials.K
 
     # -- scores -----------------------------------------------------------------
-    def log_potential(self, potentials, *, validate: bool = True) -> torch.Tensor:
+    def log_potential(self, potentials: Potentials, *, validate: bool = True) -> torch.Tensor:
         """The (unnormalized) log-potential of each segmentation, `(...)`;
         `-inf` for empty entries.
 
