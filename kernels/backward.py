@@ -46,8 +46,21 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (LOG2E, boundary_row, enter_factor, fast_exp2, flow_num_warps, leave_factor, load_row, pad,
-                     position_inputs, retreat_prefix_sum, sequence_inputs, sizes, small)
+from .common import (
+    LOG2E,
+    boundary_row,
+    enter_factor,
+    fast_exp2,
+    flow_num_warps,
+    leave_factor,
+    load_row,
+    pad,
+    position_inputs,
+    retreat_prefix_sum,
+    sequence_inputs,
+    sizes,
+    small,
+)
 
 
 @triton.jit

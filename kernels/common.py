@@ -13,7 +13,6 @@ Exponentials and logarithms are the hardware's approximate base-2 ones
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import torch
 import triton
@@ -203,7 +202,7 @@ def register_warps(live_values: int, cp: int) -> int:
 _MAX_SEQUENCE_ELEMENTS = 2 ** 31 - 1
 
 
-def kernel_limits_reason(potentials) -> Optional[str]:
+def kernel_limits_reason(potentials) -> str | None:
     """None if the kernels compute these potentials exactly (device aside)."""
     if getattr(potentials, "is_explicit", False):
         return "explicit edge potentials have no factorized form"

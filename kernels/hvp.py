@@ -52,8 +52,22 @@ import triton.language as tl
 
 from . import backward
 from .backward import clear_past_length, count_durations, starts_window, zero_duration_counts
-from .common import (LOG2E, boundary_row, duration_ring, enter_factor, flow_num_warps, pad, position_inputs,
-                     position_rows, register_warps, sequence_inputs, sizes, small, step_factors, sweep_num_warps)
+from .common import (
+    LOG2E,
+    boundary_row,
+    duration_ring,
+    enter_factor,
+    flow_num_warps,
+    pad,
+    position_inputs,
+    position_rows,
+    register_warps,
+    sequence_inputs,
+    sizes,
+    small,
+    step_factors,
+    sweep_num_warps,
+)
 
 #: The lanes :func:`expectation_sweep` runs (its `KIND`).
 KINDS = {"tangent": 0, "entropy": 1, "cross_entropy": 2, "kl": 3}

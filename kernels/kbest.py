@@ -34,14 +34,22 @@ to the reference rung.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import triton
 import triton.language as tl
 
-from .common import (boundary_row, duration_ring, enter_factor, pad, position_inputs, position_rows, sequence_inputs,
-                     sizes, small, step_factors)
+from .common import (
+    boundary_row,
+    duration_ring,
+    enter_factor,
+    pad,
+    position_inputs,
+    position_rows,
+    sequence_inputs,
+    sizes,
+    small,
+    step_factors,
+)
 
 #: The largest k the kernels keep lanes for.
 MAX_K = 16
@@ -51,7 +59,7 @@ MAX_TILE = 2 ** 15
 REMOVED: tl.constexpr = tl.constexpr(-2 ** 63)
 
 
-def kbest_limits_reason(potentials, k: int) -> Optional[str]:
+def kbest_limits_reason(potentials, k: int) -> str | None:
     """None if the k-best kernels run these (float32, `(C, C)`) potentials
     with this `k`, else why not (the reference rung then runs them)."""
     if k > MAX_K:

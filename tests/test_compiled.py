@@ -16,8 +16,15 @@ from hypothesis import strategies as st
 from test_semirings import SEMIRINGS as SHIPPED
 from test_semirings import BooleanSemiring, BottleneckSemiring, MaxCountSemiring
 
-from semiring_semicrf import (EntropySemiring, KMaxSemiring, LogSemiring, MaxSemiring, SemiMarkovPotentials, backends,
-                              semimarkov_scan)
+from semiring_semicrf import (
+    EntropySemiring,
+    KMaxSemiring,
+    LogSemiring,
+    MaxSemiring,
+    SemiMarkovPotentials,
+    backends,
+    semimarkov_scan,
+)
 from semiring_semicrf.backends import compiled
 from semiring_semicrf.backends.reference import ScanProgram
 from semiring_semicrf.scan import dispatch_table

@@ -16,14 +16,15 @@ from hypothesis import strategies as st
 
 pytest.importorskip("triton")
 
+from strategies import tiny_problems  # noqa: E402
+from test_decoding import brute_force_ranking, structures_of  # noqa: E402
+from test_kernels import converted, random_problem  # noqa: E402
+
 from semiring_semicrf import KMaxSemiring, SemiMarkovPotentials, backends, semimarkov_scan  # noqa: E402
 from semiring_semicrf.backends.triton import KBestFallbackWarning  # noqa: E402
 from semiring_semicrf.decoding import topk, viterbi  # noqa: E402
 from semiring_semicrf.kernels import kbest_limits_reason  # noqa: E402
 from semiring_semicrf.segmentation import Segmentation  # noqa: E402
-from strategies import tiny_problems  # noqa: E402
-from test_decoding import brute_force_ranking, structures_of  # noqa: E402
-from test_kernels import converted, random_problem  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

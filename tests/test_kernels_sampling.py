@@ -17,13 +17,14 @@ from hypothesis import strategies as st
 
 pytest.importorskip("triton")
 
+from strategies import tiny_problems  # noqa: E402
+from test_kernels import converted, random_problem  # noqa: E402
+from test_sampling import sample_p_values  # noqa: E402
+
 from semiring_semicrf import SemiMarkovDistribution, SemiMarkovPotentials, backends, posterior  # noqa: E402
 from semiring_semicrf.kernels import sampling as sampling_kernel  # noqa: E402
 from semiring_semicrf.sampling import sample  # noqa: E402
 from semiring_semicrf.segmentation import Segmentation  # noqa: E402
-from strategies import tiny_problems  # noqa: E402
-from test_kernels import converted, random_problem  # noqa: E402
-from test_sampling import sample_p_values  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -11,17 +11,24 @@ values. The Triton rung runs through Triton's interpreter, in float32.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import perturbed, tiny_problems
 
-from semiring_semicrf import (CrossEntropySemiring, EdgePotentials, EntropySemiring, KLDivergenceSemiring,
-                              KMaxSemiring, LogSemiring, MaxSemiring, SemiMarkovPotentials, StdSemiring,
-                              semimarkov_scan)
+from semiring_semicrf import (
+    CrossEntropySemiring,
+    EdgePotentials,
+    EntropySemiring,
+    KLDivergenceSemiring,
+    KMaxSemiring,
+    LogSemiring,
+    MaxSemiring,
+    SemiMarkovPotentials,
+    StdSemiring,
+    semimarkov_scan,
+)
 from semiring_semicrf.autograd import posterior
 from semiring_semicrf.distribution import SemiMarkovDistribution
 from semiring_semicrf.testing import enumerate_structures
@@ -49,7 +56,7 @@ def padded_problems(draw, extras=True):
     return SemiMarkovPotentials(lengths=p.lengths, **tensors)
 
 
-def leaves(p: SemiMarkovPotentials, fill: Optional[float] = None, dtype=None) -> SemiMarkovPotentials:
+def leaves(p: SemiMarkovPotentials, fill: float | None = None, dtype=None) -> SemiMarkovPotentials:
     """`p` as fresh leaves that require grad (in `dtype`), with `fill` at
     every padded position of its per-position inputs if given; built under
     the default validation, which must accept any padding."""

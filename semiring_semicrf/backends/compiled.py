@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import types
 from collections import OrderedDict
-from typing import Optional
+from typing import Any
 
 import torch
 
@@ -54,7 +54,7 @@ _WARMUP = 2
 #: index the scatter of a gather's backward wrongly on small dims (torch
 #: 2.13: wrong gradients of the `(K, C, C)` step, seen in
 #: tests/test_compiled.py), so tails run scalar.
-_OPTIONS = {"cpu": {"cpp.threads": 1, "cpp.enable_loop_tail_vec": False}}
+_OPTIONS: dict[str, dict[str, Any]] = {"cpu": {"cpp.threads": 1, "cpp.enable_loop_tail_vec": False}}
 
 
 def _step(program: ScanProgram, ring, e, start):
@@ -77,7 +77,7 @@ def _own_code(function):
                               function.__defaults__, function.__closure__)
 
 
-def unavailable_reason() -> Optional[str]:
+def unavailable_reason() -> str | None:
     """None if torch.compile can run here, else why not."""
     try:
         import torch._dynamo as dynamo
@@ -128,7 +128,7 @@ class CompiledBlocks:
         self.renormalize = torch.compile(_own_code(_renormalize), fullgraph=True, dynamic=False, options=options)
         self.graphs = graphs
         self._graphs: dict = {}
-        self._loaded: Optional[object] = None
+        self._loaded: object | None = None
 
     def _block(self, tables, state, positions, start):
         """The block ending at `positions[-1]` from `state = (ring, offset)`:
@@ -302,7 +302,7 @@ class CompiledBackend(Backend):
         # the query first: the other queries pass by without importing the compiler
         return query in self.queries and super().answers(potentials, query, requested, **options)
 
-    def unsupported_reason(self, potentials, requested: bool = False) -> Optional[str]:
+    def unsupported_reason(self, potentials, requested: bool = False) -> str | None:
         device = potentials.device.type
         if device not in ("cpu", "cuda"):
             return f"tensors are on {potentials.device}; the compiled scan runs on cpu and cuda"

@@ -7,8 +7,6 @@ inside). Decoding and sampling go to the reference rung, whose scan already
 is plain PyTorch."""
 from __future__ import annotations
 
-from typing import Optional
-
 from ...posterior import Posterior
 from ..base import Backend
 from .lanes import Lanes, StackedFactors
@@ -44,7 +42,7 @@ class TorchBackend(Backend):
     name = "torch"
     queries = frozenset({"log", "hvp", "information"})
 
-    def unsupported_reason(self, potentials, requested: bool = False) -> Optional[str]:
+    def unsupported_reason(self, potentials, requested: bool = False) -> str | None:
         if potentials.is_explicit:
             return "explicit edge potentials have no factors: they take the reference scan"
         return None
