@@ -226,7 +226,7 @@ def kbest_num_warps(tile: int) -> int:
     return max(1, min(16, tile // 512))
 
 
-def kbest_decode(factors, k: int, num_warps: Optional[int] = None):
+def kbest_decode(factors, k: int, num_warps: int | None = None):
     """The k best segmentations of float32 :class:`Factors`: `(scores (k, B)
     float32, labels (k, B, T) int64, starts (k, B, T) bool)`, best first;
     missing entries (fewer than k segmentations) have score `-inf`, labels

@@ -87,7 +87,9 @@ def compile_launch(record: dict) -> None:
 
 def main(path: str) -> int:
     failures = 0
-    for record in json.load(open(path)):
+    with open(path) as f:
+        records = json.load(f)
+    for record in records:
         label = f"{record['name']} {record['constexprs']} {record['options']}"
         try:
             compile_launch(record)
