@@ -25,10 +25,11 @@ from semiring_semicrf.backends import LADDER, Backend, base
 from semiring_semicrf.backends.base import call_device
 from semiring_semicrf.decoding import topk, viterbi
 from semiring_semicrf.sampling import sample
+from semiring_semicrf.scan import SPECIALIZED
 
 GPU0, GPU1 = torch.device("cuda", 0), torch.device("cuda", 1)
 #: The queries of the contract today; others may add more (found by signature).
-KNOWN_CONTRACT = {"inside", "outside", "log_partition", "viterbi", "kbest", "sample"}
+KNOWN_CONTRACT = {"inside", "outside", "log_partition", "viterbi", "kbest", "sample", "hvp", "information", "scan"}
 
 
 class OnDevice:
@@ -281,15 +282,22 @@ def test_every_query_on_the_second_gpu_equals_the_first_bitwise(backend):
 @pytest.mark.parametrize("backend", ["auto", "reference"])
 @pytest.mark.usefixtures("current_device_zero")
 def test_every_semiring_through_the_scan_on_the_second_gpu_equals_the_first_bitwise(backend):
+    """Bitwise, except on the compiled rung (`auto` for a semiring with no
+    specialization): its programs are compiled per device by inductor, and
+    an H200 pair once differed in the last bits (StdSemiring); there, to
+    float32 rounding."""
     for semiring in every_semiring():
         results = []
         for device in (GPU0, GPU1):
             p = potentials(False, device, requires_grad=False)
             q = SemiMarkovPotentials(p.scores.flip(1), p.transition.T, p.duration, lengths=p.lengths)
             pots = (p, q)[:semiring.num_potentials]
-            results.append(fingerprint(semimarkov_scan(pots if len(pots) > 1 else p, semiring, backend=backend)))
+            results.append(semimarkov_scan(pots if len(pots) > 1 else p, semiring, backend=backend).cpu())
             assert torch.cuda.current_device() == 0
-        assert results[0] == results[1], semiring
+        if backend == "auto" and type(semiring) not in SPECIALIZED:
+            torch.testing.assert_close(results[1], results[0], msg=repr(semiring))
+        else:
+            assert fingerprint(results[0]) == fingerprint(results[1]), semiring
 
 
 @pytest.mark.gpu

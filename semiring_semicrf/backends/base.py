@@ -94,9 +94,10 @@ class Backend:
         hand (a rung may reuse it)."""
         raise NotImplementedError
 
-    def information(self, p, q, kind: str):
-        """`(value, saved)`: `value (B,)` in `p`'s dtype is `kind` (one of
-        :data:`INFORMATION`) of the distributions of prepared `p` and `q`
+    def information(self, prepared, q, kind: str):
+        """`(value, saved)`: `value (B,)` in `prepared`'s dtype is `kind` (one
+        of :data:`INFORMATION`) of the distributions of prepared `p =
+        prepared` and `q`
         (None for "entropy"): `H(p)`, `H(p, q)` or `KL(p || q)`, in nats,
         with an error that scales with the result, not with log Z (each
         state's expected surprisal, summed in float64). Conventions: `+inf`

@@ -82,5 +82,5 @@ class TritonBackend(Backend):
     def hvp(self, prepared, tangent, saved=None):
         return _kernels().hvp(prepared, tangent, saved)
 
-    def information(self, p, q, kind: str):
-        return _kernels().information(p, q, kind)
+    def information(self, prepared, q, kind: str):
+        return _kernels().information(prepared, q, kind)

@@ -60,5 +60,5 @@ class TorchBackend(Backend):
         del saved  # the tangent lane needs p's lane alongside: both are swept again
         return hvp(prepared, tangent)
 
-    def information(self, p, q, kind: str):
-        return information(p, q, kind), None  # an hvp sweeps p's lane again: nothing to keep
+    def information(self, prepared, q, kind: str):
+        return information(prepared, q, kind), None  # an hvp sweeps p's lane again: nothing to keep
