@@ -49,9 +49,10 @@ def problem(kind: str, seed: int, lengths, extras: bool, dtype=torch.float64, de
 
     transition = draw(K, C, C) if kind != "factorized" else draw(C, C)
     transition[..., 0, 1] = float("-inf")
+    # integer potentials uncentred, so that their edges are exact integers (exact ties)
     p = SemiMarkovPotentials(draw(B, T, C), transition, draw(K, C), torch.tensor(lengths, device=device),
                              start=draw(C), end=draw(C), start_scores=draw(B, T, C) if extras else None,
-                             end_scores=draw(B, T, C) if extras else None)
+                             end_scores=draw(B, T, C) if extras else None, center=not integer)
     return SemiMarkovPotentials.from_edges(p.to_edges(), p.lengths) if kind == "explicit" else p
 
 
