@@ -10,9 +10,10 @@ annotation and the default of its parameters in the signature (a class's
 signature is its ``__init__``'s): the one they share, else each in order
 (``20, 60``); none where one of them has none.
 
-It runs after the Sphinx-roles extension (the docstring text is final) and
-parses only the docstrings that hold such an entry; the parse is cached on the
-docstring, so mkdocstrings renders this parse.
+A docstring that holds such an entry is replaced, as griffe loads its function
+or class, by one whose parse completes the entry; the parse runs when
+mkdocstrings renders it, after every other extension (the Sphinx roles) has
+rewritten the text.
 """
 from __future__ import annotations
 
@@ -34,10 +35,10 @@ def _combined(values: list) -> Any:
     return ", ".join(str(value) for value in values)
 
 
-def complete(docstring: griffe.Docstring, signature: griffe.Parameters) -> None:
-    """Give each grouped entry of `docstring`'s parameter sections the
-    annotation and the default of its parameters in `signature`."""
-    for section in docstring.parsed:
+def complete(sections: list, signature: griffe.Parameters) -> None:
+    """Give each grouped entry of the parameter `sections` the annotation and
+    the default of its parameters in `signature`."""
+    for section in sections:
         if section.kind is not griffe.DocstringSectionKind.parameters:
             continue
         for entry in section.value:
@@ -51,18 +52,28 @@ def complete(docstring: griffe.Docstring, signature: griffe.Parameters) -> None:
                 entry.value = _combined([parameter.default for parameter in parameters])
 
 
-class GroupedParameters(griffe.Extension):
-    """Complete the grouped parameter entries of every docstring of a package."""
+class GroupedDocstring(griffe.Docstring):
+    """A docstring whose parse completes its grouped parameter entries."""
 
-    def on_package(self, *, pkg: griffe.Module, loader: griffe.GriffeLoader, **kwargs: Any) -> None:
-        seen: set = set()
-        stack: list = [pkg]
-        while stack:
-            obj = stack.pop()
-            if obj.is_alias or id(obj) in seen:
-                continue
-            seen.add(id(obj))
-            documented = obj.docstring is not None and GROUPED_ENTRY.search(obj.docstring.value)
-            if documented and (obj.is_function or obj.is_class):
-                complete(obj.docstring, obj.parameters)
-            stack.extend(obj.members.values())
+    def parse(self, parser: Any = None, **options: Any) -> list:
+        sections = super().parse(parser, **options)
+        complete(sections, self.parent.parameters)
+        return sections
+
+
+class GroupedParameters(griffe.Extension):
+    """Give each function and class whose docstring groups parameters a
+    `GroupedDocstring`."""
+
+    def _replace(self, obj: griffe.Function | griffe.Class) -> None:
+        docstring = obj.docstring
+        if docstring is None or not GROUPED_ENTRY.search(docstring.value):
+            return
+        obj.docstring = GroupedDocstring(docstring.value, lineno=docstring.lineno, endlineno=docstring.endlineno,
+                                         parent=obj, parser=docstring.parser, parser_options=docstring.parser_options)
+
+    def on_function(self, *, func: griffe.Function, **kwargs: Any) -> None:
+        self._replace(func)
+
+    def on_class(self, *, cls: griffe.Class, **kwargs: Any) -> None:
+        self._replace(cls)
