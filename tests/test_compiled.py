@@ -21,6 +21,8 @@ from semiring_semicrf import (
     KMaxSemiring,
     LogSemiring,
     MaxSemiring,
+    Segmentation,
+    SemiMarkovDistribution,
     SemiMarkovPotentials,
     backends,
     semimarkov_scan,
@@ -155,6 +157,22 @@ def test_entropy_compiled_gradients_equal_the_reference(seed, lengths, extras):
     p = problem("general", seed, lengths, extras)
     assert_compiled_equals_eager(EntropySemiring(), (p,))
     assert_gradients_equal(EntropySemiring(), (p,))
+
+
+def test_the_compiled_rung_leaves_distribution_validation_on(monkeypatch):
+    """Dynamo turns torch.distributions' default validation off when it is
+    first set up; the rung puts it back, so a distribution built after a
+    compiled scan still checks its arguments."""
+    from torch._dynamo.eval_frame import TorchPatcher
+    from torch.distributions import Distribution
+
+    monkeypatch.setattr(Distribution, "_validate_args", True)
+    TorchPatcher.patch.cache_clear()  # as in a fresh process: the next torch.compile sets dynamo up
+    semimarkov_scan(problem("factorized", 0, [T] * B, False), MaxCountSemiring(), backend="compiled")
+    assert Distribution._validate_args
+    d = SemiMarkovDistribution(torch.randn(1, 4, C), torch.randn(C, C), torch.randn(K, C))
+    with pytest.raises(ValueError, match="label"):
+        d.log_prob(Segmentation.from_segments([[(0, 4, C)]], T=4))
 
 
 def test_a_semiring_torch_compile_cannot_trace_gets_a_clear_error():

@@ -57,6 +57,19 @@ _WARMUP = 2
 _OPTIONS: dict[str, dict[str, Any]] = {"cpu": {"cpp.threads": 1, "cpp.enable_loop_tail_vec": False}}
 
 
+def _compile(fn, options: dict[str, Any] | None):
+    """`torch.compile(fn)` (whole graph, static shapes), keeping
+    torch.distributions' default argument validation as it was: dynamo turns
+    it off for the whole process the first time it is set up, which would
+    silently drop the checks of every later `SemiMarkovDistribution` (and of
+    the head's gold labels) once this rung had run."""
+    default = torch.distributions.Distribution._validate_args
+    try:
+        return torch.compile(fn, fullgraph=True, dynamic=False, options=options)
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(default)
+
+
 def _step(program: ScanProgram, ring, e, start):
     """`ScanProgram.step` at position `e` (0-d int64), leaving the ring as it
     was when `e < start`: `(ring, alpha)`."""
@@ -124,8 +137,8 @@ class CompiledBlocks:
         self.template = template
         self.names = tuple(template.tables())
         options = _OPTIONS.get(template.device.type)
-        self.step = torch.compile(_own_code(_step), fullgraph=True, dynamic=False, options=options)
-        self.renormalize = torch.compile(_own_code(_renormalize), fullgraph=True, dynamic=False, options=options)
+        self.step = _compile(_own_code(_step), options)
+        self.renormalize = _compile(_own_code(_renormalize), options)
         self.graphs = graphs
         self._graphs: dict = {}
         self._loaded: object | None = None
