@@ -201,14 +201,15 @@ class SemiMarkovPotentials(_Conversions):
     def replace(self, **tensors: torch.Tensor) -> SemiMarkovPotentials:
         """A copy with some tensors replaced, their shapes, dtypes and devices
         checked again; the same lengths, not checked again (their range check
-        reads them on the host: a device sync on CUDA)."""
+        reads them on the host: a device sync on CUDA), moved to the new
+        tensors' device if they went elsewhere."""
         return self._with({**self.tensors(), **tensors}, self.lengths)
 
     def _with(self, tensors: dict, lengths: torch.Tensor) -> SemiMarkovPotentials:
         """New potentials of these tensors (checked) and these lengths (not
         checked again), with this `center`."""
         copy = SemiMarkovPotentials(validate_args=False, center=self.center, **tensors)
-        copy.lengths = lengths
+        copy.lengths = lengths.to(copy.device)
         return copy
 
     def __getitem__(self, index) -> SemiMarkovPotentials:
