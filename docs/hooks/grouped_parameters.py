@@ -57,7 +57,8 @@ class GroupedDocstring(griffe.Docstring):
 
     def parse(self, parser: Any = None, **options: Any) -> list:
         sections = super().parse(parser, **options)
-        complete(sections, self.parent.parameters)
+        if isinstance(self.parent, (griffe.Function, griffe.Class)):  # the only parents _replace gives it
+            complete(sections, self.parent.parameters)
         return sections
 
 
