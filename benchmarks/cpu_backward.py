@@ -89,7 +89,8 @@ def main():
     args = parser.parse_args()
     if args.child:
         method, pass_, *sizes, repeats, out_dir = args.child
-        return child_main(lambda: child(method, pass_, *map(int, sizes), int(repeats), out_dir))
+        B, T, K, C = map(int, sizes)
+        return child_main(lambda: child(method, pass_, B, T, K, C, int(repeats), out_dir))
 
     import torch
     B, T, K, C = QUICK if args.quick else CONFIG

@@ -25,7 +25,6 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -109,7 +108,7 @@ def forward_backward(p, semiring, backend):
     return out.detach(), [torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves)]
 
 
-def measure(p, name, semiring, device, repeats: int, results: Optional[dict] = None) -> dict:
+def measure(p, name, semiring, device, repeats: int, results: dict | None = None) -> dict:
     """One row: eager and compiled timings, compile times, differences
     (the results and gradients themselves into `results`, if given)."""
     row: dict = {"semiring": name, "size": (p.batch_size, p.T, p.K, p.C)}

@@ -23,7 +23,10 @@ flash-semicrf 0.2.0 (the anchor) is imported if installed (it is not in the GPU 
    kernels) at small sizes; large label sets; peak GPU memory of forward+backward at (256, 1000, 32, 24) per
    B*T*C element beyond the inputs.
 4. :data:`ONCE_CONFIG` (4, 10^4, 100, 24): every query once (budgeted).
-5. A sweep of num_warps at :data:`SWEEP_CONFIGS` (the heuristic for C >= 64 was not measured).
+5. Sweeps of num_warps: the forward sweep and the outside flow at :data:`SWEEP_CONFIGS`, the k-best kernels at
+   :data:`KBEST_SWEEP_CONFIG`.
+
+``--queries-only`` runs 2, 4 and 5 (no GPU tests, no Log/Max targets), for a second run after a kernel change.
 
 The run keeps its own clock (:data:`TESTS_TIMEOUT_S`, :data:`ONCE_UNTIL_S`): whatever is slow, it ends well
 under 8 minutes, saying what it did not run.
@@ -58,6 +61,7 @@ LONG_CONFIG = (1, 1_000_000, 64, 8)
 WIDE_CONFIGS = [(4, 1000, 32, 128), (2, 1000, 16, 256)]
 MEMORY_CONFIG = (256, 1000, 32, 24)
 SWEEP_CONFIGS = [(16, 2000, 16, 12), (4, 1000, 32, 128), (2, 1000, 16, 256)]
+KBEST_SWEEP_CONFIG = (4, 1000, 32, 24)
 #: (query, the query its target multiplies, the factor).
 QUERIES = [("fwd", None, None), ("fwd_bwd", None, None), ("viterbi", None, None), ("sample", "fwd_bwd", 2),
            ("topk", "viterbi", 3), ("entropy", "fwd_bwd", 3), ("cross-entropy", "fwd_bwd", 3), ("kl", "fwd_bwd", 3),
@@ -213,6 +217,17 @@ def median_time(fn, budget_s, first_allowance_s=COMPILE_S, max_reps=20, once=Fal
         return failure(exc, budget_s)
 
 
+def synchronized_seconds(fn) -> float:
+    """Wall-clock seconds of `fn()` until the GPU has finished it (nothing else timed: a garbage collection
+    here once made a 1 ms probe look like 0.1 s)."""
+    import torch
+    start = time.perf_counter()
+    out = fn()
+    torch.cuda.synchronize()
+    del out
+    return time.perf_counter() - start
+
+
 def budgeted_time(make_fn, shape, budget_s, once=False):
     """`median_time` of `make_fn(shape)()`; beyond T = 1000, first the time at T = PROBE_T (which also
     compiles the same kernel variants), extrapolated linearly: over the budget, the query is not run at T."""
@@ -221,19 +236,14 @@ def budgeted_time(make_fn, shape, budget_s, once=False):
         probe = make_fn((B, PROBE_T, K, C))
         try:
             with deadline(max(budget_s, COMPILE_S)):
-                start = time.perf_counter()
-                probe()
-                recover()
-                seconds = time.perf_counter() - start
+                seconds = synchronized_seconds(probe)  # compiles
             if seconds <= budget_s:
                 with deadline(budget_s):
-                    start = time.perf_counter()
-                    probe()
-                    recover()
-                    seconds = time.perf_counter() - start
+                    seconds = min(synchronized_seconds(probe) for _ in range(2))
         except Exception as exc:  # noqa: BLE001
             return failure(exc, budget_s) + f" at T={PROBE_T}"
         del probe
+        recover()
         estimate = seconds * T / PROBE_T
         if estimate > budget_s:
             return f"over budget (~{estimate:.0f} s from T={PROBE_T})"
@@ -474,7 +484,7 @@ def num_warps_sweep(device_inputs):
         ring = duration_ring(factors)
         KP, CP = pad(shape[2]), pad(shape[3])
         row = {"chosen": f"{sweep_num_warps(KP, CP)}/{flow_num_warps(KP, CP)}"}
-        for w in (1, 4, 8, 16, 32):
+        for w in (1, 4, 8, 16, 32) if CP < 64 else (4, 8, 16, 32):  # one warp spills C >= 64's C x C tiles
             if elapsed() > ONCE_UNTIL_S:
                 row[w] = "not run (the run's time)"
                 continue
@@ -491,6 +501,21 @@ def num_warps_sweep(device_inputs):
             f"{w}: {fmt(t['forward'])} / {fmt(t['forward+flow'])}" if isinstance(t, dict) else f"{w}: {t}"
             for w, t in row.items() if w != "chosen"), flush=True)
     return out
+
+
+def kbest_num_warps_sweep(device_inputs, k=5):
+    """The k-best sweep and traceback per num_warps at :data:`KBEST_SWEEP_CONFIG` (the topk query's kernels)."""
+    from semiring_semicrf.kernels.common import pad
+    from semiring_semicrf.kernels.kbest import kbest_decode, kbest_num_warps
+    shape = KBEST_SWEEP_CONFIG
+    factors = potentials(device_inputs(shape)).factors()
+    KP, CP, KK = pad(shape[2]), pad(shape[3]), pad(k)
+    row = {"chosen": kbest_num_warps(max(KP, CP) * CP * KK)}
+    for w in (1, 2, 4, 8, 16):
+        row[w] = median_time(lambda w=w: kbest_decode(factors, k, num_warps=w), 3.0)
+    print(f"k-best num_warps {shape}, k = {k}: chosen {row['chosen']}; "
+          + "; ".join(f"{w}: {fmt(t)}" for w, t in row.items() if w != "chosen"), flush=True)
+    return {str(shape): row}
 
 
 # -- report -----------------------------------------------------------------------------
@@ -620,6 +645,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="the queries at (4, 1000, 32, 24), the small targets")
     parser.add_argument("--skip-tests", action="store_true")
     parser.add_argument("--no-anchors", action="store_true")
+    parser.add_argument("--queries-only", action="store_true",
+                        help="no GPU tests and no Log/Max targets: the queries, every query once, the num_warps sweeps")
     args = parser.parse_args()
     import torch
     import triton
@@ -628,7 +655,7 @@ def main():
     pool, jobs = start_references(wanted)
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
     print(meta, flush=True)
-    tests = None if args.skip_tests or args.quick else run_gpu_tests()
+    tests = None if args.skip_tests or args.quick or args.queries_only else run_gpu_tests()
     if tests:
         print("gpu tests:", tests["summary"], f"({tests['seconds']:.0f} s)", flush=True)
         if tests["returncode"] != 0:
@@ -657,8 +684,9 @@ def main():
         save()
         del tensors
     measured = {tuple(r["shape"]): r["times"] for r in document["queries"]}
-    document["targets"] = log_max_targets(device_inputs, args, measured)
-    save()
+    if not args.queries_only:
+        document["targets"] = log_max_targets(device_inputs, args, measured)
+        save()
     once = None
     if not args.quick:
         print(f"{ONCE_CONFIG} (every query once):", flush=True)
@@ -673,12 +701,14 @@ def main():
         del tensors
         save()
     if not args.quick and elapsed() < SWEEP_FROM_S:
+        document["kbest_num_warps"] = kbest_num_warps_sweep(device_inputs)
         document["num_warps"] = num_warps_sweep(device_inputs)
         save()
     pool.shutdown(cancel_futures=True)
     from plot_performance import plot_performance, plot_queries  # beside this script
-    document["log_max"] = log_max_records(document["queries"], once, document["targets"])
-    plot_performance(document["log_max"], os.path.join(args.out, "gpu_bench.png"), EARLIER["flash"])
+    if "targets" in document:
+        document["log_max"] = log_max_records(document["queries"], once, document["targets"])
+        plot_performance(document["log_max"], os.path.join(args.out, "gpu_bench.png"), EARLIER["flash"])
     plot_queries(document["queries"] + ([once] if once else []), QUERIES, os.path.join(args.out, "gpu_queries.png"))
     save()
     print("\nchecks (float32 kernels against float64 references on the CPU; rel err = ||ours - ref|| / ||ref||)")
@@ -688,7 +718,8 @@ def main():
     print(f"\n{meta['gpu']}, torch {meta['torch']}, triton {meta['triton']}; median times through the public API")
     if tests:
         print("gpu tests:", tests["summary"])
-    print(targets_table(document["targets"]))
+    if "targets" in document:
+        print(targets_table(document["targets"]))
     print()
     print(queries_table(document["queries"] + ([once] if once else [])))
 

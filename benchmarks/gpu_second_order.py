@@ -33,6 +33,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -94,7 +96,8 @@ def correctness(device: str) -> list:
     got, want = penalty_gradients(p32, "auto"), penalty_gradients(p64, "torch")
     for name in got:
         rows.append((f"double backward: d/d {name}", rmse(got[name], want[name])))
-    functions = {"entropy": information.entropy, "cross_entropy": information.cross_entropy, "kl": information.kl}
+    functions: dict[str, Callable[..., Any]] = {"entropy": information.entropy,
+                                                "cross_entropy": information.cross_entropy, "kl": information.kl}
     for kind, fn in functions.items():
         results = []
         for p, q, backend in ((p32, q32, "auto"), (p64, q64, "torch")):
@@ -136,7 +139,7 @@ def peak_bytes(fn) -> int:
     return torch.cuda.max_memory_allocated() - base
 
 
-def timings(config, device: str) -> dict:
+def timings(config: tuple[int, int, int, int], device: str) -> dict:
     """Seconds and peak bytes of each query at one (B, T, K, C)."""
     import torch
 

@@ -34,12 +34,12 @@ first imported): :data:`INTERPRETED` records which mode they were built in.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
-from ..factors import Factors
-from ..posterior import Posterior
+from semiring_semicrf.factors import Factors
+from semiring_semicrf.posterior import Posterior
+
 from .backward import outside_sweep
 from .common import INTERPRETED, duration_ring, kernel_limits_reason
 from .forward import forward_sweep
@@ -79,7 +79,7 @@ class FlowPosterior(Posterior):
     (the caller owns it, e.g. to scale it in place into a gradient); later
     calls compute it again from the segment starts and ends."""
 
-    marginals: Optional[torch.Tensor] = None
+    marginals: torch.Tensor | None = None
 
     def label_marginals(self) -> torch.Tensor:
         if self.marginals is None:

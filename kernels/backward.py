@@ -46,8 +46,21 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (LOG2E, boundary_row, enter_factor, fast_exp2, flow_num_warps, leave_factor, load_row, pad,
-                     position_inputs, retreat_prefix_sum, sequence_inputs, sizes, small)
+from .common import (
+    LOG2E,
+    boundary_row,
+    enter_factor,
+    fast_exp2,
+    flow_num_warps,
+    leave_factor,
+    load_row,
+    pad,
+    position_inputs,
+    retreat_prefix_sum,
+    sequence_inputs,
+    sizes,
+    small,
+)
 
 
 @triton.jit
@@ -243,7 +256,8 @@ def outside_flow_kernel(
         # The chain: start mass at e -> end mass at e -> start mass at e - 1.
         later = e < length
         coef_t = tl.where(later, divide(start_mass, total_t), 0.0)
-        flow = w_t * coef_t[None, :]
+        # (at e = L no transition follows, and w_t may hold what the padding's start score made of it)
+        flow = tl.where(later, w_t * coef_t[None, :], 0.0)
         transition_count += flow
         end_mass = tl.where(later, tl.sum(flow, axis=1), start_mass)
         marginal += (end_mass - tl.where(later, start_mass, 0.0)).to(tl.float64)

@@ -13,7 +13,6 @@ Exponentials and logarithms are the hardware's approximate base-2 ones
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import torch
 import triton
@@ -178,18 +177,22 @@ def flow_num_warps(kp: int, cp: int) -> int:
     return max(warps, register_warps(3 * cp * cp + 4 * kp * cp, cp))
 
 
-#: float32 values a thread may keep live across a step (of at most 255
-#: registers, the rest for addresses and scalars) before tiles spill.
-VALUES_PER_THREAD = 128
+#: float32 values per thread (the counted live tiles over the threads) that
+#: the wide-C warp counts are chosen for. Not a register budget: on an H200
+#: (`python3 -u benchmarks/gpu_bench.py`, num_warps sweep) some spilling to
+#: local memory cost less than the synchronization of more warps. With 448,
+#: the forward at (K, C) = (32, 128) takes 4 warps (measured best: 4.0 ms
+#: against 5.7 at 8, 10.1 at 16) and the flow 8 (14.3 ms against 44.7 at 4,
+#: 26.3 at 16); at (16, 256) the forward 16 (26.3 ms; 25.4 at 32, 37.1 at 8)
+#: and the flow 16 (61.6 ms; 66.0 at 32, 126 at 8).
+VALUES_PER_THREAD = 448
 
 
 def register_warps(live_values: int, cp: int) -> int:
-    """Warps that hold `live_values` float32 per step (a sweep's `C x C` and
-    ring tiles) at :data:`VALUES_PER_THREAD` per thread, up to 32, for
-    `CP >= 64` (below, the choices measured on an H100 stand; none was
-    measured beyond). At `(K, C) = (32, 128)` the forward keeps ~45,000
-    values live and the flow ~66,000: at 4 warps, the earlier choice, that
-    is 350-510 per thread, spilled to local memory at every step."""
+    """Warps for `live_values` float32 live per step (a sweep's `C x C` and
+    ring tiles, counted in the kernels) at :data:`VALUES_PER_THREAD` per
+    thread, a power of two up to 32, for `CP >= 64` (below, the choices
+    measured on an H100 stand)."""
     if cp < 64:
         return 1
     return min(32, pad(-(-live_values // (VALUES_PER_THREAD * 32))))
@@ -199,7 +202,7 @@ def register_warps(live_values: int, cp: int) -> int:
 _MAX_SEQUENCE_ELEMENTS = 2 ** 31 - 1
 
 
-def kernel_limits_reason(potentials) -> Optional[str]:
+def kernel_limits_reason(potentials) -> str | None:
     """None if the kernels compute these potentials exactly (device aside)."""
     if getattr(potentials, "is_explicit", False):
         return "explicit edge potentials have no factorized form"

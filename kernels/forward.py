@@ -39,8 +39,19 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (boundary_row, enter_factor, pad, position_inputs, position_rows, semiring_sum, sequence_inputs,
-                     sizes, small, step_factors, sweep_num_warps)
+from .common import (
+    boundary_row,
+    enter_factor,
+    pad,
+    position_inputs,
+    position_rows,
+    semiring_sum,
+    sequence_inputs,
+    sizes,
+    small,
+    step_factors,
+    sweep_num_warps,
+)
 
 
 @triton.jit
@@ -147,7 +158,7 @@ def forward_sweep(factors, duration_ring: torch.Tensor, max_semiring: bool, num_
     KP, CP = pad(K), pad(C)
     inputs, flags = position_inputs(factors)
     device = inputs[0].device
-    scale = cum = final = None
+    alpha_table = v_table = scale = cum = final = None
     if max_semiring:
         alpha_table = torch.empty((B, T + 1, C), dtype=backpointer_dtype(KP), device=device)
         v_table = torch.empty((B, T + 1, C), dtype=backpointer_dtype(CP), device=device)
@@ -157,8 +168,6 @@ def forward_sweep(factors, duration_ring: torch.Tensor, max_semiring: bool, num_
         v_table = torch.empty((B, T + 1, C), dtype=torch.float32, device=device)
         scale = torch.empty((B, T + 1), dtype=torch.float64, device=device)
         cum = torch.empty((B, C), dtype=torch.float64, device=device)
-    else:
-        alpha_table = v_table = None
     result = torch.empty(B, dtype=torch.float32, device=device)
     if B == 0:
         return result, final, alpha_table, v_table, scale, cum

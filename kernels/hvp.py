@@ -52,8 +52,22 @@ import triton.language as tl
 
 from . import backward
 from .backward import clear_past_length, count_durations, starts_window, zero_duration_counts
-from .common import (LOG2E, boundary_row, duration_ring, enter_factor, flow_num_warps, pad, position_inputs,
-                     position_rows, register_warps, sequence_inputs, sizes, small, step_factors, sweep_num_warps)
+from .common import (
+    LOG2E,
+    boundary_row,
+    duration_ring,
+    enter_factor,
+    flow_num_warps,
+    pad,
+    position_inputs,
+    position_rows,
+    register_warps,
+    sequence_inputs,
+    sizes,
+    small,
+    step_factors,
+    sweep_num_warps,
+)
 
 #: The lanes :func:`expectation_sweep` runs (its `KIND`).
 KINDS = {"tangent": 0, "entropy": 1, "cross_entropy": 2, "kl": 3}
@@ -294,7 +308,8 @@ def tangent_flow_kernel(
          + tl.load(end_ptr + labels, mask=valid, other=float("-inf")))
     t_z = (tl.load(t_alpha_ptr + length * C + labels, mask=valid, other=0.0)
            + tl.load(t_end_ptr + labels, mask=valid, other=0.0))
-    wz, inverse_z, _ = _softmax_parts(z[:, None], 0)
+    # (not `_`: compiled Triton keeps a name's type through the loop below, where it is reassigned)
+    wz, inverse_z, _surprisal_z = _softmax_parts(z[:, None], 0)
     start_mass = tl.sum(wz * inverse_z[None, :], axis=1)
     d_start_mass = start_mass * (t_z - tl.sum(tl.where(start_mass == 0, 0.0, start_mass * t_z), axis=0))
     tl.store(d_first_last_ptr + b * 2 * C + C + labels, d_start_mass, mask=valid)
@@ -335,23 +350,20 @@ def tangent_flow_kernel(
         total = tl.sum(w, axis=0) + w_1
         inverse = tl.where(total == 0, 0.0, 1.0 / tl.where(total == 0, 1.0, total))
         mean = (tl.sum(tl.where(w == 0, 0.0, w * t_x), axis=0) + tl.where(w_1 == 0, 0.0, w_1 * t_x_1)) * inverse
-        # the label before a segment that starts at e (e < L), then the end mass at e
-        if e < length:
-            wy, inverse_y, _ = _softmax_parts(
-                tl.load(alpha_ptr + e * C + labels, mask=valid, other=float("-inf"))[:, None] + transition, 0)
-            t_y = tl.load(t_alpha_ptr + e * C + labels, mask=valid, other=0.0)[:, None] + t_transition
-            p_y = wy * inverse_y[None, :]
-            t_mean_y = tl.sum(tl.where(p_y == 0, 0.0, p_y * t_y), axis=0)
-            d_flow = tl.where(p_y == 0, 0.0,
-                              p_y * (d_start_mass[None, :] + start_mass[None, :] * (t_y - t_mean_y[None, :])))
-            d_transition += d_flow
-            end_mass = tl.sum(p_y * start_mass[None, :], axis=1)
-            d_end_mass = tl.sum(d_flow, axis=1)
-            d_marginal += (d_end_mass - d_start_mass).to(tl.float64)
-        else:
-            end_mass = start_mass
-            d_end_mass = d_start_mass
-            d_marginal += d_end_mass.to(tl.float64)
+        # the label before a segment that starts at e (e < L), then the end mass at e. (Selected, not
+        # branched: Triton 3.6 gave an `if`'s two end masses, reduced along different axes, one layout.)
+        later = e < length
+        wy, inverse_y, _surprisal_y = _softmax_parts(
+            tl.load(alpha_ptr + e * C + labels, mask=valid, other=float("-inf"))[:, None] + transition, 0)
+        t_y = tl.load(t_alpha_ptr + e * C + labels, mask=valid, other=0.0)[:, None] + t_transition
+        p_y = wy * inverse_y[None, :]
+        t_mean_y = tl.sum(tl.where(p_y == 0, 0.0, p_y * t_y), axis=0)
+        d_flow = tl.where(later & (p_y != 0),
+                          p_y * (d_start_mass[None, :] + start_mass[None, :] * (t_y - t_mean_y[None, :])), 0.0)
+        d_transition += d_flow
+        end_mass = tl.where(later, tl.sum(p_y * start_mass[None, :], axis=1), start_mass)
+        d_end_mass = tl.where(later, tl.sum(d_flow, axis=1), d_start_mass)
+        d_marginal += (d_end_mass - tl.where(later, d_start_mass, 0.0)).to(tl.float64)
         tl.store(t_alpha_ptr + e * C + labels, d_end_mass, mask=valid)  # the tangent of segment_end[e-1]
         tl.store(d_marginals_ptr + (e - 1) * C + labels, d_marginal.to(tl.float32), mask=valid)
         # the end mass at e flows to the starts e-1 .. e-K

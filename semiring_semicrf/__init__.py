@@ -3,6 +3,8 @@
 The public API is re-exported here; the implementation lives in the modules
 below (see the package layout in README.md).
 """
+from importlib import metadata as _metadata
+
 from .autograd import checkpointed_scan, log_partition, posterior, segment_marginals
 from .distribution import SemiMarkovDistribution
 from .factors import Factors
@@ -11,10 +13,17 @@ from .posterior import Posterior
 from .potentials import EdgePotentials, LogFactors, SemiMarkovPotentials
 from .scan import ScanProgram, ScanTables, semimarkov_scan
 from .segmentation import Segmentation
-from .semirings import (CrossEntropySemiring, EntropySemiring, ExpectationSemiring, KLDivergenceSemiring,
-                        KMaxSemiring, LogSemiring, MaxSemiring, Semiring, StdSemiring)
-
-from importlib import metadata as _metadata
+from .semirings import (
+    CrossEntropySemiring,
+    EntropySemiring,
+    ExpectationSemiring,
+    KLDivergenceSemiring,
+    KMaxSemiring,
+    LogSemiring,
+    MaxSemiring,
+    Semiring,
+    StdSemiring,
+)
 
 try:  # one source of truth: the installed metadata, i.e. pyproject.toml's [project] version
     __version__: str = _metadata.version("semiring-semicrf")

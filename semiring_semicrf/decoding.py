@@ -8,11 +8,13 @@ CUDA. Nothing of size `T K C` or `T C^2` is allocated; the back-pointers take
 """
 from __future__ import annotations
 
+import torch
+
 from . import backends
-from .potentials import require_potentials
+from .potentials import Potentials, require_potentials
 
 
-def viterbi(potentials, backend: str = "auto"):
+def viterbi(potentials: Potentials, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The best segmentation of each sequence.
 
     Args:
@@ -31,7 +33,7 @@ def viterbi(potentials, backend: str = "auto"):
     return backends.select(backend, potentials, "viterbi").viterbi(potentials.prepare())
 
 
-def topk(potentials, k: int, backend: str = "auto"):
+def topk(potentials: Potentials, k: int, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The k best distinct segmentations of each sequence, best first.
 
     Returns:

@@ -30,7 +30,8 @@ meaning for segmentations and raise NotImplementedError naming what to use.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch.distributions import Distribution, constraints, register_kl
@@ -70,7 +71,7 @@ class SegmentationsOf(constraints.Constraint):
     is_discrete = True
     event_dim = 1
 
-    def __init__(self, distribution: "SemiMarkovDistribution"):
+    def __init__(self, distribution: SemiMarkovDistribution):
         self.distribution = distribution
 
     def check(self, value: Segmentation) -> torch.Tensor:
@@ -109,8 +110,10 @@ class SemiMarkovDistribution(Distribution):
     arg_constraints: dict = {}
     has_enumerate_support = True
 
-    def __init__(self, scores, transition, duration, lengths=None, start=None, end=None, *,
-                 start_scores=None, end_scores=None, backend: str = "auto", validate_args: Optional[bool] = None):
+    def __init__(self, scores: torch.Tensor, transition: torch.Tensor, duration: torch.Tensor,
+                 lengths: torch.Tensor | Sequence[int] | None = None, start: torch.Tensor | None = None,
+                 end: torch.Tensor | None = None, *, start_scores: torch.Tensor | None = None,
+                 end_scores: torch.Tensor | None = None, backend: str = "auto", validate_args: bool | None = None):
         check = Distribution._validate_args if validate_args is None else bool(validate_args)
         potentials = SemiMarkovPotentials(scores, transition, duration, lengths, start, end,
                                           start_scores=start_scores, end_scores=end_scores, validate_args=check)
@@ -118,7 +121,7 @@ class SemiMarkovDistribution(Distribution):
 
     @classmethod
     def from_potentials(cls, potentials: SemiMarkovPotentials, backend: str = "auto",
-                        validate_args: Optional[bool] = None) -> "SemiMarkovDistribution":
+                        validate_args: bool | None = None) -> SemiMarkovDistribution:
         """The distribution of existing :class:`SemiMarkovPotentials`."""
         if not isinstance(potentials, SemiMarkovPotentials):
             raise TypeError(
@@ -128,7 +131,7 @@ class SemiMarkovDistribution(Distribution):
         self._setup(potentials, backend, validate_args)
         return self
 
-    def _setup(self, potentials: SemiMarkovPotentials, backend: str, validate_args: Optional[bool]) -> None:
+    def _setup(self, potentials: SemiMarkovPotentials, backend: str, validate_args: bool | None) -> None:
         backends.check_name(backend)
         self.potentials, self.backend = potentials, backend
         self._cache: dict = {}
@@ -157,22 +160,23 @@ class SemiMarkovDistribution(Distribution):
         return self.potentials.lengths
 
     # -- conversions and shapes ------------------------------------------------------
-    def to(self, *args, **kwargs) -> "SemiMarkovDistribution":
+    def to(self, *args, **kwargs) -> SemiMarkovDistribution:
         """The same distribution with its potentials converted by
         `torch.Tensor.to`'s arguments (a dtype, a device, both, keywords, or
         a tensor; see :meth:`SemiMarkovPotentials.to`), keeping the lengths
         (int64), `center`, the backend and `validate_args`."""
         return self._with(self.potentials.to(*args, **kwargs))
 
-    def double(self) -> "SemiMarkovDistribution":
+    def double(self) -> SemiMarkovDistribution:
         """`self.to(torch.float64)`."""
         return self.to(torch.float64)
 
-    def float(self) -> "SemiMarkovDistribution":
+    def float(self) -> SemiMarkovDistribution:
         """`self.to(torch.float32)`."""
         return self.to(torch.float32)
 
-    def expand(self, batch_shape, _instance=None) -> "SemiMarkovDistribution":
+    def expand(self, batch_shape: Sequence[int],
+               _instance: SemiMarkovDistribution | None = None) -> SemiMarkovDistribution:
         """The distribution broadcast to `batch_shape = (B',)`: a batch of one
         sequence repeated `B'` times (views, as `torch.Tensor.expand`), or
         the same batch when `B' = B`."""
@@ -184,7 +188,7 @@ class SemiMarkovDistribution(Distribution):
         new._setup(self.potentials.expand(batch_shape[0]), self.backend, self._validate_args)
         return new
 
-    def _with(self, potentials: SemiMarkovPotentials) -> "SemiMarkovDistribution":
+    def _with(self, potentials: SemiMarkovPotentials) -> SemiMarkovDistribution:
         return SemiMarkovDistribution.from_potentials(potentials, self.backend, self._validate_args)
 
     def _broadcast(self, value: Segmentation, name: str) -> Segmentation:
@@ -215,7 +219,9 @@ class SemiMarkovDistribution(Distribution):
         """`log Z (B,)`, differentiable (streaming backward)."""
         return self._partition().clone()
 
-    def log_prob(self, value: Segmentation) -> torch.Tensor:
+    # The values of this distribution are Segmentations where torch's base class types them as Tensors:
+    # log_prob, sample, mode and enumerate_support override it with that type (type: ignore[override]).
+    def log_prob(self, value: Segmentation) -> torch.Tensor:  # type: ignore[override]
         """`log p(value)`, `(..., B)` for a Segmentation that broadcasts to
         `(..., B, T)` (`(T,)` or `(1, T)`: one segmentation scored in every
         sequence; `(N, 1, T)`: N of them); `-inf` for empty entries, and for
@@ -239,14 +245,15 @@ class SemiMarkovDistribution(Distribution):
         """`(B,)` float64: the number of allowed segmentations (forbidden
         `-inf` potentials excluded), exact integers up to 2**53."""
         def compute():
-            tensors = {name: torch.where(torch.isneginf(t), t, torch.zeros_like(t)).double().detach()
+            tensors: dict[str, Any] = {name: torch.where(torch.isneginf(t), t, torch.zeros_like(t)).double().detach()
                        for name, t in self.potentials.tensors().items()}
             unit = SemiMarkovPotentials(lengths=self.lengths, validate_args=False, **tensors)
             with torch.no_grad():
                 return semimarkov_scan(unit, _CountingSemiring())
         return self._cached("count", compute).clone()
 
-    def enumerate_support(self, expand: bool = True, *, limit: int = SUPPORT_LIMIT) -> Segmentation:
+    def enumerate_support(  # type: ignore[override]  # a Segmentation (see log_prob)
+            self, expand: bool = True, *, limit: int = SUPPORT_LIMIT) -> Segmentation:
         """Every allowed segmentation, `(n, B, T)`, for tiny problems.
 
         `n` is the largest number of allowed segmentations of a sequence;
@@ -329,7 +336,7 @@ class SemiMarkovDistribution(Distribution):
         return self._argmax().clone()
 
     @property
-    def mode(self) -> Segmentation:
+    def mode(self) -> Segmentation:  # type: ignore[override]  # a Segmentation (see log_prob)
         """The most probable segmentation: :attr:`argmax`."""
         return self.argmax
 
@@ -345,7 +352,9 @@ class SemiMarkovDistribution(Distribution):
         value = Segmentation(labels, starts)
         return TopK(value.log_potential(self.potentials, validate=False), value)
 
-    def sample(self, sample_shape=torch.Size(), generator: Optional[torch.Generator] = None) -> Segmentation:
+    def sample(  # type: ignore[override]  # a Segmentation (see log_prob)
+            self, sample_shape: Sequence[int] = torch.Size(),
+            generator: torch.Generator | None = None) -> Segmentation:
         """Exact samples, `(*sample_shape, B, T)`; reproducible with `generator`."""
         sample_shape = torch.Size(sample_shape)
         if any(n < 0 for n in sample_shape):
@@ -359,7 +368,7 @@ class SemiMarkovDistribution(Distribution):
         return Segmentation(labels.reshape(shape), starts.reshape(shape))
 
     # -- information ------------------------------------------------------------------
-    def expected_score(self, potentials: Optional[SemiMarkovPotentials] = None) -> torch.Tensor:
+    def expected_score(self, potentials: SemiMarkovPotentials | None = None) -> torch.Tensor:
         """`(B,)`: `E_p[score(y)]` under `potentials` (default p's own), from
         p's expected counts; differentiable w.r.t. `potentials` only.
 
@@ -370,14 +379,14 @@ class SemiMarkovDistribution(Distribution):
         information.check_compatible(self.potentials, q)
         return information.expected_score(self._posterior(), self.potentials, q)
 
-    def _other(self, other) -> "SemiMarkovDistribution":
+    def _other(self, other) -> SemiMarkovDistribution:
         """`other`, checked to be a distribution of the same shapes."""
         if not isinstance(other, SemiMarkovDistribution):
             raise TypeError(f"other must be a SemiMarkovDistribution, got {type(other).__name__}")
         information.check_compatible(self.potentials, other.potentials)
         return other
 
-    def _own_posterior(self) -> Optional[Posterior]:
+    def _own_posterior(self) -> Posterior | None:
         """The cached posterior, unless the result must carry p's gradient."""
         return None if information.tracks_grad(self.potentials) else self._posterior()
 
@@ -387,14 +396,14 @@ class SemiMarkovDistribution(Distribution):
         terms, :mod:`~semiring_semicrf.information`)."""
         return information.entropy(self.potentials, self.backend)
 
-    def cross_entropy(self, other: "SemiMarkovDistribution") -> torch.Tensor:
+    def cross_entropy(self, other: SemiMarkovDistribution) -> torch.Tensor:
         """`H(p, q) = -E_p[log q(y)]` `(B,)`, `p = self`, `q = other`:
         `+inf` where p gives any probability to a segmentation q forbids
         (a part q scores `-inf`), 0 where p allows no segmentation."""
         q = self._other(other)
         return information.cross_entropy(self.potentials, q.potentials, self.backend, self._own_posterior())
 
-    def kl(self, other: "SemiMarkovDistribution") -> torch.Tensor:
+    def kl(self, other: SemiMarkovDistribution) -> torch.Tensor:
         """`KL(p || q) = E_p[log p(y) - log q(y)]` `(B,)`, `p = self`, `q = other`:
         `+inf` where p gives any probability to a segmentation q forbids
         (a part q scores `-inf`), 0 where p allows no segmentation."""

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Optional
 
 import torch
 
@@ -75,7 +74,7 @@ class Factors:
 
     is_explicit = False
 
-    def __init__(self, potentials, dtype: Optional[torch.dtype] = None, mean: Optional[torch.Tensor] = None):
+    def __init__(self, potentials, dtype: torch.dtype | None = None, mean: torch.Tensor | None = None):
         self.potentials = potentials
         self.lengths = potentials.lengths
         self.dtype = potentials.dtype if dtype is None else dtype
@@ -89,12 +88,12 @@ class Factors:
     device = property(lambda self: self.potentials.device)
     duration_dependent = property(lambda self: self.potentials.duration_dependent)
 
-    def to(self, dtype: torch.dtype) -> "Factors":
+    def to(self, dtype: torch.dtype) -> Factors:
         """The same factors in another working dtype (the mean is shared, so
         the centring and its compensation stay exact in every dtype)."""
         return self if dtype == self.dtype else Factors(self.potentials, dtype, self.mean)
 
-    def replace(self, **tensors: torch.Tensor) -> "Factors":
+    def replace(self, **tensors: torch.Tensor) -> Factors:
         """A copy with some factors (`enter`, `leave`, `duration`,
         `transition`, `start`, `end`) replaced, e.g. by leaves to
         differentiate against; the rest is derived from them."""
@@ -150,7 +149,7 @@ class Factors:
         x = self.potentials.scores[:, t0:t1].to(self.dtype, copy=True)  # one buffer, then in place
         return x.sub_(self.mean.to(self.dtype)[:, None]).masked_fill_(self.padding(t0, t1), 0.0)
 
-    def _boundary(self, name: str, t0: int, t1: int) -> Optional[torch.Tensor]:
+    def _boundary(self, name: str, t0: int, t1: int) -> torch.Tensor | None:
         """`start_scores`/`end_scores` of positions `[t0, t1)`, `(B, n, C)`,
         0 past each length; or None."""
         t = getattr(self.potentials, name)

@@ -108,7 +108,8 @@ class _State:
     def __init__(self, kind: str, backend: str, p: SemiMarkovPotentials, q: SemiMarkovPotentials | None,
                  post: Posterior | None):
         self.kind, self.backend, self.p, self.q, self.post = kind, backend, p, q, post
-        self.rung = self.saved = None  # the rung that answered, and its tables of p's and q's forwards
+        self.rung: backends.Backend | None = None  # the rung that answered
+        self.saved: tuple | None = None  # its tables of p's and q's forwards
 
 
 class Information(torch.autograd.Function):

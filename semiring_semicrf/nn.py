@@ -1,8 +1,6 @@
 """`SemiMarkovCRFHead`: a semi-Markov CRF output layer for encoder features."""
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -44,7 +42,7 @@ class SemiMarkovCRFHead(nn.Module):
         return (f"num_classes={self.num_classes}, max_duration={self.max_duration}, hidden_dim={self.hidden_dim}, "
                 f"backend={self.backend!r}")
 
-    def forward(self, hidden: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> SemiMarkovDistribution:
+    def forward(self, hidden: torch.Tensor, lengths: torch.Tensor | None = None) -> SemiMarkovDistribution:
         """The distribution over segmentations given `hidden (B, T, H)` and
         `lengths (B,)` (default: all T)."""
         if not isinstance(hidden, torch.Tensor) or not hidden.is_floating_point():
@@ -64,13 +62,13 @@ class SemiMarkovCRFHead(nn.Module):
         return SemiMarkovDistribution(scores.to(dtype), self.transition.to(dtype), self.duration.to(dtype), lengths,
                                       self.start.to(dtype), self.end.to(dtype), backend=self.backend)
 
-    def compute_loss(self, hidden: torch.Tensor, lengths: Optional[torch.Tensor], labels: Segmentation) -> torch.Tensor:
+    def compute_loss(self, hidden: torch.Tensor, lengths: torch.Tensor | None, labels: Segmentation) -> torch.Tensor:
         """Mean negative log-likelihood of the gold segmentations `labels`
         (a `(B, T)` :class:`Segmentation`) over the batch; errors about the
         gold segmentations name `labels`."""
         return -self(hidden, lengths)._log_prob(labels, "labels").mean()
 
     @torch.no_grad()
-    def decode(self, hidden: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> Segmentation:
+    def decode(self, hidden: torch.Tensor, lengths: torch.Tensor | None = None) -> Segmentation:
         """The Viterbi segmentation `(B, T)` of each sequence."""
         return self(hidden, lengths).argmax

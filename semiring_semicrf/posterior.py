@@ -41,7 +41,7 @@ class Posterior:
 
     FIELDS = ("log_z", "segment_start", "segment_end", "transition", "duration", "first", "last")
 
-    def clone(self) -> "Posterior":
+    def clone(self) -> Posterior:
         """A copy that owns its tensors."""
         return replace(self, **{name: getattr(self, name).clone() for name in self.FIELDS})
 

@@ -18,7 +18,8 @@ convention), built once by :meth:`SemiMarkovPotentials.factors`.
 """
 from __future__ import annotations
 
-from typing import Optional
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import torch
 
@@ -38,11 +39,23 @@ def _valid_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
     return torch.arange(T, device=lengths.device) < lengths[:, None]
 
 
+_Converted = TypeVar("_Converted", bound="_Conversions")
+
+
 class _Conversions:
     """`to`, `double` and `float` for potentials (`tensors()` and `lengths`;
     `_with(tensors, lengths)` builds the copy)."""
 
-    def to(self, *args, **kwargs):
+    lengths: torch.Tensor
+
+    if TYPE_CHECKING:  # what a subclass defines
+        def tensors(self) -> dict[str, torch.Tensor]:
+            ...
+
+        def _with(self: _Converted, tensors: dict, lengths: torch.Tensor) -> _Converted:
+            ...
+
+    def to(self: _Converted, *args, **kwargs) -> _Converted:
         """The potentials converted by `torch.Tensor.to(*args, **kwargs)`: a
         dtype, a device, both (`to(device, dtype)`, keywords), or a tensor
         whose dtype and device to take. Lengths stay int64 and move with the
@@ -58,11 +71,11 @@ class _Conversions:
                             f"got {first.dtype}")
         return self._with(converted, self.lengths.to(first.device))
 
-    def double(self):
+    def double(self: _Converted) -> _Converted:
         """`self.to(torch.float64)`."""
         return self.to(torch.float64)
 
-    def float(self):
+    def float(self: _Converted) -> _Converted:
         """`self.to(torch.float32)`."""
         return self.to(torch.float32)
 
@@ -97,10 +110,12 @@ class SemiMarkovPotentials(_Conversions):
     `torch.Tensor.to` would, keeping the lengths (int64) and `center`.
     """
 
-    is_explicit = False
+    is_explicit: Literal[False] = False
 
-    def __init__(self, scores, transition, duration, lengths=None, start=None, end=None,
-                 start_scores=None, end_scores=None, *, validate_args: bool = True, center: bool = True):
+    def __init__(self, scores: torch.Tensor, transition: torch.Tensor, duration: torch.Tensor,
+                 lengths: torch.Tensor | Sequence[int] | None = None, start: torch.Tensor | None = None,
+                 end: torch.Tensor | None = None, start_scores: torch.Tensor | None = None,
+                 end_scores: torch.Tensor | None = None, *, validate_args: bool = True, center: bool = True):
         scores = V.as_float_tensor("scores", scores, ndim=3)
         B, T, C = scores.shape
         if T < 1 or C < 1:
@@ -108,7 +123,8 @@ class SemiMarkovPotentials(_Conversions):
         duration = V.as_float_tensor("duration", duration, ndim=2)
         K = duration.shape[0]
         if K < 1:
-            raise ValueError(f"duration must have shape (K, C) with K >= 1 (the longest segment), got {tuple(duration.shape)}")
+            raise ValueError("duration must have shape (K, C) with K >= 1 (the longest segment), "
+                             f"got {tuple(duration.shape)}")
         V.check_shape("duration", duration, (K, C), "(K, C)")
         transition = V.as_float_tensor("transition", transition)
         if transition.dim() == 3:
@@ -139,7 +155,7 @@ class SemiMarkovPotentials(_Conversions):
         self.start, self.end = start, end
         self.start_scores, self.end_scores = extras["start_scores"], extras["end_scores"]
         self.center = bool(center)
-        self._factors: Optional[Factors] = None  # cached when no input needs grad
+        self._factors: Factors | None = None  # cached when no input needs grad
 
     # -- sizes ---------------------------------------------------------------
     @property
@@ -173,7 +189,7 @@ class SemiMarkovPotentials(_Conversions):
         """True when `transition` is `(K, C, C)` (no factorized scan then)."""
         return self.transition.dim() == 3
 
-    def tensors(self) -> dict:
+    def tensors(self) -> dict[str, torch.Tensor]:
         """The user's tensors by name (extras only where given)."""
         out = {"scores": self.scores, "transition": self.transition, "duration": self.duration,
                "start": self.start, "end": self.end}
@@ -182,20 +198,21 @@ class SemiMarkovPotentials(_Conversions):
                 out[name] = getattr(self, name)
         return out
 
-    def replace(self, **tensors) -> "SemiMarkovPotentials":
+    def replace(self, **tensors: torch.Tensor) -> SemiMarkovPotentials:
         """A copy with some tensors replaced, their shapes, dtypes and devices
         checked again; the same lengths, not checked again (their range check
-        reads them on the host: a device sync on CUDA)."""
+        reads them on the host: a device sync on CUDA), moved to the new
+        tensors' device if they went elsewhere."""
         return self._with({**self.tensors(), **tensors}, self.lengths)
 
-    def _with(self, tensors: dict, lengths: torch.Tensor) -> "SemiMarkovPotentials":
+    def _with(self, tensors: dict, lengths: torch.Tensor) -> SemiMarkovPotentials:
         """New potentials of these tensors (checked) and these lengths (not
         checked again), with this `center`."""
         copy = SemiMarkovPotentials(validate_args=False, center=self.center, **tensors)
-        copy.lengths = lengths
+        copy.lengths = lengths.to(copy.device)
         return copy
 
-    def __getitem__(self, index) -> "SemiMarkovPotentials":
+    def __getitem__(self, index) -> SemiMarkovPotentials:
         """The potentials of some sequences of the batch: an int (kept as a
         batch of one), a slice, or a 1-D index tensor or list."""
         if isinstance(index, int) and not isinstance(index, bool):
@@ -203,7 +220,7 @@ class SemiMarkovPotentials(_Conversions):
         per_sequence = {name: t[index] for name, t in self.tensors().items() if name in PER_POSITION}
         return self._with({**self.tensors(), **per_sequence}, self.lengths[index])
 
-    def expand(self, batch_size: int) -> "SemiMarkovPotentials":
+    def expand(self, batch_size: int) -> SemiMarkovPotentials:
         """A batch of `batch_size` from a batch of one (or of `batch_size`:
         itself), broadcast as `torch.Tensor.expand` does: views, no copy."""
         size = self.batch_size
@@ -275,13 +292,14 @@ class SemiMarkovPotentials(_Conversions):
         return torch.cat([pad, edge], dim=2)
 
     @staticmethod
-    def from_edges(edge, lengths=None, *, validate_args: bool = True) -> "EdgePotentials":
+    def from_edges(edge: torch.Tensor, lengths: torch.Tensor | Sequence[int] | None = None, *,
+                   validate_args: bool = True) -> EdgePotentials:
         """Explicit potentials from an edge tensor in pytorch-struct's layout;
         see :class:`EdgePotentials`."""
         return EdgePotentials(edge, lengths, validate_args=validate_args)
 
 
-def require_potentials(potentials, name: str = "potentials") -> None:
+def require_potentials(potentials: object, name: str = "potentials") -> None:
     """Raise a TypeError naming `name` unless it holds potentials."""
     if not isinstance(potentials, (SemiMarkovPotentials, EdgePotentials)):
         raise TypeError(f"{name} must be SemiMarkovPotentials or EdgePotentials, got {type(potentials).__name__}")
@@ -302,10 +320,11 @@ class EdgePotentials(_Conversions):
     `validate_args` does not look at them.
     """
 
-    is_explicit = True
+    is_explicit: Literal[True] = True
     duration_dependent = True
 
-    def __init__(self, edge, lengths=None, *, validate_args: bool = True):
+    def __init__(self, edge: torch.Tensor, lengths: torch.Tensor | Sequence[int] | None = None, *,
+                 validate_args: bool = True):
         edge = V.as_float_tensor("edge", edge, ndim=5)
         B, T, K1, C, C2 = edge.shape
         if K1 < 2 or C != C2 or T < 1 or C < 1:
@@ -332,20 +351,24 @@ class EdgePotentials(_Conversions):
     dtype = property(lambda self: self._edge.dtype)
     device = property(lambda self: self._edge.device)
 
-    def tensors(self) -> dict:
+    def tensors(self) -> dict[str, torch.Tensor]:
         """The input tensors by name (`edge`: as given, padding included)."""
         return {"edge": self._edge}
 
-    def _with(self, tensors: dict, lengths: torch.Tensor) -> "EdgePotentials":
+    def _with(self, tensors: dict, lengths: torch.Tensor) -> EdgePotentials:
         """New potentials of these edges and these lengths (not checked
         again: the range check reads them on the host)."""
         copy = EdgePotentials(tensors["edge"], validate_args=False)
         copy.lengths = lengths
         return copy
 
-    def prepare(self) -> "EdgePotentials":
+    def prepare(self) -> EdgePotentials:
         """Explicit edges are their own prepared form (the reference scan reads them)."""
         return self
 
     def to_edges(self) -> torch.Tensor:
         return self.edge
+
+
+#: What the scans, decoders and samplers take: structured or explicit potentials.
+Potentials = SemiMarkovPotentials | EdgePotentials

@@ -2,17 +2,16 @@
 (:mod:`semiring_semicrf.backends.reference.sample` documents the algorithm)."""
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from . import backends
-from .potentials import require_potentials
+from .potentials import Potentials, require_potentials
 
 
 @torch.compiler.disable(reason="sampling walks the sequences on the host (their lengths and the draws decide the "
                                 "steps); it runs eagerly, as a graph break, and fullgraph=True cannot hold it")
-def sample(potentials, num_samples: int, generator: Optional[torch.Generator] = None, backend: str = "auto"):
+def sample(potentials: Potentials, num_samples: int, generator: torch.Generator | None = None,
+           backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Draw `num_samples` exact samples of every sequence. Under
     `torch.compile` it runs eagerly (a graph break; `fullgraph=True` raises
     and names the reason).

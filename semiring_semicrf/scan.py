@@ -10,8 +10,8 @@ on structured potentials:
 | `LogSemiring()` | Log inside sweep (:func:`~semiring_semicrf.autograd.log_partition`) | the streaming outside sweep |
 | `MaxSemiring()` | Viterbi sweep | the best segmentation's parts (as `log_potential`) |
 | `KMaxSemiring(k)` | k-best sweep | the k segmentations' parts |
-| Entropy, CrossEntropy, KL | an inside sweep with an information lane (:mod:`semiring_semicrf.information`) | Hessian-vector products of log Z (dual-number sweeps) |
-| any other, explicit edges, or `backend="reference"`/`"compiled"` | the generic scan (query "scan") | block checkpointing |
+| Entropy, CrossEntropy, KL | inside sweep with an information lane (:mod:`.information`) | dual-number HVPs of log Z |
+| any other, explicit edges, `backend="reference"`/`"compiled"` | generic scan (query "scan") | block checkpointing |
 
 The rung that runs a specialization (Triton on CUDA, the torch sweeps,
 the reference) or the generic scan (compiled on CUDA, the reference) is
@@ -22,17 +22,25 @@ specialized: a subclass that changes an operation runs the generic scan.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Literal, overload
 
 import torch
 
 from . import backends, information
 from .autograd import log_partition
 from .backends.reference import RENORM_INTERVAL, ScanProgram, ScanTables, prepare, scan
-from .potentials import SemiMarkovPotentials
+from .potentials import Potentials, SemiMarkovPotentials
 from .segmentation import Segmentation
-from .semirings import (CrossEntropySemiring, EntropySemiring, KLDivergenceSemiring, KMaxSemiring, LogSemiring,
-                        MaxSemiring, Semiring)
+from .semirings import (
+    CrossEntropySemiring,
+    EntropySemiring,
+    KLDivergenceSemiring,
+    KMaxSemiring,
+    LogSemiring,
+    MaxSemiring,
+    Semiring,
+)
 
 __all__ = ["semimarkov_scan", "dispatch_table", "ScanProgram", "ScanTables", "RENORM_INTERVAL"]
 
@@ -87,8 +95,21 @@ SPECIALIZED: dict = {
 GENERIC_BACKENDS = ("reference", "compiled")
 
 
-def semimarkov_scan(potentials, semiring: Semiring = LogSemiring(), *, backend: str = "auto",
-                    low_memory: bool = False, return_tables: bool = False):
+@overload
+def semimarkov_scan(potentials: Potentials | Sequence[Potentials], semiring: Semiring = ..., *, backend: str = ...,
+                    low_memory: bool = ..., return_tables: Literal[False] = ...) -> torch.Tensor:
+    ...
+
+
+@overload
+def semimarkov_scan(potentials: Potentials | Sequence[Potentials], semiring: Semiring = ..., *, backend: str = ...,
+                    low_memory: bool = ..., return_tables: Literal[True]) -> tuple[torch.Tensor, ScanTables]:
+    ...
+
+
+def semimarkov_scan(potentials: Potentials | Sequence[Potentials], semiring: Semiring = LogSemiring(), *,
+                    backend: str = "auto", low_memory: bool = False,
+                    return_tables: bool = False) -> torch.Tensor | tuple[torch.Tensor, ScanTables]:
     """The semiring's sum over every segmentation, per sequence.
 
     Args:
@@ -121,7 +142,7 @@ def semimarkov_scan(potentials, semiring: Semiring = LogSemiring(), *, backend: 
     return special[1](tuple(users), semiring, backend, low_memory)
 
 
-def dispatch_table(devices: Optional[Sequence[str]] = None) -> list:
+def dispatch_table(devices: Sequence[str] | None = None) -> list:
     """`(semiring, potentials kind, device, path)` rows: what
     `semimarkov_scan(..., backend="auto")` runs on each (default devices:
     the CPU and every visible GPU)."""
@@ -137,7 +158,8 @@ def dispatch_table(devices: Optional[Sequence[str]] = None) -> list:
             for device in devices:
                 rung = backends.select("auto", _tiny(device, dependent), query, k=2)
                 rows.append((label, kind, device, f"{rung.name} ({_describe(query)})"))
-    for label, kind, explicit in (("any semiring", "explicit edges", True), ("any other semiring", "structured", False)):
+    generic = (("any semiring", "explicit edges", True), ("any other semiring", "structured", False))
+    for label, kind, explicit in generic:
         for device in devices:
             rung = backends.select("auto", _tiny(device, True, explicit), "scan")
             rows.append((label, kind, device, f"{rung.name} (generic scan)"))

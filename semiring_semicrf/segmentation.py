@@ -25,11 +25,11 @@ the label changes unless ``starts`` say otherwise) / the ``labels`` attribute.
 from __future__ import annotations
 
 import operator
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
-from .potentials import EdgePotentials, SemiMarkovPotentials
+from .potentials import EdgePotentials, Potentials, SemiMarkovPotentials
 
 
 class Segmentation:
@@ -47,7 +47,7 @@ class Segmentation:
             a label change without a start.
     """
 
-    def __init__(self, labels: torch.Tensor, starts: torch.Tensor, lengths: Optional[torch.Tensor] = None):
+    def __init__(self, labels: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor | None = None):
         labels = _checked_labels(labels)
         if not isinstance(starts, torch.Tensor) or starts.dtype != torch.bool:
             raise TypeError(f"starts must be a bool tensor of shape (..., T), got {_describe(starts)}")
@@ -96,7 +96,7 @@ class Segmentation:
         """`(...)` int64: the number of segments of each sequence."""
         return self.starts.sum(dim=-1)
 
-    def __getitem__(self, index) -> "Segmentation":
+    def __getitem__(self, index) -> Segmentation:
         """Index the leading dims (never T): `seg[0]`, `seg[:, 2]`, ..."""
         index = index if isinstance(index, tuple) else (index,)
         if any(i is Ellipsis for i in index):
@@ -105,14 +105,14 @@ class Segmentation:
             raise IndexError(f"too many indices for a Segmentation with {self.lengths.dim()} leading dim(s)")
         return Segmentation(self.labels[index], self.starts[index], self.lengths[index])
 
-    def to(self, device) -> "Segmentation":
+    def to(self, device: torch.device | str) -> Segmentation:
         return Segmentation(self.labels.to(device), self.starts.to(device), self.lengths.to(device))
 
-    def clone(self) -> "Segmentation":
+    def clone(self) -> Segmentation:
         """A copy that owns its tensors."""
         return Segmentation(self.labels.clone(), self.starts.clone(), self.lengths.clone())
 
-    def expand(self, *shape) -> "Segmentation":
+    def expand(self, *shape) -> Segmentation:
         """The same segmentations broadcast to the leading dims `shape` (the
         sizes before T; an int or a sequence of ints), as
         `torch.Tensor.expand` does: views, no copy."""
@@ -120,7 +120,7 @@ class Segmentation:
         return Segmentation(self.labels.expand(*shape, self.T), self.starts.expand(*shape, self.T),
                             self.lengths.expand(shape))
 
-    def equal(self, other: "Segmentation") -> bool:
+    def equal(self, other: Segmentation) -> bool:
         """True when both hold the same segmentations (same shape)."""
         return (self.shape == other.shape and torch.equal(self.labels, other.labels.to(self.device))
                 and torch.equal(self.starts, other.starts.to(self.device))
@@ -133,7 +133,8 @@ class Segmentation:
 
     # -- conversions ----------------------------------------------------------
     @classmethod
-    def from_segments(cls, segments: Sequence, T: Optional[int] = None, *, device=None) -> "Segmentation":
+    def from_segments(cls, segments: Sequence, T: int | None = None, *,
+                      device: torch.device | str | None = None) -> Segmentation:
         """From one list of `(start, end, label)` segments per sequence.
 
         Args:
@@ -163,7 +164,8 @@ class Segmentation:
         for b, sequence in enumerate(segments):
             if not isinstance(sequence, (list, tuple)):
                 raise ValueError(f"segments[{b}] must be a list of (start, end, label), got {type(sequence).__name__}")
-            labels, starts = [], []
+            labels: list[int] = []
+            starts: list[bool] = []
             for segment in sequence:
                 try:
                     start, end, label = (operator.index(x) for x in segment)
@@ -189,9 +191,10 @@ class Segmentation:
         if max(lengths, default=0) > T:
             b = max(range(len(lengths)), key=lambda i: lengths[i])
             raise ValueError(f"segments[{b}] covers [0, {lengths[b]}), past T = {T}")
-        labels = torch.tensor([row + [-1] * (T - len(row)) for row in label_rows], dtype=torch.int64).view(-1, T)
-        starts = torch.tensor([row + [False] * (T - len(row)) for row in start_rows], dtype=torch.bool).view(-1, T)
-        return cls(labels.to(device), starts.to(device), torch.tensor(lengths, dtype=torch.int64, device=device))
+        label_table = torch.tensor([row + [-1] * (T - len(row)) for row in label_rows], dtype=torch.int64).view(-1, T)
+        start_table = torch.tensor([row + [False] * (T - len(row)) for row in start_rows], dtype=torch.bool).view(-1, T)
+        return cls(label_table.to(device), start_table.to(device),
+                   torch.tensor(lengths, dtype=torch.int64, device=device))
 
     def to_segments(self) -> list:
         """Nested lists (one level per leading dim) of `(start, end, label)`."""
@@ -207,8 +210,8 @@ class Segmentation:
         return convert(starts, ends, labels)
 
     @classmethod
-    def from_labels(cls, labels: torch.Tensor, starts: Optional[torch.Tensor] = None,
-                    lengths: Optional[torch.Tensor] = None) -> "Segmentation":
+    def from_labels(cls, labels: torch.Tensor, starts: torch.Tensor | None = None,
+                    lengths: torch.Tensor | None = None) -> Segmentation:
         """From per-position labels `(..., T)`.
 
         Args:
@@ -231,7 +234,7 @@ class Segmentation:
         return cls(labels, starts, lengths)
 
     # -- checks against a problem -----------------------------------------------
-    def validate(self, potentials, *, name: str = "value") -> None:
+    def validate(self, potentials: Potentials, *, name: str = "value") -> None:
         """Raise ValueError unless every entry is a segmentation allowed by
         `potentials` or empty: shape `(..., B, T)`, lengths equal to the
         potentials' (no segment past the length, none missing), labels in
@@ -254,7 +257,7 @@ class Segmentation:
             raise ValueError(f"{name}{where[:-1]}: the segment starting at {where[-1]} has length "
                              f"{int(self.durations()[tuple(where)])}, longer than K = {potentials.K}")
 
-    def allowed(self, potentials) -> torch.Tensor:
+    def allowed(self, potentials: Potentials) -> torch.Tensor:
         """`(...)` bool: whether each entry is a segmentation of its sequence
         that `potentials` allow (it tiles `[0, length)` with labels in
         `[0, C)` and durations in `[1, K]`, and no part of it is forbidden
@@ -267,7 +270,7 @@ class Segmentation:
                                torch.where(fits, self.lengths, torch.zeros_like(self.lengths)))
         return fits & torch.isfinite(fitting.log_potential(potentials, validate=False).detach())
 
-    def _misfits(self, potentials, name: str = "value") -> tuple:
+    def _misfits(self, potentials: Potentials, name: str = "value") -> tuple:
         """What keeps entries from being segmentations of their sequences:
         `(wrong_length (...), bad_label (..., T), too_long (..., T))`, an
         empty entry fitting any sequence. Raises ValueError unless the shape
@@ -280,7 +283,7 @@ class Segmentation:
         return wrong_length, self.labels >= potentials.C, self.durations() > potentials.K
 
     # -- scores -----------------------------------------------------------------
-    def log_potential(self, potentials, *, validate: bool = True) -> torch.Tensor:
+    def log_potential(self, potentials: Potentials, *, validate: bool = True) -> torch.Tensor:
         """The (unnormalized) log-potential of each segmentation, `(...)`;
         `-inf` for empty entries.
 

@@ -6,7 +6,7 @@ expected and the given shape, before any computation runs.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -75,13 +75,13 @@ def check_lengths(lengths, batch: int, T: int, device: torch.device) -> torch.Te
     return lengths.to(device=device, dtype=torch.int64)
 
 
-def _inside(value: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
+def _inside(value: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     """`value` with the positions outside `valid` (padding) set to 0: the
     values a check must see."""
     return value if valid is None else value.masked_fill(~valid[..., None], 0.0)
 
 
-def check_no_nan(name: str, value: torch.Tensor, valid: Optional[torch.Tensor] = None) -> None:
+def check_no_nan(name: str, value: torch.Tensor, valid: torch.Tensor | None = None) -> None:
     """Raise if `value` holds NaN or +inf (used under `validate_args`).
 
     Log-potentials are finite, or -inf for a forbidden move; +inf has no

@@ -17,18 +17,29 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import perturbed, tiny_problems
 
-from semiring_semicrf import (CrossEntropySemiring, EntropySemiring, KLDivergenceSemiring, KMaxSemiring, LogSemiring,
-                              MaxSemiring, SemiMarkovPotentials, StdSemiring, backends, posterior, semimarkov_scan)
+from semiring_semicrf import (
+    CrossEntropySemiring,
+    EntropySemiring,
+    KLDivergenceSemiring,
+    KMaxSemiring,
+    LogSemiring,
+    MaxSemiring,
+    SemiMarkovPotentials,
+    StdSemiring,
+    backends,
+    posterior,
+    semimarkov_scan,
+)
 from semiring_semicrf.backends.reference import ReferenceBackend
 from semiring_semicrf.posterior import Posterior
 from semiring_semicrf.testing import enumerate_structures
-from strategies import perturbed, tiny_problems
 
 # log(0) = -inf ends a log-sum-exp over impossible terms; the interpreter (numpy) warns.
 pytestmark = pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning")
 RUNGS = ["torch", "triton"]
-FIELDS = [name for name in Posterior.FIELDS]
+FIELDS = list(Posterior.FIELDS)
 # (B, T, K, C): odd and prime sizes, K > T, T = 1, a single label.
 SIZES = [(3, 7, 5, 3), (2, 11, 3, 5), (5, 13, 7, 2), (2, 3, 5, 7), (1, 1, 3, 1)]
 

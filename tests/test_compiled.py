@@ -16,8 +16,17 @@ from hypothesis import strategies as st
 from test_semirings import SEMIRINGS as SHIPPED
 from test_semirings import BooleanSemiring, BottleneckSemiring, MaxCountSemiring
 
-from semiring_semicrf import (EntropySemiring, KMaxSemiring, LogSemiring, MaxSemiring, SemiMarkovPotentials, backends,
-                              semimarkov_scan)
+from semiring_semicrf import (
+    EntropySemiring,
+    KMaxSemiring,
+    LogSemiring,
+    MaxSemiring,
+    Segmentation,
+    SemiMarkovDistribution,
+    SemiMarkovPotentials,
+    backends,
+    semimarkov_scan,
+)
 from semiring_semicrf.backends import compiled
 from semiring_semicrf.backends.reference import ScanProgram
 from semiring_semicrf.scan import dispatch_table
@@ -42,9 +51,10 @@ def problem(kind: str, seed: int, lengths, extras: bool, dtype=torch.float64, de
 
     transition = draw(K, C, C) if kind != "factorized" else draw(C, C)
     transition[..., 0, 1] = float("-inf")
+    # integer potentials uncentred, so that their edges are exact integers (exact ties)
     p = SemiMarkovPotentials(draw(B, T, C), transition, draw(K, C), torch.tensor(lengths, device=device),
                              start=draw(C), end=draw(C), start_scores=draw(B, T, C) if extras else None,
-                             end_scores=draw(B, T, C) if extras else None)
+                             end_scores=draw(B, T, C) if extras else None, center=not integer)
     return SemiMarkovPotentials.from_edges(p.to_edges(), p.lengths) if kind == "explicit" else p
 
 
@@ -147,6 +157,22 @@ def test_entropy_compiled_gradients_equal_the_reference(seed, lengths, extras):
     p = problem("general", seed, lengths, extras)
     assert_compiled_equals_eager(EntropySemiring(), (p,))
     assert_gradients_equal(EntropySemiring(), (p,))
+
+
+def test_the_compiled_rung_leaves_distribution_validation_on(monkeypatch):
+    """Dynamo turns torch.distributions' default validation off when it is
+    first set up; the rung puts it back, so a distribution built after a
+    compiled scan still checks its arguments."""
+    from torch._dynamo.eval_frame import TorchPatcher
+    from torch.distributions import Distribution
+
+    monkeypatch.setattr(Distribution, "_validate_args", True)
+    TorchPatcher.patch.cache_clear()  # as in a fresh process: the next torch.compile sets dynamo up
+    semimarkov_scan(problem("factorized", 0, [T] * B, False), MaxCountSemiring(), backend="compiled")
+    assert Distribution._validate_args
+    d = SemiMarkovDistribution(torch.randn(1, 4, C), torch.randn(C, C), torch.randn(K, C))
+    with pytest.raises(ValueError, match="label"):
+        d.log_prob(Segmentation.from_segments([[(0, 4, C)]], T=4))
 
 
 def test_a_semiring_torch_compile_cannot_trace_gets_a_clear_error():

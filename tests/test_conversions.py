@@ -117,3 +117,15 @@ def test_to_a_device_moves_the_lengths_too():
         torch.testing.assert_close(moved.partition.cpu(), d.partition.to(moved.potentials.dtype))
     back = d.to("cuda", F64).to("cpu")
     assert back.lengths.device.type == "cpu" and back.potentials.dtype == F64
+
+
+def test_replace_moves_the_lengths_with_the_tensors():
+    """`replace` with tensors on another device takes the lengths along (a
+    benchmark moved the tensors to a GPU and kept CPU lengths, and the
+    factors then mixed devices)."""
+    g = torch.Generator().manual_seed(0)
+    p = SemiMarkovPotentials(torch.randn(2, 5, 3, generator=g), torch.randn(3, 3, generator=g),
+                             torch.randn(2, 3, generator=g), torch.tensor([5, 3]))
+    moved = p.replace(**{name: t.to("meta") for name, t in p.tensors().items()})
+    assert moved.lengths.device.type == "meta" and moved.device.type == "meta"
+    assert p.replace(scores=p.scores + 1).lengths is p.lengths

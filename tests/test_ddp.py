@@ -157,14 +157,16 @@ TINY = ["--cpu", "--batch-size", "3", "--batches", "2", "--steps", "2", "--warmu
         "--max-duration", "5", "--hidden-dim", "6", "--min-length", "9", "--max-length", "20", "--val-size", "4"]
 
 
-def run_ddp_example(*args, timeout=240) -> subprocess.CompletedProcess:
+def run_ddp_example(*args, timeout=900) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, str(DDP_EXAMPLE), *args], capture_output=True, text=True, env=env,
                           timeout=timeout)
 
 
 def test_ddp_example_check_runs_one_and_two_processes_and_their_gradients_agree(tmp_path):
-    run = run_ddp_example("--check", "--no-lightning", "--out", str(tmp_path), *TINY)
+    # (--timeout per run: a loaded 2-core machine once took past the default 150 s, and the check stopped
+    # torchrun after its workers had finished)
+    run = run_ddp_example("--check", "--no-lightning", "--timeout", "400", "--out", str(tmp_path), *TINY)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     table = run.stdout.strip().splitlines()[-10:]
     assert table[0] == "| data parallel | 1 CPU process | 2 CPU processes |", run.stdout

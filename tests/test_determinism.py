@@ -89,7 +89,7 @@ def digests(device="cpu", backend="auto") -> dict:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_digests() -> tuple:
     return tuple(digests().items())
 

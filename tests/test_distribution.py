@@ -4,8 +4,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import perturbed, tiny_problems
 
-from semiring_semicrf import (CrossEntropySemiring, EntropySemiring, KLDivergenceSemiring, SemiMarkovPotentials,
-                              semimarkov_scan)
+from semiring_semicrf import (
+    CrossEntropySemiring,
+    EntropySemiring,
+    KLDivergenceSemiring,
+    SemiMarkovPotentials,
+    semimarkov_scan,
+)
 from semiring_semicrf.distribution import SemiMarkovDistribution
 from semiring_semicrf.testing import enumerate_structures
 

@@ -36,7 +36,8 @@ def test_constructor_and_from_potentials_agree():
     args = dict(scores=torch.randn(2, 4, 3, generator=g, dtype=torch.float64),
                 transition=torch.randn(2, 3, 3, generator=g, dtype=torch.float64),
                 duration=torch.randn(2, 3, generator=g, dtype=torch.float64), lengths=torch.tensor([4, 2]),
-                start=torch.randn(3, generator=g, dtype=torch.float64), end=torch.randn(3, generator=g, dtype=torch.float64),
+                start=torch.randn(3, generator=g, dtype=torch.float64),
+                end=torch.randn(3, generator=g, dtype=torch.float64),
                 start_scores=torch.randn(2, 4, 3, generator=g, dtype=torch.float64),
                 end_scores=torch.randn(2, 4, 3, generator=g, dtype=torch.float64))
     a = SemiMarkovDistribution(**args)

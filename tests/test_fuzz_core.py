@@ -7,11 +7,30 @@ from __future__ import annotations
 import pytest
 import torch
 from hypothesis import assume, given, settings
-from test_fuzz_harness import (TENSOR_NAMES, ByPosition, Case, Expect, Raises, Returns, assert_matches, params,
-                               poked_oracle, problems, reference_log_z)
+from test_fuzz_harness import (
+    TENSOR_NAMES,
+    ByPosition,
+    Case,
+    Expect,
+    Raises,
+    Returns,
+    assert_matches,
+    params,
+    poked_oracle,
+    problems,
+    reference_log_z,
+)
 
-from semiring_semicrf import (CrossEntropySemiring, EntropySemiring, KLDivergenceSemiring, KMaxSemiring,
-                              LogSemiring, MaxSemiring, SemiMarkovPotentials, semimarkov_scan)
+from semiring_semicrf import (
+    CrossEntropySemiring,
+    EntropySemiring,
+    KLDivergenceSemiring,
+    KMaxSemiring,
+    LogSemiring,
+    MaxSemiring,
+    SemiMarkovPotentials,
+    semimarkov_scan,
+)
 from semiring_semicrf.testing import enumerate_structures
 
 REQUIRED = ("scores", "transition", "duration")
@@ -273,7 +292,9 @@ def _edge_call(value_of, lengths_of=None, validate_args=True):
     def call(problem):
         edge = value_of(problem, edges_of(problem))
         lengths = torch.tensor(problem.lengths) if lengths_of is None else lengths_of(problem)
-        run = lambda: semimarkov_scan(SemiMarkovPotentials.from_edges(edge, lengths, validate_args=validate_args))
+
+        def run():
+            return semimarkov_scan(SemiMarkovPotentials.from_edges(edge, lengths, validate_args=validate_args))
         return run, (edge, lengths)
     return call
 

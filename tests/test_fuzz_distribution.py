@@ -6,13 +6,23 @@ from __future__ import annotations
 import pytest
 import torch
 from hypothesis import given, settings
-from test_fuzz_harness import (ByPosition, Case, Raises, Returns, assert_matches, params, problems,
-                               random_segments, reference_log_z)
+from test_fuzz_harness import (
+    ByPosition,
+    Case,
+    Raises,
+    Returns,
+    assert_matches,
+    params,
+    problems,
+    random_segments,
+    reference_log_z,
+)
 
 from semiring_semicrf import SemiMarkovPotentials
 from semiring_semicrf.distribution import SemiMarkovDistribution
 from semiring_semicrf.segmentation import Segmentation
 from semiring_semicrf.testing import enumerate_structures
+
 
 def dist(problem, **options) -> SemiMarkovDistribution:
     return SemiMarkovDistribution(**problem.kwargs(), **options)

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import re
 import signal
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 import pytest
 import torch
@@ -68,7 +69,7 @@ class Problem:
         """A random index into a tensor of `shape`."""
         return tuple(int(torch.randint(n, (), generator=self.generator)) for n in shape)
 
-    def poke(self, name: str, value: float, index: Optional[tuple] = None) -> tuple:
+    def poke(self, name: str, value: float, index: tuple | None = None) -> tuple:
         """Kwargs with `tensors[name][index] = value`; returns (kwargs, index)."""
         kwargs = self.kwargs()
         index = self.pick(kwargs[name].shape) if index is None else index
@@ -159,7 +160,7 @@ class Expect:
         is what the case passed along for the oracle (e.g. the kwargs used)."""
         raise NotImplementedError
 
-    def __or__(self, other: "Returns") -> "Either":
+    def __or__(self, other: Returns) -> Either:
         return Either(self, other)
 
 
@@ -330,10 +331,9 @@ def test_returns_rejects_a_crash_and_a_wrong_number():
 
 
 def test_time_limit_stops_a_hang():
-    with pytest.raises(Hang):
-        with time_limit(1):
-            while True:
-                pass
+    with pytest.raises(Hang), time_limit(1):
+        while True:
+            pass
 
 
 @settings(max_examples=10)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from hypothesis import given, settings
-from test_fuzz_harness import (Case, Raises, Returns, assert_matches, params, problems, random_segments,
-                               reference_log_z)
+from test_fuzz_harness import Case, Raises, Returns, assert_matches, params, problems, random_segments, reference_log_z
 
 from semiring_semicrf import SemiMarkovPotentials
 from semiring_semicrf.nn import SemiMarkovCRFHead

@@ -8,11 +8,25 @@ from __future__ import annotations
 import pytest
 import torch
 from hypothesis import given, settings
-from test_fuzz_harness import (Case, Raises, Returns, assert_matches, params, problems, reference_label_marginals,
-                               reference_log_z)
+from test_fuzz_harness import (
+    Case,
+    Raises,
+    Returns,
+    assert_matches,
+    params,
+    problems,
+    reference_label_marginals,
+    reference_log_z,
+)
 
-from semiring_semicrf import (EntropySemiring, KLDivergenceSemiring, KMaxSemiring, LogSemiring, SemiMarkovPotentials,
-                              StdSemiring)
+from semiring_semicrf import (
+    EntropySemiring,
+    KLDivergenceSemiring,
+    KMaxSemiring,
+    LogSemiring,
+    SemiMarkovPotentials,
+    StdSemiring,
+)
 from semiring_semicrf.autograd import checkpointed_scan, log_partition, posterior, segment_marginals
 from semiring_semicrf.decoding import topk, viterbi
 from semiring_semicrf.sampling import sample

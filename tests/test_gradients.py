@@ -8,12 +8,19 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from semiring_semicrf import (CrossEntropySemiring, EdgePotentials, EntropySemiring, KLDivergenceSemiring,
-                              LogSemiring, SemiMarkovPotentials, semimarkov_scan)
-from semiring_semicrf.autograd import checkpointed_scan, log_partition
 from strategies import perturbed, tiny_problems
 from test_marginals import brute_posterior
+
+from semiring_semicrf import (
+    CrossEntropySemiring,
+    EdgePotentials,
+    EntropySemiring,
+    KLDivergenceSemiring,
+    LogSemiring,
+    SemiMarkovPotentials,
+    semimarkov_scan,
+)
+from semiring_semicrf.autograd import checkpointed_scan, log_partition
 
 TOL = dict(rtol=1e-9, atol=1e-11)
 
@@ -241,7 +248,8 @@ def test_checkpointed_entropy_gradient_matches_brute_force():
 def test_checkpointed_scan_without_grad_and_bad_block_size():
     p = SemiMarkovPotentials(torch.randn(2, 9, 3), torch.randn(3, 3), torch.randn(4, 3))
     with torch.no_grad():
-        torch.testing.assert_close(checkpointed_scan(p, EntropySemiring()), semimarkov_scan(p, EntropySemiring(), backend="reference"))
+        torch.testing.assert_close(checkpointed_scan(p, EntropySemiring()),
+                                   semimarkov_scan(p, EntropySemiring(), backend="reference"))
     for bad in (0, -3, 2.5, True):
         with pytest.raises(ValueError, match="block_size"):
             checkpointed_scan(p, LogSemiring(), block_size=bad)

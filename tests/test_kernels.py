@@ -24,12 +24,20 @@ from hypothesis import strategies as st
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 
-from semiring_semicrf import MaxSemiring, SemiMarkovPotentials, log_partition, posterior, semimarkov_scan  # noqa: E402
-from semiring_semicrf import backends, kernels  # noqa: E402
-from semiring_semicrf.kernels import common  # noqa: E402
-from semiring_semicrf.decoding import viterbi  # noqa: E402
-from semiring_semicrf.posterior import Posterior  # noqa: E402
 from strategies import tiny_problems  # noqa: E402
+
+from semiring_semicrf import (  # noqa: E402  # noqa: E402
+    MaxSemiring,
+    SemiMarkovPotentials,
+    backends,
+    kernels,
+    log_partition,
+    posterior,
+    semimarkov_scan,
+)
+from semiring_semicrf.decoding import viterbi  # noqa: E402
+from semiring_semicrf.kernels import common  # noqa: E402
+from semiring_semicrf.posterior import Posterior  # noqa: E402
 
 # log(0) = -inf ends a log-sum-exp over impossible terms, 1/0 a weight sum of an
 # impossible label (then masked); the interpreter (numpy) warns about both.

@@ -9,11 +9,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import tiny_problems
 
 from semiring_semicrf import EdgePotentials, SemiMarkovPotentials
 from semiring_semicrf.autograd import posterior, segment_marginals
 from semiring_semicrf.testing import enumerate_structures
-from strategies import tiny_problems
 
 TOL = dict(rtol=1e-9, atol=1e-11)
 

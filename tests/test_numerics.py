@@ -266,7 +266,7 @@ def test_nan_in_a_one_position_sequence_gives_nan_marginals(query):
 
 # -- low precision ------------------------------------------------------------------------------------
 def test_upcast_rule_is_float32():
-    assert validation.UPCAST_DTYPE == torch.float32
+    assert torch.float32 == validation.UPCAST_DTYPE
     assert "float32" in validation.__doc__ + validation.as_float_tensor.__doc__
 
 

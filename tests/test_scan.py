@@ -4,13 +4,22 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import perturbed, tiny_problems
-
-from semiring_semicrf import (CrossEntropySemiring, EntropySemiring, KLDivergenceSemiring, KMaxSemiring,
-                              LogSemiring, MaxSemiring, SemiMarkovPotentials, StdSemiring, checkpointed_scan,
-                              semimarkov_scan)
-from semiring_semicrf.testing import enumerate_structures
 from test_semirings import SEMIRINGS as SHIPPED
 from test_semirings import BooleanSemiring, BottleneckSemiring, MaxCountSemiring
+
+from semiring_semicrf import (
+    CrossEntropySemiring,
+    EntropySemiring,
+    KLDivergenceSemiring,
+    KMaxSemiring,
+    LogSemiring,
+    MaxSemiring,
+    SemiMarkovPotentials,
+    StdSemiring,
+    checkpointed_scan,
+    semimarkov_scan,
+)
+from semiring_semicrf.testing import enumerate_structures
 
 
 def brute(potentials, query):

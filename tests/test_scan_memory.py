@@ -39,7 +39,8 @@ PROBE = textwrap.dedent("""
 
 def probe(T, tables=False):
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
-    out = subprocess.run([sys.executable, "-c", PROBE, str(T), "tables" if tables else "streaming"], capture_output=True, text=True, check=True, env=env)
+    out = subprocess.run([sys.executable, "-c", PROBE, str(T), "tables" if tables else "streaming"],
+                         capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -6,8 +6,16 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from semiring_semicrf import (CrossEntropySemiring, EntropySemiring, KLDivergenceSemiring, KMaxSemiring,
-                              LogSemiring, MaxSemiring, Semiring, StdSemiring)
+from semiring_semicrf import (
+    CrossEntropySemiring,
+    EntropySemiring,
+    KLDivergenceSemiring,
+    KMaxSemiring,
+    LogSemiring,
+    MaxSemiring,
+    Semiring,
+    StdSemiring,
+)
 from semiring_semicrf.testing import check_semiring
 
 SEMIRINGS = [LogSemiring(), MaxSemiring(), StdSemiring(), KMaxSemiring(3), EntropySemiring(),

@@ -9,8 +9,15 @@ from hypothesis import given, settings
 from strategies import perturbed, tiny_problems
 from test_semirings import BottleneckSemiring, MaxCountSemiring
 
-from semiring_semicrf import (EntropySemiring, KLDivergenceSemiring, KMaxSemiring, LogSemiring, MaxSemiring,
-                              SemiMarkovPotentials, StdSemiring)
+from semiring_semicrf import (
+    EntropySemiring,
+    KLDivergenceSemiring,
+    KMaxSemiring,
+    LogSemiring,
+    MaxSemiring,
+    SemiMarkovPotentials,
+    StdSemiring,
+)
 from semiring_semicrf.testing import check_semiring, enumerate_structures
 
 

@@ -64,7 +64,7 @@ def on_page_markdown(markdown, page, config, files):
                 pieces.append(markdown[last:match.end()])
                 last = match.end()
                 if printed:
-                    pieces.append(f'\n\n```text title="Output"\n{printed.rstrip()}\n```')
+                    pieces.append(f'\n\n```{{.text .printed title="Output"}}\n{printed.rstrip()}\n```')
                 for png in images:
                     data = base64.b64encode(png).decode("ascii")
                     pieces.append(f'\n\n<img class="block-output" alt="Figure drawn by the block above" '

@@ -13,16 +13,18 @@ rather than `sqrt(T K)`.)
 from __future__ import annotations
 
 import math
-from typing import Optional
+from collections.abc import Sequence
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..backends.reference import ScanProgram
+from ..potentials import Potentials
 from ..semirings import LogSemiring, Semiring
 
 
-def checkpointed_scan(potentials, semiring: Semiring = LogSemiring(), block_size: Optional[int] = None):
+def checkpointed_scan(potentials: Potentials | Sequence[Potentials], semiring: Semiring = LogSemiring(),
+                      block_size: int | None = None) -> torch.Tensor:
     """The generic scan's result (`semiring.extract(...)`: `(B,)`, or `(k, B)`
     for KMax), differentiable with memory sublinear in T.
 

@@ -92,8 +92,9 @@ class _NoFurtherDerivative(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        raise RuntimeError(f"{ctx.what} is differentiable once more than it supports: this derivative of it has no "
-                           "derivative here (create_graph=True through it cannot be backpropagated)")
+        raise RuntimeError(f"{ctx.what} cannot be differentiated again: it was computed with create_graph=True, "
+                           "but this path implements no derivative of it. The generic scan (backend='reference') "
+                           "differentiates any number of times.")
 
 
 def refuse_further_derivatives(outputs: Sequence, anchors: Sequence[torch.Tensor], what: str) -> list:

@@ -36,7 +36,7 @@ import torch
 from .. import backends
 from ..backends import torch_sweeps
 from ..posterior import Posterior
-from ..potentials import require_potentials
+from ..potentials import Potentials, require_potentials
 from ..semirings import LogSemiring
 from . import ops
 from .checkpointed import checkpointed_scan
@@ -132,7 +132,7 @@ class LogPartitionGrad(torch.autograd.Function):
         return (None, None, None, grad_g, *grads)
 
 
-def log_partition(potentials, backend: str = "auto", low_memory: bool = False) -> torch.Tensor:
+def log_partition(potentials: Potentials, backend: str = "auto", low_memory: bool = False) -> torch.Tensor:
     """`log Z (B,)`, differentiable w.r.t. every tensor of `potentials`.
 
     Twice differentiable (the second derivative is a Hessian-vector
@@ -160,7 +160,7 @@ def log_partition(potentials, backend: str = "auto", low_memory: bool = False) -
     return LogPartition.apply(Tables(), potentials, rung, low_memory, *potentials.tensors().values())
 
 
-def posterior(potentials, backend: str = "auto", low_memory: bool = False) -> Posterior:
+def posterior(potentials: Potentials, backend: str = "auto", low_memory: bool = False) -> Posterior:
     """Posterior expected counts (no gradient): label/boundary marginals via
     :meth:`Posterior.label_marginals` / :meth:`Posterior.boundary_marginals`,
     transition, duration, first- and last-label counts.
@@ -180,7 +180,7 @@ def posterior(potentials, backend: str = "auto", low_memory: bool = False) -> Po
         return rung.outside(factors, saved)
 
 
-def segment_marginals(potentials) -> torch.Tensor:
+def segment_marginals(potentials: Potentials) -> torch.Tensor:
     """`(B, T, K, C)`: P(segment `[s, s+d)` has label `c`) at `[b, s, d-1, c]`
     (zero where `s + d` passes the length). Materialized, `O(B T K C)`: for
     moderate T. Runs on the PyTorch sweeps (or edge marginals for explicit

@@ -41,8 +41,6 @@ that cannot run the potentials at all raises.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 from ..posterior import Posterior
 from .base import QUERIES, Backend
 from .compiled import CompiledBackend
@@ -101,6 +99,6 @@ def resolve(backend: str, potentials) -> str:
     return get(backend, potentials).name
 
 
-def triton_unsupported_reason(potentials) -> Optional[str]:
+def triton_unsupported_reason(potentials) -> str | None:
     """None if the Triton kernels run these potentials under `"auto"`, else why not."""
     return _BY_NAME["triton"].unsupported_reason(potentials)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterator
-from typing import Optional
 
 import torch
 
@@ -45,12 +44,12 @@ class Backend:
         super().__init_subclass__(**kwargs)
         guard_contract(cls)
 
-    def unsupported_reason(self, potentials, requested: bool = False) -> Optional[str]:
+    def unsupported_reason(self, potentials, requested: bool = False) -> str | None:
         """None if this rung can run these potentials at all, else why not.
         `requested`: the rung was named by the caller (not chosen by "auto")."""
         return None
 
-    def query_reason(self, potentials, query: str, **options) -> Optional[str]:
+    def query_reason(self, potentials, query: str, **options) -> str | None:
         """None if this rung runs `query` with these `options`, else why not."""
         return None if query in self.queries else f"the {self.name} backend does not implement {query!r}"
 
@@ -95,9 +94,10 @@ class Backend:
         hand (a rung may reuse it)."""
         raise NotImplementedError
 
-    def information(self, p, q, kind: str):
-        """`(value, saved)`: `value (B,)` in `p`'s dtype is `kind` (one of
-        :data:`INFORMATION`) of the distributions of prepared `p` and `q`
+    def information(self, prepared, q, kind: str):
+        """`(value, saved)`: `value (B,)` in `prepared`'s dtype is `kind` (one
+        of :data:`INFORMATION`) of the distributions of prepared `p =
+        prepared` and `q`
         (None for "entropy"): `H(p)`, `H(p, q)` or `KL(p || q)`, in nats,
         with an error that scales with the result, not with log Z (each
         state's expected surprisal, summed in float64). Conventions: `+inf`
@@ -157,12 +157,12 @@ def on_device(method: Callable) -> Callable:
     return guarded
 
 
-def call_device(where: str, arguments) -> Optional[torch.device]:
+def call_device(where: str, arguments) -> torch.device | None:
     """The GPU that the `(name, value)` `arguments` of one call live on, or
     None when none is on a GPU. Values with a `device` (tensors, generators,
     prepared potentials), and tuples or lists of them, are looked at. Raises
     ValueError, naming `where` and both devices, when two GPUs appear."""
-    found: Optional[tuple] = None
+    found: tuple | None = None
     for name, device in _gpu_devices(arguments):
         if found is None:
             found = (name, device)

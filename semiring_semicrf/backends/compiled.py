@@ -20,7 +20,9 @@ so the per-position launch cost disappears. Gradients go through one
 autograd function per block that keeps only the block's input ring (block
 checkpointing, like :func:`~semiring_semicrf.autograd.checkpointed_scan`)
 and whose backward runs the block's compiled forward and backward again (its
-vector-Jacobian product, captured as a second graph).
+vector-Jacobian product: compiled on the CPU; on CUDA the reference's own
+steps, launched one by one, because on an H200 the compiled one gave wrong
+gradients).
 
 Compiled steps are cached per semiring (class and parameters), kind of
 potentials, number of potential sets, `(B, T, K, C)`, dtype and device
@@ -35,7 +37,7 @@ from __future__ import annotations
 
 import types
 from collections import OrderedDict
-from typing import Optional
+from typing import Any
 
 import torch
 
@@ -54,7 +56,20 @@ _WARMUP = 2
 #: index the scatter of a gather's backward wrongly on small dims (torch
 #: 2.13: wrong gradients of the `(K, C, C)` step, seen in
 #: tests/test_compiled.py), so tails run scalar.
-_OPTIONS = {"cpu": {"cpp.threads": 1, "cpp.enable_loop_tail_vec": False}}
+_OPTIONS: dict[str, dict[str, Any]] = {"cpu": {"cpp.threads": 1, "cpp.enable_loop_tail_vec": False}}
+
+
+def _compile(fn, options: dict[str, Any] | None):
+    """`torch.compile(fn)` (whole graph, static shapes), keeping
+    torch.distributions' default argument validation as it was: dynamo turns
+    it off for the whole process the first time it is set up, which would
+    silently drop the checks of every later `SemiMarkovDistribution` (and of
+    the head's gold labels) once this rung had run."""
+    default = torch.distributions.Distribution._validate_args
+    try:
+        return torch.compile(fn, fullgraph=True, dynamic=False, options=options)
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(default)
 
 
 def _step(program: ScanProgram, ring, e, start):
@@ -77,7 +92,7 @@ def _own_code(function):
                               function.__defaults__, function.__closure__)
 
 
-def unavailable_reason() -> Optional[str]:
+def unavailable_reason() -> str | None:
     """None if torch.compile can run here, else why not."""
     try:
         import torch._dynamo as dynamo
@@ -124,26 +139,33 @@ class CompiledBlocks:
         self.template = template
         self.names = tuple(template.tables())
         options = _OPTIONS.get(template.device.type)
-        self.step = torch.compile(_own_code(_step), fullgraph=True, dynamic=False, options=options)
-        self.renormalize = torch.compile(_own_code(_renormalize), fullgraph=True, dynamic=False, options=options)
+        self.step = _compile(_own_code(_step), options)
+        self.renormalize = _compile(_own_code(_renormalize), options)
+        # The backward recomputes a block and differentiates it: with the compiled steps on the CPU; on CUDA
+        # with the reference's own (eager) steps, because on an H200 the compiled vector-Jacobian product gave
+        # gradients wrong by O(1) relative (with CUDA graphs and without; the compiled forward was right).
+        cpu = template.device.type == "cpu"
+        self.vjp_step = self.step if cpu else _step
+        self.vjp_renormalize = self.renormalize if cpu else _renormalize
         self.graphs = graphs
         self._graphs: dict = {}
-        self._loaded: Optional[object] = None
+        self._loaded: object | None = None
 
-    def _block(self, tables, state, positions, start):
+    def _block(self, tables, state, positions, start, step=None, renormalize=None):
         """The block ending at `positions[-1]` from `state = (ring, offset)`:
         a renormalization, then a step at each of `positions` (`(BLOCK,)`
-        int64). Returns the ring and offset after it, the ring before its
-        last step and that step's alpha (what :meth:`ScanProgram.finish`
-        takes)."""
+        int64), by the compiled `step` and `renormalize` unless others are
+        given. Returns the ring and offset after it, the ring before its last
+        step and that step's alpha (what :meth:`ScanProgram.finish` takes)."""
+        step, renormalize = step or self.step, renormalize or self.renormalize
         program = self.template.with_tables(dict(zip(self.names, tables)))
         ring, offset = state
         if program.semiring.renormalize:
-            ring, offset = self.renormalize(program, ring, offset)
+            ring, offset = renormalize(program, ring, offset)
         previous = alpha = ring
         for e in positions.unbind(0):
             previous = ring
-            ring, alpha = self.step(program, ring, e, start)
+            ring, alpha = step(program, ring, e, start)
         return ring, offset, previous, alpha
 
     def _vjp(self, tables, state, positions, start):
@@ -153,7 +175,8 @@ class CompiledBlocks:
         ring, offset, *grads = state
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_() for t in (ring, *tables)]
-            out_ring, _, previous, alpha = self._block(leaves[1:], (leaves[0], offset), positions, start)
+            out_ring, _, previous, alpha = self._block(leaves[1:], (leaves[0], offset), positions, start,
+                                                       self.vjp_step, self.vjp_renormalize)
             found = torch.autograd.grad((out_ring, previous, alpha), leaves, grads, allow_unused=True)
         return tuple(torch.zeros_like(x) if g is None else g for g, x in zip(found, leaves))
 
@@ -168,19 +191,14 @@ class CompiledBlocks:
         """Gradients of the block's `(ring, previous, alpha)` outputs, given
         as `grads`, with respect to its input ring and its tables (fresh
         tensors)."""
-        found = self._call(self._vjp, ticket, tables, (ring, offset, *grads), e_last, start)
-        return tuple(g.clone() for g in found) if self.graphs else found
+        return self._call(self._vjp, ticket, tables, (ring, offset, *grads), e_last, start, graphs=False)
 
-    def captured(self, name: str) -> bool:
-        """Whether the CUDA graph of "forward" or "vjp" is captured."""
-        return {"forward": "_block", "vjp": "_vjp"}[name] in self._graphs
-
-    def _call(self, function, ticket, tables, state, e_last: int, start: int):
+    def _call(self, function, ticket, tables, state, e_last: int, start: int, graphs: bool = True):
         """`function(tables, state, positions, start)` for the block ending at
-        `e_last`, or its CUDA graph (captured on its first call) over static
-        copies of the inputs."""
+        `e_last`, or (`graphs`, on a CUDA entry) its CUDA graph, captured on
+        its first call, over static copies of the inputs."""
         device = state[0].device
-        if not self.graphs:
+        if not (graphs and self.graphs):
             positions = torch.arange(e_last - BLOCK + 1, e_last + 1, device=device)
             return function(tables, state, positions, torch.tensor(start, device=device))
         if function.__name__ not in self._graphs:
@@ -213,9 +231,6 @@ class _Block(torch.autograd.Function):
     def forward(ctx, blocks: CompiledBlocks, ticket: object, e_last: int, start: int, ring, offset, *tables):
         out = blocks.forward(ticket, tables, ring, offset, e_last, start)
         out_ring, out_offset, previous, alpha = (t.clone() for t in out)
-        if blocks.graphs and not blocks.captured("vjp"):  # capture here, not in autograd's backward thread
-            blocks.vjp(ticket, tables, ring, offset, e_last, start,
-                       tuple(torch.zeros_like(t) for t in (out_ring, previous, alpha)))
         ctx.blocks, ctx.ticket, ctx.e_last, ctx.start = blocks, ticket, e_last, start
         ctx.save_for_backward(ring, offset, *tables)
         ctx.mark_non_differentiable(out_offset)
@@ -302,7 +317,7 @@ class CompiledBackend(Backend):
         # the query first: the other queries pass by without importing the compiler
         return query in self.queries and super().answers(potentials, query, requested, **options)
 
-    def unsupported_reason(self, potentials, requested: bool = False) -> Optional[str]:
+    def unsupported_reason(self, potentials, requested: bool = False) -> str | None:
         device = potentials.device.type
         if device not in ("cpu", "cuda"):
             return f"tensors are on {potentials.device}; the compiled scan runs on cpu and cuda"

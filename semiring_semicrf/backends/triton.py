@@ -7,7 +7,6 @@ Triton's interpreter (tests; `"auto"` never picks that)."""
 from __future__ import annotations
 
 import warnings
-from typing import Optional
 
 from .base import Backend
 
@@ -20,7 +19,7 @@ class KBestFallbackWarning(UserWarning):
 
 def _kernels():
     """The kernels package (ImportError when Triton is missing)."""
-    from .. import kernels
+    import semiring_semicrf.kernels as kernels
     return kernels
 
 
@@ -31,7 +30,7 @@ class TritonBackend(Backend):
     name = "triton"
     queries = frozenset({"log", "viterbi", "kbest", "sample", "hvp", "information"})
 
-    def unsupported_reason(self, potentials, requested: bool = False) -> Optional[str]:
+    def unsupported_reason(self, potentials, requested: bool = False) -> str | None:
         if potentials.is_explicit:
             return "explicit edge potentials have no factorized form"
         device = potentials.device.type
@@ -48,7 +47,7 @@ class TritonBackend(Backend):
                     "TRITON_INTERPRET=1 before semiring_semicrf's kernels are first imported")
         return kernels.kernel_limits_reason(potentials)
 
-    def query_reason(self, potentials, query: str, **options) -> Optional[str]:
+    def query_reason(self, potentials, query: str, **options) -> str | None:
         """As the base class; "kbest" also needs `k` within the kernel's
         lanes and registers (:func:`~semiring_semicrf.kernels.kbest_limits_reason`).
         A k-best this rung could run but for `k` warns once
@@ -83,5 +82,5 @@ class TritonBackend(Backend):
     def hvp(self, prepared, tangent, saved=None):
         return _kernels().hvp(prepared, tangent, saved)
 
-    def information(self, p, q, kind: str):
-        return _kernels().information(p, q, kind)
+    def information(self, prepared, q, kind: str):
+        return _kernels().information(prepared, q, kind)

@@ -37,6 +37,7 @@ the homomorphism of a semiring on drawn values.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import torch
 
@@ -81,12 +82,14 @@ class Semiring(ABC):
         `(size, *shape)`. `-inf` means "forbidden" and must map to zero."""
 
     # -- derived (override where they do not fit, or for speed) --------------
-    def zero(self, shape, dtype=torch.float64, device=None) -> torch.Tensor:
+    def zero(self, shape: Sequence[int], dtype: torch.dtype = torch.float64,
+                device: torch.device | str | None = None) -> torch.Tensor:
         """Additive identity of shape `(size, *shape)`: `embed(-inf)`."""
         return self.embed(torch.full((self.num_potentials, *tuple(shape)), float("-inf"), dtype=dtype,
                                      device=device))
 
-    def one(self, shape, dtype=torch.float64, device=None) -> torch.Tensor:
+    def one(self, shape: Sequence[int], dtype: torch.dtype = torch.float64,
+               device: torch.device | str | None = None) -> torch.Tensor:
         """Multiplicative identity of shape `(size, *shape)`: `embed(0)`
         (what a homomorphic `embed` gives; a semiring whose `embed(0)` is
         not its `one` overrides this)."""

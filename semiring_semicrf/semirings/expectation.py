@@ -17,9 +17,9 @@ For a whole set of structures with `A_p = log Z_p`, `A_q = log Z_q`:
 """
 from __future__ import annotations
 
-import torch
-
 from abc import abstractmethod
+
+import torch
 
 from .base import Semiring, check_dim
 from .real import logsumexp
@@ -48,8 +48,8 @@ class ExpectationSemiring(Semiring):
     num_potentials = 1
     renormalize = True
 
-    @property
-    def size(self) -> int:  # m log-masses and one expectation
+    @property  # read-only here: it follows num_potentials
+    def size(self) -> int:  # type: ignore[override]  # m log-masses and one expectation
         return self.num_potentials + 1
 
     @abstractmethod
@@ -60,20 +60,20 @@ class ExpectationSemiring(Semiring):
     def finalize(self, log_masses: torch.Tensor, expectation: torch.Tensor) -> torch.Tensor:
         """The user-facing result from `(m, *shape)` log-masses and `E`."""
 
-    def times(self, a, b):
+    def times(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         out = a + b
         # Keep zero canonical, (-inf, ..., 0): a zero weight carries no expectation.
         forbidden = out[0] == float("-inf")
         return torch.cat([out[:-1], torch.where(forbidden, torch.zeros_like(out[-1]), out[-1]).unsqueeze(0)])
 
-    def sum(self, x, dim):
+    def sum(self, x: torch.Tensor, dim: int) -> torch.Tensor:
         dim = check_dim(dim)
         masses = logsumexp(x[:-1], dim)
         weights = _weights(x[0], masses[0], dim)
         expectation = _weighted(weights, x[-1]).sum(dim=dim)
         return torch.cat([masses, expectation.unsqueeze(0)], dim=0)
 
-    def embed(self, log_potentials):
+    def embed(self, log_potentials: torch.Tensor) -> torch.Tensor:
         if log_potentials.shape[0] != self.num_potentials:
             raise ValueError(
                 f"{type(self).__name__}.embed expects {self.num_potentials} stacked potential sets, "
@@ -82,14 +82,14 @@ class ExpectationSemiring(Semiring):
         f = torch.where(log_potentials[0] == float("-inf"), torch.zeros_like(f), f)
         return torch.cat([log_potentials, f.unsqueeze(0)], dim=0)
 
-    def extract(self, value):
+    def extract(self, value: torch.Tensor) -> torch.Tensor:
         """`finalize(...)`, with the conventions of every path
         (:mod:`semiring_semicrf.information`): `+inf` where p gives mass to
         what q forbids (`E = +inf`), 0 where p allows nothing."""
         result = torch.where(torch.isposinf(value[-1]), value[-1], self.finalize(value[:-1], value[-1]))
         return torch.where(torch.isneginf(value[0]), torch.zeros_like(result), result)
 
-    def log_mass(self, value):
+    def log_mass(self, value: torch.Tensor) -> torch.Tensor:
         return value[:-1]
 
 
@@ -98,10 +98,10 @@ class EntropySemiring(ExpectationSemiring):
 
     num_potentials = 1
 
-    def functional(self, log_potentials):
+    def functional(self, log_potentials: torch.Tensor) -> torch.Tensor:
         return -log_potentials[0]
 
-    def finalize(self, log_masses, expectation):
+    def finalize(self, log_masses: torch.Tensor, expectation: torch.Tensor) -> torch.Tensor:
         return log_masses[0] + expectation
 
 
@@ -110,10 +110,10 @@ class CrossEntropySemiring(ExpectationSemiring):
 
     num_potentials = 2
 
-    def functional(self, log_potentials):
+    def functional(self, log_potentials: torch.Tensor) -> torch.Tensor:
         return -log_potentials[1]
 
-    def finalize(self, log_masses, expectation):
+    def finalize(self, log_masses: torch.Tensor, expectation: torch.Tensor) -> torch.Tensor:
         return log_masses[1] + expectation
 
 
@@ -122,8 +122,8 @@ class KLDivergenceSemiring(ExpectationSemiring):
 
     num_potentials = 2
 
-    def functional(self, log_potentials):
+    def functional(self, log_potentials: torch.Tensor) -> torch.Tensor:
         return log_potentials[0] - log_potentials[1]
 
-    def finalize(self, log_masses, expectation):
+    def finalize(self, log_masses: torch.Tensor, expectation: torch.Tensor) -> torch.Tensor:
         return log_masses[1] - log_masses[0] + expectation

@@ -35,17 +35,17 @@ class KMaxSemiring(Semiring):
             x = torch.cat([x, pad], dim=0)
         return x.topk(self.k, dim=0).values
 
-    def times(self, a, b):
+    def times(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         a, b = torch.broadcast_tensors(a, b)
         pairs = a.unsqueeze(1) + b.unsqueeze(0)  # (k, k, ...)
         return self._top(pairs.flatten(0, 1))
 
-    def sum(self, x, dim):
+    def sum(self, x: torch.Tensor, dim: int) -> torch.Tensor:
         dim = check_dim(dim)
         moved = x.movedim(dim, 1)  # (k, n, ...)
         return self._top(moved.flatten(0, 1))
 
-    def argsum(self, x, dim):
+    def argsum(self, x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`(sum(x, dim), index)`: the k best entries over `dim` and where
         they come from, both `(k, ...)`: `index = position * k + rank` (the
         rank of the entry in its position's list). Among equal scores the
@@ -56,16 +56,16 @@ class KMaxSemiring(Semiring):
         values, index = values[..., :self.k], index[..., :self.k]
         return values.movedim(-1, 0), index.movedim(-1, 0)
 
-    def embed(self, log_potentials):
+    def embed(self, log_potentials: torch.Tensor) -> torch.Tensor:
         first = log_potentials[:1]
         pad = first.new_full((self.k - 1, *first.shape[1:]), float("-inf"))
         return torch.cat([first, pad], dim=0)
 
-    def extract(self, value):
+    def extract(self, value: torch.Tensor) -> torch.Tensor:
         return value
 
-    def times_potential(self, a, log_potentials):
+    def times_potential(self, a: torch.Tensor, log_potentials: torch.Tensor) -> torch.Tensor:
         return a + log_potentials
 
-    def log_mass(self, value):
+    def log_mass(self, value: torch.Tensor) -> torch.Tensor:
         return value[:1]

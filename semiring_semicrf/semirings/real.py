@@ -32,35 +32,35 @@ class LogSemiring(Semiring):
 
     renormalize = True
 
-    def plus(self, a, b):
+    def plus(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.logaddexp(a, b)
 
-    def times(self, a, b):
+    def times(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a + b
 
-    def sum(self, x, dim):
+    def sum(self, x: torch.Tensor, dim: int) -> torch.Tensor:
         return logsumexp(x, check_dim(dim))
 
-    def embed(self, log_potentials):
+    def embed(self, log_potentials: torch.Tensor) -> torch.Tensor:
         return log_potentials
 
-    def times_potential(self, a, log_potentials):
+    def times_potential(self, a: torch.Tensor, log_potentials: torch.Tensor) -> torch.Tensor:
         return a + log_potentials
 
-    def log_mass(self, value):
+    def log_mass(self, value: torch.Tensor) -> torch.Tensor:
         return value
 
 
 class MaxSemiring(LogSemiring):
     """`(max, +, -inf, 0)`: the best structure's score (Viterbi)."""
 
-    def plus(self, a, b):
+    def plus(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.maximum(a, b)
 
-    def sum(self, x, dim):
+    def sum(self, x: torch.Tensor, dim: int) -> torch.Tensor:
         return x.amax(dim=check_dim(dim))
 
-    def argsum(self, x, dim):
+    def argsum(self, x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`(sum(x, dim), index)`: the maximum and the position along `dim`
         that attains it (the first one among ties), both `(1, ...)`."""
         values, index = x.max(dim=check_dim(dim))
@@ -76,17 +76,17 @@ class StdSemiring(Semiring):
 
     renormalize = True
 
-    def plus(self, a, b):
+    def plus(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a + b
 
-    def times(self, a, b):
+    def times(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a * b
 
-    def sum(self, x, dim):
+    def sum(self, x: torch.Tensor, dim: int) -> torch.Tensor:
         return x.sum(dim=check_dim(dim))
 
-    def embed(self, log_potentials):
+    def embed(self, log_potentials: torch.Tensor) -> torch.Tensor:
         return log_potentials.exp()
 
-    def log_mass(self, value):
+    def log_mass(self, value: torch.Tensor) -> torch.Tensor:
         return value.log()

@@ -18,7 +18,7 @@ from ..potentials import EdgePotentials, SemiMarkovPotentials
 Segment = tuple  # (start, end, label), end exclusive
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def enumerate_segmentations(length: int, K: int, C: int) -> tuple:
     """All segmentations of `[0, length)` into labelled segments of length
     `<= K`: a tuple of tuples of `(start, end, label)`, in lexicographic order."""
@@ -54,7 +54,7 @@ class Enumeration:
     def scores(self) -> torch.Tensor:
         return torch.where(self.part_mask, self.parts, torch.zeros_like(self.parts)).sum(dim=1)
 
-    def reduce(self, semiring, *others: "Enumeration") -> torch.Tensor:
+    def reduce(self, semiring, *others: Enumeration) -> torch.Tensor:
         """Any semiring's sum over the structures of the product of their
         embedded parts, in segment order: `semiring.extract(...)` of
 
@@ -99,19 +99,19 @@ class Enumeration:
         logp = self.scores - self.log_partition
         return -(torch.where(p > 0, p * logp, torch.zeros_like(p))).sum()
 
-    def cross_entropy(self, other: "Enumeration") -> torch.Tensor:
+    def cross_entropy(self, other: Enumeration) -> torch.Tensor:
         p = self.probabilities
         logq = other.scores - other.log_partition
         return -(torch.where(p > 0, p * logq, torch.zeros_like(p))).sum()
 
-    def kl(self, other: "Enumeration") -> torch.Tensor:
+    def kl(self, other: Enumeration) -> torch.Tensor:
         return self.cross_entropy(other) - self.entropy()
 
     def count(self) -> int:
         return int(torch.isfinite(self.scores).sum())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _segment_arrays(length: int, K: int, C: int):
     """Segment tables of every segmentation, `(N, M)` int64 each (M = the
     most segments any has): start, end, label, previous label (-1 for the
@@ -155,7 +155,8 @@ def _explicit(pot: EdgePotentials, b: int) -> Enumeration:
     L = int(pot.lengths[b])
     s, e, c, prev, mask = _segment_arrays(L, pot.K, pot.C)
     edge = pot.edge[b].detach().to("cpu", torch.float64)
-    structures, parts = [], []
+    structures: list[tuple[int, tuple]] = []
+    parts = []
     for c0 in range(pot.C):
         src = torch.where(prev < 0, torch.full_like(prev, c0), prev)
         parts.append(edge[s, e - s, c, src])

@@ -61,10 +61,10 @@ class ReferenceBackend(Backend):
         del saved  # the reference keeps nothing between its passes
         return _posteriors(prepared, tangent)
 
-    def information(self, p, q, kind: str):
+    def information(self, prepared, q, kind: str):
         """The scan in the expectation semiring of `kind`."""
         with torch.no_grad():
-            return scan(p if q is None else (p, q), _INFORMATION[kind]), None
+            return scan(prepared if q is None else (prepared, q), _INFORMATION[kind]), None
 
     def viterbi(self, prepared):
         scores, labels, starts = kbest(prepared, 1)

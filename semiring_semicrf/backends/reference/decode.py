@@ -27,8 +27,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ...semirings import KMaxSemiring, MaxSemiring
 from ...segmentation import labels_from_starts
+from ...semirings import KMaxSemiring, MaxSemiring
 from .scan import ScanProgram
 
 

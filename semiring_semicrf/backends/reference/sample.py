@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import torch
 
-from ...semirings import LogSemiring
 from ...segmentation import labels_from_starts
+from ...semirings import LogSemiring
 from .scan import ScanProgram, run_with_tables
 
 

@@ -50,8 +50,8 @@ the back-pointers of every reduction (see :mod:`.decode`).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 
@@ -79,7 +79,7 @@ class ScanTables:
     """
 
     alpha: torch.Tensor
-    u: Optional[torch.Tensor]
+    u: torch.Tensor | None
 
 
 def prepare(potentials, semiring: Semiring) -> tuple:
@@ -145,6 +145,13 @@ def _stack(tensors) -> torch.Tensor:
     return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors, dim=0)
 
 
+def _fill_caches(factors: Factors) -> None:
+    """Compute the cached factors the general path's steps read now, not
+    inside a (checkpointed) step."""
+    for name in ("enter", "leave", "duration", "transition_with_start"):
+        getattr(factors, name)
+
+
 def _row(table: torch.Tensor, r) -> torch.Tensor:
     """`table[:, :, r]` of a `(P, B, T, C)` table: `r` an int, or a 0-d
     tensor clamped into `[0, T)` (see the module docstring)."""
@@ -186,8 +193,8 @@ class ScanProgram:
             self.start = _stack([f.start for f in pots])[:, None, :]  # (P, 1, C)
         else:
             self.sources = self.C + 1  # the virtual start label last
-            for f in pots:  # compute the cached factors now, not inside a (checkpointed) step
-                f.enter, f.leave, f.duration, f.transition_with_start
+            for f in pots:
+                _fill_caches(f)
 
     # -- the tensors the steps read -------------------------------------------
     #: Per kind of path, the names of :meth:`tables`.
@@ -208,7 +215,7 @@ class ScanProgram:
             return {name: _stack([getattr(f, name) for f in self.prepared]) for name in names}
         return {name: getattr(self, name) for name in names}
 
-    def with_tables(self, tables: dict) -> "ScanProgram":
+    def with_tables(self, tables: dict) -> ScanProgram:
         """A copy of this program whose steps read `tables` (as returned by
         :meth:`tables`, e.g. leaves to differentiate against) instead."""
         copy = object.__new__(ScanProgram)
@@ -219,7 +226,7 @@ class ScanProgram:
         copy.prepared = tuple(f.replace(**{name: t[i] for name, t in tables.items()})
                               for i, f in enumerate(self.prepared))
         for f in copy.prepared:
-            f.transition_with_start
+            _fill_caches(f)
         return copy
 
     # -- the state ------------------------------------------------------------
@@ -254,7 +261,7 @@ class ScanProgram:
         rest = self.semiring.zero((self.B, self.K - 1, row.shape[-1]), dtype=self.dtype, device=self.device)
         return torch.cat([row.unsqueeze(2), rest], dim=2)
 
-    def initial_state(self):
+    def initial_state(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`(ring, offset, result)` before position 1: the initial ring, a zero
         float64 log-scale `(P, B)` and a `zero` result `(S, B)` (float64 when
         the semiring renormalizes, else in the working dtype)."""
@@ -264,7 +271,7 @@ class ScanProgram:
         return self.initial_ring(), offset, S.zero((self.B,), dtype=result_dtype, device=self.device)
 
     # -- the loop -------------------------------------------------------------
-    def run(self, ring, offset, result, e0: int, e1: int, record=None, keep: Optional[Keep] = None):
+    def run(self, ring, offset, result, e0: int, e1: int, record=None, keep: Keep | None = None):
         """Positions `e0 .. e1-1` of the scan: renormalize every
         `RENORM_INTERVAL` positions (into the float64 `offset`), step, and
         collect the (float64, rescaled) result of the sequences ending there.
@@ -288,7 +295,7 @@ class ScanProgram:
         :meth:`finish`), rescaled by `offset`."""
         return torch.where(self.lengths == e, self.rescale(here, offset), result)
 
-    def _reduce(self, x: torch.Tensor, dim: int, name: str, e: int, keep: Optional[Keep]) -> torch.Tensor:
+    def _reduce(self, x: torch.Tensor, dim: int, name: str, e: int, keep: Keep | None) -> torch.Tensor:
         if keep is None:
             return self.semiring.sum(x, dim)
         value, index = self.semiring.argsum(x, dim)
@@ -296,7 +303,7 @@ class ScanProgram:
         return value
 
     # -- one position ---------------------------------------------------------
-    def step(self, ring: torch.Tensor, e: int, keep: Optional[Keep] = None):
+    def step(self, ring: torch.Tensor, e: int, keep: Keep | None = None):
         """Advance from position `e-1` to `e` (1 <= e <= T).
 
         Returns `(ring, alpha, u)`: the new ring, `alpha[e]` `(S, B, C)` and
@@ -335,7 +342,7 @@ class ScanProgram:
         block = self.edge[:, :, s.clamp(0, self.T - 1), j + 1]
         return block.masked_fill(((s < 0) | (s >= self.T))[None, None, :, None, None], float("-inf"))
 
-    def finish(self, previous: torch.Tensor, alpha: torch.Tensor, e: int, keep: Optional[Keep] = None):
+    def finish(self, previous: torch.Tensor, alpha: torch.Tensor, e: int, keep: Keep | None = None):
         """The result `(S, B)` for sequences ending at `e`: `alpha (x) end`
         summed over labels. On the general path the last segment's edge
         includes `end` (each segment embedded whole), recomputed from the ring

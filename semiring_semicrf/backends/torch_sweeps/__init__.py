@@ -7,8 +7,6 @@ inside). Decoding and sampling go to the reference rung, whose scan already
 is plain PyTorch."""
 from __future__ import annotations
 
-from typing import Optional
-
 from ...posterior import Posterior
 from ..base import Backend
 from .lanes import Lanes, StackedFactors
@@ -44,7 +42,7 @@ class TorchBackend(Backend):
     name = "torch"
     queries = frozenset({"log", "hvp", "information"})
 
-    def unsupported_reason(self, potentials, requested: bool = False) -> Optional[str]:
+    def unsupported_reason(self, potentials, requested: bool = False) -> str | None:
         if potentials.is_explicit:
             return "explicit edge potentials have no factors: they take the reference scan"
         return None
@@ -62,5 +60,5 @@ class TorchBackend(Backend):
         del saved  # the tangent lane needs p's lane alongside: both are swept again
         return hvp(prepared, tangent)
 
-    def information(self, p, q, kind: str):
-        return information(p, q, kind), None  # an hvp sweeps p's lane again: nothing to keep
+    def information(self, prepared, q, kind: str):
+        return information(prepared, q, kind), None  # an hvp sweeps p's lane again: nothing to keep

@@ -51,7 +51,6 @@ same loops below run them all: only the lanes' sum, rebase and zero differ.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -73,26 +72,27 @@ class SweepTables:
     """
 
     r0: int
-    alpha: Optional[torch.Tensor]
-    u: Optional[torch.Tensor]
+    alpha: torch.Tensor | None
+    u: torch.Tensor | None
     scale: torch.Tensor
 
-    def rows(self, r0: int, r1: int) -> "SweepTables":
+    def rows(self, r0: int, r1: int) -> SweepTables:
         """Views of rows `[r0, r1)` (absolute row numbers)."""
         i0, i1 = r0 - self.r0, r1 - self.r0
         pick = lambda t: None if t is None else t[i0:i1]  # noqa: E731
         return SweepTables(r0, pick(self.alpha), pick(self.u), self.scale[i0:i1])
 
-    def store(self, block: "SweepTables") -> None:
+    def store(self, block: SweepTables) -> None:
         """Copy (and cast) a block's tables into these, at its rows."""
         view = self.rows(block.r0, block.r0 + block.scale.shape[0])
         for mine, theirs in ((view.alpha, block.alpha), (view.u, block.u), (view.scale, block.scale)):
             if mine is not None:
+                assert theirs is not None  # both made by inside_tables with the same fields
                 mine.copy_(theirs)
 
 
-def new_tables(sweeps: "_Sweeps", r0: int, n: int, alpha: bool, u: bool, extra_rows: int = 0,
-               dtype: Optional[torch.dtype] = None) -> SweepTables:
+def new_tables(sweeps: _Sweeps, r0: int, n: int, alpha: bool, u: bool, extra_rows: int = 0,
+               dtype: torch.dtype | None = None) -> SweepTables:
     shape = (n + extra_rows, *sweeps.lanes.lead, sweeps.B, sweeps.C)
     dtype = dtype or WORK_DTYPE
     make = lambda wanted: torch.empty(shape, dtype=dtype, device=sweeps.device) if wanted else None  # noqa: E731
@@ -118,7 +118,7 @@ class Ring:
     def window(self) -> torch.Tensor:
         return self._buffers[self._current]
 
-    def push(self, rebase: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def push(self, rebase: torch.Tensor | None = None) -> torch.Tensor:
         older, _, _ = self._views[self._current]
         self._current ^= 1
         _, kept, newest = self._views[self._current]
@@ -128,7 +128,7 @@ class Ring:
             torch.sub(older, rebase, out=kept)
         return newest
 
-    def clone(self) -> "Ring":
+    def clone(self) -> Ring:
         return Ring(self.window.clone(), self.axis)
 
 
@@ -142,7 +142,7 @@ class RingState:
     scale: torch.Tensor
     log_z: torch.Tensor
 
-    def clone(self) -> "RingState":
+    def clone(self) -> RingState:
         return RingState(tuple(r.clone() for r in self.rings), self.scale.clone(), self.log_z.clone())
 
 
@@ -184,7 +184,7 @@ class _Sweeps:
         axis (if any) just before the batch axis."""
         return self.empty(*before, *self.lanes.lead, *shape_from_batch)
 
-    def inside_tables(self, r0: int, n: int, dtype: Optional[torch.dtype] = None) -> SweepTables:
+    def inside_tables(self, r0: int, n: int, dtype: torch.dtype | None = None) -> SweepTables:
         """Empty tables for the inside sweep over rows `[r0, r0 + n)`."""
         names = self.INSIDE_TABLES
         return new_tables(self, r0, n, "alpha" in names, "u" in names, dtype=dtype)
@@ -206,7 +206,7 @@ class _Sweeps:
         return RingState(tuple(made), torch.zeros(lead, dtype=torch.float64, device=self.device),
                          torch.full(lead, NEG_INF, dtype=torch.float64, device=self.device))
 
-    def _rows_out(self, tables: Optional[SweepTables], name: str, n: int) -> tuple:
+    def _rows_out(self, tables: SweepTables | None, name: str, n: int) -> tuple:
         """Row views of `tables.<name>`, or one scratch row reused n times."""
         table = getattr(tables, name) if tables is not None else None
         return table.unbind(0) if table is not None else (self.lane_empty(self.B, self.C),) * n
@@ -217,7 +217,7 @@ class _Sweeps:
         return torch.zeros((n, *self.lanes.lead, self.B, 1), dtype=WORK_DTYPE, device=self.device)
 
     @staticmethod
-    def _advance_scale(state: RingState, shifts: torch.Tensor, tables: Optional[SweepTables], reverse: bool) -> None:
+    def _advance_scale(state: RingState, shifts: torch.Tensor, tables: SweepTables | None, reverse: bool) -> None:
         """`R` after each row of a block from its rebases (in sweep order)."""
         steps = shifts[..., 0].to(torch.float64)
         if reverse:
@@ -264,21 +264,23 @@ class FactorizedSweeps(_Sweeps):
         """Ring: `abar + leave_rows` rows `(K, B, C)` (the mirrored `v`)."""
         return self._state(((self.K,), (self.B, self.C), 0))
 
-    def inside(self, state: RingState, rows: FactorRows, tables: Optional[SweepTables] = None) -> RingState:
+    def inside(self, state: RingState, rows: FactorRows, tables: SweepTables | None = None) -> RingState:
         """Rows `rows.r0 ..` left to right; `tables.alpha/u` get alpha and u."""
         return self._run(state, rows, tables, reverse=False)
 
-    def outside(self, state: RingState, rows: FactorRows, tables: Optional[SweepTables] = None) -> RingState:
+    def outside(self, state: RingState, rows: FactorRows, tables: SweepTables | None = None) -> RingState:
         """Rows right to left; `tables.alpha` gets ubar, `tables.u` gets abar."""
         return self._run(state, rows, tables, reverse=True)
 
-    def _run(self, state: RingState, rows: FactorRows, tables: Optional[SweepTables], reverse: bool) -> RingState:
+    def _run(self, state: RingState, rows: FactorRows, tables: SweepTables | None, reverse: bool) -> RingState:
         n = rows.n
         if reverse:
-            close, open_, trans, first, first_rows = rows.enter, rows.leave, self.transition_t, self.end, self.length_rows
+            close, open_, first, first_rows = rows.enter, rows.leave, self.end, self.length_rows
+            trans = self.transition_t
             order = range(n - 1, -1, -1)
         else:
-            close, open_, trans, first, first_rows = rows.leave, rows.enter, self.transition, self.start, frozenset([0])
+            close, open_, first, first_rows = rows.leave, rows.enter, self.start, frozenset([0])
+            trans = self.transition
             order = range(n)
         closes, opens = close.unbind(0), open_.unbind(0)
         alphas, us = self._rows_out(tables, "alpha", n), self._rows_out(tables, "u", n)
@@ -315,6 +317,7 @@ class FactorizedSweeps(_Sweeps):
         `later (m, B, K, C)`: `abar + leave_rows` at row `s + d`, relative to
         its own scale; `offset (m, B, K)`: `R_in[s] + R_out[s+d] - log Z`.
         """
+        assert ins.alpha is not None and ins.u is not None and outs.alpha is not None  # INSIDE_/OUTSIDE_TABLES
         probabilities_ = self.lanes.probabilities_
         v = ins.u[i0:i1] + rows.enter[i0:i1]  # (m, B, C)
         seg = later + offset[..., None]
@@ -370,7 +373,7 @@ class DurationSweeps(_Sweeps):
         """Ring: `abar + leave_rows` rows `(B, K, C)`."""
         return self._state(((), (self.B, self.K, self.C), -2))
 
-    def inside(self, state: RingState, rows: FactorRows, tables: Optional[SweepTables] = None) -> RingState:
+    def inside(self, state: RingState, rows: FactorRows, tables: SweepTables | None = None) -> RingState:
         """Rows left to right; `tables.alpha` gets alpha."""
         C, n, x, peak, per_slot = self.C, rows.n, self._x_in, self._peak, self._per_slot_in
         alphas, leaves, enters_in = self._rows_out(tables, "alpha", n), rows.leave.unbind(0), rows.enter.unbind(0)
@@ -395,7 +398,7 @@ class DurationSweeps(_Sweeps):
         self._advance_scale(state, shifts, tables, reverse=False)
         return state
 
-    def outside(self, state: RingState, rows: FactorRows, tables: Optional[SweepTables] = None) -> RingState:
+    def outside(self, state: RingState, rows: FactorRows, tables: SweepTables | None = None) -> RingState:
         """Rows right to left; `tables.u` gets abar."""
         n = rows.n
         x, peak, per_slot = self._x_out, self._peak, self._per_slot_out
@@ -422,6 +425,7 @@ class DurationSweeps(_Sweeps):
                       later: torch.Tensor, offset: torch.Tensor, acc) -> torch.Tensor:
         """As :meth:`FactorizedSweeps.segment_terms`, summing over the source
         label (and the virtual start label) of the `(m, B, K, C+1, C)` terms."""
+        assert ins.alpha is not None  # INSIDE_TABLES
         C = self.C
         virtual = self.lanes.zero_(torch.empty_like(ins.alpha[i0:i1, ..., :1]), lane_axis=1)
         if rows.r0 + i0 == 0:

@@ -44,7 +44,6 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -72,8 +71,8 @@ class InsideSaved:
     log_z: torch.Tensor
     blocks: list
     cums: list
-    tables: Optional[SweepTables] = None
-    checkpoints: Optional[list] = None
+    tables: SweepTables | None = None
+    checkpoints: list | None = None
 
 
 def sweeps_for(factors):
@@ -86,7 +85,7 @@ def sweeps_for(factors):
 FORWARD_ONLY_BLOCK = 256
 
 
-def block_rows(T: int, K: int, size: Optional[int] = None) -> list:
+def block_rows(T: int, K: int, size: int | None = None) -> list:
     """Row ranges covering `[0, T+1)`, of `size` rows (default `~sqrt((T+1)
     K)`: per-block work tensors and low-memory checkpoints then both stay
     sublinear in T; a forward sweep that keeps nothing takes a fixed size,
@@ -125,24 +124,23 @@ def inside(factors, low_memory: bool = False, keep: bool = True):
     blocks = block_rows(sweeps.T, sweeps.K, None if keep else FORWARD_ONLY_BLOCK)
     state = sweeps.initial_inside()
     cum = sweeps.factors.initial_cum()
-    saved = InsideSaved(None, blocks, []) if keep else None
-    if keep and low_memory:
-        saved.checkpoints = []
-    elif keep:
-        saved.tables = sweeps.inside_tables(0, sweeps.T + 1, dtype=sweeps.table_dtype)
+    cums: list = []
+    checkpoints: list | None = [] if keep and low_memory else None
+    tables = sweeps.inside_tables(0, sweeps.T + 1, dtype=sweeps.table_dtype) if keep and not low_memory else None
     with sweep_threads(sweeps):
         for r0, r1 in blocks:
             if keep:
-                saved.cums.append(cum)
-            if keep and low_memory:
-                saved.checkpoints.append(state.clone())
+                cums.append(cum)
+            if checkpoints is not None:
+                checkpoints.append(state.clone())
             rows, cum = sweeps.rows(r0, r1, cum)
-            block = sweeps.inside_tables(r0, r1 - r0) if keep and not low_memory else None
-            state = sweeps.inside(state, rows, block)
-            if block is not None:
-                saved.tables.store(block)
-    if keep:
-        saved.log_z = state.log_z
+            if tables is None:
+                state = sweeps.inside(state, rows)
+            else:
+                block = sweeps.inside_tables(r0, r1 - r0)
+                state = sweeps.inside(state, rows, block)
+                tables.store(block)
+    saved = InsideSaved(state.log_z, blocks, cums, tables, checkpoints) if keep else None
     return (state.log_z * LN2).to(factors.dtype), saved
 
 
@@ -150,7 +148,7 @@ class _Accumulator:
     """The Posterior under construction (`(B, T, C)` fields written block by
     block, counts summed in float64)."""
 
-    def __init__(self, sweeps, log_z: torch.Tensor, segments: Optional[torch.Tensor]):
+    def __init__(self, sweeps, log_z: torch.Tensor, segments: torch.Tensor | None):
         p = self.factors = sweeps.factors
         self.lanes, self.dtype = sweeps.lanes, sweeps.table_dtype
         B, T, K, C = p.B, p.T, p.K, p.C
@@ -198,6 +196,7 @@ def _combine(sweeps, rows: FactorRows, ins: SweepTables, outs: SweepTables, acc:
     K, B, C, T, n, r0 = sweeps.K, sweeps.B, sweeps.C, sweeps.T, rows.n, rows.r0
     width = sweeps.combine_chunk()
     chunk = max(1, min(n, max(n // width, CHUNK_FLOOR // max(1, B * C * width))))
+    assert ins.alpha is not None and outs.u is not None  # every sweep's INSIDE_/OUTSIDE_TABLES
     for i0 in range(0, n, chunk):
         i1 = min(n, i0 + chunk)
         ends = ins.alpha[i0:i1] + outs.u[i0:i1]
@@ -220,7 +219,7 @@ def _combine(sweeps, rows: FactorRows, ins: SweepTables, outs: SweepTables, acc:
 
 
 @torch.no_grad()
-def outside(factors, saved: InsideSaved, segments: Optional[torch.Tensor] = None) -> Posterior:
+def outside(factors, saved: InsideSaved, segments: torch.Tensor | None = None) -> Posterior:
     """Backward sweep and expected counts (see module docstring).
 
     `segments`, if given, is a `(B, T, K, C)` tensor that receives
@@ -238,11 +237,12 @@ def outside(factors, saved: InsideSaved, segments: Optional[torch.Tensor] = None
             r0, r1 = saved.blocks[index]
             n = r1 - r0
             rows, _ = sweeps.rows(r0, r1, saved.cums[index])
-            if saved.checkpoints is not None:
+            if saved.tables is not None:
+                ins = saved.tables.rows(r0, r1)
+            else:  # low memory: recompute the block's inside from its checkpoint
+                assert saved.checkpoints is not None
                 ins = sweeps.inside_tables(r0, n)
                 sweeps.inside(saved.checkpoints[index].clone(), rows, ins)
-            else:
-                ins = saved.tables.rows(r0, r1)
             outs = sweeps.outside_tables(r0, n)
             outs.u[n:], outs.scale[n:] = tail
             state = sweeps.outside(state, rows, outs)
