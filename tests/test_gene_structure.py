@@ -461,18 +461,24 @@ def test_time_budget_stops_between_batches(loci, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
-def test_missing_matplotlib_stops_before_training(monkeypatch, capsys, tmp_path):
+def test_main_on_the_fixture_without_matplotlib(loci, monkeypatch, capsys, tmp_path):
+    """main end to end in-process, on the fixture's two loci (for training
+    and test): without matplotlib it says so first, then trains both models
+    and writes metrics.json, without the plot."""
     def missing(submodule="matplotlib"):
         raise ImportError("plotting needs matplotlib, which is not installed: pip install ...")
 
-    def never(args):
-        raise AssertionError("the data were loaded although the plot cannot be drawn")
-
     monkeypatch.setattr(gs, "require_matplotlib", missing)
-    monkeypatch.setattr(gs, "load", never)
-    with pytest.raises(SystemExit) as stop:
-        gs.main(["--quick", "--out", str(tmp_path)])
-    assert stop.value.code == 2 and "needs matplotlib" in capsys.readouterr().err
+    monkeypatch.setattr(gs, "load", lambda args: (loci, loci))
+    summary = gs.main(["--epochs", "2", "--width", "4", "-K", "8", "--device", "cpu", "--no-progress",
+                       "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert captured.err.startswith("warning: plotting needs matplotlib")
+    assert "semi-CRF (K=8)" in captured.out and "linear CRF (K=1)" in captured.out
+    assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(summary))
+    assert set(summary["results"]) == {"semi-CRF (K=8)", "linear CRF (K=1)"} and summary["plot_locus"] is None
+    assert all(result["epochs"] == 2 for result in summary["results"].values())
+    assert not (tmp_path / "gene_posterior.png").exists()
 
 
 @pytest.fixture(scope="session")
