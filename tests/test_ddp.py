@@ -164,9 +164,13 @@ def run_ddp_example(*args, timeout=900) -> subprocess.CompletedProcess:
 
 
 def test_ddp_example_check_runs_one_and_two_processes_and_their_gradients_agree(tmp_path):
-    # (--timeout per run: a loaded 2-core machine once took past the default 150 s, and the check stopped
-    # torchrun after its workers had finished)
-    run = run_ddp_example("--check", "--no-lightning", "--timeout", "400", "--out", str(tmp_path), *TINY)
+    # On a loaded 2-core machine the 2-process gloo job twice hung after its workers had written their results
+    # (in 2 of 4 runs of the whole suite; never alone), until the check's timeout stopped torchrun: one retry,
+    # which must then pass.
+    arguments = ("--check", "--no-lightning", "--timeout", "240", "--out", str(tmp_path), *TINY)
+    run = run_ddp_example(*arguments)
+    if run.returncode != 0 and "exit 124" in run.stdout:
+        run = run_ddp_example(*arguments)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     table = run.stdout.strip().splitlines()[-10:]
     assert table[0] == "| data parallel | 1 CPU process | 2 CPU processes |", run.stdout
