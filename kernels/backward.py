@@ -293,6 +293,15 @@ def outside_flow_kernel(
 DURATION_BLOCK = 1024
 
 
+def flow_outputs(B: int, T: int, K: int, C: int, device) -> tuple:
+    """The float32 buffers a flow writes besides the tables it consumes (the
+    outside flow's counts, or the tangent flow's tangents of them):
+    `(marginals (B, T, C), transition (B, C, C), duration (B, K, C),
+    first_last (B, 2, C))`."""
+    return tuple(torch.empty(shape, dtype=torch.float32, device=device)
+                 for shape in ((B, T, C), (B, C, C), (B, K, C), (B, 2, C)))
+
+
 def outside_sweep(factors, duration_ring: torch.Tensor, alpha_table, v_table, scale, cum,
                   num_warps: int | None = None):
     """Launch the outside flow on float32 :class:`Factors` and the forward's
@@ -303,11 +312,7 @@ def outside_sweep(factors, duration_ring: torch.Tensor, alpha_table, v_table, sc
     B, T, K, C = sizes(factors)
     KP, CP = pad(K), pad(C)
     inputs, flags = position_inputs(factors)
-    device = alpha_table.device
-    marginals = torch.empty((B, T, C), dtype=torch.float32, device=device)
-    transition = torch.empty((B, C, C), dtype=torch.float32, device=device)
-    duration = torch.empty((B, K, C), dtype=torch.float32, device=device)
-    first_last = torch.empty((B, 2, C), dtype=torch.float32, device=device)
+    marginals, transition, duration, first_last = flow_outputs(B, T, K, C, alpha_table.device)
     if B > 0:
         outside_flow_kernel[(B,)](
             *inputs[:4], cum, duration_ring, small(factors.transition), small(factors.end), factors.lengths,

@@ -449,11 +449,7 @@ def tangent_flow(tables, tangent, tangent_ring, tangent_tables):
     B, T, K, C = sizes(factors)
     KP, CP = pad(K), pad(C)
     t_alpha, t_v, t_scale = tangent_tables
-    device = t_alpha.device
-    d_marginals = torch.empty((B, T, C), dtype=torch.float32, device=device)
-    d_transition = torch.empty((B, C, C), dtype=torch.float32, device=device)
-    d_duration = torch.empty((B, K, C), dtype=torch.float32, device=device)
-    d_first_last = torch.empty((B, 2, C), dtype=torch.float32, device=device)
+    d_marginals, d_transition, d_duration, d_first_last = backward.flow_outputs(B, T, K, C, t_alpha.device)
     if B > 0:
         tangent_flow_kernel[(B,)](
             tables.duration_ring, small(factors.transition), small(factors.end), factors.lengths, tables.alpha_hat,
