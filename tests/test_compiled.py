@@ -223,3 +223,22 @@ def test_compiled_float32_on_the_gpu_is_as_accurate_as_eager(semiring):
         assert torch.equal(got, want)
     else:
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+@CUDA
+def test_graph_replays_read_nothing_freed_since_their_capture():
+    """A CUDA graph reads the memory of the tensors it was captured with:
+    after a capture, small blocks are freed and refilled with other values,
+    and a scan under autograd (replaying the graph) still has the eager
+    scan's value and gradients. (The block's position offsets were once held
+    by nothing but the capture's closure: overwritten, the replays stepped
+    at wrong positions.)"""
+    compiled.clear_cache()
+    p = problem("factorized", 11, [T, 17, 9], True, torch.float64, "cuda")
+    with torch.no_grad():
+        semimarkov_scan(p, LogSemiring(), backend="compiled")  # captures the block's graph
+    filler = [torch.full((n,), 10 ** 6, dtype=torch.int64, device="cuda") for n in range(1, 64) for _ in range(8)]
+    assert_compiled_equals_eager(LogSemiring(), (p,))
+    assert_gradients_equal(LogSemiring(), (p,))
+    del filler

@@ -20,9 +20,7 @@ so the per-position launch cost disappears. Gradients go through one
 autograd function per block that keeps only the block's input ring (block
 checkpointing, like :func:`~semiring_semicrf.autograd.checkpointed_scan`)
 and whose backward runs the block's compiled forward and backward again (its
-vector-Jacobian product: compiled on the CPU; on CUDA the reference's own
-steps, launched one by one, because on an H200 the compiled one gave wrong
-gradients).
+vector-Jacobian product, launched step by step: no graph).
 
 Compiled steps are cached per semiring (class and parameters), kind of
 potentials, number of potential sets, `(B, T, K, C)`, dtype and device
@@ -106,9 +104,16 @@ def unavailable_reason() -> str | None:
 class _Graph:
     """`function()` captured as a CUDA graph: it reads and writes static
     buffers only; `replay()` runs it again and returns the outputs of the
-    capture (static: refreshed by every replay)."""
+    capture (static: refreshed by every replay).
+
+    The graph keeps `function` (and so every tensor its closure holds): a
+    replay reads those tensors' memory, which must not be freed and reused.
+    (It once was: the block's position offsets, held by the closure alone,
+    were freed after the capture, and later allocations overwrote them; the
+    replays stepped at wrong positions, which showed as wrong gradients.)"""
 
     def __init__(self, function):
+        self.function = function
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -141,31 +146,24 @@ class CompiledBlocks:
         options = _OPTIONS.get(template.device.type)
         self.step = _compile(_own_code(_step), options)
         self.renormalize = _compile(_own_code(_renormalize), options)
-        # The backward recomputes a block and differentiates it: with the compiled steps on the CPU; on CUDA
-        # with the reference's own (eager) steps, because on an H200 the compiled vector-Jacobian product gave
-        # gradients wrong by O(1) relative (with CUDA graphs and without; the compiled forward was right).
-        cpu = template.device.type == "cpu"
-        self.vjp_step = self.step if cpu else _step
-        self.vjp_renormalize = self.renormalize if cpu else _renormalize
         self.graphs = graphs
         self._graphs: dict = {}
         self._loaded: object | None = None
 
-    def _block(self, tables, state, positions, start, step=None, renormalize=None):
+    def _block(self, tables, state, positions, start):
         """The block ending at `positions[-1]` from `state = (ring, offset)`:
         a renormalization, then a step at each of `positions` (`(BLOCK,)`
-        int64), by the compiled `step` and `renormalize` unless others are
-        given. Returns the ring and offset after it, the ring before its last
-        step and that step's alpha (what :meth:`ScanProgram.finish` takes)."""
-        step, renormalize = step or self.step, renormalize or self.renormalize
+        int64), compiled. Returns the ring and offset after it, the ring
+        before its last step and that step's alpha (what
+        :meth:`ScanProgram.finish` takes)."""
         program = self.template.with_tables(dict(zip(self.names, tables)))
         ring, offset = state
         if program.semiring.renormalize:
-            ring, offset = renormalize(program, ring, offset)
+            ring, offset = self.renormalize(program, ring, offset)
         previous = alpha = ring
         for e in positions.unbind(0):
             previous = ring
-            ring, alpha = step(program, ring, e, start)
+            ring, alpha = self.step(program, ring, e, start)
         return ring, offset, previous, alpha
 
     def _vjp(self, tables, state, positions, start):
@@ -175,8 +173,7 @@ class CompiledBlocks:
         ring, offset, *grads = state
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_() for t in (ring, *tables)]
-            out_ring, _, previous, alpha = self._block(leaves[1:], (leaves[0], offset), positions, start,
-                                                       self.vjp_step, self.vjp_renormalize)
+            out_ring, _, previous, alpha = self._block(leaves[1:], (leaves[0], offset), positions, start)
             found = torch.autograd.grad((out_ring, previous, alpha), leaves, grads, allow_unused=True)
         return tuple(torch.zeros_like(x) if g is None else g for g, x in zip(found, leaves))
 
