@@ -33,7 +33,7 @@ first imported): :data:`INTERPRETED` records which mode they were built in.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -108,14 +108,18 @@ def log_partition(factors: Factors) -> torch.Tensor:
     return forward_sweep(factors, duration_ring(factors), max_semiring=False, tables=False)[0]
 
 
-def outside(factors: Factors, saved: InsideTables) -> FlowPosterior:
-    """Log backward sweep from :func:`inside`'s tables (consumed): the
-    posterior expected counts (see :class:`~semiring_semicrf.posterior.Posterior`),
-    with the label marginals (:class:`FlowPosterior`). Tables consumed by an
-    earlier call (a second backward through one forward, `retain_graph=True`)
-    are computed again by a forward sweep first."""
+def outside(factors: Factors, saved: InsideTables, keep: bool = False) -> FlowPosterior:
+    """Log backward sweep from :func:`inside`'s tables (consumed, unless
+    `keep`: then the flow consumes copies of the two `(B, T+1, C)` tables and
+    `saved` serves a later :func:`hvp`): the posterior expected counts (see
+    :class:`~semiring_semicrf.posterior.Posterior`), with the label
+    marginals (:class:`FlowPosterior`). Tables consumed by an earlier call (a
+    second backward through one forward, `retain_graph=True`) are computed
+    again by a forward sweep first."""
     if saved.consumed:
         saved = inside(saved.factors)[1]
+    if keep:
+        saved = replace(saved, alpha_hat=saved.alpha_hat.clone(), v_hat=saved.v_hat.clone())
     saved.consumed = True
     segment_start, segment_end, marginals, transition, duration, first, last = outside_sweep(
         saved.factors, saved.duration_ring, saved.alpha_hat, saved.v_hat, saved.scale, saved.cum)
@@ -146,14 +150,16 @@ def sample(factors: Factors, num_samples: int, generator=None):
                                 num_samples, generator)
 
 
-def hvp(factors: Factors, tangent: Factors, saved: InsideTables | None = None) -> tuple:
+def hvp(factors: Factors, tangent: Factors, saved: InsideTables | None = None, posterior: bool = True) -> tuple:
     """`(posterior, its tangent along tangent)` (the backend contract's
     `hvp`), both :class:`FlowPosterior`: from the forward's tables (`saved`,
     if :func:`inside` left them and no outside consumed them; else a forward
     sweep first), a tangent lane along them, the tangent flow (which reads
-    them), then the outside flow (which consumes them). No copy of a table:
-    beyond the forward's, the tangent's two `(B, T+1, C)` float32 tables,
-    written over by the tangent of the posterior, and both label marginals."""
+    them), then, if `posterior`, the outside flow (which consumes them;
+    without it the posterior is None and `saved` stays usable). No copy of a
+    table: beyond the forward's, the tangent's two `(B, T+1, C)` float32
+    tables, written over by the tangent of the posterior, and both label
+    marginals."""
     factors = factors.to(torch.float32)
     tangent = tangent.to(torch.float32)
     if saved is None or saved.consumed:
@@ -163,7 +169,7 @@ def hvp(factors: Factors, tangent: Factors, saved: InsideTables | None = None) -
                                                       keep_tables=True)
     start, end, marginals, transition, duration, first, last = tangent_flow(saved, tangent, ring, tangent_tables)
     dot = FlowPosterior(log_z_tangent.to(torch.float32), start, end, transition, duration, first, last, marginals)
-    return outside(factors, saved), dot
+    return (outside(factors, saved) if posterior else None), dot
 
 
 def information(p: Factors, q: Factors | None, kind: str) -> tuple:

@@ -384,11 +384,22 @@ def tangent_flow_kernel(
     tl.store(d_first_last_ptr + b * 2 * C + labels, d_start_mass, mask=valid)
 
 
-def lane_num_warps(kp: int, cp: int, warps: int) -> int:
-    """`warps` (the forward's or the outside flow's choice for these tiles),
-    or more from `CP = 64` on: a lane sweep and the tangent flow keep about
-    six `C x C` and nine `K x C` tiles live per step (counted in the kernels,
-    not measured), twice the forward's (:func:`~.common.register_warps`)."""
+def lane_num_warps(job: str, kp: int, cp: int) -> int:
+    """Warps for a lane sweep (`job` one of :data:`KINDS`) or the tangent
+    flow (`"tangent_flow"`): the forward's choice for these tiles (the
+    outside flow's for the tangent flow), with the exceptions measured on an
+    H200 (`benchmarks/gpu_diagnose.py`, lane sweeps by warp count): the
+    cross-entropy and KL lanes, which carry q's softmaxes beside p's, take
+    four warps from `CP = 32` on (at (K, C) = (32, 24): 3.9 and 4.8 ms
+    against 4.2 and 5.7 at one), and the tangent flow eight from `KP = 64`
+    on (at (64, 8): 198 ms against 263 at one, T = 10^5); from `CP = 64` on,
+    at least enough warps to hold the tiles: about six `C x C` and nine `K x
+    C` tiles live per step (counted in the kernels), twice the forward's
+    (:func:`~.common.register_warps`)."""
+    if job == "tangent_flow":
+        warps = max(flow_num_warps(kp, cp), 8 if kp >= 64 else 1)
+    else:
+        warps = max(sweep_num_warps(kp, cp), 4 if job in ("cross_entropy", "kl") and cp >= 32 else 1)
     return max(warps, register_warps(6 * cp * cp + 9 * kp * cp, cp))
 
 
@@ -434,7 +445,7 @@ def expectation_sweep(kind: str, tables, q_tables=None, tangent=None, tangent_ri
         tables.duration_ring, small(factors.transition), small(factors.end), factors.lengths, tables.alpha_hat,
         tables.v_hat, tables.scale, *q_args, *t_args, *(tangent_tables or (unused,) * 3), result, T, C, *strides,
         KP=KP, CP=CP, KIND=KINDS[kind], TABLES=keep_tables,
-        num_warps=lane_num_warps(KP, CP, sweep_num_warps(KP, CP)), **flags)
+        num_warps=lane_num_warps(kind, KP, CP), **flags)
     return result, tangent_tables
 
 
@@ -455,6 +466,6 @@ def tangent_flow(tables, tangent, tangent_ring, tangent_tables):
             tables.duration_ring, small(factors.transition), small(factors.end), factors.lengths, tables.alpha_hat,
             tables.v_hat, tables.scale, tangent_ring, small(tangent.transition), small(tangent.end), t_alpha, t_v,
             t_scale, d_marginals, d_transition, d_duration, d_first_last, T, K, C, KP=KP, CP=CP,
-            DURATION_BLOCK=backward.DURATION_BLOCK, num_warps=lane_num_warps(KP, CP, flow_num_warps(KP, CP)))
+            DURATION_BLOCK=backward.DURATION_BLOCK, num_warps=lane_num_warps("tangent_flow", KP, CP))
     return (t_v[:, 1:], t_alpha[:, 1:], d_marginals, d_transition, d_duration, d_first_last[:, 0],
             d_first_last[:, 1])

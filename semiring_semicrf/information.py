@@ -151,11 +151,14 @@ class Information(torch.autograd.Function):
             else:
                 other = _finite(q)
                 toward = {name: own[name] - other[name] for name in own}
-            post_p, dot = hvp(p, p.factors(), direction(p, toward), state.backend, saved_p)
-        elif post_p is None:
+            # p's posterior only for q's gradient (the tangent alone is zero where p has no segmentation)
+            wanted = any(needs_q) and post_p is None
+            found, dot = hvp(p, p.factors(), direction(p, toward), state.backend, saved_p, posterior=wanted)
+            post_p = post_p if found is None else found
+        if any(needs_q) and post_p is None:
             post_p = posterior(p, state.backend)
         # where p has no segmentation the value is 0 whatever the potentials
-        g = torch.where(torch.isneginf(post_p.log_z), 0.0, grad)
+        g = grad if post_p is None else torch.where(torch.isneginf(post_p.log_z), 0.0, grad)
         grads_p: list = [None] * n
         if dot is not None:
             grads_p = gradients(dot, g if kind == "kl" else -g, list(p.tensors()), needs_p, reuse=True)

@@ -166,6 +166,40 @@ def test_triton_hvp_runs_the_outside_last_and_recomputes_consumed_tables(monkeyp
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_triton_second_derivatives_sweep_no_more_than_they_need(device, monkeypatch):
+    """On the Triton rung a gradient penalty runs one forward sweep (the
+    first backward's outside keeps the forward's tables for the hvp), and
+    neither it nor the entropy's gradient runs an outside flow for a
+    posterior nobody reads; the results equal the torch rung's."""
+    kernels = pytest.importorskip("semiring_semicrf.kernels")
+    g = torch.Generator().manual_seed(23)
+    base = SemiMarkovPotentials(torch.randn(2, 8, 3, generator=g), torch.randn(3, 3, generator=g),
+                                torch.randn(4, 3, generator=g), torch.tensor([8, 5]))
+    calls = {"forward_sweep": 0, "outside_sweep": 0}
+    for module, name in ((kernels, "forward_sweep"), (kernels, "outside_sweep")):
+        original = getattr(module, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(module, name, counted)
+
+    def penalty(backend):
+        p = leaves(on(device, base))
+        (grad,) = torch.autograd.grad(log_partition(p, backend=backend).sum(), p.scores, create_graph=True)
+        return torch.autograd.grad((grad ** 2).sum(), list(p.tensors().values()))
+
+    got = penalty("triton")
+    assert calls == {"forward_sweep": 1, "outside_sweep": 1}
+    for a, b in zip(got, penalty("torch")):
+        torch.testing.assert_close(a, b, **FLOAT32)
+    calls.update(forward_sweep=0, outside_sweep=0)
+    p = leaves(on(device, base))
+    SemiMarkovDistribution.from_potentials(p, backend="triton").entropy().sum().backward()
+    assert calls == {"forward_sweep": 1, "outside_sweep": 0}
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_triton_information_gradient_twice_through_one_forward(device):
     """The information query keeps p's and q's forward tables for the
     gradient, whose hvp and outside consume them: a second backward

@@ -33,13 +33,14 @@ def direction(potentials, tensors: dict):
     return potentials.replace(**{name: torch.where(torch.isneginf(t), 0.0, t) for name, t in given.items()})
 
 
-def hvp(potentials, factors, tangent, backend: str, saved=None) -> tuple:
+def hvp(potentials, factors, tangent, backend: str, saved=None, posterior: bool = True) -> tuple:
     """`(posterior, its tangent)` along the potentials `tangent` (see
     :meth:`~semiring_semicrf.backends.Backend.hvp`), from the rung that
-    answers "hvp" starting at `backend`."""
+    answers "hvp" starting at `backend`; the posterior may be None unless
+    asked for."""
     rung = backends.select(backend, potentials, "hvp")
     with torch.no_grad():
-        return rung.hvp(factors, tangent.factors(), saved)
+        return rung.hvp(factors, tangent.factors(), saved, posterior)
 
 
 def gradients(post, grad_log_z: torch.Tensor, names: list, needed, reuse: bool = False) -> list:

@@ -92,14 +92,16 @@ class LogPartitionGrad(torch.autograd.Function):
 
     `apply(tables, backend, needed, g, *tensors)`. Its derivative along the
     directions `v` (one per output) is `sum_b g[b] hess(log Z_b) v` for the
-    inputs and `<grad log Z_b, v>` for `g`: one `hvp` of the backend.
+    inputs and `<grad log Z_b, v>` for `g`: one `hvp` of the backend, on the
+    forward's tables (kept by the outside when this backward builds a
+    graph: `tensors` given).
     Under `vmap` (`torch.func.jacrev`: a batch of `g`), one outside serves
     every `g`.
     """
 
     @staticmethod
     def forward(tables, backend, needed, grad_log_z, *tensors):
-        post = backend.outside(tables.factors, tables.saved)
+        post = backend.outside(tables.factors, tables.saved, keep=bool(tensors))
         return tuple(gradients(post, grad_log_z, list(tables.potentials.tensors()), needed, reuse=True))
 
     @staticmethod
@@ -124,7 +126,7 @@ class LogPartitionGrad(torch.autograd.Function):
         tables = ctx.tables
         names = list(tables.potentials.tensors())
         tangent = direction(tables.potentials, dict(zip(names, directions)))
-        _, dot = hvp(tables.potentials, tables.factors, tangent, ctx.backend.name, tables.saved)
+        _, dot = hvp(tables.potentials, tables.factors, tangent, ctx.backend.name, tables.saved, posterior=False)
         grads = gradients(dot, grad_log_z, names, ctx.needs_input_grad[4:], reuse=True)
         grad_g = dot.log_z.to(grad_log_z.dtype) if ctx.needs_input_grad[3] else None
         grad_g, *grads = refuse_further_derivatives([grad_g, *grads], [grad_log_z, *tensors, *directions],

@@ -68,8 +68,10 @@ class Backend:
         nothing of size T (a rung may override it with a leaner sweep)."""
         return self.inside(prepared, low_memory=True)[0]
 
-    def outside(self, prepared, saved):
-        """The :class:`~semiring_semicrf.posterior.Posterior` from `inside`'s `saved`."""
+    def outside(self, prepared, saved, keep: bool = False):
+        """The :class:`~semiring_semicrf.posterior.Posterior` from `inside`'s
+        `saved`. `keep`: leave `saved` usable by a later `hvp` (a rung whose
+        outside consumes its tables then works on copies)."""
         raise NotImplementedError
 
     def viterbi(self, prepared):
@@ -84,14 +86,16 @@ class Backend:
         """`(labels (N, B, T) int64, starts (N, B, T) bool)`: exact samples."""
         raise NotImplementedError
 
-    def hvp(self, prepared, tangent, saved=None):
+    def hvp(self, prepared, tangent, saved=None, posterior: bool = True):
         """`(posterior, its tangent)`: the :class:`~semiring_semicrf.posterior.Posterior`
         and its directional derivative along `tangent` (the `Factors` of
         potentials holding the direction, finite): every field's derivative,
         `log_z`'s being `<grad log Z, tangent>`, the other fields each
         sequence's Hessian of log Z times the tangent (forward mode: the
         inside and outside sweeps on dual numbers). `saved`: `inside`'s, if at
-        hand (a rung may reuse it)."""
+        hand (a rung may reuse it). With `posterior=False` the caller needs
+        the tangent only: a rung may then skip the posterior's own sweep and
+        return None in its place."""
         raise NotImplementedError
 
     def information(self, prepared, q, kind: str):

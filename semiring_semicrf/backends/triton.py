@@ -67,8 +67,8 @@ class TritonBackend(Backend):
     def log_partition(self, prepared):
         return _kernels().log_partition(prepared)
 
-    def outside(self, prepared, saved):
-        return _kernels().outside(prepared, saved)
+    def outside(self, prepared, saved, keep: bool = False):
+        return _kernels().outside(prepared, saved, keep)
 
     def viterbi(self, prepared):
         return _kernels().viterbi(prepared)
@@ -79,8 +79,8 @@ class TritonBackend(Backend):
     def sample(self, prepared, num_samples: int, generator=None):
         return _kernels().sample(prepared, num_samples, generator)
 
-    def hvp(self, prepared, tangent, saved=None):
-        return _kernels().hvp(prepared, tangent, saved)
+    def hvp(self, prepared, tangent, saved=None, posterior: bool = True):
+        return _kernels().hvp(prepared, tangent, saved, posterior)
 
     def information(self, prepared, q, kind: str):
         return _kernels().information(prepared, q, kind)

@@ -49,16 +49,17 @@ class ReferenceBackend(Backend):
         with torch.no_grad():
             return scan(prepared, LogSemiring()), None
 
-    def outside(self, prepared, saved) -> Posterior:
+    def outside(self, prepared, saved, keep: bool = False) -> Posterior:
         """The expected counts as gradients of each sequence's `log Z` with
         respect to its factors (`enter` -> segment starts, `leave` -> segment
         ends, ...). Structured potentials only."""
         return _posteriors(prepared)[0]
 
-    def hvp(self, prepared, tangent, saved=None):
+    def hvp(self, prepared, tangent, saved=None, posterior: bool = True):
         """The posterior and its tangent along `tangent`: the gradient of
-        `<grad log Z, tangent>` with respect to the factors, per sequence."""
-        del saved  # the reference keeps nothing between its passes
+        `<grad log Z, tangent>` with respect to the factors, per sequence
+        (the posterior comes with it, asked for or not)."""
+        del saved, posterior  # the reference keeps nothing between its passes
         return _posteriors(prepared, tangent)
 
     def information(self, prepared, q, kind: str):

@@ -53,11 +53,12 @@ class TorchBackend(Backend):
     def log_partition(self, prepared):
         return inside(prepared, keep=False)[0]
 
-    def outside(self, prepared, saved):
-        return outside(prepared, saved)
+    def outside(self, prepared, saved, keep: bool = False):
+        return outside(prepared, saved)  # reads `saved` only
 
-    def hvp(self, prepared, tangent, saved=None):
-        del saved  # the tangent lane needs p's lane alongside: both are swept again
+    def hvp(self, prepared, tangent, saved=None, posterior: bool = True):
+        # the tangent lane needs p's lane alongside: both are swept again, and p's posterior comes with them
+        del saved, posterior
         return hvp(prepared, tangent)
 
     def information(self, prepared, q, kind: str):
