@@ -20,7 +20,7 @@ so the per-position launch cost disappears. Gradients go through one
 autograd function per block that keeps only the block's input ring (block
 checkpointing, like :func:`~semiring_semicrf.autograd.checkpointed_scan`)
 and whose backward runs the block's compiled forward and backward again (its
-vector-Jacobian product, launched step by step: no graph).
+vector-Jacobian product, captured as a CUDA graph of its own).
 
 Compiled steps are cached per semiring (class and parameters), kind of
 potentials, number of potential sets, `(B, T, K, C)`, dtype and device
@@ -187,15 +187,17 @@ class CompiledBlocks:
     def vjp(self, ticket: object, tables, ring, offset, e_last: int, start: int, grads):
         """Gradients of the block's `(ring, previous, alpha)` outputs, given
         as `grads`, with respect to its input ring and its tables (fresh
-        tensors)."""
-        return self._call(self._vjp, ticket, tables, (ring, offset, *grads), e_last, start, graphs=False)
+        tensors; on CUDA graphs, copies of the graph's outputs)."""
+        found = self._call(self._vjp, ticket, tables, (ring, offset, *grads), e_last, start)
+        return tuple(g.clone() for g in found) if self.graphs else found
 
-    def _call(self, function, ticket, tables, state, e_last: int, start: int, graphs: bool = True):
+    def _call(self, function, ticket, tables, state, e_last: int, start: int):
         """`function(tables, state, positions, start)` for the block ending at
-        `e_last`, or (`graphs`, on a CUDA entry) its CUDA graph, captured on
-        its first call, over static copies of the inputs."""
+        `e_last`, or (on a CUDA entry) its CUDA graph, captured on its first
+        call, over static copies of the inputs (a graph of the vector-Jacobian
+        product captures the compiled steps' backward too)."""
         device = state[0].device
-        if not (graphs and self.graphs):
+        if not self.graphs:
             positions = torch.arange(e_last - BLOCK + 1, e_last + 1, device=device)
             return function(tables, state, positions, torch.tensor(start, device=device))
         if function.__name__ not in self._graphs:
