@@ -24,12 +24,15 @@ Writes `gpu_diagnose.json` under --out and prints the tables last.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -65,8 +68,8 @@ def one_step(p, semiring) -> dict:
     from semiring_semicrf.backends.reference import ScanProgram
     program = ScanProgram(p, semiring)
     ring = program.initial_ring()
-    for e in range(1, p.T // 2):  # a ring with values in every slot
-        ring = program.step(ring, e)[0]
+    for position in range(1, p.T // 2):  # a ring with values in every slot
+        ring = program.step(ring, position)[0]
     tables = program.tables()
     e = torch.tensor(p.T // 2, device=p.device)
     start = torch.tensor(1, device=p.device)
@@ -116,14 +119,15 @@ def block_records(p, semiring, graphs: bool) -> dict:
         returned.append(out[4].clone())
         return out
 
-    compiled._Block.forward, compiled._Block.backward = staticmethod(recording_forward), staticmethod(
-        recording_backward)
+    setattr(compiled._Block, "forward", staticmethod(recording_forward))  # noqa: B010 - a method replaced
+    setattr(compiled._Block, "backward", staticmethod(recording_backward))  # noqa: B010
     try:
         q, leaves = __import__("cpu_compiled").leaves_of(p)
         value = semimarkov_scan(q, semiring, backend="compiled")
         grads = torch.autograd.grad(value.sum(), leaves, allow_unused=True)
     finally:
-        compiled._Block.forward, compiled._Block.backward = forward, backward
+        setattr(compiled._Block, "forward", forward)  # noqa: B010
+        setattr(compiled._Block, "backward", backward)  # noqa: B010
     return {"value": value.detach(), "saved": saved, "received": received, "returned": returned, "grads": grads}
 
 
@@ -137,7 +141,7 @@ def graph_experiments(p, semiring) -> dict:
         untracked = semimarkov_scan(p, semiring, backend="compiled")
     off = block_records(p, semiring, graphs=False)
     on = block_records(p, semiring, graphs=True)
-    row = {"untracked_vs_tracked_value": relative(untracked, on["value"]),
+    row: dict[str, Any] = {"untracked_vs_tracked_value": relative(untracked, on["value"]),
            "value": relative(on["value"], off["value"])}
     row["saved_in"] = [relative(a[0], b[0]) for a, b in zip(on["saved"], off["saved"])]
     row["saved_out"] = [relative(a[2], b[2]) for a, b in zip(on["saved"], off["saved"])]
@@ -156,7 +160,7 @@ def diagnose_compiled(variants: bool = True) -> list:
         p = problem(2, 48, 4, 3, device="cuda", dtype=dtype)
         for name, semiring in (("Log", LogSemiring()), ("Std", StdSemiring()), ("Entropy", EntropySemiring()),
                                ("KMax(3)", KMaxSemiring(3))):
-            row = {"semiring": name, "dtype": str(dtype)}
+            row: dict[str, Any] = {"semiring": name, "dtype": str(dtype)}
             try:
                 if variants:
                     row.update(compiled_variants(p, semiring))
@@ -219,8 +223,9 @@ def lane_jobs(size) -> dict:
         return kernels.expectation_sweep("tangent", p_tables, tangent=tangent, tangent_ring=ring, keep_tables=True)
 
     t_tables = tangent_lane()[1]
-    jobs = {kind: (lambda kind=kind: kernels.expectation_sweep(kind, p_tables, q_tables=q_tables))
-            for kind in ("entropy", "cross_entropy", "kl")}
+    jobs: dict[str, Callable[[], Any]] = {
+        kind: functools.partial(kernels.expectation_sweep, kind, p_tables, q_tables=q_tables)
+        for kind in ("entropy", "cross_entropy", "kl")}
     jobs["tangent"] = tangent_lane
     jobs["tangent_flow"] = lambda: kernels.tangent_flow(p_tables, tangent, ring, tuple(t.clone() for t in t_tables))
     return jobs
@@ -232,14 +237,14 @@ def lane_warps_sweep(sizes=((4, 1000, 32, 24), (1, 100_000, 64, 8))) -> list:
     import statistics
     lanes = importlib.import_module("semiring_semicrf.kernels.hvp")
     common = importlib.import_module("semiring_semicrf.kernels.common")
-    original = lanes.lane_num_warps
+    original = getattr(lanes, "lane_num_warps")  # noqa: B009 - replaced in turn below
     rows = []
     for size in sizes:
         KP, CP = common.pad(size[2]), common.pad(size[3])
         for name, job in lane_jobs(size).items():
-            row = {"size": size, "job": name, "shipped": original(name, KP, CP)}
+            row: dict[Any, Any] = {"size": size, "job": name, "shipped": original(name, KP, CP)}
             for warps in (1, 2, 4, 8, 16):
-                lanes.lane_num_warps = lambda job, kp, cp, warps=warps: warps
+                setattr(lanes, "lane_num_warps", lambda job, kp, cp, warps=warps: warps)  # noqa: B010
                 try:
                     times = []
                     for _ in range(6):
@@ -251,7 +256,7 @@ def lane_warps_sweep(sizes=((4, 1000, 32, 24), (1, 100_000, 64, 8))) -> list:
                         times.append(start.elapsed_time(stop))
                     row[warps] = statistics.median(times[1:])
                 finally:
-                    lanes.lane_num_warps = original
+                    setattr(lanes, "lane_num_warps", original)  # noqa: B010
             print(row, flush=True)
             rows.append(row)
     return rows

@@ -294,8 +294,6 @@ def test_every_semiring_through_the_scan_on_the_second_gpu_equals_the_first_bitw
 @pytest.mark.gpu
 @two_gpus
 @pytest.mark.usefixtures("current_device_zero")
-@pytest.mark.xfail(strict=False, reason="on two H200s (2026-11-30) StdSemiring's compiled float32 scan differed "
-                                        "between cuda:0 and cuda:1; not isolated")
 def test_the_compiled_rung_on_the_second_gpu_equals_the_first():
     """The semirings `auto` sends to the compiled rung on CUDA (no
     specialization), to float32 rounding (inductor compiles per device)."""

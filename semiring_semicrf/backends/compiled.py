@@ -110,7 +110,13 @@ class _Graph:
     replay reads those tensors' memory, which must not be freed and reused.
     (It once was: the block's position offsets, held by the closure alone,
     were freed after the capture, and later allocations overwrote them; the
-    replays stepped at wrong positions, which showed as wrong gradients.)"""
+    replays stepped at wrong positions, which showed as wrong gradients.)
+
+    Captured on a stream of the current device (the caller makes the
+    tensors' device current): `torch.cuda.graph`'s default capture stream is
+    made once, on the device current then, and a capture on it records
+    nothing of another device's kernels (on cuda:1, every replay did
+    nothing)."""
 
     def __init__(self, function):
         self.function = function
@@ -121,7 +127,7 @@ class _Graph:
                 function()
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph, stream=stream):
             self.outputs = function()
 
     def replay(self):
@@ -200,6 +206,12 @@ class CompiledBlocks:
         if not self.graphs:
             positions = torch.arange(e_last - BLOCK + 1, e_last + 1, device=device)
             return function(tables, state, positions, torch.tensor(start, device=device))
+        with torch.cuda.device(device):
+            return self._replay(function, ticket, tables, state, e_last, start)
+
+    def _replay(self, function, ticket, tables, state, e_last: int, start: int):
+        """`_call`'s CUDA graph path (the tensors' device current)."""
+        device = state[0].device
         if function.__name__ not in self._graphs:
             if self._loaded is None:
                 self.static_tables = [t.detach().clone() for t in tables]
