@@ -211,8 +211,10 @@ def test_no_segmentation_has_defined_values_and_finite_gradients(backend):
     torch.testing.assert_close(values["entropy"][1].double(), brute("entropy", d.potentials)[1], rtol=1e-5, atol=1e-6)
     assert float(values["kl"][1]) == pytest.approx(0.0, abs=1e-6)
     total = sum(v.sum() for v in values.values()) + torch.where(torch.isfinite(log_prob), log_prob, 0.0).sum()
-    for grad in torch.autograd.grad(total, [scores, transition, duration]):
+    grads = torch.autograd.grad(total, [scores, transition, duration])
+    for grad in grads:
         assert torch.isfinite(grad).all()
+    assert torch.equal(grads[0][0], torch.zeros_like(grads[0][0]))  # every value of sequence 0 is a constant
 
 
 def test_no_segmentation_agrees_with_the_generic_scan_and_brute_force():
