@@ -93,7 +93,10 @@ class SemiMarkovPotentials(_Conversions):
             starting at / ending at (inclusive) a position.
         validate_args: also reject NaN and +inf in any input, and -inf in
             `scores`, at the positions inside the lengths (shape, dtype and
-            range checks always run).
+            range checks always run). These checks read values; while
+            `torch.compile` traces, they are made where the values are used
+            instead (the log partition's custom operator), so that
+            `fullgraph=True` compiles.
         center: zero-centre the scores before their prefix sums (the
             default: float32 stays accurate at any T). Turn it off when the
             potentials are exact integers and a semiring needs exact ties.
@@ -146,7 +149,8 @@ class SemiMarkovPotentials(_Conversions):
         for name, value in named.items():
             V.check_same(name, value, scores, "scores")
         self.lengths = V.check_lengths(lengths, B, T, scores.device)
-        if validate_args:  # padding is never read: only positions inside the lengths are checked
+        self.validate_args = bool(validate_args)
+        if validate_args and not torch.compiler.is_compiling():  # padding is never read: only inside the lengths
             valid = _valid_mask(self.lengths, T)
             V.check_finite_scores(scores, valid)
             for name, value in named.items():
@@ -207,9 +211,11 @@ class SemiMarkovPotentials(_Conversions):
 
     def _with(self, tensors: dict, lengths: torch.Tensor) -> SemiMarkovPotentials:
         """New potentials of these tensors (checked) and these lengths (not
-        checked again), with this `center`."""
+        checked again), with this `center` and `validate_args` (the values
+        are not checked again here; a compiled log partition checks them)."""
         copy = SemiMarkovPotentials(validate_args=False, center=self.center, **tensors)
         copy.lengths = lengths.to(copy.device)
+        copy.validate_args = self.validate_args
         return copy
 
     def __getitem__(self, index) -> SemiMarkovPotentials:

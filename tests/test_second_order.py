@@ -395,6 +395,29 @@ def test_compiled_partition_fullgraph_matches_eager():
         compiled(scores, transition, duration, torch.tensor([7, 4]))
 
 
+def test_compiled_partition_fullgraph_validates_the_values_at_run_time():
+    """`validate_args=True` (the default) compiles with `fullgraph=True`: the
+    trace skips the value checks (host reads) and the custom operator makes
+    them when the graph runs, with the same errors as eager."""
+    (scores, transition, duration), lengths = _small(torch.float32, requires_grad=True)
+
+    def f(s, tr, du, lengths):
+        return log_partition(SemiMarkovPotentials(s, tr, du, lengths))
+
+    compiled = torch.compile(f, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(scores, transition, duration, lengths),
+                               f(scores, transition, duration, lengths))
+    bad = scores.detach().clone()
+    bad[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="scores contains NaN"):
+        f(bad, transition, duration, lengths)
+    with pytest.raises(ValueError, match="scores contains NaN"):
+        compiled(bad, transition, duration, lengths)
+    bad[1, -1, 0] = float("nan")  # past sequence 1's length: padding, never read
+    bad[0, 0, 0] = 0.0
+    torch.testing.assert_close(compiled(bad, transition, duration, lengths), f(bad, transition, duration, lengths))
+
+
 def test_compiled_sample_runs_eagerly_or_names_why_it_cannot():
     (scores, transition, duration), lengths = _small(torch.float32)
     p = SemiMarkovPotentials(scores, transition, duration, lengths)

@@ -8,7 +8,8 @@ a fake (meta) implementation, whose registered backward is
 backend contract exactly as the eager Function does (`log_partition`, then
 `inside` and `outside`), so a compiled graph holds no host synchronization
 of ours; the backward recomputes the inside sweep (a custom operator hands
-tensors only, not a rung's tables). A second derivative through a compiled
+tensors only, not a rung's tables). The potentials' value checks
+(`validate_args`), which a trace skips, run in the forward operator. A second derivative through a compiled
 graph is refused by `torch.compile` itself ("does not currently support
 double backward"); eager `log_partition` is twice differentiable.
 """
@@ -24,24 +25,27 @@ _NAMES = ("scores", "transition", "duration", "start", "end", "start_scores", "e
 
 
 def _potentials(scores, transition, duration, lengths, start, end, start_scores, end_scores,
-                center: bool) -> SemiMarkovPotentials:
-    """The potentials of the operators' arguments (the lengths' range is
-    checked here, at run time: a compiled graph skips that host read)."""
+                center: bool, validate: bool = False) -> SemiMarkovPotentials:
+    """The potentials of the operators' arguments (the lengths' range, and
+    with `validate` the values, are checked here, at run time: a compiled
+    graph skips those host reads)."""
     return SemiMarkovPotentials(scores, transition, duration, lengths, start, end, start_scores, end_scores,
-                                validate_args=False, center=center)
+                                validate_args=validate, center=center)
 
 
 @torch.library.custom_op("semiring_semicrf::log_partition", mutates_args=())
 def _log_partition(scores: torch.Tensor, transition: torch.Tensor, duration: torch.Tensor, lengths: torch.Tensor,
                    start: torch.Tensor, end: torch.Tensor, start_scores: torch.Tensor | None,
-                   end_scores: torch.Tensor | None, backend: str, low_memory: bool, center: bool) -> torch.Tensor:
-    p = _potentials(scores, transition, duration, lengths, start, end, start_scores, end_scores, center)
+                   end_scores: torch.Tensor | None, backend: str, low_memory: bool, center: bool,
+                   validate: bool) -> torch.Tensor:
+    p = _potentials(scores, transition, duration, lengths, start, end, start_scores, end_scores, center, validate)
     with torch.no_grad():
         return backends.get(backend, p).log_partition(p.factors())
 
 
 @_log_partition.register_fake
-def _(scores, transition, duration, lengths, start, end, start_scores, end_scores, backend, low_memory, center):
+def _(scores, transition, duration, lengths, start, end, start_scores, end_scores, backend, low_memory, center,
+      validate):
     return scores.new_empty(scores.shape[0])
 
 
@@ -71,7 +75,7 @@ def _(grad_log_z, scores, transition, duration, lengths, start, end, start_score
 
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:8])
-    ctx.options = inputs[8:]
+    ctx.options = inputs[8:11]  # backend, low_memory, center (the forward validated)
 
 
 def _backward(ctx, grad_log_z):
@@ -81,7 +85,7 @@ def _backward(ctx, grad_log_z):
     by_name = {name: next(grads) for name, t in zip(_NAMES, (scores, transition, duration, start, end,
                                                               start_scores, end_scores)) if t is not None}
     return (by_name["scores"], by_name["transition"], by_name["duration"], None, by_name["start"], by_name["end"],
-            by_name.get("start_scores"), by_name.get("end_scores"), None, None, None)
+            by_name.get("start_scores"), by_name.get("end_scores"), None, None, None, None)
 
 
 _log_partition.register_autograd(_backward, setup_context=_setup_context)
@@ -91,4 +95,5 @@ def log_partition(potentials: SemiMarkovPotentials, backend: str, low_memory: bo
     """`log Z (B,)` through ``semiring_semicrf::log_partition``."""
     t = potentials.tensors()
     return _log_partition(t["scores"], t["transition"], t["duration"], potentials.lengths, t["start"], t["end"],
-                          t.get("start_scores"), t.get("end_scores"), backend, low_memory, potentials.center)
+                          t.get("start_scores"), t.get("end_scores"), backend, low_memory, potentials.center,
+                          potentials.validate_args)
