@@ -24,6 +24,7 @@ from semiring_semicrf import (
     Segmentation,
     SemiMarkovDistribution,
     SemiMarkovPotentials,
+    StdSemiring,
     backends,
     semimarkov_scan,
 )
@@ -242,3 +243,15 @@ def test_graph_replays_read_nothing_freed_since_their_capture():
     assert_compiled_equals_eager(LogSemiring(), (p,))
     assert_gradients_equal(LogSemiring(), (p,))
     del filler
+
+
+def test_a_second_derivative_through_the_compiled_scan_raises():
+    """The blocks' backward is once differentiable: a gradient penalty
+    through it raises, naming the reference rung, instead of dropping its
+    second-order term (and `loss + penalty` does not pass silently)."""
+    p = problem("factorized", 3, [T, 17, 9], True)
+    q, named = with_grad(p)
+    out = semimarkov_scan(q, StdSemiring(), backend="compiled")
+    (grad,) = torch.autograd.grad(out.sum(), [named["scores"]], create_graph=True)
+    with pytest.raises(RuntimeError, match="the gradient of the compiled scan cannot be differentiated again"):
+        (out.sum() + (grad ** 2).sum()).backward()

@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from ..autograd.derivatives import refuse_further_derivatives
 from .base import Backend
 from .reference import ScanProgram
 
@@ -236,7 +237,9 @@ class CompiledBlocks:
 
 class _Block(torch.autograd.Function):
     """One compiled block as an autograd function: keeps its input ring,
-    and its backward is the block's vector-Jacobian product."""
+    and its backward is the block's vector-Jacobian product (once
+    differentiable: under `create_graph=True` its results are marked so
+    that differentiating them raises, rather than dropping a term)."""
 
     @staticmethod
     def forward(ctx, blocks: CompiledBlocks, ticket: object, e_last: int, start: int, ring, offset, *tables):
@@ -252,6 +255,8 @@ class _Block(torch.autograd.Function):
         ring, offset, *tables = ctx.saved_tensors
         grads = ctx.blocks.vjp(ctx.ticket, tables, ring, offset, ctx.e_last, ctx.start,
                                (grad_ring, grad_previous, grad_alpha))
+        grads = refuse_further_derivatives(list(grads), [grad_ring, grad_previous, grad_alpha, ring, *tables],
+                                           "the gradient of the compiled scan")
         return (None, None, None, None, grads[0], None, *grads[1:])
 
 
