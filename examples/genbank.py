@@ -139,7 +139,9 @@ def _location_parts(text: str, reverse: bool, where: str) -> Iterator[tuple]:
 
 def _split_top_level(text: str, where: str) -> list[str]:
     """Split on the commas that are not inside parentheses."""
-    pieces, depth, current = [], 0, []
+    pieces: list[str] = []
+    depth = 0
+    current: list[str] = []     # the characters of the piece being read
     for char in text:
         if char == "(":
             depth += 1
@@ -167,7 +169,8 @@ def parse_genbank(text: str, source: str = "<text>") -> list[Locus]:
     LOCUS line or ORIGIN sequence, a sequence whose length differs from the
     LOCUS line's, or a CDS location :func:`parse_location` rejects.
     """
-    loci, record = [], []
+    loci: list[Locus] = []
+    record: list[str] = []      # the lines of the record being read
     for number, line in enumerate(text.splitlines(), 1):
         if line.startswith("//"):
             loci.append(_parse_record(record, f"{source}, record ending at line {number}"))
@@ -195,7 +198,7 @@ def _parse_record(lines: Sequence[str], where: str) -> Locus:
     sequence = re.sub(r"[\d\s]", "", "".join(lines[origin + 1:])).lower()
     if len(sequence) != length:
         raise ValueError(f"{where}: the sequence has {len(sequence)} bases but LOCUS says {length}")
-    genes = []
+    genes: list[Gene] = []
     for key, location, qualifiers in _features(lines[1:origin]):
         if key != "CDS":
             continue
@@ -205,10 +208,13 @@ def _parse_record(lines: Sequence[str], where: str) -> Locus:
     return Locus(name, sequence, tuple(genes))
 
 
-def _features(lines: Sequence[str]) -> Iterator[tuple[str, str, dict]]:
+def _features(lines: Sequence[str]) -> Iterator[tuple[str, str, dict[str, str]]]:
     """Yield `(key, location, qualifiers)` for each entry of the FEATURES
     table found in `lines` (location lines joined; qualifier values unquoted)."""
-    inside, key, location, qualifiers, in_location = False, None, [], [], False
+    inside, in_location = False, False
+    key: str | None = None
+    location: list[str] = []
+    qualifiers: list[str] = []
     for line in lines:
         if line.startswith("FEATURES"):
             inside = True
@@ -238,9 +244,9 @@ def _features(lines: Sequence[str]) -> Iterator[tuple[str, str, dict]]:
         yield key, "".join(location), _qualifier_dict(qualifiers)
 
 
-def _qualifier_dict(qualifiers: Sequence[str]) -> dict:
+def _qualifier_dict(qualifiers: Sequence[str]) -> dict[str, str]:
     """``['/gene="abc"', '/pseudo']`` to ``{'gene': 'abc', 'pseudo': ''}``."""
-    result = {}
+    result: dict[str, str] = {}
     for qualifier in qualifiers:
         name, _, value = qualifier[1:].partition("=")
         result.setdefault(name, value.strip().strip('"'))

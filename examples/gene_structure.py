@@ -109,8 +109,8 @@ def fetch_data(target: Path, log=print) -> Path:
         raise DataUnavailable(f"cannot fetch the data: {' and '.join(missing)} not found (a Debian-based system "
                               f"is needed to fetch it automatically).\n{HOW_TO_GET}")
     log(f"fetching {PACKAGE} with apt-get download into {target} ...")
-    with tempfile.TemporaryDirectory(prefix="semicrf-augustus-") as scratch:
-        scratch = Path(scratch)
+    with tempfile.TemporaryDirectory(prefix="semicrf-augustus-") as scratch_name:
+        scratch = Path(scratch_name)
         _run(["apt-get", "download", PACKAGE], scratch)
         debs = sorted(scratch.glob(f"{PACKAGE}_*.deb"))
         if not debs:
@@ -181,8 +181,8 @@ def locus_labels(locus: Locus) -> np.ndarray:
     return labels
 
 
-def runs(labels: Sequence[int]) -> list[tuple[int, int, int]]:
-    """Maximal runs of equal labels, `(start, end, label)` with `end` exclusive."""
+def runs(labels: Sequence[int] | np.ndarray) -> list[tuple[int, int, int]]:
+    """Maximal runs of equal labels `(T,)`, `(start, end, label)` with `end` exclusive."""
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise ValueError(f"labels must be one-dimensional, got shape {labels.shape}")
@@ -231,15 +231,18 @@ def chain(labels: np.ndarray, max_duration: int, num_labels: int = len(LABELS)) 
 Structure = tuple[int, tuple[tuple[int, int], ...]]   # (strand, exons)
 
 
-def structures(labels: Sequence[int]) -> list[Structure]:
-    """The genes a label sequence describes: each maximal stretch of
+def structures(labels: Sequence[int] | np.ndarray) -> list[Structure]:
+    """The genes a label sequence `(T,)` describes: each maximal stretch of
     non-intergenic bases of one strand is a gene, and its exon runs are its
     exons. A stretch that begins or ends with an intron is kept (it can only
     match no annotated gene)."""
-    genes, current, strand = [], [], None
+    genes: list[Structure] = []
+    current: list[tuple[int, int, int]] = []     # the runs of the gene being read, `(start, end, label)`
+    strand: int | None = None                    # its strand
     for start, end, label in runs(labels) + [(0, 0, INTERGENIC)]:
         this = STRAND_OF.get(label)
         if current and this != strand:
+            assert strand is not None  # set with current's first run
             genes.append((strand, tuple((s, e) for s, e, lab in current if lab in EXON_LABELS)))
             current = []
         if this is not None:
@@ -347,12 +350,14 @@ def reverse_complement(example: Example) -> Example:
                    OTHER_STRAND[example.labels[::-1]])
 
 
-def batches(items: Sequence[Example], max_tokens: int, shuffle: bool, rng: random.Random) -> list[list[int]]:
+def batches(items: Sequence[Example], max_tokens: int, shuffle: bool, rng: random.Random | None) -> list[list[int]]:
     """Index batches of examples of similar length, each holding at most
     `max_tokens` padded positions (or one example if it alone is longer);
-    in random order when `shuffle`."""
+    in random order when `shuffle` (drawn from `rng`, which may be None
+    otherwise)."""
     order = sorted(range(len(items)), key=lambda i: len(items[i]))
-    groups, current = [], []
+    groups: list[list[int]] = []
+    current: list[int] = []
     for i in order:
         if current and (len(current) + 1) * len(items[i]) > max_tokens:
             groups.append(current)
@@ -361,6 +366,8 @@ def batches(items: Sequence[Example], max_tokens: int, shuffle: bool, rng: rando
     if current:
         groups.append(current)
     if shuffle:
+        if rng is None:
+            raise ValueError("shuffle=True needs an rng")
         rng.shuffle(groups)
     return groups
 
@@ -369,8 +376,8 @@ def collate(items: Sequence[Example], max_duration: int, device) -> tuple[torch.
     """One-hot DNA `(B, T, 4)`, lengths `(B,)` and the gold Segmentation
     `(B, T)` over the states of a ChainedCRFHead with K = `max_duration`
     (:func:`chain`: pieces of at most K)."""
-    lengths = [len(item) for item in items]
-    T = max(lengths)
+    item_lengths = [len(item) for item in items]
+    T = max(item_lengths)
     codes = np.full((len(items), T), 4, dtype=np.int64)
     labels = np.full((len(items), T), -1, dtype=np.int64)
     starts = np.zeros((len(items), T), dtype=bool)
@@ -378,7 +385,7 @@ def collate(items: Sequence[Example], max_duration: int, device) -> tuple[torch.
         codes[b, :len(item)] = item.codes
         labels[b, :len(item)], starts[b, :len(item)] = chain(item.labels, max_duration)
     one_hot = torch.nn.functional.one_hot(torch.from_numpy(codes), 5)[..., :4].float()
-    lengths = torch.tensor(lengths)
+    lengths = torch.tensor(item_lengths)
     gold = Segmentation(torch.from_numpy(labels), torch.from_numpy(starts), lengths)
     return one_hot.to(device), lengths.to(device), gold.to(device)
 
@@ -473,6 +480,9 @@ class ChainedCRFHead(SemiMarkovCRFHead):
     label transitions it marks False (their scores become -inf: a grammar
     such as GRAMMAR; its diagonal must be True).
     """
+
+    #: The `allowed` argument as a `(C, C)` bool buffer (`allowed[a, b]`: label b may follow label a).
+    allowed: torch.Tensor
 
     def __init__(self, num_classes: int, max_duration: int, hidden_dim: int, backend: str = "auto",
                  boundary_scores: bool = True, allowed: np.ndarray | None = None):
@@ -632,14 +642,14 @@ def predict(model: GeneFinder, loci: Sequence[Locus], args, device, name: str) -
     """Viterbi labels of each whole locus (no windows: the scan streams over T)."""
     model.eval()
     data = examples(loci)
-    out: list[np.ndarray | None] = [None] * len(data)
+    decoded: dict[int, np.ndarray] = {}     # labels `(T,)` by index into data
     groups = batches(data, 8 * args.max_tokens, shuffle=False, rng=random.Random(0))  # no gradients: larger batches
     for group in progress(groups, len(groups), f"{name} decoding", args.progress):
         one_hot, lengths, _ = collate([data[i] for i in group], model.max_duration, device)
         labels = model.decode(one_hot, lengths).cpu().numpy()
         for row, i in enumerate(group):
-            out[i] = labels[row, :len(data[i])]
-    return out
+            decoded[i] = labels[row, :len(data[i])]
+    return [decoded[i] for i in range(len(data))]
 
 
 def evaluate(predictions: Sequence[np.ndarray], loci: Sequence[Locus]) -> dict[str, dict[str, float]]:
