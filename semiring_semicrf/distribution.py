@@ -228,13 +228,16 @@ class SemiMarkovDistribution(Distribution):
         every value of a sequence with no allowed segmentation (log Z = -inf;
         finite zero gradients there). Raises ValueError (under
         `validate_args`) for segments past the length, gaps, labels out of
-        range or segments longer than K."""
+        range or segments longer than K; those checks read values on the
+        host and are skipped while `torch.compile` traces (as dynamo turns
+        torch.distributions' validation off), so that a compiled loss is
+        one graph."""
         return self._log_prob(value, "value")
 
     def _log_prob(self, value: Segmentation, name: str) -> torch.Tensor:
         """:meth:`log_prob`, with errors that call the value `name`."""
         value = self._broadcast(value, name)
-        if self._validate_args:
+        if self._validate_args and not torch.compiler.is_compiling():
             value.validate(self.potentials, name=name)
         partition = self._partition()
         score = value.log_potential(self.potentials, validate=False)
