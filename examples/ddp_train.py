@@ -39,9 +39,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import faulthandler
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -398,6 +400,9 @@ def main(argv=None) -> int:
     args = parse(argv)
     if args.check:
         return check(args)
+    # A worker stopped by torchrun (the check's timeout sends SIGTERM) writes every thread's stack to its log
+    # first: on a loaded 2-core machine a 2-process gloo job has hung after writing its results, cause unknown.
+    faulthandler.register(signal.SIGTERM, chain=True, all_threads=True)
     train(args)
     return 0
 

@@ -165,8 +165,9 @@ def run_ddp_example(*args, timeout=900) -> subprocess.CompletedProcess:
 
 def test_ddp_example_check_runs_one_and_two_processes_and_their_gradients_agree(tmp_path):
     # On a loaded 2-core machine the 2-process gloo job twice hung after its workers had written their results
-    # (in 2 of 4 runs of the whole suite; never alone), until the check's timeout stopped torchrun: one retry,
-    # which must then pass.
+    # (in 2 of 4 runs of the whole suite; never alone; on 2026-11-30 twice in a row in one run), until the check's
+    # timeout stopped torchrun: one retry, which must then pass. A stopped worker writes every thread's stack to
+    # its log (faulthandler on SIGTERM), whose end the failure message shows: where it hung.
     arguments = ("--check", "--no-lightning", "--timeout", "240", "--out", str(tmp_path), *TINY)
     run = run_ddp_example(*arguments)
     if run.returncode != 0 and "exit 124" in run.stdout:
