@@ -117,8 +117,8 @@ def outside(factors: Factors, saved: InsideTables, keep: bool = False) -> FlowPo
     second backward through one forward, `retain_graph=True`) are computed
     again by a forward sweep first."""
     if saved.consumed:
-        saved = inside(saved.factors)[1]
-    if keep:
+        saved = inside(saved.factors)[1]  # the caller's stay consumed: nothing to keep
+    elif keep:
         saved = replace(saved, alpha_hat=saved.alpha_hat.clone(), v_hat=saved.v_hat.clone())
     saved.consumed = True
     segment_start, segment_end, marginals, transition, duration, first, last = outside_sweep(

@@ -9,9 +9,10 @@ backend contract exactly as the eager Function does (`log_partition`, then
 `inside` and `outside`), so a compiled graph holds no host synchronization
 of ours; the backward recomputes the inside sweep (a custom operator hands
 tensors only, not a rung's tables). The potentials' value checks
-(`validate_args`), which a trace skips, run in the forward operator. A second derivative through a compiled
-graph is refused by `torch.compile` itself ("does not currently support
-double backward"); eager `log_partition` is twice differentiable.
+(`validate_args`), which a trace skips, run in the forward operator. A
+second derivative through a compiled graph is refused by `torch.compile`
+itself ("does not currently support double backward"); eager
+`log_partition` is twice differentiable.
 """
 from __future__ import annotations
 

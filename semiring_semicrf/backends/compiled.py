@@ -208,11 +208,10 @@ class CompiledBlocks:
             positions = torch.arange(e_last - BLOCK + 1, e_last + 1, device=device)
             return function(tables, state, positions, torch.tensor(start, device=device))
         with torch.cuda.device(device):
-            return self._replay(function, ticket, tables, state, e_last, start)
+            return self._replay(function, ticket, tables, state, e_last, start, device)
 
-    def _replay(self, function, ticket, tables, state, e_last: int, start: int):
-        """`_call`'s CUDA graph path (the tensors' device current)."""
-        device = state[0].device
+    def _replay(self, function, ticket, tables, state, e_last: int, start: int, device: torch.device):
+        """`_call`'s CUDA graph path (`device`, the tensors', current)."""
         if function.__name__ not in self._graphs:
             if self._loaded is None:
                 self.static_tables = [t.detach().clone() for t in tables]
