@@ -22,7 +22,8 @@
   tables, the outside flow differentiated, then the outside flow
   (:mod:`.hvp`).
 - :func:`information`: entropy, cross-entropy or KL, an information lane
-  along the forward's tables (:mod:`.hvp`).
+  along the forward's tables (:mod:`.hvp`), with the tangent lane of the
+  gradient's hvp beside it in the same sweep when asked.
 
 They read float32 :class:`~semiring_semicrf.factors.Factors` and run the
 factorized recurrence, so potentials with duration-dependent `(K, C, C)`
@@ -69,6 +70,22 @@ class InsideTables:
     cum: torch.Tensor
     log_z: torch.Tensor
     consumed: bool = False
+    lane: TangentLane | None = None
+
+
+@dataclass
+class TangentLane:
+    """A tangent lane that :func:`information` ran beside its information
+    lane, kept in p's :class:`InsideTables` for the :func:`hvp` along the same
+    `tangent` (the Factors object it was given), which consumes it: the
+    float32 tangent and its duration ring, `dot = <grad log Z, tangent> (B,)`
+    float64, and the tangent tables `(t_alpha, t_v, t_scale)`."""
+
+    tangent: Factors
+    tangent32: Factors
+    ring: torch.Tensor
+    dot: torch.Tensor
+    tables: tuple
 
 
 @dataclass
@@ -154,34 +171,52 @@ def hvp(factors: Factors, tangent: Factors, saved: InsideTables | None = None, p
     """`(posterior, its tangent along tangent)` (the backend contract's
     `hvp`), both :class:`FlowPosterior`: from the forward's tables (`saved`,
     if :func:`inside` left them and no outside consumed them; else a forward
-    sweep first), a tangent lane along them, the tangent flow (which reads
-    them), then, if `posterior`, the outside flow (which consumes them;
+    sweep first), a tangent lane along them (the one :func:`information`
+    kept in `saved` for this `tangent`, if any), the tangent flow (which
+    reads them), then, if `posterior`, the outside flow (which consumes them;
     without it the posterior is None and `saved` stays usable). No copy of a
     table: beyond the forward's, the tangent's two `(B, T+1, C)` float32
     tables, written over by the tangent of the posterior, and both label
     marginals."""
     factors = factors.to(torch.float32)
-    tangent = tangent.to(torch.float32)
     if saved is None or saved.consumed:
         _, saved = inside(factors)
-    ring = tangent_duration_ring(tangent)
-    log_z_tangent, tangent_tables = expectation_sweep("tangent", saved, tangent=tangent, tangent_ring=ring,
-                                                      keep_tables=True)
-    start, end, marginals, transition, duration, first, last = tangent_flow(saved, tangent, ring, tangent_tables)
-    dot = FlowPosterior(log_z_tangent.to(torch.float32), start, end, transition, duration, first, last, marginals)
+    lane = saved.lane if saved.lane is not None and saved.lane.tangent is tangent else None
+    saved.lane = None  # the tangent flow consumes its tables
+    if lane is None:
+        lane = tangent_lane(saved, tangent)[0]
+    start, end, marginals, transition, duration, first, last = tangent_flow(saved, lane.tangent32, lane.ring,
+                                                                           lane.tables)
+    dot = FlowPosterior(lane.dot.to(torch.float32), start, end, transition, duration, first, last, marginals)
     return (outside(factors, saved) if posterior else None), dot
 
 
-def information(p: Factors, q: Factors | None, kind: str) -> tuple:
+def tangent_lane(saved: InsideTables, tangent: Factors, information: str | None = None,
+                 q_tables: InsideTables | None = None) -> tuple:
+    """`(lane, value)`: the :class:`TangentLane` of `tangent` along p's
+    tables `saved` and, from the same sweep, the information of kind
+    `information` `(B,)` float64 (None without one)."""
+    tangent32 = tangent.to(torch.float32)
+    ring = tangent_duration_ring(tangent32)
+    value, (dot, tables) = expectation_sweep(saved, information, q_tables, tangent32, ring)
+    return TangentLane(tangent, tangent32, ring, dot, tables), value
+
+
+def information(p: Factors, q: Factors | None, kind: str, tangent: Factors | None = None) -> tuple:
     """`(value (B,) float32, (p's tables, q's tables))`: entropy of p, or
     cross-entropy / KL of p and q (the backend contract's `information`),
     summed in float64 by an information lane along the forward tables of p
     (and q), which it only reads: they serve a later :func:`hvp` of p and
-    :func:`outside` of q (each consumes its own)."""
+    :func:`outside` of q (each consumes its own). With `tangent` (a
+    direction of p: the gradient's), the same sweep also runs its tangent
+    lane and keeps it in p's tables for that :func:`hvp`."""
     p = p.to(torch.float32)
     _, p_tables = inside(p)
     q_tables = None
     if q is not None:
         _, q_tables = inside(q.to(torch.float32))
-    value = expectation_sweep(kind, p_tables, q_tables=q_tables)[0]
+    if tangent is None:
+        value = expectation_sweep(p_tables, kind, q_tables)[0]
+    else:
+        p_tables.lane, value = tangent_lane(p_tables, tangent, kind, q_tables)
     return value.to(torch.float32), (p_tables, q_tables)

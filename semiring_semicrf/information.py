@@ -110,6 +110,18 @@ class _State:
         self.kind, self.backend, self.p, self.q, self.post = kind, backend, p, q, post
         self.rung: backends.Backend | None = None  # the rung that answered
         self.saved: tuple | None = None  # its tables of p's and q's forwards
+        self.tangent: SemiMarkovPotentials | None = None  # the direction of p's hvp, if p needs a gradient
+
+    def direction(self) -> SemiMarkovPotentials:
+        """The direction along which the Hessian of p's log Z gives p's
+        gradient (module docstring): theta_p (entropy), theta_q
+        (cross-entropy), theta_p - theta_q (KL)."""
+        if self.q is None:
+            return direction(self.p, self.p.tensors())  # (which takes a forbidden part's -inf as 0)
+        if self.kind == "cross_entropy":
+            return direction(self.p, self.q.tensors())
+        other = _finite(self.q)  # then p's -inf stay -inf in the difference, and direction takes them as 0
+        return direction(self.p, {name: t - other[name] for name, t in self.p.tensors().items()})
 
 
 class Information(torch.autograd.Function):
@@ -125,7 +137,10 @@ class Information(torch.autograd.Function):
         state.q = None if state.q is None else _detached(state.q, tensors[n:])
         state.rung = backends.select(state.backend, state.p, "information")
         with torch.no_grad():
-            result, state.saved = state.rung.information(state.p.factors(), _factors(state.q), state.kind)
+            # p's gradient is an hvp along a direction known now: a rung may start its tangent lane here
+            state.tangent = state.direction() if any(t.requires_grad for t in tensors[:n]) else None
+            result, state.saved = state.rung.information(state.p.factors(), _factors(state.q), state.kind,
+                                                         _factors(state.tangent))
         return result
 
     @staticmethod
@@ -143,17 +158,10 @@ class Information(torch.autograd.Function):
         post_p, dot = state.post, None
         saved_p, saved_q = (None, None) if state.saved is None else state.saved
         if any(needs_p):
-            own = _finite(p)
-            if q is None:
-                toward = own
-            elif kind == "cross_entropy":
-                toward = _finite(q)
-            else:
-                other = _finite(q)
-                toward = {name: own[name] - other[name] for name in own}
             # p's posterior only for q's gradient (the tangent alone is zero where p has no segmentation)
             wanted = any(needs_q) and post_p is None
-            found, dot = hvp(p, p.factors(), direction(p, toward), state.backend, saved_p, posterior=wanted)
+            tangent = state.direction() if state.tangent is None else state.tangent
+            found, dot = hvp(p, p.factors(), tangent, state.backend, saved_p, posterior=wanted)
             post_p = post_p if found is None else found
         if any(needs_q) and post_p is None:
             post_p = posterior(p, state.backend)
@@ -191,8 +199,10 @@ def _factors(potentials: SemiMarkovPotentials | None):
     return None if potentials is None else potentials.factors()
 
 
-def _information(kind: str, p: SemiMarkovPotentials, q: SemiMarkovPotentials | None, backend: str,
-                 post: Posterior | None) -> torch.Tensor:
+def query(kind: str, p: SemiMarkovPotentials, q: SemiMarkovPotentials | None, backend: str,
+          post: Posterior | None) -> torch.Tensor:
+    """`kind` of p (and q, already checked by :func:`check_compatible`), with
+    a gradient when either requires one."""
     models = [p] if q is None else [p, q]
     if not any(tracks_grad(m) for m in models):
         with torch.no_grad():
@@ -203,7 +213,7 @@ def _information(kind: str, p: SemiMarkovPotentials, q: SemiMarkovPotentials | N
 
 def entropy(p: SemiMarkovPotentials, backend: str = "auto") -> torch.Tensor:
     """`H(p) (B,)` in nats (0 where p has no segmentation)."""
-    return _information("entropy", p, None, backend, None)
+    return query("entropy", p, None, backend, None)
 
 
 def cross_entropy(p: SemiMarkovPotentials, q: SemiMarkovPotentials, backend: str = "auto",
@@ -212,7 +222,7 @@ def cross_entropy(p: SemiMarkovPotentials, q: SemiMarkovPotentials, backend: str
     to a segmentation q forbids, 0 where p has no segmentation. `post`: p's
     posterior, if computed (reused by the gradient with respect to q)."""
     check_compatible(p, q)
-    return _information("cross_entropy", p, q, backend, post)
+    return query("cross_entropy", p, q, backend, post)
 
 
 def kl(p: SemiMarkovPotentials, q: SemiMarkovPotentials, backend: str = "auto",
@@ -222,4 +232,4 @@ def kl(p: SemiMarkovPotentials, q: SemiMarkovPotentials, backend: str = "auto",
     `post`: p's posterior, if computed (reused by the gradient with respect
     to q)."""
     check_compatible(p, q)
-    return _information("kl", p, q, backend, post)
+    return query("kl", p, q, backend, post)

@@ -169,20 +169,24 @@ def test_triton_hvp_runs_the_outside_last_and_recomputes_consumed_tables(monkeyp
 def test_triton_second_derivatives_sweep_no_more_than_they_need(device, monkeypatch):
     """On the Triton rung a gradient penalty runs one forward sweep (the
     first backward's outside keeps the forward's tables for the hvp), and
-    neither it nor the entropy's gradient runs an outside flow for a
-    posterior nobody reads; the results equal the torch rung's."""
+    neither it nor the information gradients run an outside flow for a
+    posterior nobody reads; entropy, cross-entropy and KL run their
+    gradient's tangent lane in the information lane's sweep (one lane sweep
+    in all) when p requires grad. The results equal the torch rung's."""
     kernels = pytest.importorskip("semiring_semicrf.kernels")
     g = torch.Generator().manual_seed(23)
     base = SemiMarkovPotentials(torch.randn(2, 8, 3, generator=g), torch.randn(3, 3, generator=g),
                                 torch.randn(4, 3, generator=g), torch.tensor([8, 5]))
-    calls = {"forward_sweep": 0, "outside_sweep": 0}
-    for module, name in ((kernels, "forward_sweep"), (kernels, "outside_sweep")):
-        original = getattr(module, name)
+    other = perturbed(base, 24)
+    names = ("forward_sweep", "outside_sweep", "expectation_sweep")
+    calls = dict.fromkeys(names, 0)
+    for name in names:
+        original = getattr(kernels, name)
 
         def counted(*args, _original=original, _name=name, **kwargs):
             calls[_name] += 1
             return _original(*args, **kwargs)
-        monkeypatch.setattr(module, name, counted)
+        monkeypatch.setattr(kernels, name, counted)
 
     def penalty(backend):
         p = leaves(on(device, base))
@@ -190,13 +194,46 @@ def test_triton_second_derivatives_sweep_no_more_than_they_need(device, monkeypa
         return torch.autograd.grad((grad ** 2).sum(), list(p.tensors().values()))
 
     got = penalty("triton")
-    assert calls == {"forward_sweep": 1, "outside_sweep": 1}
+    assert calls == {"forward_sweep": 1, "outside_sweep": 1, "expectation_sweep": 1}
     for a, b in zip(got, penalty("torch")):
         torch.testing.assert_close(a, b, **FLOAT32)
-    calls.update(forward_sweep=0, outside_sweep=0)
-    p = leaves(on(device, base))
-    SemiMarkovDistribution.from_potentials(p, backend="triton").entropy().sum().backward()
-    assert calls == {"forward_sweep": 1, "outside_sweep": 0}
+    for kind, forwards in (("entropy", 1), ("cross_entropy", 2), ("kl", 2)):
+        def information_gradient(backend, kind=kind):
+            p = leaves(on(device, base))
+            q = None if kind == "entropy" else on(device, other)
+            value = semimarkov_scan(p if q is None else (p, q), SEMIRINGS[kind], backend=backend)
+            return torch.autograd.grad(value.sum(), list(p.tensors().values()))
+
+        calls.update(dict.fromkeys(names, 0))
+        got = information_gradient("triton")
+        assert calls == {"forward_sweep": forwards, "outside_sweep": 0, "expectation_sweep": 1}, kind
+        for a, b in zip(got, information_gradient("torch")):
+            torch.testing.assert_close(a, b, **FLOAT32)
+
+
+@settings(deadline=None, max_examples=8)
+@given(p=tiny_problems(max_B=2, max_T=7, max_K=3, max_C=3, extras=True, duration_dependent=False),
+       kind=st.sampled_from(sorted(SEMIRINGS)), seed=st.integers(0, 2**16))
+def test_triton_fused_lanes_equal_the_lanes_alone(p, kind, seed):
+    """The sweep that runs an information lane and a tangent lane together
+    gives each lane's results bitwise as the sweeps that run them alone
+    (the interpreter; on a GPU the warp counts differ, hence the sums'
+    order)."""
+    kernels = pytest.importorskip("semiring_semicrf.kernels")
+    p = cast(p, torch.float32)
+    q = perturbed(p, seed) if kind != "entropy" else None
+    tangent = direction(p, random_direction(p, seed + 1)).factors().to(torch.float32)
+    ring = kernels.tangent_duration_ring(tangent)
+    _, tables = kernels.inside(p.factors())
+    q_tables = None if q is None else kernels.inside(q.factors())[1]
+    value, (dot, lane_tables) = kernels.expectation_sweep(tables, kind, q_tables, tangent, ring)
+    alone_value, no_lane = kernels.expectation_sweep(tables, kind, q_tables)
+    none, (alone_dot, alone_tables) = kernels.expectation_sweep(tables, None, None, tangent, ring)
+    assert no_lane is None and none is None
+    assert torch.equal(value, alone_value) and torch.equal(dot, alone_dot)
+    for b, length in enumerate(p.lengths.tolist()):  # the rows each sweep writes: alpha from 1, v and scale from 0
+        for first, a, other in zip((1, 0, 0), lane_tables, alone_tables):
+            assert torch.equal(a[b, first:length + 1], other[b, first:length + 1])
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -98,7 +98,7 @@ class Backend:
         return None in its place."""
         raise NotImplementedError
 
-    def information(self, prepared, q, kind: str):
+    def information(self, prepared, q, kind: str, tangent=None):
         """`(value, saved)`: `value (B,)` in `prepared`'s dtype is `kind` (one
         of :data:`INFORMATION`) of the distributions of prepared `p =
         prepared` and `q`
@@ -108,7 +108,10 @@ class Backend:
         where p gives mass to a segmentation q forbids; 0 where p has no
         segmentation. `saved`: None, or `(p's, q's)` forward as `inside`
         keeps it (q's None for "entropy"), for a later `hvp` of p and
-        `outside` of q by this rung."""
+        `outside` of q by this rung. `tangent`: None, or the `Factors` of the
+        direction of that later `hvp` (the gradient's), which a rung may
+        start on in this pass and keep in `saved` for an `hvp` given the same
+        object."""
         raise NotImplementedError
 
     def scan(self, prepared: tuple, semiring):

@@ -82,5 +82,5 @@ class TritonBackend(Backend):
     def hvp(self, prepared, tangent, saved=None, posterior: bool = True):
         return _kernels().hvp(prepared, tangent, saved, posterior)
 
-    def information(self, prepared, q, kind: str):
-        return _kernels().information(prepared, q, kind)
+    def information(self, prepared, q, kind: str, tangent=None):
+        return _kernels().information(prepared, q, kind, tangent)

@@ -62,8 +62,9 @@ class ReferenceBackend(Backend):
         del saved, posterior  # the reference keeps nothing between its passes
         return _posteriors(prepared, tangent)
 
-    def information(self, prepared, q, kind: str):
+    def information(self, prepared, q, kind: str, tangent=None):
         """The scan in the expectation semiring of `kind`."""
+        del tangent  # the reference keeps nothing between its passes
         with torch.no_grad():
             return scan(prepared if q is None else (prepared, q), _INFORMATION[kind]), None
 

@@ -61,5 +61,6 @@ class TorchBackend(Backend):
         del saved, posterior
         return hvp(prepared, tangent)
 
-    def information(self, prepared, q, kind: str):
-        return information(prepared, q, kind), None  # an hvp sweeps p's lane again: nothing to keep
+    def information(self, prepared, q, kind: str, tangent=None):
+        del tangent  # an hvp sweeps p's lane again beside the tangent's: nothing to start or keep
+        return information(prepared, q, kind), None
