@@ -403,15 +403,15 @@ class SemiMarkovDistribution(Distribution):
         """`H(p, q) = -E_p[log q(y)]` `(B,)`, `p = self`, `q = other`:
         `+inf` where p gives any probability to a segmentation q forbids
         (a part q scores `-inf`), 0 where p allows no segmentation."""
-        q = self._other(other)
-        return information.cross_entropy(self.potentials, q.potentials, self.backend, self._own_posterior())
+        q = self._other(other)  # checked here, before p's posterior: the unchecked query follows
+        return information.query("cross_entropy", self.potentials, q.potentials, self.backend, self._own_posterior())
 
     def kl(self, other: SemiMarkovDistribution) -> torch.Tensor:
         """`KL(p || q) = E_p[log p(y) - log q(y)]` `(B,)`, `p = self`, `q = other`:
         `+inf` where p gives any probability to a segmentation q forbids
         (a part q scores `-inf`), 0 where p allows no segmentation."""
-        q = self._other(other)
-        return information.kl(self.potentials, q.potentials, self.backend, self._own_posterior())
+        q = self._other(other)  # checked here, before p's posterior: the unchecked query follows
+        return information.query("kl", self.potentials, q.potentials, self.backend, self._own_posterior())
 
     # -- what segmentations do not have --------------------------------------------
     @property

@@ -151,10 +151,7 @@ class SemiMarkovPotentials(_Conversions):
         self.lengths = V.check_lengths(lengths, B, T, scores.device)
         self.validate_args = bool(validate_args)
         if validate_args and not torch.compiler.is_compiling():  # padding is never read: only inside the lengths
-            valid = _valid_mask(self.lengths, T)
-            V.check_finite_scores(scores, valid)
-            for name, value in named.items():
-                V.check_no_nan(name, value, valid if name in PER_POSITION else None)
+            V.check_potential_values(scores, named, _valid_mask(self.lengths, T), PER_POSITION)
         self.scores, self.transition, self.duration = scores, transition, duration
         self.start, self.end = start, end
         self.start_scores, self.end_scores = extras["start_scores"], extras["end_scores"]

@@ -66,12 +66,11 @@ def check_lengths(lengths, batch: int, T: int, device: torch.device) -> torch.Te
     if lengths.device.type == device.type == "cuda" and lengths.device != device:  # two GPUs
         raise ValueError(f"lengths is on {lengths.device} but the potentials are on {device}; "
                          "pass lengths on the CPU or on the potentials' GPU")
-    # Reading the values syncs with the device; under torch.compile the range is
-    # checked where the lengths are used (the log partition's custom operator).
-    if lengths.numel() and not torch.compiler.is_compiling() and (int(lengths.min()) < 1 or int(lengths.max()) > T):
+    # Reading the values syncs with the device (once); under torch.compile the range
+    # is checked where the lengths are used (the log partition's custom operator).
+    if lengths.numel() and not torch.compiler.is_compiling() and bool(((lengths < 1) | (lengths > T)).any()):
         raise ValueError(
-            f"lengths must lie in [1, T] = [1, {T}], got values in "
-            f"[{int(lengths.min())}, {int(lengths.max())}]")
+            f"lengths must lie in [1, T] = [1, {T}], got values in [{int(lengths.min())}, {int(lengths.max())}]")
     return lengths.to(device=device, dtype=torch.int64)
 
 
@@ -95,6 +94,27 @@ def check_no_nan(name: str, value: torch.Tensor, valid: torch.Tensor | None = No
         raise ValueError(f"{name} contains NaN{where}")
     if torch.isposinf(value).any():
         raise ValueError(f"{name} contains +inf{where}; log-potentials must be finite, or -inf to forbid a move")
+
+
+def check_potential_values(scores: torch.Tensor, named: dict, valid: torch.Tensor, per_position) -> None:
+    """Raise unless the `scores (B, T, C)` are finite and the other
+    potentials `named` (by name) hold no NaN or +inf, at the `(B, T)`
+    positions `valid` for the per-position inputs (names in
+    `per_position`): the checks of :func:`check_finite_scores` and
+    :func:`check_no_nan`, reduced on the device and read back in one
+    synchronization; only when something is wrong do those checks run one by
+    one, to name it."""
+    small = [v.detach().reshape(-1) for name, v in named.items() if name not in per_position]
+    padding = ~valid[..., None]
+    fine = [(scores.detach().abs() < float("inf")).logical_or_(padding).all()]  # False at NaN and +-inf
+    fine += [(v < float("inf")).logical_or_(padding).all() for name, v in named.items() if name in per_position]
+    if small:
+        fine.append((torch.cat(small) < float("inf")).all())
+    if bool(torch.stack(fine).all()):
+        return
+    check_finite_scores(scores, valid)
+    for name, value in named.items():
+        check_no_nan(name, value, valid if name in per_position else None)
 
 
 def check_finite_scores(value: torch.Tensor, valid: torch.Tensor) -> None:

@@ -97,3 +97,45 @@ def test_zero_centring_is_exact():
             for d in range(1, K + 1):
                 if s + d <= length:
                     torch.testing.assert_close(w[b, s, d - 1], scores[b, s:s + d].sum(0))
+
+
+BAD_VALUES = [(name, bad) for name in ("scores", "transition", "duration", "start", "end", "start_scores",
+                                       "end_scores") for bad in ("nan", "inf")] + [("scores", "-inf")]
+
+
+@pytest.mark.parametrize("name,bad", BAD_VALUES)
+def test_every_bad_value_of_every_potential_is_named(name, bad):
+    """NaN or +inf in any potential (and -inf in the scores), inside the
+    lengths, raises naming the argument, whichever entry holds it; the same
+    value in the padding is ignored."""
+    args = good(start=torch.randn(C), end=torch.randn(C), start_scores=torch.randn(B, T, C),
+                end_scores=torch.randn(B, T, C))
+    value = args[name].clone()
+    index = (1, 1, C - 1) if value.dim() == 3 else (-1,) * value.dim()
+    value[index] = float(bad)
+    args[name] = value
+    word = {"nan": "NaN", "inf": r"\+inf", "-inf": "-inf"}[bad]
+    with pytest.raises(ValueError, match=rf"^{name} contains {word}"):
+        SemiMarkovPotentials(**args)
+    if value.dim() == 3:
+        SemiMarkovPotentials(**args, lengths=torch.tensor([T, 1]))  # position 1 of sequence 1 is padding
+
+
+def test_validation_reads_the_device_once_for_the_values_and_once_for_the_lengths():
+    """Each read of a value on the host waits for a GPU: the checks of every
+    potential are reduced on the device and read back together."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class HostReads(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            HostReads.count += func is torch.ops.aten._local_scalar_dense.default
+            return func(*args, **(kwargs or {}))
+
+    args = good(start=torch.randn(C), end=torch.randn(C), start_scores=torch.randn(B, T, C))
+    for lengths, reads in ((None, 1), (torch.tensor([T, 2]), 2)):
+        HostReads.count = 0
+        with HostReads():
+            SemiMarkovPotentials(**args, lengths=lengths)
+        assert HostReads.count == reads
