@@ -2,6 +2,7 @@
 
     python benchmarks/cpu_compiled.py                       # the default sizes
     python benchmarks/cpu_compiled.py --sizes 2,200,8,6 --threads 2
+    python benchmarks/cpu_compiled.py --semirings kmax   # KMaxSemiring(5) only
 
 For the semiring of notebooks/02_new_semiring.ipynb (read from the notebook
 itself), `KMaxSemiring(5)` and `EntropySemiring()` (whose specializations are
@@ -44,9 +45,15 @@ def notebook_semiring():
     return namespace[NOTEBOOK_SEMIRING]()
 
 
-def semirings() -> dict:
+#: What `--semirings` takes: the rows whose name starts with one of them (in lower case).
+CHOICES = ("notebook", "kmax", "entropy")
+
+
+def semirings(only=CHOICES) -> dict:
+    """The semirings measured, by row name (the rows `only` names, see :data:`CHOICES`)."""
     from semiring_semicrf import EntropySemiring, KMaxSemiring
-    return {"notebook": notebook_semiring(), "KMax(5)": KMaxSemiring(5), "Entropy": EntropySemiring()}
+    rows = {"notebook": notebook_semiring(), "KMax(5)": KMaxSemiring(5), "Entropy": EntropySemiring()}
+    return {name: semiring for name, semiring in rows.items() if name.lower().startswith(tuple(only))}
 
 
 def problem(B, T, K, C, device="cpu", dtype=torch.float32, seed=0):
@@ -145,12 +152,13 @@ def table(rows) -> str:
     return "\n".join(["  ".join(str(x).ljust(w) for x, w in zip(line, widths)) for line in lines] + errors)
 
 
-def run_rows(sizes, repeats: int) -> list:
-    """Every semiring at every size on the CPU; an error is a row, not the end of the run."""
+def run_rows(sizes, repeats: int, only=CHOICES) -> list:
+    """Every semiring (that `only` names) at every size on the CPU; an error
+    is a row, not the end of the run."""
     rows = []
     for size in sizes:
         p = problem(*size)
-        for name, semiring in semirings().items():
+        for name, semiring in semirings(only).items():
             try:
                 rows.append(measure(p, name, semiring, "cpu", repeats))
             except Exception as exc:  # noqa: BLE001 - reported in the table, the run goes on
@@ -165,11 +173,13 @@ def main():
                         help="B,T,K,C (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--semirings", nargs="+", choices=CHOICES, default=CHOICES,
+                        help="which semirings (default: all)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = [tuple(int(x) for x in s.split(",")) for s in args.sizes]
-    rows = run_rows(sizes, args.repeats)
+    rows = run_rows(sizes, args.repeats, args.semirings)
     print(f"\nCPU, {torch.get_num_threads()} threads, float32, torch {torch.__version__}")
     print(table(rows))
 

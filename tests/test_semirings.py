@@ -16,6 +16,7 @@ from semiring_semicrf import (
     Semiring,
     StdSemiring,
 )
+from semiring_semicrf.semirings.kmax import _merge_order
 from semiring_semicrf.testing import check_semiring
 
 SEMIRINGS = [LogSemiring(), MaxSemiring(), StdSemiring(), KMaxSemiring(3), EntropySemiring(),
@@ -123,6 +124,24 @@ def test_kmax_lists_stay_sorted_and_keep_ties(seed, k):
     assert torch.all(a[:-1] >= a[1:]) if k > 1 else True
     tied = S.plus(S.embed(torch.zeros(1, 1, dtype=torch.float64)), S.embed(torch.zeros(1, 1, dtype=torch.float64)))
     assert tied[: min(k, 2), 0].tolist() == [0.0] * min(k, 2)
+
+
+scores_with_ties = st.one_of(st.sampled_from([float("-inf"), -1.0, 0.0, 2.5]),
+                             st.floats(-1e3, 1e3, allow_nan=False, width=32))
+
+
+@given(k=st.integers(1, 6), n=st.integers(1, 6), columns=st.integers(1, 3), data=st.data())
+def test_kmax_merge_order_takes_what_topk_takes_from_sorted_lists(k, n, columns, data):
+    """KMax under torch.compile merges its n sorted lists (`_merge_order`)
+    where eager calls `topk`: the same values bit for bit, repeated values
+    and -inf included, taken from k distinct entries."""
+    scores = data.draw(st.lists(scores_with_ties, min_size=k * n * columns, max_size=k * n * columns))
+    lists = torch.tensor(scores, dtype=torch.float32).view(k, n, columns).sort(dim=0, descending=True).values
+    flat = lists.flatten(0, 1)
+    order = _merge_order(lists)
+    assert order.shape == (k, columns) and order.dtype == torch.int64
+    assert torch.equal(flat.gather(0, order), flat.topk(k, dim=0).values)
+    assert all(len(set(column)) == k for column in order.T.tolist())
 
 
 def test_forbidden_potentials_are_zero_and_never_nan():

@@ -28,7 +28,7 @@ potentials, number of potential sets, `(B, T, K, C)`, dtype and device
 an entry compiles, later ones reuse it. `auto` picks this rung on CUDA for a
 semiring without a specialization; on the CPU it runs when named
 (`backend="compiled"`): there it is several times faster than the eager scan
-for the expectation-like semirings but not for k-best
+for the expectation-like semirings, only as fast at small sizes for k-best
 (benchmarks/cpu_compiled.py), and compiling takes seconds.
 """
 from __future__ import annotations
@@ -337,8 +337,8 @@ class CompiledBackend(Backend):
         if device not in ("cpu", "cuda"):
             return f"tensors are on {potentials.device}; the compiled scan runs on cpu and cuda"
         if device == "cpu" and not requested:
-            return ("on the CPU compiling costs seconds and is not faster for every semiring (k-best: "
-                    "benchmarks/cpu_compiled.py); backend='compiled' compiles there")
+            return ("on the CPU compiling costs seconds and is not faster for every semiring and size (k-best "
+                    "at small sizes: benchmarks/cpu_compiled.py); backend='compiled' compiles there")
         return unavailable_reason()
 
     def scan(self, prepared, semiring):
