@@ -410,22 +410,46 @@ def lane_num_warps(job: str, kp: int, cp: int) -> int:
     or the tangent flow (`"tangent_flow"`): the forward's choice for these
     tiles (the outside flow's for the tangent flow), with the exceptions
     measured on an H200 (`benchmarks/gpu_diagnose.py`, lane sweeps by warp
-    count): sweeps with a cross-entropy or KL lane, which carry q's
-    softmaxes beside p's, take four warps from `CP = 32` on (at (K, C) =
-    (32, 24): 3.9 and 4.8 ms against 4.2 and 5.7 at one), and the tangent
-    flow eight from `KP = 64` on (at (64, 8): 198 ms against 263 at one, T =
-    10^5); from `CP = 64` on, at least enough warps to hold the tiles: about
-    six `C x C` and nine `K x C` tiles live per step (counted in the
-    kernels), twice the forward's (:func:`~.common.register_warps`), and a
-    `C x C` and two `K x C` tiles more for a tangent beside an information
-    lane."""
+    count, 2026-11-30):
+
+    - a cross-entropy or KL lane, which carries q's softmaxes beside p's,
+      takes four warps from `CP = 32` on (at (K, C) = (32, 24): 3.9 and 4.9
+      ms against 4.0 and 5.8 at one; with the tangent lane beside it 4.8 and
+      5.9 ms against 6.3 and 7.7);
+    - a tangent lane beside an information lane takes eight warps from `KP =
+      64` on (at (64, 8), T = 10^5: entropy 256 ms against 273 at one,
+      cross-entropy 338 against 371), two from `CP = 32` (the entropy's: 3.7
+      ms against 3.9 at one);
+    - the tangent flow eight from `KP = 64` on (198 ms against 263 at one).
+
+    From `CP = 64` on, at least enough warps to hold the tiles: about six `C
+    x C` and nine `K x C` tiles live per step (counted in the kernels),
+    twice the forward's (:func:`~.common.register_warps`), and a `C x C` and
+    two `K x C` tiles more for two lanes."""
+    fused = "+" in job
     if job == "tangent_flow":
         warps = max(flow_num_warps(kp, cp), 8 if kp >= 64 else 1)
     else:
         with_q = job.split("+")[0] in ("cross_entropy", "kl")
         warps = max(sweep_num_warps(kp, cp), 4 if with_q and cp >= 32 else 1)
-    fused = "+" in job
+        if fused:
+            warps = max(warps, 8 if kp >= 64 else 2 if cp >= 32 else 1)
     return max(warps, register_warps((7 if fused else 6) * cp * cp + (11 if fused else 9) * kp * cp, cp))
+
+
+def fuses_tangent(information: str, kp: int, cp: int) -> bool:
+    """Whether the tangent lane of an information's gradient runs in the
+    information lane's sweep (:func:`~semiring_semicrf.kernels.information`)
+    rather than in a sweep of its own: where that measured faster on an
+    H200 (`benchmarks/gpu_diagnose.py`, 2026-11-30). Beside a cross-entropy
+    or KL lane from `CP = 32` on (4.8 ms for both lanes against 4.0 + 1.5
+    alone at (K, C) = (32, 24); KL 5.9 against 4.9 + 1.5), and beside an
+    entropy or cross-entropy lane from `KP = 64` on (at (64, 8), T = 10^5:
+    256 ms against 140 + 140; 338 against 263 + 140). Not for the entropy
+    at `C <= 32`, whose lanes alone each run in one warp (3.7 ms fused
+    against 2.0 + 1.5), nor for KL at (64, 8) (405 against 245 + 140)."""
+    with_q = information in ("cross_entropy", "kl")
+    return (with_q and cp >= 32) or (information != "kl" and kp >= 64)
 
 
 def sweep_job(information: str | None, tangent: bool) -> str:

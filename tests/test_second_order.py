@@ -10,6 +10,8 @@ float32, at tiny sizes.
 """
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -172,7 +174,8 @@ def test_triton_second_derivatives_sweep_no_more_than_they_need(device, monkeypa
     neither it nor the information gradients run an outside flow for a
     posterior nobody reads; entropy, cross-entropy and KL run their
     gradient's tangent lane in the information lane's sweep (one lane sweep
-    in all) when p requires grad. The results equal the torch rung's."""
+    in all) where `fuses_tangent` says so, else in a sweep of its own. The
+    results equal the torch rung's."""
     kernels = pytest.importorskip("semiring_semicrf.kernels")
     g = torch.Generator().manual_seed(23)
     base = SemiMarkovPotentials(torch.randn(2, 8, 3, generator=g), torch.randn(3, 3, generator=g),
@@ -197,18 +200,34 @@ def test_triton_second_derivatives_sweep_no_more_than_they_need(device, monkeypa
     assert calls == {"forward_sweep": 1, "outside_sweep": 1, "expectation_sweep": 1}
     for a, b in zip(got, penalty("torch")):
         torch.testing.assert_close(a, b, **FLOAT32)
-    for kind, forwards in (("entropy", 1), ("cross_entropy", 2), ("kl", 2)):
+    for (kind, forwards), fused in itertools.product((("entropy", 1), ("cross_entropy", 2), ("kl", 2)),
+                                                     (True, False)):
         def information_gradient(backend, kind=kind):
             p = leaves(on(device, base))
             q = None if kind == "entropy" else on(device, other)
             value = semimarkov_scan(p if q is None else (p, q), SEMIRINGS[kind], backend=backend)
             return torch.autograd.grad(value.sum(), list(p.tensors().values()))
 
+        monkeypatch.setattr(kernels, "fuses_tangent", lambda *args, fused=fused: fused)
         calls.update(dict.fromkeys(names, 0))
         got = information_gradient("triton")
-        assert calls == {"forward_sweep": forwards, "outside_sweep": 0, "expectation_sweep": 1}, kind
+        lanes = 1 if fused else 2
+        assert calls == {"forward_sweep": forwards, "outside_sweep": 0, "expectation_sweep": lanes}, kind
         for a, b in zip(got, information_gradient("torch")):
             torch.testing.assert_close(a, b, **FLOAT32)
+
+
+def test_the_tangent_lane_is_fused_where_it_measured_faster():
+    """The choices `fuses_tangent` and `lane_num_warps` document (H200
+    measurements at (K, C) = (32, 24) and (64, 8))."""
+    hvp_kernels = pytest.importorskip("semiring_semicrf.kernels.hvp")
+    fused = {(kind, kp, cp) for kind in SEMIRINGS for kp, cp in ((32, 32), (64, 8), (4, 4))
+             if hvp_kernels.fuses_tangent(kind, kp, cp)}
+    assert fused == {("cross_entropy", 32, 32), ("kl", 32, 32), ("entropy", 64, 8), ("cross_entropy", 64, 8)}
+    warps = [hvp_kernels.lane_num_warps(job, *tiles) for job, tiles in (
+        ("cross_entropy+tangent", (32, 32)), ("kl+tangent", (32, 32)), ("entropy+tangent", (64, 8)),
+        ("cross_entropy+tangent", (64, 8)), ("tangent", (32, 32)), ("tangent_flow", (64, 8)))]
+    assert warps == [4, 4, 8, 8, 1, 8]
 
 
 @settings(deadline=None, max_examples=8)
