@@ -492,10 +492,13 @@ def on_gpu(p: SemiMarkovPotentials) -> SemiMarkovPotentials:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_gpu_hvp_and_information_gradients_follow_float64():
-    """The kernels at (2, 2000, 16, 8) against the float64 PyTorch sweeps on the CPU."""
+@pytest.mark.parametrize("T,K,C", [(2000, 16, 8), (400, 32, 32), (1500, 64, 8)])
+def test_gpu_hvp_and_information_gradients_follow_float64(T, K, C):
+    """The kernels against the float64 PyTorch sweeps on the CPU, at sizes
+    where the information gradients run the tangent lane apart (16, 8) and
+    fused, in four (32, 32) and eight (64, 8) warps."""
     g = torch.Generator().manual_seed(21)
-    B, T, K, C = 2, 2000, 16, 8
+    B = 2
     p64 = SemiMarkovPotentials(torch.randn(B, T, C, generator=g, dtype=torch.float64),
                                0.5 * torch.randn(C, C, generator=g, dtype=torch.float64),
                                0.5 * torch.randn(K, C, generator=g, dtype=torch.float64), torch.tensor([T, T - 333]))
