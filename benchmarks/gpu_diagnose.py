@@ -6,9 +6,8 @@ gradients go wrong, in one run.
 1. Profiles at (4, 1000, 32, 24): the CUDA kernels of each query through the
    public API (torch.profiler), by total time, with the number of launches,
    and each query's wall time.
-2. The lane sweeps (entropy, cross-entropy, KL, each alone and with the
-   tangent lane beside it, and the tangent lane alone) and the tangent
-   flow, by warp count, at (4, 1000, 32, 24) and (1, 10^5, 64, 8): what
+2. The lane sweeps (entropy, cross-entropy, KL, tangent) and the tangent
+   flow alone, by warp count, at (4, 1000, 32, 24) and (1, 10^5, 64, 8): what
    `kernels.hvp.lane_num_warps` is chosen from.
 3. Compiled rung, small problems, float64 and float32 on CUDA: the gradients
    of `semimarkov_scan(p, S, backend="compiled")` against the eager
@@ -208,13 +207,10 @@ def profile_queries() -> list:
 
 
 def lane_jobs(size) -> dict:
-    """The lane sweeps (each information lane alone and with the tangent
-    lane beside it, the tangent lane alone) and the tangent flow at `size`,
-    each a function, by :func:`kernels.hvp.sweep_job`'s name."""
+    """The lane sweeps and the tangent flow at `size`, each a function."""
     from gpu_bench import make_inputs, potentials
 
     from semiring_semicrf import kernels
-    sweep_job = importlib.import_module("semiring_semicrf.kernels.hvp").sweep_job
     tensors = {k: v.cuda() for k, v in make_inputs(*size).items()}
     p = potentials(tensors).factors()
     q = potentials(tensors, tensors["other"]).factors()
@@ -222,12 +218,15 @@ def lane_jobs(size) -> dict:
     ring = kernels.tangent_duration_ring(tangent)
     _, p_tables = kernels.inside(p)
     _, q_tables = kernels.inside(q)
-    jobs: dict[str, Callable[[], Any]] = {}
-    for kind in ("entropy", "cross_entropy", "kl", None):
-        for with_tangent in (False, True) if kind else (True,):
-            jobs[sweep_job(kind, with_tangent)] = functools.partial(
-                kernels.expectation_sweep, p_tables, kind, q_tables, tangent if with_tangent else None, ring)
-    t_tables = jobs["tangent"]()[1][1]
+
+    def tangent_lane():
+        return kernels.expectation_sweep("tangent", p_tables, tangent=tangent, tangent_ring=ring, keep_tables=True)
+
+    t_tables = tangent_lane()[1]
+    jobs: dict[str, Callable[[], Any]] = {
+        kind: functools.partial(kernels.expectation_sweep, kind, p_tables, q_tables=q_tables)
+        for kind in ("entropy", "cross_entropy", "kl")}
+    jobs["tangent"] = tangent_lane
     jobs["tangent_flow"] = lambda: kernels.tangent_flow(p_tables, tangent, ring, tuple(t.clone() for t in t_tables))
     return jobs
 

@@ -22,8 +22,8 @@
   tables, the outside flow differentiated, then the outside flow
   (:mod:`.hvp`).
 - :func:`information`: entropy, cross-entropy or KL, an information lane
-  along the forward's tables (:mod:`.hvp`), with the tangent lane of the
-  gradient's hvp beside it in the same sweep when asked and faster.
+  along the forward's tables (:mod:`.hvp`); on a GPU q's forward and the
+  gradient's tangent sweeps run beside p's (:mod:`.streams`).
 
 They read float32 :class:`~semiring_semicrf.factors.Factors` and run the
 factorized recurrence, so potentials with duration-dependent `(K, C, C)`
@@ -42,11 +42,12 @@ from semiring_semicrf.factors import Factors
 from semiring_semicrf.posterior import Posterior
 
 from .backward import outside_sweep
-from .common import INTERPRETED, duration_ring, kernel_limits_reason, pad
+from .common import INTERPRETED, duration_ring, kernel_limits_reason
 from .forward import forward_sweep
-from .hvp import expectation_sweep, fuses_tangent, tangent_duration_ring, tangent_flow
+from .hvp import expectation_sweep, tangent_duration_ring, tangent_flow
 from .kbest import kbest_decode, kbest_limits_reason
 from .sampling import sample_segmentations
+from .streams import beside, join
 from .traceback import viterbi_decode
 
 __all__ = ["inside", "log_partition", "outside", "viterbi", "kbest", "sample", "hvp", "information",
@@ -70,22 +71,18 @@ class InsideTables:
     cum: torch.Tensor
     log_z: torch.Tensor
     consumed: bool = False
-    lane: TangentLane | None = None
+    started: StartedHvp | None = None
 
 
 @dataclass
-class TangentLane:
-    """A tangent lane that :func:`information` ran beside its information
-    lane, kept in p's :class:`InsideTables` for the :func:`hvp` along the same
-    `tangent` (the Factors object it was given), which consumes it: the
-    float32 tangent and its duration ring, `dot = <grad log Z, tangent> (B,)`
-    float64, and the tangent tables `(t_alpha, t_v, t_scale)`."""
+class StartedHvp:
+    """The tangent of the posterior along `tangent` (the Factors object
+    given) that :func:`information` launched beside its own sweeps (on the
+    side stream, :mod:`.streams`) for the :func:`hvp` of the same tables and
+    tangent, which joins it: `dot` (:func:`tangent_posterior`)."""
 
     tangent: Factors
-    tangent32: Factors
-    ring: torch.Tensor
-    dot: torch.Tensor
-    tables: tuple
+    dot: FlowPosterior
 
 
 @dataclass
@@ -171,35 +168,32 @@ def hvp(factors: Factors, tangent: Factors, saved: InsideTables | None = None, p
     """`(posterior, its tangent along tangent)` (the backend contract's
     `hvp`), both :class:`FlowPosterior`: from the forward's tables (`saved`,
     if :func:`inside` left them and no outside consumed them; else a forward
-    sweep first), a tangent lane along them (the one :func:`information`
-    kept in `saved` for this `tangent`, if any), the tangent flow (which
-    reads them), then, if `posterior`, the outside flow (which consumes them;
-    without it the posterior is None and `saved` stays usable). No copy of a
-    table: beyond the forward's, the tangent's two `(B, T+1, C)` float32
-    tables, written over by the tangent of the posterior, and both label
-    marginals."""
+    sweep first), the tangent of the posterior (:func:`tangent_posterior`,
+    or the one :func:`information` started on them for this `tangent`),
+    then, if `posterior`, the outside flow (which consumes the tables;
+    without it the posterior is None and `saved` stays usable)."""
     factors = factors.to(torch.float32)
+    started = None
+    if saved is not None and saved.started is not None:
+        started, saved.started = saved.started, None
+        join(factors.device, posterior_tensors(started.dot))  # (before an outside writes over what it reads)
     if saved is None or saved.consumed:
         _, saved = inside(factors)
-    lane = saved.lane if saved.lane is not None and saved.lane.tangent is tangent else None
-    saved.lane = None  # the tangent flow consumes its tables
-    if lane is None:
-        lane = tangent_lane(saved, tangent)[0]
-    start, end, marginals, transition, duration, first, last = tangent_flow(saved, lane.tangent32, lane.ring,
-                                                                           lane.tables)
-    dot = FlowPosterior(lane.dot.to(torch.float32), start, end, transition, duration, first, last, marginals)
+    dot = started.dot if started is not None and started.tangent is tangent else tangent_posterior(saved, tangent)
     return (outside(factors, saved) if posterior else None), dot
 
 
-def tangent_lane(saved: InsideTables, tangent: Factors, information: str | None = None,
-                 q_tables: InsideTables | None = None) -> tuple:
-    """`(lane, value)`: the :class:`TangentLane` of `tangent` along p's
-    tables `saved` and, from the same sweep, the information of kind
-    `information` `(B,)` float64 (None without one)."""
-    tangent32 = tangent.to(torch.float32)
-    ring = tangent_duration_ring(tangent32)
-    value, (dot, tables) = expectation_sweep(saved, information, q_tables, tangent32, ring)
-    return TangentLane(tangent, tangent32, ring, dot, tables), value
+def tangent_posterior(saved: InsideTables, tangent: Factors) -> FlowPosterior:
+    """The tangent of the posterior along `tangent` from the forward's tables
+    `saved` (read, not consumed): a tangent lane along them, then the
+    tangent flow. No copy of a table: beyond the forward's, the tangent's
+    two `(B, T+1, C)` float32 tables, written over by the tangent of the
+    posterior, and its label marginals."""
+    tangent = tangent.to(torch.float32)
+    ring = tangent_duration_ring(tangent)
+    log_z_tangent, tables = expectation_sweep("tangent", saved, tangent=tangent, tangent_ring=ring, keep_tables=True)
+    start, end, marginals, transition, duration, first, last = tangent_flow(saved, tangent, ring, tables)
+    return FlowPosterior(log_z_tangent.to(torch.float32), start, end, transition, duration, first, last, marginals)
 
 
 def information(p: Factors, q: Factors | None, kind: str, tangent: Factors | None = None) -> tuple:
@@ -207,17 +201,41 @@ def information(p: Factors, q: Factors | None, kind: str, tangent: Factors | Non
     cross-entropy / KL of p and q (the backend contract's `information`),
     summed in float64 by an information lane along the forward tables of p
     (and q), which it only reads: they serve a later :func:`hvp` of p and
-    :func:`outside` of q (each consumes its own). With `tangent` (a
-    direction of p: the gradient's), the same sweep also runs its tangent
-    lane, where that is faster (:func:`~.hvp.fuses_tangent`), and keeps it
-    in p's tables for that :func:`hvp`."""
+    :func:`outside` of q (each consumes its own).
+
+    On a GPU, independent sweeps run side by side (:mod:`.streams`): q's
+    forward beside p's, and, with `tangent` (a direction of p: the
+    gradient's), the tangent of p's posterior along it (a tangent lane and
+    the tangent flow, :func:`tangent_posterior`) beside the information
+    lane, kept in p's tables for that :func:`hvp`."""
     p = p.to(torch.float32)
-    _, p_tables = inside(p)
     q_tables = None
     if q is not None:
-        _, q_tables = inside(q.to(torch.float32))
-    if tangent is not None and fuses_tangent(kind, pad(p.K), pad(p.C)):
-        p_tables.lane, value = tangent_lane(p_tables, tangent, kind, q_tables)
-    else:
-        value = expectation_sweep(p_tables, kind, q_tables)[0]
+        q = q.to(torch.float32)
+        with beside(p.device, factor_tensors(q)):
+            _, q_tables = inside(q)
+    _, p_tables = inside(p)
+    if q_tables is not None:
+        join(p.device, table_tensors(q_tables))  # q's forward alone: what the side stream queued so far
+    if tangent is not None:
+        with beside(p.device, [*table_tensors(p_tables), *factor_tensors(p), *factor_tensors(tangent)]):
+            p_tables.started = StartedHvp(tangent, tangent_posterior(p_tables, tangent))
+    value = expectation_sweep(kind, p_tables, q_tables=q_tables)[0]
     return value.to(torch.float32), (p_tables, q_tables)
+
+
+def factor_tensors(factors: Factors) -> list:
+    """The tensors the kernels read of `factors`: its potentials', the
+    mean and the lengths."""
+    return [*factors.potentials.tensors().values(), factors.mean, factors.lengths]
+
+
+def table_tensors(saved: InsideTables) -> list:
+    """The tensors of :func:`inside`'s tables."""
+    return [saved.duration_ring, saved.alpha_hat, saved.v_hat, saved.scale, saved.cum, saved.log_z]
+
+
+def posterior_tensors(post: FlowPosterior) -> list:
+    """The tensors of a :class:`FlowPosterior`."""
+    fields = [getattr(post, name) for name in Posterior.FIELDS]
+    return [t for t in (*fields, post.marginals) if t is not None]

@@ -27,11 +27,6 @@ program per sequence):
   result is H(p), H(p, q) or KL(p || q), a sum of non-negative local terms
   (see :mod:`semiring_semicrf.information`). They read no factor of size T.
 
-One sweep runs an information lane, a tangent lane or both, which then
-share p's softmaxes (the weights, the costly part of a step): the gradient
-of an information is a Hessian-vector product along a direction known when
-the information is computed, so its tangent lane rides in the same sweep.
-
 Each state's weights are normalized by their own sum (so a dominant choice's
 surprisal is `log(1 + small)`, exact to rounding), and a lane is rebased per
 position like the forward's values (by its value at the position's best
@@ -74,8 +69,8 @@ from .common import (
     sweep_num_warps,
 )
 
-#: The information lanes :func:`expectation_sweep` runs (its `INFORMATION`; 0: none).
-INFORMATION_LANES = {"entropy": 1, "cross_entropy": 2, "kl": 3}
+#: The lanes :func:`expectation_sweep` runs (its `KIND`).
+KINDS = {"tangent": 0, "entropy": 1, "cross_entropy": 2, "kl": 3}
 
 
 @triton.jit
@@ -132,42 +127,23 @@ def _program_sequence(lengths_ptr, C, KP: tl.constexpr, CP: tl.constexpr):
 
 
 @triton.jit
-def _rebased(lane_alpha, lane_u, labels, best):
-    """A lane's `(alpha, u, shift (float64))` rebased by its value `shift`
-    at the row's best label (0 where that is not finite)."""
-    shift = tl.sum(tl.where(labels == best, lane_alpha, 0.0), axis=0)
-    shift = tl.where((shift == shift) & (tl.abs(shift) < float("inf")), shift, 0.0)
-    return lane_alpha - shift, lane_u - shift, shift.to(tl.float64)
-
-
-@triton.jit
-def _last_choice(lane_alpha, local_z, wz, inverse_z, lane_scale, nothing):
-    """A lane's result from its values at the length and the last label's
-    local terms `local_z (CP, 1)`: 0 where p has no segmentation."""
-    last = tl.sum(_mean(wz, inverse_z, lane_alpha[:, None] + local_z, 0), axis=0)
-    return tl.where(nothing, 0.0, lane_scale + last.to(tl.float64))
-
-
-@triton.jit
 def expectation_sweep_kernel(
         duration_ring_ptr, transition_ptr, end_ptr, lengths_ptr, alpha_ptr, v_ptr, scale_ptr,
         q_duration_ring_ptr, q_transition_ptr, q_end_ptr, q_alpha_ptr, q_v_ptr, q_scale_ptr,
         t_scores_ptr, t_start_scores_ptr, t_end_scores_ptr, t_mean_ptr,
         t_duration_ring_ptr, t_transition_ptr, t_start_ptr, t_end_ptr,
-        t_alpha_ptr, t_v_ptr, t_scale_ptr, result_ptr, t_result_ptr,
+        t_alpha_ptr, t_v_ptr, t_scale_ptr, result_ptr,
         T, C, t_scores_stride, t_start_stride, t_end_stride,
-        KP: tl.constexpr, CP: tl.constexpr, INFORMATION: tl.constexpr, TANGENT: tl.constexpr,
+        KP: tl.constexpr, CP: tl.constexpr, KIND: tl.constexpr, TABLES: tl.constexpr,
         START_SCORES: tl.constexpr, END_SCORES: tl.constexpr):
-    """One sequence per program, up to two lanes along p's chain: an
-    information lane (`INFORMATION` as in :data:`INFORMATION_LANES`, 0 for
-    none) and a tangent lane (`TANGENT`), which share p's softmaxes. Reads
-    p's forward tables (`alpha_hat`, `v_hat` `(B, T+1, C)` float32, `scale
-    (B, T+1)` float64) and small factors; q's for cross-entropy and KL; for
-    the tangent, its small factors and the position inputs of
+    """One sequence per program; `KIND` as in :data:`KINDS`. Reads p's
+    forward tables (`alpha_hat`, `v_hat` `(B, T+1, C)` float32, `scale
+    (B, T+1)` float64) and small factors; q's for cross-entropy and KL; for a
+    tangent, its small factors and the position inputs of
     :func:`~.common.position_inputs` (`START_SCORES`, `END_SCORES` its
-    flags). Writes the information `result (B,)` float64 and the tangent's
-    `t_result (B,)` float64 with its tables `t_alpha`, `t_v`, `t_scale` (the
-    forward's layout, relative to their own float64 scale)."""
+    flags). Writes `result (B,)` float64 and, for a tangent with `TABLES`,
+    the tangent tables `t_alpha`, `t_v`, `t_scale` (the forward's layout,
+    relative to their own float64 scale)."""
     b, length, slots, labels, valid, pair = _program_sequence(lengths_ptr, C, KP, CP)
     table = b * (T + 1) * C
     scale_row = scale_ptr + b * (T + 1)
@@ -176,13 +152,13 @@ def expectation_sweep_kernel(
     ring = tl.where(slots[:, None] == 0, tl.load(v_ptr + table + labels, mask=valid, other=float("-inf"))[None, :],
                     float("-inf"))
     lane_ring = tl.zeros((KP, CP), tl.float32)
-    if INFORMATION >= 2:
+    if KIND >= 2:
         q_scale_row = q_scale_ptr + b * (T + 1)
         q_transition = tl.load(q_transition_ptr + labels[:, None] * C + labels[None, :], mask=pair,
                                other=float("-inf"))
         q_ring = tl.where(slots[:, None] == 0,
                           tl.load(q_v_ptr + table + labels, mask=valid, other=float("-inf"))[None, :], float("-inf"))
-    if TANGENT:
+    if KIND == 0:
         t_scores_ptr, t_start_scores_ptr, t_end_scores_ptr, t_mean = sequence_inputs(
             t_scores_ptr, t_start_scores_ptr, t_end_scores_ptr, t_mean_ptr, b, C, t_scores_stride, t_start_stride,
             t_end_stride, labels)
@@ -190,13 +166,12 @@ def expectation_sweep_kernel(
         t_cum = tl.zeros((CP,), tl.float64)
         t_v = (tl.load(t_start_ptr + labels, mask=valid, other=0.0)
                + enter_factor(t_cum, boundary_row(t_start_scores_ptr, 0, labels, C, T, START_SCORES)))
-        t_ring = tl.where(slots[:, None] == 0, t_v[None, :], 0.0)
-        tl.store(t_v_ptr + table + labels, t_v, mask=valid)
-        tl.store(t_scale_ptr + b * (T + 1), 0.0)
+        lane_ring = tl.where(slots[:, None] == 0, t_v[None, :], 0.0)
+        if TABLES:
+            tl.store(t_v_ptr + table + labels, t_v, mask=valid)
+            tl.store(t_scale_ptr + b * (T + 1), 0.0)
     lane_scale = tl.full([], 0.0, tl.float64)
     lane_alpha = tl.zeros((CP,), tl.float32)
-    t_scale = tl.full([], 0.0, tl.float64)
-    t_alpha = tl.zeros((CP,), tl.float32)
     alpha = tl.full((CP,), float("-inf"), tl.float32)
     q_alpha = tl.full((CP,), float("-inf"), tl.float32)
     for e in range(1, length + 1):
@@ -204,55 +179,60 @@ def expectation_sweep_kernel(
         # the duration of the segment that ends at e
         x = ring + tl.load(duration_ring_ptr + rotated)
         w, inverse, surprisal = _softmax_parts(x, 0)
-        if TANGENT:
+        if KIND == 0:
             t_scores, t_end_score, t_start_score = position_rows(
                 t_scores_ptr, t_start_scores_ptr, t_end_scores_ptr, e - 1, labels, C, T, START_SCORES, END_SCORES)
             t_cum, t_leave, t_enter = step_factors(t_cum, t_scores, t_end_score, t_start_score, t_mean)
-            t_alpha = _mean(w, inverse, t_ring + tl.load(t_duration_ring_ptr + rotated), 0) + t_leave
-        if INFORMATION == 1:
+            lane_in = lane_ring + tl.load(t_duration_ring_ptr + rotated)
+        elif KIND == 1:
             lane_in = lane_ring + surprisal
-        elif INFORMATION >= 2:
+        else:
             q_surprisal = _q_surprisal(q_ring + tl.load(q_duration_ring_ptr + rotated), 0)
-            if INFORMATION == 2:
+            if KIND == 2:
                 lane_in = lane_ring + q_surprisal
             else:
                 lane_in = lane_ring + q_surprisal - surprisal
-        if INFORMATION > 0:
-            lane_alpha = _mean(w, inverse, lane_in, 0)
+        lane_alpha = _mean(w, inverse, lane_in, 0)
+        if KIND == 0:
+            lane_alpha += t_leave
         # the label before a segment that starts at e
         row = table + e * C + labels
         alpha = tl.load(alpha_ptr + row, mask=valid, other=float("-inf"))
         y = alpha[:, None] + transition
         wy, inverse_y, surprisal_y = _softmax_parts(y, 0)
-        # lanes are rebased by their value at the row's best label
-        best = tl.argmax(alpha, axis=0)
-        newest = slots[:, None] == (e & (KP - 1))
-        if TANGENT:
-            t_alpha, t_u, t_shift = _rebased(t_alpha, _mean(wy, inverse_y, t_alpha[:, None] + t_transition, 0),
-                                             labels, best)
-            t_scale += t_shift
-            t_v = t_u + t_enter
-            tl.store(t_alpha_ptr + row, t_alpha, mask=valid)
-            tl.store(t_v_ptr + row, t_v, mask=valid)
-            tl.store(t_scale_ptr + b * (T + 1) + e, t_scale)
-            t_ring = tl.where(newest, t_v[None, :], t_ring - t_shift.to(tl.float32))
-        if INFORMATION > 0:
-            if INFORMATION == 1:
-                lane_in_y = lane_alpha[:, None] + surprisal_y
+        if KIND == 0:
+            lane_in_y = lane_alpha[:, None] + t_transition
+        elif KIND == 1:
+            lane_in_y = lane_alpha[:, None] + surprisal_y
+        else:
+            q_alpha = tl.load(q_alpha_ptr + row, mask=valid, other=float("-inf"))
+            q_surprisal_y = _q_surprisal(q_alpha[:, None] + q_transition, 0)
+            if KIND == 2:
+                lane_in_y = lane_alpha[:, None] + q_surprisal_y
             else:
-                q_alpha = tl.load(q_alpha_ptr + row, mask=valid, other=float("-inf"))
-                q_surprisal_y = _q_surprisal(q_alpha[:, None] + q_transition, 0)
-                if INFORMATION == 2:
-                    lane_in_y = lane_alpha[:, None] + q_surprisal_y
-                else:
-                    lane_in_y = lane_alpha[:, None] + q_surprisal_y - surprisal_y
-            lane_alpha, lane_u, shift = _rebased(lane_alpha, _mean(wy, inverse_y, lane_in_y, 0), labels, best)
-            lane_scale += shift
-            lane_ring = tl.where(newest, lane_u[None, :], lane_ring - shift.to(tl.float32))
+                lane_in_y = lane_alpha[:, None] + q_surprisal_y - surprisal_y
+        lane_u = _mean(wy, inverse_y, lane_in_y, 0)
+        # rebase the lane by its value at the row's best label
+        best = tl.argmax(alpha, axis=0)
+        shift = tl.sum(tl.where(labels == best, lane_alpha, 0.0), axis=0)
+        shift = tl.where((shift == shift) & (tl.abs(shift) < float("inf")), shift, 0.0)
+        lane_alpha -= shift
+        lane_u -= shift
+        lane_scale += shift.to(tl.float64)
         # the rings take start e, rebased as the forward's
+        newest = slots[:, None] == (e & (KP - 1))
         step = (tl.load(scale_row + e) - tl.load(scale_row + e - 1)).to(tl.float32)
         ring = tl.where(newest, tl.load(v_ptr + row, mask=valid, other=float("-inf"))[None, :], ring - step)
-        if INFORMATION >= 2:
+        if KIND == 0:
+            lane_v = lane_u + t_enter
+            if TABLES:
+                tl.store(t_alpha_ptr + row, lane_alpha, mask=valid)
+                tl.store(t_v_ptr + row, lane_v, mask=valid)
+                tl.store(t_scale_ptr + b * (T + 1) + e, lane_scale)
+        else:
+            lane_v = lane_u
+        lane_ring = tl.where(newest, lane_v[None, :], lane_ring - shift)
+        if KIND >= 2:
             q_step = (tl.load(q_scale_row + e) - tl.load(q_scale_row + e - 1)).to(tl.float32)
             q_ring = tl.where(newest, tl.load(q_v_ptr + row, mask=valid, other=float("-inf"))[None, :],
                               q_ring - q_step)
@@ -260,21 +240,20 @@ def expectation_sweep_kernel(
     # the last label
     z = alpha + tl.load(end_ptr + labels, mask=valid, other=float("-inf"))
     wz, inverse_z, surprisal_z = _softmax_parts(z[:, None], 0)
-    nothing = tl.sum(inverse_z, axis=0) == 0  # p has no segmentation: the values are 0
-    if TANGENT:
-        t_end = tl.load(t_end_ptr + labels, mask=valid, other=0.0)[:, None]
-        tl.store(t_result_ptr + b, _last_choice(t_alpha, t_end, wz, inverse_z, t_scale, nothing))
-    if INFORMATION > 0:
-        if INFORMATION == 1:
-            local_z = surprisal_z
+    if KIND == 0:
+        lane_in_z = lane_alpha[:, None] + tl.load(t_end_ptr + labels, mask=valid, other=0.0)[:, None]
+    elif KIND == 1:
+        lane_in_z = lane_alpha[:, None] + surprisal_z
+    else:
+        q_z = q_alpha + tl.load(q_end_ptr + labels, mask=valid, other=float("-inf"))
+        q_surprisal_z = _q_surprisal(q_z[:, None], 0)
+        if KIND == 2:
+            lane_in_z = lane_alpha[:, None] + q_surprisal_z
         else:
-            q_z = q_alpha + tl.load(q_end_ptr + labels, mask=valid, other=float("-inf"))
-            q_surprisal_z = _q_surprisal(q_z[:, None], 0)
-            if INFORMATION == 2:
-                local_z = q_surprisal_z
-            else:
-                local_z = q_surprisal_z - surprisal_z
-        tl.store(result_ptr + b, _last_choice(lane_alpha, local_z, wz, inverse_z, lane_scale, nothing))
+            lane_in_z = lane_alpha[:, None] + q_surprisal_z - surprisal_z
+    last = tl.sum(_mean(wz, inverse_z, lane_in_z, 0), axis=0)
+    nothing = tl.sum(inverse_z, axis=0) == 0  # p has no segmentation: the value is 0
+    tl.store(result_ptr + b, tl.where(nothing, 0.0, lane_scale + last.to(tl.float64)))
 
 
 @triton.jit
@@ -406,56 +385,22 @@ def tangent_flow_kernel(
 
 
 def lane_num_warps(job: str, kp: int, cp: int) -> int:
-    """Warps for a lane sweep (`job`: :func:`sweep_job`'s name of its lanes)
-    or the tangent flow (`"tangent_flow"`): the forward's choice for these
-    tiles (the outside flow's for the tangent flow), with the exceptions
-    measured on an H200 (`benchmarks/gpu_diagnose.py`, lane sweeps by warp
-    count, 2026-11-30):
-
-    - a cross-entropy or KL lane, which carries q's softmaxes beside p's,
-      takes four warps from `CP = 32` on (at (K, C) = (32, 24): 3.9 and 4.9
-      ms against 4.0 and 5.8 at one; with the tangent lane beside it 4.8 and
-      5.9 ms against 6.3 and 7.7);
-    - a tangent lane beside an information lane takes eight warps from `KP =
-      64` on (at (64, 8), T = 10^5: entropy 256 ms against 273 at one,
-      cross-entropy 338 against 371), two from `CP = 32` (the entropy's: 3.7
-      ms against 3.9 at one);
-    - the tangent flow eight from `KP = 64` on (198 ms against 263 at one).
-
-    From `CP = 64` on, at least enough warps to hold the tiles: about six `C
-    x C` and nine `K x C` tiles live per step (counted in the kernels),
-    twice the forward's (:func:`~.common.register_warps`), and a `C x C` and
-    two `K x C` tiles more for two lanes."""
-    fused = "+" in job
+    """Warps for a lane sweep (`job` one of :data:`KINDS`) or the tangent
+    flow (`"tangent_flow"`): the forward's choice for these tiles (the
+    outside flow's for the tangent flow), with the exceptions measured on an
+    H200 (`benchmarks/gpu_diagnose.py`, lane sweeps by warp count): the
+    cross-entropy and KL lanes, which carry q's softmaxes beside p's, take
+    four warps from `CP = 32` on (at (K, C) = (32, 24): 3.9 and 4.8 ms
+    against 4.2 and 5.7 at one), and the tangent flow eight from `KP = 64`
+    on (at (64, 8): 198 ms against 263 at one, T = 10^5); from `CP = 64` on,
+    at least enough warps to hold the tiles: about six `C x C` and nine `K x
+    C` tiles live per step (counted in the kernels), twice the forward's
+    (:func:`~.common.register_warps`)."""
     if job == "tangent_flow":
         warps = max(flow_num_warps(kp, cp), 8 if kp >= 64 else 1)
     else:
-        with_q = job.split("+")[0] in ("cross_entropy", "kl")
-        warps = max(sweep_num_warps(kp, cp), 4 if with_q and cp >= 32 else 1)
-        if fused:
-            warps = max(warps, 8 if kp >= 64 else 2 if cp >= 32 else 1)
-    return max(warps, register_warps((7 if fused else 6) * cp * cp + (11 if fused else 9) * kp * cp, cp))
-
-
-def fuses_tangent(information: str, kp: int, cp: int) -> bool:
-    """Whether the tangent lane of an information's gradient runs in the
-    information lane's sweep (:func:`~semiring_semicrf.kernels.information`)
-    rather than in a sweep of its own: where that measured faster on an
-    H200 (`benchmarks/gpu_diagnose.py`, 2026-11-30). Beside a cross-entropy
-    or KL lane from `CP = 32` on (4.8 ms for both lanes against 4.0 + 1.5
-    alone at (K, C) = (32, 24); KL 5.9 against 4.9 + 1.5), and beside an
-    entropy or cross-entropy lane from `KP = 64` on (at (64, 8), T = 10^5:
-    256 ms against 140 + 140; 338 against 263 + 140). Not for the entropy
-    at `C <= 32`, whose lanes alone each run in one warp (3.7 ms fused
-    against 2.0 + 1.5), nor for KL at (64, 8) (405 against 245 + 140)."""
-    with_q = information in ("cross_entropy", "kl")
-    return (with_q and cp >= 32) or (information != "kl" and kp >= 64)
-
-
-def sweep_job(information: str | None, tangent: bool) -> str:
-    """The name of a lane sweep's lanes: the information kind, `"tangent"`,
-    or both as `"kind+tangent"`."""
-    return "+".join(name for name in (information, "tangent" if tangent else None) if name)
+        warps = max(sweep_num_warps(kp, cp), 4 if job in ("cross_entropy", "kl") and cp >= 32 else 1)
+    return max(warps, register_warps(6 * cp * cp + 9 * kp * cp, cp))
 
 
 def tangent_duration_ring(tangent) -> torch.Tensor:
@@ -465,51 +410,43 @@ def tangent_duration_ring(tangent) -> torch.Tensor:
     return ring.masked_fill_(ring == float("-inf"), 0.0)
 
 
-def expectation_sweep(tables, information: str | None = None, q_tables=None, tangent=None, tangent_ring=None):
+def expectation_sweep(kind: str, tables, q_tables=None, tangent=None, tangent_ring=None,
+                      keep_tables: bool = False):
     """Launch :func:`expectation_sweep_kernel` on p's forward tables
-    (:class:`~semiring_semicrf.kernels.InsideTables`, not consumed) with an
-    information lane (`information` one of :data:`INFORMATION_LANES`; q's
-    tables for cross-entropy and KL), a tangent lane (the float32 tangent
-    :class:`Factors` and its :func:`tangent_duration_ring`), or both in one
-    sweep. Returns `(value, (dot, tangent_tables))`: the information `(B,)`
-    float64 and the tangent's `<grad log Z, tangent> (B,)` float64 with its
-    tables `(t_alpha, t_v, t_scale)`, each None where its lane was not
-    run."""
-    if information is None and tangent is None:
-        raise ValueError("expectation_sweep: run an information lane, a tangent lane or both")
+    (:class:`~semiring_semicrf.kernels.InsideTables`, not consumed), q's for
+    cross-entropy and KL, or the float32 tangent :class:`Factors` and its
+    :func:`tangent_duration_ring`. Returns `(result (B,) float64,
+    tangent_tables)`: `(t_alpha, t_v, t_scale)` with `keep_tables`, else
+    None."""
     factors = tables.factors
     B, T, K, C = sizes(factors)
     KP, CP = pad(K), pad(C)
     device = tables.alpha_hat.device
-    value = None if information is None else torch.empty(B, dtype=torch.float64, device=device)
-    dot, tangent_tables = None, None
-    if tangent is not None:
-        dot = torch.empty(B, dtype=torch.float64, device=device)
+    result = torch.empty(B, dtype=torch.float64, device=device)
+    tangent_tables = None
+    if keep_tables:
         tangent_tables = (torch.empty((B, T + 1, C), dtype=torch.float32, device=device),
                           torch.empty((B, T + 1, C), dtype=torch.float32, device=device),
                           torch.empty((B, T + 1), dtype=torch.float64, device=device))
-    lane = None if dot is None else (dot, tangent_tables)
     if B == 0:
-        return value, lane
-    unused = tables.scale  # a valid pointer for the arguments this launch does not read or write
+        return result, tangent_tables
+    unused = result  # a valid pointer for the arguments this launch does not read or write
     q_args = (unused,) * 6
     if q_tables is not None:
         q = q_tables.factors
         q_args = (q_tables.duration_ring, small(q.transition), small(q.end), q_tables.alpha_hat, q_tables.v_hat,
                   q_tables.scale)
-    t_args, strides, flags = (unused,) * 11, (0, 0, 0), {"START_SCORES": False, "END_SCORES": False}
-    if tangent is not None and tangent_tables is not None:
+    t_args, strides, flags = (unused,) * 8, (0, 0, 0), {"START_SCORES": False, "END_SCORES": False}
+    if tangent is not None:
         inputs, flags = position_inputs(tangent)
-        t_args = (*inputs[:4], tangent_ring, small(tangent.transition), small(tangent.start), small(tangent.end),
-                  *tangent_tables)
+        t_args = (*inputs[:4], tangent_ring, small(tangent.transition), small(tangent.start), small(tangent.end))
         strides = inputs[4:]
     expectation_sweep_kernel[(B,)](
         tables.duration_ring, small(factors.transition), small(factors.end), factors.lengths, tables.alpha_hat,
-        tables.v_hat, tables.scale, *q_args, *t_args, unused if value is None else value,
-        unused if dot is None else dot, T, C, *strides, KP=KP, CP=CP,
-        INFORMATION=0 if information is None else INFORMATION_LANES[information], TANGENT=tangent is not None,
-        num_warps=lane_num_warps(sweep_job(information, tangent is not None), KP, CP), **flags)
-    return value, lane
+        tables.v_hat, tables.scale, *q_args, *t_args, *(tangent_tables or (unused,) * 3), result, T, C, *strides,
+        KP=KP, CP=CP, KIND=KINDS[kind], TABLES=keep_tables,
+        num_warps=lane_num_warps(kind, KP, CP), **flags)
+    return result, tangent_tables
 
 
 def tangent_flow(tables, tangent, tangent_ring, tangent_tables):

@@ -10,8 +10,6 @@ float32, at tiny sizes.
 """
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -172,16 +170,16 @@ def test_triton_second_derivatives_sweep_no_more_than_they_need(device, monkeypa
     """On the Triton rung a gradient penalty runs one forward sweep (the
     first backward's outside keeps the forward's tables for the hvp), and
     neither it nor the information gradients run an outside flow for a
-    posterior nobody reads; entropy, cross-entropy and KL run their
-    gradient's tangent lane in the information lane's sweep (one lane sweep
-    in all) where `fuses_tangent` says so, else in a sweep of its own. The
+    posterior nobody reads. Entropy, cross-entropy and KL start their
+    gradient's tangent sweeps (a lane and the tangent flow) in the forward,
+    beside the information lane, and the backward runs no sweep. The
     results equal the torch rung's."""
     kernels = pytest.importorskip("semiring_semicrf.kernels")
     g = torch.Generator().manual_seed(23)
     base = SemiMarkovPotentials(torch.randn(2, 8, 3, generator=g), torch.randn(3, 3, generator=g),
                                 torch.randn(4, 3, generator=g), torch.tensor([8, 5]))
     other = perturbed(base, 24)
-    names = ("forward_sweep", "outside_sweep", "expectation_sweep")
+    names = ("forward_sweep", "outside_sweep", "expectation_sweep", "tangent_flow")
     calls = dict.fromkeys(names, 0)
     for name in names:
         original = getattr(kernels, name)
@@ -197,62 +195,24 @@ def test_triton_second_derivatives_sweep_no_more_than_they_need(device, monkeypa
         return torch.autograd.grad((grad ** 2).sum(), list(p.tensors().values()))
 
     got = penalty("triton")
-    assert calls == {"forward_sweep": 1, "outside_sweep": 1, "expectation_sweep": 1}
+    assert calls == {"forward_sweep": 1, "outside_sweep": 1, "expectation_sweep": 1, "tangent_flow": 1}
     for a, b in zip(got, penalty("torch")):
         torch.testing.assert_close(a, b, **FLOAT32)
-    for (kind, forwards), fused in itertools.product((("entropy", 1), ("cross_entropy", 2), ("kl", 2)),
-                                                     (True, False)):
-        def information_gradient(backend, kind=kind):
+    for kind, forwards in (("entropy", 1), ("cross_entropy", 2), ("kl", 2)):
+        def information(backend, kind=kind):
             p = leaves(on(device, base))
             q = None if kind == "entropy" else on(device, other)
-            value = semimarkov_scan(p if q is None else (p, q), SEMIRINGS[kind], backend=backend)
-            return torch.autograd.grad(value.sum(), list(p.tensors().values()))
+            return p, semimarkov_scan(p if q is None else (p, q), SEMIRINGS[kind], backend=backend)
 
-        monkeypatch.setattr(kernels, "fuses_tangent", lambda *args, fused=fused: fused)
         calls.update(dict.fromkeys(names, 0))
-        got = information_gradient("triton")
-        lanes = 1 if fused else 2
-        assert calls == {"forward_sweep": forwards, "outside_sweep": 0, "expectation_sweep": lanes}, kind
-        for a, b in zip(got, information_gradient("torch")):
+        p, value = information("triton")
+        swept = {"forward_sweep": forwards, "outside_sweep": 0, "expectation_sweep": 2, "tangent_flow": 1}
+        assert calls == swept, kind
+        got = torch.autograd.grad(value.sum(), list(p.tensors().values()))
+        assert calls == swept, kind
+        p, value = information("torch")
+        for a, b in zip(got, torch.autograd.grad(value.sum(), list(p.tensors().values()))):
             torch.testing.assert_close(a, b, **FLOAT32)
-
-
-def test_the_tangent_lane_is_fused_where_it_measured_faster():
-    """The choices `fuses_tangent` and `lane_num_warps` document (H200
-    measurements at (K, C) = (32, 24) and (64, 8))."""
-    hvp_kernels = pytest.importorskip("semiring_semicrf.kernels.hvp")
-    fused = {(kind, kp, cp) for kind in SEMIRINGS for kp, cp in ((32, 32), (64, 8), (4, 4))
-             if hvp_kernels.fuses_tangent(kind, kp, cp)}
-    assert fused == {("cross_entropy", 32, 32), ("kl", 32, 32), ("entropy", 64, 8), ("cross_entropy", 64, 8)}
-    warps = [hvp_kernels.lane_num_warps(job, *tiles) for job, tiles in (
-        ("cross_entropy+tangent", (32, 32)), ("kl+tangent", (32, 32)), ("entropy+tangent", (64, 8)),
-        ("cross_entropy+tangent", (64, 8)), ("tangent", (32, 32)), ("tangent_flow", (64, 8)))]
-    assert warps == [4, 4, 8, 8, 1, 8]
-
-
-@settings(deadline=None, max_examples=8)
-@given(p=tiny_problems(max_B=2, max_T=7, max_K=3, max_C=3, extras=True, duration_dependent=False),
-       kind=st.sampled_from(sorted(SEMIRINGS)), seed=st.integers(0, 2**16))
-def test_triton_fused_lanes_equal_the_lanes_alone(p, kind, seed):
-    """The sweep that runs an information lane and a tangent lane together
-    gives each lane's results bitwise as the sweeps that run them alone
-    (the interpreter; on a GPU the warp counts differ, hence the sums'
-    order)."""
-    kernels = pytest.importorskip("semiring_semicrf.kernels")
-    p = cast(p, torch.float32)
-    q = perturbed(p, seed) if kind != "entropy" else None
-    tangent = direction(p, random_direction(p, seed + 1)).factors().to(torch.float32)
-    ring = kernels.tangent_duration_ring(tangent)
-    _, tables = kernels.inside(p.factors())
-    q_tables = None if q is None else kernels.inside(q.factors())[1]
-    value, (dot, lane_tables) = kernels.expectation_sweep(tables, kind, q_tables, tangent, ring)
-    alone_value, no_lane = kernels.expectation_sweep(tables, kind, q_tables)
-    none, (alone_dot, alone_tables) = kernels.expectation_sweep(tables, None, None, tangent, ring)
-    assert no_lane is None and none is None
-    assert torch.equal(value, alone_value) and torch.equal(dot, alone_dot)
-    for b, length in enumerate(p.lengths.tolist()):  # the rows each sweep writes: alpha from 1, v and scale from 0
-        for first, a, other in zip((1, 0, 0), lane_tables, alone_tables):
-            assert torch.equal(a[b, first:length + 1], other[b, first:length + 1])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -495,8 +455,7 @@ def on_gpu(p: SemiMarkovPotentials) -> SemiMarkovPotentials:
 @pytest.mark.parametrize("T,K,C", [(2000, 16, 8), (400, 32, 32), (1500, 64, 8)])
 def test_gpu_hvp_and_information_gradients_follow_float64(T, K, C):
     """The kernels against the float64 PyTorch sweeps on the CPU, at sizes
-    where the information gradients run the tangent lane apart (16, 8) and
-    fused, in four (32, 32) and eight (64, 8) warps."""
+    whose sweeps take one, four and eight warps."""
     g = torch.Generator().manual_seed(21)
     B = 2
     p64 = SemiMarkovPotentials(torch.randn(B, T, C, generator=g, dtype=torch.float64),
