@@ -137,7 +137,7 @@ class Information(torch.autograd.Function):
         state.q = None if state.q is None else _detached(state.q, tensors[n:])
         state.rung = backends.select(state.backend, state.p, "information")
         with torch.no_grad():
-            # p's gradient is an hvp along a direction known now: a rung may start its tangent lane here
+            # p's gradient is an hvp along a direction known now: a rung may start its sweeps here
             state.tangent = state.direction() if any(t.requires_grad for t in tensors[:n]) else None
             result, state.saved = state.rung.information(state.p.factors(), _factors(state.q), state.kind,
                                                          _factors(state.tangent))
