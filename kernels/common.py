@@ -152,11 +152,17 @@ def pad(n: int) -> int:
 def sweep_num_warps(kp: int, cp: int) -> int:
     """Warps for the forward sweep whose ring tile is `(KP, CP)`: one warp
     keeps every per-step reduction in registers and shuffles (measured
-    fastest on an H100 up to 2048 elements); larger tiles spread their
-    exponentials over more warps; from `CP = 64` on, enough warps to hold
-    the `C x C` tiles (:func:`register_warps`)."""
+    fastest on an H100 up to 2048 elements, and on an H200 at (32, 32));
+    with 16 labels and at most 16 durations, four, whose warps hide each
+    other's latency where one thread holds too few values to (an H200 at
+    (16, 16), `benchmarks/gpu_warps.py`: 1.38 ms against 1.65 at one warp
+    at T = 2000, B = 16; the Max sweep 1.36 against 1.41); larger tiles
+    spread their exponentials over more warps; from `CP = 64` on, enough
+    warps to hold the `C x C` tiles (:func:`register_warps`)."""
     size = kp * cp
-    if size <= 2048:
+    if cp == 16 and kp <= 16:
+        warps = 4
+    elif size <= 2048:
         warps = 1
     elif size <= 4096:
         warps = 4
@@ -168,10 +174,15 @@ def sweep_num_warps(kp: int, cp: int) -> int:
 def flow_num_warps(kp: int, cp: int) -> int:
     """Warps for the outside flow, as measured on an H100: one for narrow
     tiles (`C <= 8`, up to 1024 elements), where the `C x C` step is small;
-    else four (eight beyond 4096 elements); from `CP = 64` on, enough warps
-    to hold the `C x C` tiles (:func:`register_warps`)."""
+    else four (eight beyond 4096 elements, and with 16 labels and at most 16
+    durations: an H200 at (16, 16), `benchmarks/gpu_warps.py`, 1.60 ms
+    against 1.79 at four, T = 2000, B = 16; at (32, 32) four stay best,
+    1.35 ms against 1.92 at two and 2.06 at eight); from `CP = 64` on,
+    enough warps to hold the `C x C` tiles (:func:`register_warps`)."""
     if cp <= 8 and kp * cp <= 1024:
         warps = 1
+    elif cp == 16 and kp <= 16:
+        warps = 8
     else:
         warps = 4 if kp * cp <= 4096 else 8
     return max(warps, register_warps(3 * cp * cp + 4 * kp * cp, cp))

@@ -1,0 +1,112 @@
+"""The forward sweep and the outside flow by num_warps, then the Log targets with the best counts.
+
+    python3 -u benchmarks/gpu_warps.py --out DIR      # about 2 minutes on an H200
+
+1. At :data:`CONFIGS`, on factors prepared once: the Log forward sweep alone, the Max sweep alone, and the
+   Log forward (at the shipped warps) followed by the outside flow at each count of :data:`WARPS` (the flow's
+   time is that minus the forward's); log Z at every count against the shipped one.
+2. At (16, 2000, 16, 12), the public API's forward and forward+backward (as ``gpu_bench.py`` times them) with
+   the shipped counts and with the best of (1) for that tile, against flash-semicrf's Triton path in the same
+   run (if installed).
+
+Writes ``gpu_warps.json`` under --out and prints the tables last.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_bench import DEVICE, flash, make_inputs, median_time, potentials  # noqa: E402
+
+CONFIGS = [(16, 2000, 16, 12), (4, 1000, 32, 24)]
+WARPS = (1, 2, 4, 8)
+TARGET = (16, 2000, 16, 12)
+
+
+def sweep(shape) -> dict:
+    """Kernel seconds by warp count at `shape` (section 1)."""
+    import torch
+
+    outside_sweep = importlib.import_module("semiring_semicrf.kernels.backward").outside_sweep
+    common = importlib.import_module("semiring_semicrf.kernels.common")
+    forward_sweep = importlib.import_module("semiring_semicrf.kernels.forward").forward_sweep
+    duration_ring, flow_num_warps, pad, sweep_num_warps = (common.duration_ring, common.flow_num_warps, common.pad,
+                                                           common.sweep_num_warps)
+    factors = potentials({k: v.to(DEVICE) for k, v in make_inputs(*shape).items()}).factors()
+    ring = duration_ring(factors)
+    KP, CP = pad(shape[2]), pad(shape[3])
+    row: dict = {"shipped": [sweep_num_warps(KP, CP), flow_num_warps(KP, CP)]}
+    shipped_log_z = forward_sweep(factors, ring, False, tables=False)[0]
+    base = median_time(lambda: forward_sweep(factors, ring, False), 3.0)
+    for w in WARPS:
+        log_z = forward_sweep(factors, ring, False, num_warps=w, tables=False)[0]
+        both = median_time(lambda w=w: outside_sweep(factors, ring, *forward_sweep(factors, ring, False)[2:6],
+                                                     num_warps=w), 3.0)
+        row[w] = {"forward": median_time(lambda w=w: forward_sweep(factors, ring, False, num_warps=w, tables=False),
+                                         3.0),
+                  "max": median_time(lambda w=w: forward_sweep(factors, ring, True, num_warps=w), 3.0),
+                  "flow": both - base if isinstance(both, float) else both,
+                  "log_z_rel_diff": float(((log_z - shipped_log_z).norm() / shipped_log_z.norm()).item())}
+        torch.cuda.synchronize()
+    print(shape, json.dumps(row), flush=True)
+    return row
+
+
+def public(shape, forward_warps=None, flow_warps=None) -> dict:
+    """The public API's forward and forward+backward at `shape` (section 2), the counts held if given."""
+    from semiring_semicrf import log_partition
+    backward: Any = importlib.import_module("semiring_semicrf.kernels.backward")
+    forward: Any = importlib.import_module("semiring_semicrf.kernels.forward")
+    tensors = {k: v.to(DEVICE) for k, v in make_inputs(*shape).items()}
+    saved = forward.sweep_num_warps, backward.flow_num_warps
+    if forward_warps:
+        forward.sweep_num_warps = lambda kp, cp: forward_warps
+    if flow_warps:
+        backward.flow_num_warps = lambda kp, cp: flow_warps
+    try:
+        def fwd_bwd():
+            p = potentials(tensors, requires_grad=True)
+            log_partition(p).sum().backward()
+            return p.scores.grad
+
+        import torch
+        return {"fwd": median_time(lambda: torch.no_grad()(log_partition)(potentials(tensors)), 3.0),
+                "fwd_bwd": median_time(fwd_bwd, 3.0)}
+    finally:
+        forward.sweep_num_warps, backward.flow_num_warps = saved
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=".")
+    args = parser.parse_args()
+    rows = {str(shape): sweep(shape) for shape in CONFIGS}
+    target = rows[str(TARGET)]
+    best_forward = min(WARPS, key=lambda w: target[w]["forward"])
+    best_flow = min(WARPS, key=lambda w: target[w]["flow"])
+    tensors = {k: v.to(DEVICE) for k, v in make_inputs(*TARGET).items()}
+    document = {"sweeps": rows, "best": [best_forward, best_flow], "shipped": public(TARGET),
+                "best_counts": public(TARGET, best_forward, best_flow), "flash": flash(TARGET, tensors)}
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "gpu_warps.json"), "w") as f:
+        json.dump(document, f, indent=1, default=str)
+    print("\nms by num_warps: forward / max / flow (log Z rel diff against the shipped count)")
+    for shape, row in rows.items():
+        print(shape, "shipped", row["shipped"], "; ".join(
+            f"{w}: {1e3 * row[w]['forward']:.3f} / {1e3 * row[w]['max']:.3f} / {1e3 * row[w]['flow']:.3f} "
+            f"({row[w]['log_z_rel_diff']:.0e})" for w in WARPS))
+    fl = document["flash"]
+    for name in ("shipped", "best_counts"):
+        r = document[name]
+        print(f"{TARGET} {name} {document['best'] if name == 'best_counts' else ''}: fwd {1e3 * r['fwd']:.3f} ms "
+              f"({fl['fwd'] / r['fwd']:.1f}x flash), fwd_bwd {1e3 * r['fwd_bwd']:.3f} ms "
+              f"({fl['fwd_bwd'] / r['fwd_bwd']:.1f}x flash)")
+
+
+if __name__ == "__main__":
+    main()
