@@ -215,6 +215,20 @@ def test_triton_second_derivatives_sweep_no_more_than_they_need(device, monkeypa
             torch.testing.assert_close(a, b, **FLOAT32)
 
 
+def test_side_stream_work_runs_in_order_off_cuda():
+    """Off CUDA (the interpreter's CPU tensors) there is no side stream:
+    `beside` runs its block where it stands and `join` does nothing, so the
+    sweeps run in program order."""
+    streams = pytest.importorskip("semiring_semicrf.kernels.streams")
+    cpu = torch.device("cpu")
+    assert streams.side_stream(cpu) is None
+    done = []
+    with streams.beside(cpu, [torch.zeros(2)]):
+        done.append("beside")
+    streams.join(cpu, [torch.zeros(2)])
+    assert done == ["beside"]
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_triton_information_gradient_twice_through_one_forward(device):
     """The information query keeps p's and q's forward tables for the
