@@ -21,7 +21,7 @@ import sys
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import DEVICE, flash, make_inputs, median_time, potentials  # noqa: E402
+from gpu_bench import DEVICE, flash, make_inputs, median_time, potentials, query_maker  # noqa: E402
 
 CONFIGS = [(16, 2000, 16, 12), (4, 1000, 32, 24)]
 WARPS = (1, 2, 4, 8)
@@ -58,8 +58,8 @@ def sweep(shape) -> dict:
 
 
 def public(shape, forward_warps=None, flow_warps=None) -> dict:
-    """The public API's forward and forward+backward at `shape` (section 2), the counts held if given."""
-    from semiring_semicrf import log_partition
+    """The public API's forward and forward+backward at `shape` (section 2,
+    :func:`gpu_bench.query_maker`'s calls), the counts held if given."""
     backward: Any = importlib.import_module("semiring_semicrf.kernels.backward")
     forward: Any = importlib.import_module("semiring_semicrf.kernels.forward")
     tensors = {k: v.to(DEVICE) for k, v in make_inputs(*shape).items()}
@@ -69,14 +69,7 @@ def public(shape, forward_warps=None, flow_warps=None) -> dict:
     if flow_warps:
         backward.flow_num_warps = lambda kp, cp: flow_warps
     try:
-        def fwd_bwd():
-            p = potentials(tensors, requires_grad=True)
-            log_partition(p).sum().backward()
-            return p.scores.grad
-
-        import torch
-        return {"fwd": median_time(lambda: torch.no_grad()(log_partition)(potentials(tensors)), 3.0),
-                "fwd_bwd": median_time(fwd_bwd, 3.0)}
+        return {query: median_time(query_maker(query, tensors)(shape), 3.0) for query in ("fwd", "fwd_bwd")}
     finally:
         forward.sweep_num_warps, backward.flow_num_warps = saved
 
