@@ -510,8 +510,7 @@ def kbest_num_warps_sweep(device_inputs, k=5):
     from semiring_semicrf.kernels.kbest import kbest_decode, kbest_num_warps
     shape = KBEST_SWEEP_CONFIG
     factors = potentials(device_inputs(shape)).factors()
-    KP, CP, KK = pad(shape[2]), pad(shape[3]), pad(k)
-    row = {"chosen": kbest_num_warps(max(KP, CP) * CP * KK)}
+    row = {"chosen": kbest_num_warps(pad(shape[2]), pad(shape[3]), k)}
     for w in (1, 2, 4, 8, 16):
         row[w] = median_time(lambda w=w: kbest_decode(factors, k, num_warps=w), 3.0)
     print(f"k-best num_warps {shape}, k = {k}: chosen {row['chosen']}; "

@@ -5,7 +5,8 @@
 
 1. At :data:`CONFIGS` (or ``--configs``), on factors prepared once: the Log forward sweep alone, the Max
    sweep alone, and the Log forward (at the shipped warps) followed by the outside flow at each count of
-   :data:`WARPS` (the flow's time is that minus the forward's); log Z at every count against the shipped one.
+   :data:`WARPS` (or ``--warps``; the flow's time is that minus the forward's); log Z at every count against
+   the shipped one.
 2. At the target (``--target``, (16, 2000, 16, 12) by default), the public API's forward and forward+backward
    (as ``gpu_bench.py`` times them) with the shipped counts and with the best of (1) for that tile, against
    flash-semicrf's Triton path in the same run (if installed, unless ``--no-flash``).
@@ -29,7 +30,7 @@ WARPS = (1, 2, 4, 8)
 TARGET = (16, 2000, 16, 12)
 
 
-def sweep(shape, budget: float) -> dict:
+def sweep(shape, budget: float, warps=WARPS) -> dict:
     """Kernel seconds by warp count at `shape` (section 1)."""
     import torch
 
@@ -44,7 +45,7 @@ def sweep(shape, budget: float) -> dict:
     row: dict = {"shipped": [sweep_num_warps(KP, CP), flow_num_warps(KP, CP)]}
     shipped_log_z = forward_sweep(factors, ring, False, tables=False)[0]
     base = median_time(lambda: forward_sweep(factors, ring, False), budget)
-    for w in WARPS:
+    for w in warps:
         log_z = forward_sweep(factors, ring, False, num_warps=w, tables=False)[0]
         both = median_time(lambda w=w: outside_sweep(factors, ring, *forward_sweep(factors, ring, False)[2:6],
                                                      num_warps=w), budget)
@@ -102,12 +103,13 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", type=shape_argument, default=CONFIGS, help="BxTxKxC ...")
     parser.add_argument("--target", type=shape_argument, default=TARGET, help="BxTxKxC, one of --configs")
     parser.add_argument("--budget", type=float, default=3.0, help="seconds per timing")
+    parser.add_argument("--warps", nargs="+", type=int, default=WARPS, help="counts to sweep")
     parser.add_argument("--no-flash", action="store_true", help="leave flash-semicrf out")
     args = parser.parse_args()
-    rows = {str(shape): sweep(shape, args.budget) for shape in args.configs}
+    rows = {str(shape): sweep(shape, args.budget, args.warps) for shape in args.configs}
     target = rows[str(args.target)]
-    best_forward = min(WARPS, key=lambda w: seconds_or_inf(target[w]["forward"]))
-    best_flow = min(WARPS, key=lambda w: seconds_or_inf(target[w]["flow"]))
+    best_forward = min(args.warps, key=lambda w: seconds_or_inf(target[w]["forward"]))
+    best_flow = min(args.warps, key=lambda w: seconds_or_inf(target[w]["flow"]))
     tensors = {k: v.to(DEVICE) for k, v in make_inputs(*args.target).items()}
     document: dict[str, Any] = {
         "sweeps": rows, "best": [best_forward, best_flow], "shipped": public(args.target, args.budget),
@@ -120,7 +122,7 @@ def main() -> None:
     for shape, row in rows.items():
         print(shape, "shipped", row["shipped"], "; ".join(
             f"{w}: {ms(row[w]['forward'])} / {ms(row[w]['max'])} / {ms(row[w]['flow'])} "
-            f"({row[w]['log_z_rel_diff']:.0e})" for w in WARPS))
+            f"({row[w]['log_z_rel_diff']:.0e})" for w in args.warps))
     fl = document["flash"]
     for name in ("shipped", "best_counts"):
         r = document[name]

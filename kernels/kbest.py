@@ -11,12 +11,14 @@ Per position `e`:
     u[e, c]     = top-k over (c', rank) of alpha[e, c', rank] + transition[c', c]
     v[e, c]     = u[e, c] + enter[e, c]
 
-The ring holds the lists of the last `K` starts, `(KP, CP, KK)` in
-registers (`KK = pad(k)`), rotated as in :mod:`.forward`. A top-k is `k`
-pops of the candidates' maximum: each candidate is packed into one int64
-(the float's order-preserving bits, then its inverted key), so that one
-integer max finds the best value and, among equal values, the smallest key,
-and removing it is one comparison (keys are distinct). Keys are
+The ring holds the lists of the last `K` starts in registers, rotated as in
+:mod:`.forward`, one tile per rank (a tuple of `k` tiles, so nothing is
+padded to a power of two along the ranks). A top-k is a k-way merge over
+the lists' heads (:func:`top_k_of_sorted_lists`): `k` pops, each one
+reduction over the heads, then the winning list's head moves one rank on.
+Each head is packed into one int64 (the float's order-preserving bits, then
+its inverted key), so that one integer max finds the best value and, among
+equal values, the smallest key. Keys are
 `d-1`/`c'` times `KK` plus the rank, so ties go to the smaller
 `(duration, previous label, rank)`, and at the end to the smaller
 `(last label, rank)`: exactly the reference's rule
@@ -24,13 +26,22 @@ and removing it is one comparison (keys are distinct). Keys are
 sums (integer potentials with `center=False`); the running normalization
 subtracts a value of the tiles themselves, which keeps integers exact.
 
+The tiles are laid out so that the pops' reductions never leave a warp
+(:func:`sweep_tiling`): each warp holds a group of labels, its lanes a
+few lists of each, a thread the rest of the lists in registers. A pop is
+then a few register maxima and shuffles, with no barrier; one barrier a
+position remains, where alpha (by label) is exchanged into alpha by
+previous label for the transition stage. On an H200 at (4, 1000, 32, 24),
+k = 5, the sweep and the traceback take 4.1 ms where pops over whole `(K, C, pad(k))`
+tiles, reduced across 16 warps, took 31 (`benchmarks/gpu_kbest.py`).
+
 The keys are the back-pointers, stored per position, label and rank:
 `(B, T+1, C, k)` small integers for the duration stage and as many for the
 transition stage (the output's order, `O(B T C k)`).
 
-The tiles cost registers: the kernels take `k <= MAX_K` and tiles of at
-most `MAX_TILE` elements (:func:`kbest_limits_reason`); larger requests go
-to the reference rung.
+The ring costs registers: the kernels take `k <= MAX_K` and tiles of at
+most `MAX_TILE` elements, counting the ranks padded (:func:`kbest_limits_reason`);
+larger requests go to the reference rung.
 """
 from __future__ import annotations
 
@@ -55,8 +66,6 @@ from .common import (
 MAX_K = 16
 #: The largest register tile (`max(KP, CP) * CP * pad(k)` elements) of the sweep.
 MAX_TILE = 2 ** 15
-#: Packed value of a removed candidate: below every packed float (`-inf` included).
-REMOVED: tl.constexpr = tl.constexpr(-2 ** 63)
 
 
 def kbest_limits_reason(potentials, k: int) -> str | None:
@@ -93,21 +102,51 @@ def unpack(packed, KEYS: tl.constexpr):
 
 
 @triton.jit
-def top_k_lists(candidates, key, ranks, KEYS: tl.constexpr, KBEST: tl.constexpr):
-    """Per label (axis 1) of `candidates (n, CP, KK)`, the `KBEST` best
-    entries over axes 0 and 2: `(values (CP, KK), keys (CP, KK) int32)`,
-    rank-major along the last axis, `-inf` past `KBEST`. `key (n, 1, KK)`
-    holds each candidate's key (distinct within a label)."""
-    packed = pack(candidates, key, KEYS)
-    values = tl.full((candidates.shape[1], candidates.shape[2]), float("-inf"), tl.float32)
-    keys = tl.zeros((candidates.shape[1], candidates.shape[2]), tl.int32)
+def rank_entry(lists, base, ptr, UPTO: tl.constexpr):
+    """`lists[ptr] + base` elementwise, for `ptr <= UPTO` (`lists` a tuple of
+    tiles, `ptr` an int32 tile of the broadcast shape)."""
+    entry = lists[0]
+    for j in tl.static_range(1, UPTO + 1):
+        entry = tl.where(ptr == j, lists[j], entry)
+    return entry + base
+
+
+@triton.jit
+def reduce_max(x, A: tl.constexpr, B: tl.constexpr):
+    """The maximum over axes `A` and `B` of `x`, both kept (as size 1):
+    `A` first (the axis a thread holds in registers in the sweep's tiles,
+    so that `B`'s shuffles move one value, not one per register)."""
+    return tl.max(tl.max(x, axis=A, keep_dims=True), axis=B, keep_dims=True)
+
+
+@triton.jit
+def top_k_of_sorted_lists(lists, base, list_key, KK: tl.constexpr, KEYS: tl.constexpr, KBEST: tl.constexpr,
+                          A: tl.constexpr, B: tl.constexpr):
+    """The `KBEST` best of the sorted lists `lists[j] + base`, the lists
+    along axes `A` and `B` of the broadcast shape, per index of the other
+    axes (`lists` a tuple of `KBEST` tiles, rank `j` in `lists[j]`, each
+    list non-increasing over `j`). Returns `(values, keys)`, tuples of
+    `KBEST` tensors (axes `A`, `B` of size 1), best first; the key of rank
+    `j` of a list is `list_key * KK + j` (`list_key` distinct per list).
+
+    A k-way merge over the lists' heads: each pop takes the maximum of the
+    heads (one reduction, ties to the smaller key) and moves the winning
+    list's head one rank on. Each list is sorted and its ranks' keys
+    increase, so the merge pops exactly what pops over all entries would."""
+    head = lists[0] + base
+    ptr = tl.zeros(head.shape, tl.int32)
+    values = ()
+    keys = ()
     for t in tl.static_range(KBEST):
-        best = tl.max(tl.max(packed, axis=2), axis=0)
+        packed = pack(head, list_key * KK + ptr, KEYS)
+        best = reduce_max(packed, A, B)
+        value, key = unpack(best, KEYS)
+        values = values + (value,)
+        keys = keys + (key,)
         if t < KBEST - 1:
-            packed = tl.where(packed == best[None, :, None], REMOVED, packed)
-        value, index = unpack(best, KEYS)
-        values = tl.where(ranks[None, :] == t, value[:, None], values)
-        keys = tl.where(ranks[None, :] == t, index[:, None], keys)
+            won = packed == best
+            ptr += won.to(tl.int32)
+            head = tl.where(won, rank_entry(lists, base, ptr, t + 1), head)
     return values, keys
 
 
@@ -115,37 +154,50 @@ def top_k_lists(candidates, key, ranks, KEYS: tl.constexpr, KBEST: tl.constexpr)
 def kbest_sweep_kernel(
         scores_ptr, start_scores_ptr, end_scores_ptr, mean_ptr,
         duration_ring_ptr, transition_ptr, start_ptr, end_ptr, lengths_ptr,
-        duration_from_ptr, source_from_ptr, best_ptr, final_ptr,
+        duration_from_ptr, source_from_ptr, best_ptr, final_ptr, exchange_ptr,
         B, T, C, scores_stride, start_stride, end_stride,
         KP: tl.constexpr, CP: tl.constexpr, KK: tl.constexpr, KBEST: tl.constexpr,
+        G: tl.constexpr, S: tl.constexpr,
         START_SCORES: tl.constexpr, END_SCORES: tl.constexpr):
     """One sequence per program. Writes the back-pointers
     `duration_from (B, T+1, C, KBEST)` (`(d-1) KK + rank` in `v[e-d, c]`)
     and `source_from (B, T+1, C, KBEST)` (`c' KK + rank` in `alpha[e, c']`),
     the `KBEST` best scores `best (KBEST, B)` float32 and where each ends,
-    `final (KBEST, B)` (`c KK + rank` in `alpha[L, c]`)."""
+    `final (KBEST, B)` (`c KK + rank` in `alpha[L, c]`); `exchange (B, 2,
+    KBEST, CP)` float32 is scratch.
+
+    Tiles are 4-d, `(lists / S, G, S, labels / G)` (:func:`sweep_tiling`):
+    list `x S + s` (ring slot, or previous label), label `g (CP / G) + l`.
+    A label's vectors are `(1, G, S, CP / G)`, the same value in each `s`,
+    so that every tensor has the tiles' layout and broadcasts without moving
+    data. The one exchange between threads besides the reductions, alpha by
+    label into alpha by previous label, goes through `exchange` (double
+    buffered by the position's parity, one barrier a position)."""
+    L: tl.constexpr = CP // G
     b = tl.program_id(0)
     length = tl.load(lengths_ptr + b).to(tl.int32)
     b64 = b.to(tl.int64)
-    slots = tl.arange(0, KP)
-    labels = tl.arange(0, CP)
-    ranks = tl.arange(0, KK)
+    copy = tl.arange(0, S)[None, None, :, None] + tl.zeros((1, G, S, L), tl.int32)
+    labels = tl.arange(0, G)[None, :, None, None] * L + tl.arange(0, L)[None, None, None, :] + copy * 0
+    slots = tl.arange(0, KP // S)[:, None, None, None] * S + copy
+    sources = tl.arange(0, CP // S)[:, None, None, None] * S + copy
     valid = labels < C
+    stores = valid & (copy == 0)
     scores_ptr, start_scores_ptr, end_scores_ptr, mean = sequence_inputs(
         scores_ptr, start_scores_ptr, end_scores_ptr, mean_ptr, b64, C, scores_stride, start_stride, end_stride,
         labels)
-    pointer_rows = b64 * (T + 1) * C * KBEST + labels[:, None] * KBEST + ranks[None, :]
-    pointer_mask = valid[:, None] & (ranks[None, :] < KBEST)
-    window = duration_ring_ptr + b64 * 4 * KP * CP + KP * CP - slots[:, None] * CP + labels[None, :]
-    transition = tl.load(transition_ptr + labels[:, None] * C + labels[None, :],
-                         mask=valid[:, None] & valid[None, :], other=float("-inf"))
-    source_key = (labels * KK)[:, None, None] + ranks[None, None, :]  # (CP_src, 1, KK)
+    pointer_rows = b64 * (T + 1) * C * KBEST + labels * KBEST
+    exchange_ptr += b64 * 2 * KBEST * CP
+    window = duration_ring_ptr + b64 * 4 * KP * CP + KP * CP - slots * CP + labels
+    transition = tl.load(transition_ptr + sources * C + labels, mask=(sources < C) & valid, other=float("-inf"))
     start = tl.load(start_ptr + labels, mask=valid, other=float("-inf"))
-    cum = tl.zeros((CP,), tl.float64)
+    cum = tl.zeros(labels.shape, tl.float64)
     v0 = start + enter_factor(cum, boundary_row(start_scores_ptr, 0, labels, C, T, START_SCORES))
-    first = (slots[:, None, None] == 0) & (ranks[None, None, :] == 0)
-    ring = tl.where(first, v0[None, :, None], float("-inf"))
-    alpha = tl.full((CP, KK), float("-inf"), tl.float32)
+    ring = (tl.where(slots == 0, v0, float("-inf")),)
+    alpha = (tl.full(labels.shape, float("-inf"), tl.float32),)
+    for _ in tl.static_range(1, KBEST):
+        ring = ring + (tl.full(ring[0].shape, float("-inf"), tl.float32),)
+        alpha = alpha + (tl.full(labels.shape, float("-inf"), tl.float32),)
     scale = tl.full([], 0.0, tl.float64)
     next_duration = tl.load(window)
     next_scores, next_end_score, next_start_score = position_rows(
@@ -157,28 +209,39 @@ def kbest_sweep_kernel(
             scores_ptr, start_scores_ptr, end_scores_ptr, e, labels, C, T, START_SCORES, END_SCORES)
         cum, leave, enter = step_factors(cum, scores, end_score, start_score, mean)  # cum[e], leave[e-1], enter[e]
 
-        duration_key = (((e - 1 - slots) & (KP - 1)) * KK)[:, None, None] + ranks[None, None, :]
-        alpha, alpha_from = top_k_lists(ring + duration[:, :, None], duration_key, ranks, KP * KK, KBEST)
-        alpha += leave[:, None]
-        r = tl.max(tl.max(alpha, axis=1), axis=0)
+        alpha, alpha_from = top_k_of_sorted_lists(ring, duration, (e - 1 - slots) & (KP - 1), KK, KP * KK, KBEST,
+                                                  0, 2)
+        r = tl.max(tl.max(tl.max(tl.max(alpha[0] + leave, axis=3), axis=2), axis=1), axis=0)
         r = tl.where(r == float("-inf"), 0.0, r)
-        u, u_from = top_k_lists(alpha[:, None, :] + transition[:, :, None], source_key, ranks, CP * KK, KBEST)
-        alpha -= r
-        scale += r.to(tl.float64)
+        exchange = exchange_ptr + (e & 1) * KBEST * CP
+        for j in tl.static_range(KBEST):
+            tl.store(exchange + j * CP + labels, alpha[j] + leave, mask=copy == 0)
+        tl.debug_barrier()
+        by_source = ()
+        for j in tl.static_range(KBEST):
+            by_source = by_source + (tl.load(exchange + j * CP + sources),)
+        u, u_from = top_k_of_sorted_lists(by_source, transition, sources, KK, CP * KK, KBEST, 0, 2)
         row = pointer_rows + e * C * KBEST
-        tl.store(duration_from_ptr + row, alpha_from.to(duration_from_ptr.dtype.element_ty), mask=pointer_mask)
-        tl.store(source_from_ptr + row, u_from.to(source_from_ptr.dtype.element_ty), mask=pointer_mask)
-        ring = tl.where(slots[:, None, None] == (e & (KP - 1)), (u - r + enter[:, None])[None, :, :], ring - r)
+        new_ring = ()
+        new_alpha = ()
+        for j in tl.static_range(KBEST):
+            tl.store(duration_from_ptr + row + j, alpha_from[j].to(duration_from_ptr.dtype.element_ty), mask=stores)
+            tl.store(source_from_ptr + row + j, u_from[j].to(source_from_ptr.dtype.element_ty), mask=stores)
+            new_alpha = new_alpha + (alpha[j] + leave - r,)
+            new_ring = new_ring + (tl.where(slots == (e & (KP - 1)), u[j] - r + enter, ring[j] - r),)
+        alpha = new_alpha
+        ring = new_ring
+        scale += r.to(tl.float64)
 
     end = tl.load(end_ptr + labels, mask=valid, other=float("-inf"))
-    last = pack(alpha + end[:, None], (labels * KK)[:, None] + ranks[None, :], CP * KK)
+    closing = ()
+    for j in tl.static_range(KBEST):
+        closing = closing + (alpha[j] + end,)
+    best, final = top_k_of_sorted_lists(closing, 0.0, labels, KK, CP * KK, KBEST, 1, 3)
     for t in tl.static_range(KBEST):
-        best = tl.max(tl.max(last, axis=1), axis=0)
-        if t < KBEST - 1:
-            last = tl.where(last == best, REMOVED, last)
-        value, index = unpack(best, CP * KK)
-        tl.store(best_ptr + t * B + b, (scale + value.to(tl.float64)).to(tl.float32))
-        tl.store(final_ptr + t * B + b, index)
+        first = (labels == 0) & (copy == 0)
+        tl.store(best_ptr + t * B + b + labels * 0, (scale + best[t].to(tl.float64)).to(tl.float32), mask=first)
+        tl.store(final_ptr + t * B + b + labels * 0, final[t], mask=first)
 
 
 @triton.jit
@@ -218,12 +281,32 @@ def pointer_dtype(n: int) -> torch.dtype:
     return torch.int16 if n <= torch.iinfo(torch.int16).max else torch.int32
 
 
-def kbest_num_warps(tile: int) -> int:
-    """Warps for a sweep whose largest tile has `tile` elements: about 512
-    elements per warp (each pop reduces the whole tile), one to sixteen. On
-    an H200 at (4, 1000, 32, 24), k = 5 (a tile of 8192): 31.5 ms at 16
-    warps, 35.7 at 8, 68 at 4, 285 at 2."""
-    return max(1, min(16, tile // 512))
+def kbest_num_warps(KP: int, CP: int, k: int) -> int:
+    """Warps (label groups, :func:`sweep_tiling`) for the sweep: the most,
+    up to 16, that still fill each warp's 32 lanes with distinct (list,
+    label) pairs; more warps leave each thread fewer lists, and a pop's
+    latency shrinks with them. On an H200, `benchmarks/gpu_kbest.py`, k = 5:
+    at (4, 1000, 32, 24) 4.1 ms at 16 warps, 4.6 at 8, 7.2 at 4; at
+    (1, 10^5, 64, 8) 226 ms at 2, 324 at 1, 370 at 4; at (4, 10^4, 100, 24)
+    67 ms at 16, 72 at 8. `k` does not change the choice (at k = 16 and
+    (32, 32) a thread still holds its 2 x 16 ring entries in registers)."""
+    warps = 1
+    while warps < 16 and 32 * (2 * warps) <= CP * min(KP, CP):
+        warps *= 2
+    return warps
+
+
+def sweep_tiling(KP: int, CP: int, num_warps: int) -> tuple[int, int]:
+    """`(G, S)` of :func:`kbest_sweep_kernel`'s tiles `(lists / S, G, S,
+    labels / G)` for `num_warps`: `G` label groups (one per warp, at most
+    `CP`), `S` lists across a warp's threads beside its `CP / G` labels
+    (the rest of the lists in each thread's registers). Triton spreads a
+    tile's fastest axes over a warp's lanes and the next over warps, so a
+    top-k's reduction over the lists stays inside one warp (shuffles, no
+    barrier)."""
+    G = max(1, min(num_warps, CP))
+    S = max(1, min(32 // max(1, CP // G), KP, CP))
+    return G, S
 
 
 def kbest_decode(factors, k: int, num_warps: int | None = None):
@@ -245,11 +328,12 @@ def kbest_decode(factors, k: int, num_warps: int | None = None):
     starts = torch.zeros((k, B, T), dtype=torch.int8, device=device)
     if B == 0:
         return scores, labels, starts.bool()
+    G, S = sweep_tiling(KP, CP, num_warps or kbest_num_warps(KP, CP, k))
+    exchange = torch.empty((B, 2, k, CP), dtype=torch.float32, device=device)
     kbest_sweep_kernel[(B,)](
         *inputs[:4], duration_ring(factors), small(factors.transition), small(factors.start),
-        small(factors.end), factors.lengths, duration_from, source_from, scores, final,
-        B, T, C, *inputs[4:], KP=KP, CP=CP, KK=KK, KBEST=k,
-        num_warps=num_warps or kbest_num_warps(max(KP, CP) * CP * KK), **flags)
+        small(factors.end), factors.lengths, duration_from, source_from, scores, final, exchange,
+        B, T, C, *inputs[4:], KP=KP, CP=CP, KK=KK, KBEST=k, G=G, S=S, num_warps=G, **flags)
     kbest_traceback_kernel[(k * B,)](duration_from, source_from, scores, final, factors.lengths, labels, starts,
                                      B, T, C, KP=KP, KK=KK, KBEST=k, num_warps=1)
     return scores, labels, starts.bool()
