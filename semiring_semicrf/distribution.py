@@ -329,7 +329,7 @@ class SemiMarkovDistribution(Distribution):
     def _argmax(self) -> Segmentation:
         def compute():
             _, labels, starts = viterbi(self.potentials, self.backend)
-            return Segmentation(labels, starts)
+            return Segmentation._decoded(labels, starts)
         return self._cached("argmax", compute)
 
     @property
@@ -352,7 +352,7 @@ class SemiMarkovDistribution(Distribution):
     def topk(self, k: int) -> TopK:
         """The k best distinct segmentations and their scores, best first."""
         _, labels, starts = kbest(self.potentials, k, self.backend)
-        value = Segmentation(labels, starts)
+        value = Segmentation._decoded(labels, starts)
         return TopK(value.log_potential(self.potentials, validate=False), value)
 
     def sample(  # type: ignore[override]  # a Segmentation (see log_prob)
@@ -368,7 +368,7 @@ class SemiMarkovDistribution(Distribution):
             return Segmentation(torch.full(shape, -1, dtype=torch.int64, device=device),
                                 torch.zeros(shape, dtype=torch.bool, device=device))
         labels, starts = draw_samples(self.potentials, sample_shape.numel(), generator, self.backend)
-        return Segmentation(labels.reshape(shape), starts.reshape(shape))
+        return Segmentation._decoded(labels.reshape(shape), starts.reshape(shape))
 
     # -- information ------------------------------------------------------------------
     def expected_score(self, potentials: SemiMarkovPotentials | None = None) -> torch.Tensor:

@@ -53,7 +53,7 @@ def _decoded_value(p: SemiMarkovPotentials, scores: torch.Tensor, labels, starts
     """The decoded scores, differentiable (through the decoded parts) when p
     requires grad."""
     if information.tracks_grad(p):
-        return Segmentation(labels, starts).log_potential(p, validate=False)
+        return Segmentation._decoded(labels, starts).log_potential(p, validate=False)
     return scores
 
 

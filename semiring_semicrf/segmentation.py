@@ -103,22 +103,22 @@ class Segmentation:
             raise IndexError("Segmentation indexing takes the leading dims explicitly (no Ellipsis)")
         if len(index) > self.lengths.dim():
             raise IndexError(f"too many indices for a Segmentation with {self.lengths.dim()} leading dim(s)")
-        return Segmentation(self.labels[index], self.starts[index], self.lengths[index])
+        return Segmentation._unchecked(self.labels[index], self.starts[index], self.lengths[index])
 
     def to(self, device: torch.device | str) -> Segmentation:
-        return Segmentation(self.labels.to(device), self.starts.to(device), self.lengths.to(device))
+        return Segmentation._unchecked(self.labels.to(device), self.starts.to(device), self.lengths.to(device))
 
     def clone(self) -> Segmentation:
         """A copy that owns its tensors."""
-        return Segmentation(self.labels.clone(), self.starts.clone(), self.lengths.clone())
+        return Segmentation._unchecked(self.labels.clone(), self.starts.clone(), self.lengths.clone())
 
     def expand(self, *shape) -> Segmentation:
         """The same segmentations broadcast to the leading dims `shape` (the
         sizes before T; an int or a sequence of ints), as
         `torch.Tensor.expand` does: views, no copy."""
         shape = torch.Size(shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
-        return Segmentation(self.labels.expand(*shape, self.T), self.starts.expand(*shape, self.T),
-                            self.lengths.expand(shape))
+        return Segmentation._unchecked(self.labels.expand(*shape, self.T), self.starts.expand(*shape, self.T),
+                                       self.lengths.expand(shape))
 
     def equal(self, other: Segmentation) -> bool:
         """True when both hold the same segmentations (same shape)."""
@@ -358,25 +358,52 @@ class Segmentation:
 
     # -- internal -------------------------------------------------------------
     def _check_tiling(self) -> None:
+        """Raises on the first violated rule of a tiling; reads the device
+        once when the segmentation is valid (each rule reduced on the
+        device, the flags read together)."""
         inside = self.valid_mask()
-        if bool((self.lengths < 0).any()) or bool((self.lengths > self.T).any()):
-            raise ValueError(f"lengths must lie in [0, T] = [0, {self.T}]")
-        if bool((inside & (self.labels < 0)).any()):
-            where = (inside & (self.labels < 0)).nonzero()[0].tolist()
-            raise ValueError(f"labels{where}: negative label inside the length (a gap in the segmentation)")
-        if bool((~inside & (self.labels != -1)).any()):
-            where = (~inside & (self.labels != -1)).nonzero()[0].tolist()
-            raise ValueError(f"labels{where}: labels past the length must be -1 (a segment runs past the length)")
-        if bool((~inside & self.starts).any()):
-            where = (~inside & self.starts).nonzero()[0].tolist()
-            raise ValueError(f"starts{where}: a segment starts past the length")
-        if bool((inside[..., 0] & ~self.starts[..., 0]).any()):
-            raise ValueError("starts: every non-empty sequence must have a segment starting at position 0")
         changed = (self.labels[..., 1:] != self.labels[..., :-1]) & inside[..., 1:]
-        if bool((changed & ~self.starts[..., 1:]).any()):
-            where = (changed & ~self.starts[..., 1:]).nonzero()[0].tolist()
-            where[-1] += 1
-            raise ValueError(f"labels{where}: the label changes inside a segment (no start there)")
+        violations = {
+            "lengths": (self.lengths < 0) | (self.lengths > self.T),
+            "gap": inside & (self.labels < 0),
+            "past": ~inside & (self.labels != -1),
+            "start past": ~inside & self.starts,
+            "first": inside[..., 0] & ~self.starts[..., 0],
+            "change": changed & ~self.starts[..., 1:],
+        }
+        if not bool(torch.stack([v.any() for v in violations.values()]).any()):
+            return
+        name = next(n for n, v in violations.items() if bool(v.any()))
+        where = violations[name].nonzero()[0].tolist()
+        if name == "lengths":
+            raise ValueError(f"lengths must lie in [0, T] = [0, {self.T}]")
+        if name == "gap":
+            raise ValueError(f"labels{where}: negative label inside the length (a gap in the segmentation)")
+        if name == "past":
+            raise ValueError(f"labels{where}: labels past the length must be -1 (a segment runs past the length)")
+        if name == "start past":
+            raise ValueError(f"starts{where}: a segment starts past the length")
+        if name == "first":
+            raise ValueError("starts: every non-empty sequence must have a segment starting at position 0")
+        where[-1] += 1
+        raise ValueError(f"labels{where}: the label changes inside a segment (no start there)")
+
+    @classmethod
+    def _decoded(cls, labels: torch.Tensor, starts: torch.Tensor) -> Segmentation:
+        """A segmentation one of our decoders (k-best, sampling, argmax)
+        built, a tiling by construction: `labels` int64, `starts` bool,
+        `(..., T)`. See :meth:`_unchecked`."""
+        return cls._unchecked(labels, starts, (labels >= 0).sum(dim=-1))
+
+    @classmethod
+    def _unchecked(cls, labels: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor) -> Segmentation:
+        """A segmentation known to be a tiling (a decoder's output, or a view
+        or copy of a checked one): nothing is checked and nothing read from
+        the device, so the work queued after a decoder's kernels does not
+        wait for them."""
+        value = cls.__new__(cls)
+        value.labels, value.starts, value.lengths = labels, starts, lengths
+        return value
 
 
 def labels_from_starts(starts: torch.Tensor, start_labels: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -85,10 +85,50 @@ def test_constructor_rejects_what_is_not_a_tiling():
         Segmentation(torch.tensor([[0, -1]]), torch.tensor([[True, True]]))
     with pytest.raises(ValueError, match="gap"):
         Segmentation(torch.tensor([[0, -1, 1]]), torch.tensor([[True, False, True]]), torch.tensor([3]))
+    with pytest.raises(ValueError, match="past the length must be -1"):
+        Segmentation(labels, torch.tensor([[True, False, True]]), torch.tensor([2]))
+    with pytest.raises(ValueError, match=r"lengths must lie in \[0, T\]"):
+        Segmentation(labels, torch.tensor([[True, False, True]]), torch.tensor([4]))
     with pytest.raises(TypeError, match="labels must be an integer tensor"):
         Segmentation(labels.float(), torch.ones(1, 3, dtype=torch.bool))
     with pytest.raises(TypeError, match="starts must be a bool tensor"):
         Segmentation(labels, torch.ones(1, 3))
+
+
+def test_the_tiling_check_reads_the_device_once():
+    """Each read of a value on the host waits for a GPU: the rules are
+    reduced on the device and read back together."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class HostReads(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            HostReads.count += func is torch.ops.aten._local_scalar_dense.default
+            return func(*args, **(kwargs or {}))
+
+    value = Segmentation.from_segments([[(0, 2, 1), (2, 5, 0)], [(0, 1, 2)]], 5)
+    with HostReads():
+        Segmentation(value.labels, value.starts, value.lengths)
+        value.clone()[1:].expand(2, 1)
+    assert HostReads.count == 1
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_decoded_values_are_tilings(backend):
+    """argmax, topk and samples skip the tiling check (their kernels build
+    tilings); the check, run on their outputs, passes."""
+    from semiring_semicrf import SemiMarkovDistribution
+    if backend == "triton":
+        pytest.importorskip("triton")
+    torch.manual_seed(0)
+    B, T, K, C = 3, 9, 4, 3
+    d = SemiMarkovDistribution(torch.randn(B, T, C), torch.randn(C, C), torch.randn(K, C),
+                               torch.tensor([9, 5, 1]), backend=backend)
+    for value in (d.argmax, d.topk(3).segmentations, d.sample((5,), generator=torch.Generator().manual_seed(1))):
+        checked = Segmentation(value.labels, value.starts, value.lengths)
+        assert checked.equal(value)
+        assert torch.isfinite(d.log_prob(checked)).all()
 
 
 def test_validate_names_what_the_problem_forbids():
