@@ -173,15 +173,18 @@ def sweep_num_warps(kp: int, cp: int) -> int:
 
 def flow_num_warps(kp: int, cp: int) -> int:
     """Warps for the outside flow, as measured on an H100: one for narrow
-    tiles (`C <= 8`, up to 1024 elements), where the `C x C` step is small;
-    else four (eight beyond 4096 elements, and with 16 labels and at most 16
-    durations: an H200 at (16, 16), `benchmarks/gpu_warps.py`, 1.60 ms
-    against 1.79 at four, T = 2000, B = 16; at (32, 32) four stay best,
-    1.35 ms against 1.92 at two and 2.06 at eight); from `CP = 64` on,
-    enough warps to hold the `C x C` tiles (:func:`register_warps`)."""
-    if cp <= 8 and kp * cp <= 1024:
+    tiles (`C <= 8`, up to 256 elements), where the `C x C` step is small,
+    but eight from 512 (an H200 at (64, 8), `benchmarks/gpu_warps.py`:
+    1.08 s against 1.28 at one warp at T = 10^6, 109 ms against 127 at
+    10^5; four and sixteen in between); else four (eight beyond 4096
+    elements, and with 16 labels and at most 16 durations: an H200 at
+    (16, 16), 1.60 ms against 1.79 at four, T = 2000, B = 16; at (32, 32)
+    four stay best, 1.35 ms against 1.92 at two and 2.06 at eight); from
+    `CP = 64` on, enough warps to hold the `C x C` tiles
+    (:func:`register_warps`)."""
+    if cp <= 8 and kp * cp <= 256:
         warps = 1
-    elif cp == 16 and kp <= 16:
+    elif cp <= 8 or (cp == 16 and kp <= 16):
         warps = 8
     else:
         warps = 4 if kp * cp <= 4096 else 8
