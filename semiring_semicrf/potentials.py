@@ -96,7 +96,9 @@ class SemiMarkovPotentials(_Conversions):
             range checks always run). These checks read values; while
             `torch.compile` traces, they are made where the values are used
             instead (the log partition's custom operator), so that
-            `fullgraph=True` compiles.
+            `fullgraph=True` compiles. During a CUDA graph capture no value
+            can be read: pass False there (True raises), and the lengths'
+            range is not checked (they are clamped into `[0, T]`).
         center: zero-centre the scores before their prefix sums (the
             default: float32 stays accurate at any T). Turn it off when the
             potentials are exact integers and a semiring needs exact ties.
@@ -148,6 +150,7 @@ class SemiMarkovPotentials(_Conversions):
                  **{k: v for k, v in extras.items() if v is not None}}
         for name, value in named.items():
             V.check_same(name, value, scores, "scores")
+        V.check_capturable(validate_args, scores.device)
         self.lengths = V.check_lengths(lengths, B, T, scores.device)
         self.validate_args = bool(validate_args)
         if validate_args and not torch.compiler.is_compiling():  # padding is never read: only inside the lengths
@@ -334,6 +337,7 @@ class EdgePotentials(_Conversions):
             raise ValueError(
                 "edge must have shape (B, T, K+1, C, C) with K >= 1 and T, C >= 1, "
                 f"got {tuple(edge.shape)}")
+        V.check_capturable(validate_args, edge.device)
         self.lengths = V.check_lengths(lengths, B, T, edge.device)
         self._edge = edge
         if validate_args:

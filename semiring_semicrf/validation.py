@@ -48,8 +48,36 @@ def check_same(name: str, value: torch.Tensor, reference: torch.Tensor, ref_name
             "put every potential on one device")
 
 
+def capturing(device: torch.device) -> bool:
+    """True while `device`'s current CUDA stream is being captured into a
+    CUDA graph, where reading a value on the host (or copying one from it)
+    is an error."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def values_readable(device: torch.device) -> bool:
+    """Whether checks may read tensor values on the host: not while
+    `torch.compile` traces (the checks then run inside the compiled
+    operators) and not during a CUDA graph capture."""
+    return not (torch.compiler.is_compiling() or capturing(device))
+
+
+def check_capturable(validate_args: bool, device: torch.device) -> None:
+    """Raise if value checks were asked for during a CUDA graph capture."""
+    if validate_args and capturing(device):
+        raise ValueError("validate_args=True reads the potentials' values on the host, which a CUDA graph capture "
+                         "forbids; pass validate_args=False to the potentials built inside a captured region "
+                         "(and check the inputs before the graph replays)")
+
+
 def check_lengths(lengths, batch: int, T: int, device: torch.device) -> torch.Tensor:
-    """Return `lengths` as int64 `(B,)` on `device`; default: all `T`."""
+    """Return `lengths` as int64 `(B,)` on `device`; default: all `T`.
+
+    Their range is read on the host, except while `torch.compile` traces
+    (the compiled operator checks it) and during a CUDA graph capture, where
+    they are clamped into `[0, T]` on the device instead, so that no kernel
+    reads or writes out of bounds (the caller vouches for them:
+    `validate_args=False`, see :func:`check_capturable`)."""
     if lengths is None:
         return torch.full((batch,), T, dtype=torch.int64, device=device)
     if not isinstance(lengths, torch.Tensor):
@@ -66,9 +94,14 @@ def check_lengths(lengths, batch: int, T: int, device: torch.device) -> torch.Te
     if lengths.device.type == device.type == "cuda" and lengths.device != device:  # two GPUs
         raise ValueError(f"lengths is on {lengths.device} but the potentials are on {device}; "
                          "pass lengths on the CPU or on the potentials' GPU")
+    if capturing(device):
+        if lengths.device != device:
+            raise ValueError(f"lengths is on {lengths.device}; during a CUDA graph capture pass them on {device} "
+                             "(a copy from the host cannot be captured)")
+        return lengths.to(torch.int64).clamp(0, T)
     # Reading the values syncs with the device (once); under torch.compile the range
     # is checked where the lengths are used (the log partition's custom operator).
-    if lengths.numel() and not torch.compiler.is_compiling() and bool(((lengths < 1) | (lengths > T)).any()):
+    if lengths.numel() and values_readable(device) and bool(((lengths < 1) | (lengths > T)).any()):
         raise ValueError(
             f"lengths must lie in [1, T] = [1, {T}], got values in [{int(lengths.min())}, {int(lengths.max())}]")
     return lengths.to(device=device, dtype=torch.int64)
