@@ -1,26 +1,32 @@
-"""What input validation costs a back-to-back Log forward on a GPU.
+"""The host's share of a Log forward on a GPU: validation, and the launches that CUDA graphs remove.
 
-    python3 -u benchmarks/gpu_host_overhead.py      # seconds on an H200
+    python3 -u benchmarks/gpu_host_overhead.py      # about a minute on an H200
 
-`log_partition` under no_grad on fresh `SemiMarkovPotentials` with
-`validate_args=True` (the default: the NaN/inf checks of every potential
-are read back from the device once per call) and `False`, 50 calls back to
-back per timing, median of 5 timings, at the sizes of the host-overhead
-target. The device read waits for the GPU work queued before it, so the
-host's work after it (the factors, two launches) is no longer hidden behind
-the previous call's kernels; without it the calls run at the kernels' pace.
+1. Back to back: `log_partition` under no_grad on fresh `SemiMarkovPotentials` with `validate_args=True` (the
+   default: the NaN/inf checks of every potential are read back from the device once per call) and `False`,
+   50 calls back to back per timing, median of 5 timings. The device read waits for the GPU work queued before
+   it, so the host's work after it (the factors, two launches) is no longer hidden behind the previous call's
+   kernels; without it the calls run at the kernels' pace.
+2. Isolated calls (each from an idle GPU, CUDA events, as ``gpu_bench.py`` times every query): the forward and
+   the forward+backward, eager (`validate_args=False`) against the same calls replayed from CUDA graphs
+   (`torch.cuda.CUDAGraph` for the forward, `torch.cuda.make_graphed_callables` for forward+backward), the
+   inputs copied into the graphs' static tensors inside the timing. The eager call's excess is the host's
+   work before the first kernel; a replay is one launch.
+
+At :data:`SIZES` (the host-overhead target's and a small one); prints the tables last.
 """
 from __future__ import annotations
 
 import statistics
 import time
+from typing import Any
 
 import torch
 
 from semiring_semicrf import SemiMarkovPotentials, log_partition
 
-SIZES = [(16, 2000, 16, 12), (4, 1000, 32, 24)]
-CALLS, TIMINGS = 50, 5
+SIZES = [(16, 2000, 16, 12), (4, 1000, 32, 24), (4, 200, 8, 4)]
+CALLS, TIMINGS, ISOLATED = 50, 5, 30
 
 
 def per_call(fn) -> float:
@@ -38,18 +44,94 @@ def per_call(fn) -> float:
     return statistics.median(times)
 
 
+def isolated(fn) -> float:
+    """Median seconds of one call of `fn` started on an idle GPU (CUDA events around it)."""
+    for _ in range(5):
+        fn()
+    times = []
+    for _ in range(ISOLATED):
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+def inputs(B, T, K, C, seed=0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(B, T, C, generator=g)
+    return ((scores - scores.mean(1, keepdim=True)).cuda(), (0.5 * torch.randn(C, C, generator=g)).cuda(),
+            (0.5 * torch.randn(K, C, generator=g)).cuda())
+
+
+def graphed_forward(static: tuple[torch.Tensor, ...]):
+    """`replay(new_inputs) -> log Z`: a captured no-grad forward on `static`."""
+    def forward():
+        with torch.no_grad():
+            return log_partition(SemiMarkovPotentials(*static, validate_args=False))
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        forward()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = forward()
+
+    def replay(fresh):
+        for target, value in zip(static, fresh):
+            target.copy_(value)
+        graph.replay()
+        return out
+    return replay
+
+
+def total(scores, transition, duration):
+    return log_partition(SemiMarkovPotentials(scores, transition, duration, validate_args=False)).sum()
+
+
+def back_to_back(tensors) -> dict:
+    """Section 1 on one problem: seconds per forward by `validate_args`."""
+    def forward(validate):
+        with torch.no_grad():
+            return log_partition(SemiMarkovPotentials(*tensors, validate_args=validate))
+    return {validate: per_call(lambda v=validate: forward(v)) for validate in (True, False)}
+
+
+def eager_and_graphed(tensors) -> dict:
+    """Section 2 on one problem: isolated seconds of each call."""
+    leaves = [t.clone().requires_grad_() for t in tensors]
+    replay = graphed_forward(tuple(t.clone() for t in tensors))
+    graphed_total: Any = torch.cuda.make_graphed_callables(total, tuple(t.clone().requires_grad_() for t in tensors))
+    assert torch.equal(replay(tensors), torch.no_grad()(log_partition)(SemiMarkovPotentials(*tensors)))
+
+    def eager_forward():
+        with torch.no_grad():
+            return log_partition(SemiMarkovPotentials(*tensors, validate_args=False))
+
+    return {"fwd eager": isolated(eager_forward), "fwd graphed": isolated(lambda: replay(tensors)),
+            "f+b eager": isolated(lambda: total(*leaves).backward()),
+            "f+b graphed": isolated(lambda: graphed_total(*leaves).backward())}
+
+
 def main() -> None:
-    g = torch.Generator().manual_seed(0)
-    for B, T, K, C in SIZES:
-        scores = torch.randn(B, T, C, generator=g)
-        scores = (scores - scores.mean(1, keepdim=True)).cuda()
-        transition = (0.5 * torch.randn(C, C, generator=g)).cuda()
-        duration = (0.5 * torch.randn(K, C, generator=g)).cuda()
-        for validate in (True, False):
-            def forward(inputs=(scores, transition, duration), validate=validate):
-                with torch.no_grad():
-                    return log_partition(SemiMarkovPotentials(*inputs, validate_args=validate))
-            print(f"{(B, T, K, C)} validate_args={validate}: {1e3 * per_call(forward):.3f} ms per forward", flush=True)
+    rows = []
+    for shape in SIZES:
+        tensors = inputs(*shape)
+        rows.append((shape, back_to_back(tensors), eager_and_graphed(tensors)))
+        print(shape, rows[-1][1:], flush=True)
+    print("\n1. back to back, ms per forward: validate_args=True / False")
+    for shape, row, _ in rows:
+        print(f"{shape}: {1e3 * row[True]:.3f} / {1e3 * row[False]:.3f}")
+    print("\n2. isolated calls, ms: forward eager / graphed (saved), forward+backward eager / graphed (saved)")
+    for shape, _, t in rows:
+        print(f"{shape}: {1e3 * t['fwd eager']:.3f} / {1e3 * t['fwd graphed']:.3f} "
+              f"({1e3 * (t['fwd eager'] - t['fwd graphed']):.3f}), {1e3 * t['f+b eager']:.3f} / "
+              f"{1e3 * t['f+b graphed']:.3f} ({1e3 * (t['f+b eager'] - t['f+b graphed']):.3f})")
 
 
 if __name__ == "__main__":
