@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 
 from . import backends
+from .information import tracks_grad
 from .potentials import Potentials, require_potentials
+from .segmentation import Segmentation
 
 
 def viterbi(potentials: Potentials, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -47,3 +49,17 @@ def topk(potentials: Potentials, k: int, backend: str = "auto") -> tuple[torch.T
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be an int >= 1, got {k!r}")
     return backends.select(backend, potentials, "kbest", k=k).kbest(potentials.prepare(), k)
+
+
+def decoded_scores(potentials: Potentials, scores: torch.Tensor, value: Segmentation) -> torch.Tensor:
+    """The scores of decoded segmentations `value` as the queries return
+    them: the decoder's own `scores` where those are the segmentations'
+    log-potentials already (structured potentials, in their dtype, no
+    gradient asked for), else `value.log_potential(potentials)`:
+    differentiable through the decoded parts, and for explicit edges the
+    first label summed out, as in their partition. The decoder's scores
+    equal the log-potentials to rounding; skipping the rescoring saves its
+    small operations (about 0.6 ms of an H200's time per top-k)."""
+    if potentials.is_explicit or scores.dtype != potentials.dtype or tracks_grad(potentials):
+        return value.log_potential(potentials, validate=False)
+    return scores

@@ -37,8 +37,8 @@ import torch
 from torch.distributions import Distribution, constraints, register_kl
 
 from . import autograd, backends, information
+from .decoding import decoded_scores, viterbi
 from .decoding import topk as kbest
-from .decoding import viterbi
 from .posterior import Posterior
 from .potentials import SemiMarkovPotentials
 from .sampling import sample as draw_samples
@@ -351,9 +351,9 @@ class SemiMarkovDistribution(Distribution):
 
     def topk(self, k: int) -> TopK:
         """The k best distinct segmentations and their scores, best first."""
-        _, labels, starts = kbest(self.potentials, k, self.backend)
+        scores, labels, starts = kbest(self.potentials, k, self.backend)
         value = Segmentation._decoded(labels, starts)
-        return TopK(value.log_potential(self.potentials, validate=False), value)
+        return TopK(decoded_scores(self.potentials, scores, value), value)
 
     def sample(  # type: ignore[override]  # a Segmentation (see log_prob)
             self, sample_shape: Sequence[int] = torch.Size(),

@@ -30,6 +30,7 @@ import torch
 from . import backends, information
 from .autograd import log_partition
 from .backends.reference import RENORM_INTERVAL, ScanProgram, ScanTables, prepare, scan
+from .decoding import decoded_scores
 from .potentials import Potentials, SemiMarkovPotentials
 from .segmentation import Segmentation
 from .semirings import (
@@ -50,11 +51,8 @@ def _log(pots, semiring, backend, low_memory):
 
 
 def _decoded_value(p: SemiMarkovPotentials, scores: torch.Tensor, labels, starts) -> torch.Tensor:
-    """The decoded scores, differentiable (through the decoded parts) when p
-    requires grad."""
-    if information.tracks_grad(p):
-        return Segmentation._decoded(labels, starts).log_potential(p, validate=False)
-    return scores
+    """The decoded scores (:func:`~semiring_semicrf.decoding.decoded_scores`)."""
+    return decoded_scores(p, scores, Segmentation._decoded(labels, starts))
 
 
 def _max(pots, semiring, backend, low_memory):
