@@ -109,6 +109,25 @@ def test_viterbi_and_kmax_scan_agree_with_the_first_list_entry():
         torch.testing.assert_close(semimarkov_scan(p, KMaxSemiring(3), backend="triton"), scores)
 
 
+@pytest.mark.parametrize("K,C", [(3, 5), (9, 2), (5, 12)])
+def test_every_tiling_of_the_sweep_gives_the_same_lists(K, C):
+    """The sweep's 4-d tiles (`kernels.kbest.sweep_tiling`: label groups,
+    lanes per list, lists per thread) differ with the warp count; every
+    count gives the reference's lists, and all of them the same bits."""
+    from semiring_semicrf.kernels.common import pad
+    from semiring_semicrf.kernels.kbest import kbest_decode, sweep_tiling
+    p = converted(random_problem(2, 7, K, C, torch.tensor([7, 4]), extras=True, seed=K * C), DEVICE, torch.float32)
+    scores, labels, starts = topk(p, 4, backend="reference")
+    first = kbest_decode(p.factors(), 4, num_warps=1)
+    torch.testing.assert_close(first[0], scores)
+    assert torch.equal(first[1], labels) and torch.equal(first[2], starts)
+    tilings = {sweep_tiling(pad(K), pad(C), 1)}
+    for warps in (2, 4, 8, 16):
+        tilings.add(sweep_tiling(pad(K), pad(C), warps))
+        assert_same_lists(kbest_decode(p.factors(), 4, num_warps=warps), first)
+    assert len(tilings) >= 2
+
+
 def test_bitwise_deterministic():
     p = converted(random_problem(3, 9, 4, 5, torch.tensor([9, 4, 7]), seed=32), DEVICE, torch.float32)
     assert_same_lists(topk(p, 5, backend="triton"), topk(p, 5, backend="triton"))
