@@ -288,8 +288,10 @@ def kbest_num_warps(KP: int, CP: int, k: int) -> int:
     latency shrinks with them. On an H200, `benchmarks/gpu_kbest.py`, k = 5:
     at (4, 1000, 32, 24) 4.1 ms at 16 warps, 4.6 at 8, 7.2 at 4; at
     (1, 10^5, 64, 8) 226 ms at 2, 324 at 1, 370 at 4; at (4, 10^4, 100, 24)
-    67 ms at 16, 72 at 8. `k` does not change the choice (at k = 16 and
-    (32, 32) a thread still holds its 2 x 16 ring entries in registers)."""
+    67 ms at 16, 72 at 8 (lanes past the labels, `S > CP`, were tried at
+    (64, 8) and lost: 261 ms at 8 warps, 275 at 4). `k` does not change the
+    choice (at k = 16 and (32, 32) a thread still holds its 2 x 16 ring
+    entries in registers)."""
     warps = 1
     while warps < 16 and 32 * (2 * warps) <= CP * min(KP, CP):
         warps *= 2
