@@ -16,9 +16,8 @@ The ring holds the lists of the last `K` starts in registers, rotated as in
 padded to a power of two along the ranks). A top-k is a k-way merge over
 the lists' heads (:func:`top_k_of_sorted_lists`): `k` pops, each one
 reduction over the heads, then the winning list's head moves one rank on.
-Each head is packed into one int64 (the float's order-preserving bits, then
-its inverted key), so that one integer max finds the best value and, among
-equal values, the smallest key. Keys are
+A pop is two reductions: the heads' maximum, then the smallest key among
+the heads equal to it. Keys are
 `d-1`/`c'` times `KK` plus the rank, so ties go to the smaller
 `(duration, previous label, rank)`, and at the end to the smaller
 `(last label, rank)`: exactly the reference's rule
@@ -32,8 +31,10 @@ few lists of each, a thread the rest of the lists in registers. A pop is
 then a few register maxima and shuffles, with no barrier; one barrier a
 position remains, where alpha (by label) is exchanged into alpha by
 previous label for the transition stage. On an H200 at (4, 1000, 32, 24),
-k = 5, the sweep and the traceback take 4.1 ms where pops over whole `(K, C, pad(k))`
-tiles, reduced across 16 warps, took 31 (`benchmarks/gpu_kbest.py`).
+k = 5, the sweep and the traceback take 3.7 ms where pops over whole `(K,
+C, pad(k))` tiles, reduced across 16 warps, took 31 (`benchmarks/gpu_kbest.py`;
+with each head packed into one 64-bit integer, value then key, and one
+reduction a pop, 4.1 ms: the two 32-bit reductions take fewer instructions).
 
 The keys are the back-pointers, stored per position, label and rank:
 `(B, T+1, C, k)` small integers for the duration stage and as many for the
@@ -82,26 +83,6 @@ def kbest_limits_reason(potentials, k: int) -> str | None:
 
 
 @triton.jit
-def pack(value, key, KEYS: tl.constexpr):
-    """An int64 ordered as `(value, then the smaller key)`; `0 <= key < KEYS`.
-    The float's bits are mapped to an int32 of the same order (negative
-    floats have their magnitude bits flipped; -0.0 counts as 0.0)."""
-    value = tl.where(value == 0.0, 0.0, value)
-    bits = value.to(tl.int32, bitcast=True)
-    bits = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-    return (bits.to(tl.int64) << 32) | (KEYS - 1 - key).to(tl.int64)
-
-
-@triton.jit
-def unpack(packed, KEYS: tl.constexpr):
-    """`(value float32, key int32)` of :func:`pack`'s result."""
-    high = packed >> 32
-    bits = high.to(tl.int32)
-    bits = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-    return bits.to(tl.float32, bitcast=True), KEYS - 1 - (packed - (high << 32)).to(tl.int32)
-
-
-@triton.jit
 def rank_entry(lists, base, ptr, UPTO: tl.constexpr):
     """`lists[ptr] + base` elementwise, for `ptr <= UPTO` (`lists` a tuple of
     tiles, `ptr` an int32 tile of the broadcast shape)."""
@@ -120,6 +101,12 @@ def reduce_max(x, A: tl.constexpr, B: tl.constexpr):
 
 
 @triton.jit
+def reduce_min(x, A: tl.constexpr, B: tl.constexpr):
+    """:func:`reduce_max`'s minimum."""
+    return tl.min(tl.min(x, axis=A, keep_dims=True), axis=B, keep_dims=True)
+
+
+@triton.jit
 def top_k_of_sorted_lists(lists, base, list_key, KK: tl.constexpr, KEYS: tl.constexpr, KBEST: tl.constexpr,
                           A: tl.constexpr, B: tl.constexpr):
     """The `KBEST` best of the sorted lists `lists[j] + base`, the lists
@@ -127,24 +114,26 @@ def top_k_of_sorted_lists(lists, base, list_key, KK: tl.constexpr, KEYS: tl.cons
     axes (`lists` a tuple of `KBEST` tiles, rank `j` in `lists[j]`, each
     list non-increasing over `j`). Returns `(values, keys)`, tuples of
     `KBEST` tensors (axes `A`, `B` of size 1), best first; the key of rank
-    `j` of a list is `list_key * KK + j` (`list_key` distinct per list).
+    `j` of a list is `list_key * KK + j` (`list_key` distinct per list,
+    keys below `KEYS`).
 
-    A k-way merge over the lists' heads: each pop takes the maximum of the
-    heads (one reduction, ties to the smaller key) and moves the winning
-    list's head one rank on. Each list is sorted and its ranks' keys
-    increase, so the merge pops exactly what pops over all entries would."""
+    A k-way merge over the lists' heads: each pop takes the heads' maximum,
+    then the smallest key among the heads equal to it (ties to the smaller
+    key), and moves the winning list's head one rank on. Each list is sorted
+    and its ranks' keys increase, so the merge pops exactly what pops over
+    all entries would."""
     head = lists[0] + base
     ptr = tl.zeros(head.shape, tl.int32)
     values = ()
     keys = ()
     for t in tl.static_range(KBEST):
-        packed = pack(head, list_key * KK + ptr, KEYS)
-        best = reduce_max(packed, A, B)
-        value, key = unpack(best, KEYS)
+        keyed = list_key * KK + ptr
+        value = reduce_max(head, A, B)
+        key = reduce_min(tl.where(head == value, keyed, KEYS), A, B)
         values = values + (value,)
         keys = keys + (key,)
         if t < KBEST - 1:
-            won = packed == best
+            won = keyed == key
             ptr += won.to(tl.int32)
             head = tl.where(won, rank_entry(lists, base, ptr, t + 1), head)
     return values, keys
@@ -286,10 +275,11 @@ def kbest_num_warps(KP: int, CP: int, k: int) -> int:
     up to 16, that still fill each warp's 32 lanes with distinct (list,
     label) pairs; more warps leave each thread fewer lists, and a pop's
     latency shrinks with them. On an H200, `benchmarks/gpu_kbest.py`, k = 5:
-    at (4, 1000, 32, 24) 4.1 ms at 16 warps, 4.6 at 8, 7.2 at 4; at
-    (1, 10^5, 64, 8) 226 ms at 2, 324 at 1, 370 at 4; at (4, 10^4, 100, 24)
-    67 ms at 16, 72 at 8 (lanes past the labels, `S > CP`, were tried at
-    (64, 8) and lost: 261 ms at 8 warps, 275 at 4). `k` does not change the
+    at (4, 1000, 32, 24) 3.70 ms at 16 warps, 3.74 at 8, 4.42 at 4; at
+    (1, 10^5, 64, 8) 216 ms at 2, 254 at 1, 338 at 4; at (4, 10^4, 100, 24)
+    67 ms at 16, 72 at 8 (an earlier version of the pops; lanes past the
+    labels, `S > CP`, were tried at (64, 8) and lost: 261 ms at 8 warps,
+    275 at 4). `k` does not change the
     choice (at k = 16 and (32, 32) a thread still holds its 2 x 16 ring
     entries in registers)."""
     warps = 1
