@@ -50,7 +50,7 @@ def sweep(shape, budget: float, warps=WARPS) -> dict:
         both = median_time(lambda w=w: outside_sweep(factors, ring, *forward_sweep(factors, ring, False)[2:6],
                                                      num_warps=w), budget)
         row[w] = {"forward": median_time(lambda w=w: forward_sweep(factors, ring, False, num_warps=w, tables=False),
-                                         3.0),
+                                         budget),
                   "max": median_time(lambda w=w: forward_sweep(factors, ring, True, num_warps=w), budget),
                   "flow": both - base if isinstance(both, float) else both,
                   "log_z_rel_diff": float(((log_z - shipped_log_z).norm() / shipped_log_z.norm()).item())}
