@@ -62,6 +62,7 @@ from .common import (
     small,
     step_factors,
 )
+from .forward import backpointer_dtype
 
 #: The largest k the kernels keep lanes for.
 MAX_K = 16
@@ -265,11 +266,6 @@ def kbest_traceback_kernel(duration_from_ptr, source_from_ptr, scores_ptr, final
         e = s
 
 
-def pointer_dtype(n: int) -> torch.dtype:
-    """The smallest integer dtype holding keys `< n`."""
-    return torch.int16 if n <= torch.iinfo(torch.int16).max else torch.int32
-
-
 def kbest_num_warps(KP: int, CP: int, k: int) -> int:
     """Warps (label groups, :func:`sweep_tiling`) for the sweep: the most,
     up to 16, that still fill each warp's 32 lanes with distinct (list,
@@ -311,7 +307,7 @@ def kbest_decode(factors, k: int, num_warps: int | None = None):
     KP, CP, KK = pad(K), pad(C), pad(k)
     inputs, flags = position_inputs(factors)
     device = inputs[0].device
-    keys = pointer_dtype(max(KP, CP) * KK)
+    keys = backpointer_dtype(max(KP, CP) * KK)
     duration_from = torch.empty((B, T + 1, C, k), dtype=keys, device=device)
     source_from = torch.empty((B, T + 1, C, k), dtype=keys, device=device)
     scores = torch.full((k, B), float("-inf"), dtype=torch.float32, device=device)
