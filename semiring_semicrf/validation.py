@@ -55,13 +55,6 @@ def capturing(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
-def values_readable(device: torch.device) -> bool:
-    """Whether checks may read tensor values on the host: not while
-    `torch.compile` traces (the checks then run inside the compiled
-    operators) and not during a CUDA graph capture."""
-    return not (torch.compiler.is_compiling() or capturing(device))
-
-
 def check_capturable(validate_args: bool, device: torch.device) -> None:
     """Raise if value checks were asked for during a CUDA graph capture."""
     if validate_args and capturing(device):
@@ -101,7 +94,7 @@ def check_lengths(lengths, batch: int, T: int, device: torch.device) -> torch.Te
         return lengths.to(torch.int64).clamp(0, T)
     # Reading the values syncs with the device (once); under torch.compile the range
     # is checked where the lengths are used (the log partition's custom operator).
-    if lengths.numel() and values_readable(device) and bool(((lengths < 1) | (lengths > T)).any()):
+    if lengths.numel() and not torch.compiler.is_compiling() and bool(((lengths < 1) | (lengths > T)).any()):
         raise ValueError(
             f"lengths must lie in [1, T] = [1, {T}], got values in [{int(lengths.min())}, {int(lengths.max())}]")
     return lengths.to(device=device, dtype=torch.int64)
