@@ -17,13 +17,18 @@ At :data:`SIZES` (the host-overhead target's and a small one); prints the tables
 """
 from __future__ import annotations
 
+import os
 import statistics
+import sys
 import time
 from typing import Any
 
 import torch
 
 from semiring_semicrf import SemiMarkovPotentials, log_partition
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_bench import event_seconds  # noqa: E402
 
 SIZES = [(16, 2000, 16, 12), (4, 1000, 32, 24), (4, 200, 8, 4)]
 CALLS, TIMINGS, ISOLATED = 50, 5, 30
@@ -51,12 +56,7 @@ def isolated(fn) -> float:
     times = []
     for _ in range(ISOLATED):
         torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
+        times.append(event_seconds(fn))
     return statistics.median(times)
 
 
