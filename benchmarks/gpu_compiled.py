@@ -11,6 +11,10 @@ At (4, 1000, 32, 24), float32, for the semiring of notebooks/02_new_semiring.ipy
   (`.sum().backward()` to every input: the compiled blocks' vector-Jacobian
   products); the forward without CUDA graphs (the same compiled steps,
   launched one by one) shows what the graphs save;
+- the kernels a position of the forward and of the forward+backward
+  launches (one call under torch.profiler, the CUDA graphs' kernels
+  included), their GPU time, and the forward+backward's costliest kernels:
+  with kernels of a microsecond or two, the time follows their count;
 - checks: the compiled results and gradients against the eager generic scan
   (`backend="reference"`, float32, on the GPU) as `max |diff| / max |eager|`,
   and the compiled and eager float32 results and gradients against the eager
@@ -53,9 +57,41 @@ def without_graphs(p, semiring, repeats: int) -> float:
         blocks.graphs = graphs
 
 
+def kernels(fn) -> dict:
+    """The GPU kernels one call of `fn` launches (CUDA graphs' included),
+    by name: `{name: [count, GPU seconds]}`, most time first."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    found: dict = {}
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            entry = found.setdefault(event.name[:70], [0, 0.0])
+            entry[0] += 1
+            entry[1] += 1e-6 * event.device_time_total
+    return dict(sorted(found.items(), key=lambda kv: -kv[1][1]))
+
+
+def kernel_profile(p, semiring) -> dict:
+    """Kernels a position of the compiled forward and forward+backward
+    launch, their summed GPU time a position, and the forward+backward's
+    costliest kernels: where the backward's time goes."""
+    row = {}
+    for query, fn in (("fwd", lambda: forward(p, semiring, "compiled")),
+                      ("fwd_bwd", lambda: forward_backward(p, semiring, "compiled"))):
+        found = kernels(fn)
+        row[f"{query}_kernels_per_step"] = sum(c for c, _ in found.values()) / p.T
+        row[f"{query}_gpu_us_per_step"] = 1e6 * sum(t for _, t in found.values()) / p.T
+        row[f"{query}_top"] = {name: [count / p.T, 1e6 * t / p.T] for name, (count, t) in list(found.items())[:12]}
+    return row
+
+
 def measure(p, p64, name, semiring, repeats: int) -> dict:
     results: dict = {}
     row = measure_times(p, name, semiring, p.device, repeats, results)
+    row["profile"] = kernel_profile(p, semiring)
     row["fwd_no_graphs"] = without_graphs(p, semiring, max(1, repeats // 2))
     _, truth_grads = forward_backward(p64, semiring, "reference")
     truth = forward(p64, semiring, "reference")
@@ -113,6 +149,16 @@ def main():
           "(float32); 'err f32', 'grad err f32': the compiled (and eager) float32 results and gradients against "
           "the float64 eager scan's")
     print(table(rows))
+    print("\nKernels a position (count, GPU us) of the compiled forward and forward+backward, and the "
+          "forward+backward's costliest kernels (count, GPU us a position):")
+    for r in rows:
+        if "profile" in r:
+            prof = r["profile"]
+            print(f"{r['semiring']}: fwd {prof['fwd_kernels_per_step']:.1f} kernels "
+                  f"{prof['fwd_gpu_us_per_step']:.1f} us; f+b {prof['fwd_bwd_kernels_per_step']:.1f} kernels "
+                  f"{prof['fwd_bwd_gpu_us_per_step']:.1f} us")
+            for name, (count, us) in prof["fwd_bwd_top"].items():
+                print(f"    {count:5.2f} {us:6.2f}  {name}")
 
 
 if __name__ == "__main__":

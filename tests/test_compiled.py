@@ -269,3 +269,62 @@ def test_a_second_derivative_through_the_compiled_scan_raises():
     (grad,) = torch.autograd.grad(out.sum(), [named["scores"]], create_graph=True)
     with pytest.raises(RuntimeError, match="the gradient of the compiled scan cannot be differentiated again"):
         (out.sum() + (grad ** 2).sum()).backward()
+
+
+@pytest.mark.parametrize("shape, dtype", [((16, 1, 3, 5), torch.float32), ((16, 2, 3), torch.float64),
+                                          ((16,), torch.int64), ((16, 4, 8), torch.float32)])
+def test_aligned_unbind_gives_the_pieces_of_unbind_each_16_byte_aligned(shape, dtype):
+    """A compiled step clones an input that is not 16-byte aligned (one copy
+    a step on the GPU): the block's pieces (positions, rows) are aligned, and
+    equal `unbind`'s; pieces already aligned are `unbind`'s own views."""
+    x = torch.arange(torch.Size(shape).numel(), dtype=torch.float64).reshape(shape).to(dtype)
+    pieces = compiled._aligned_unbind(x)
+    assert len(pieces) == shape[0]
+    for got, want in zip(pieces, x.unbind(0)):
+        assert torch.equal(got, want) and got.shape == want.shape
+        assert got.data_ptr() % 16 == 0
+    if x[0].numel() * x.element_size() % 16 == 0:
+        assert all(piece.data_ptr() == want.data_ptr() for piece, want in zip(pieces, x.unbind(0)))
+
+
+def test_a_factorized_step_reads_rows_gathered_for_it_as_it_reads_the_tables():
+    """`ScanProgram.rows` at a vector of positions stacks the rows of each
+    position, and a step given its rows equals the step that reads them."""
+    program = ScanProgram(problem("factorized", 5, [T, 17, 9], True), LogSemiring())
+    positions = torch.arange(3, 3 + compiled.BLOCK)
+    stacked = program.rows(positions)
+    ring = program.initial_ring()
+    for i, e in enumerate(positions.tolist()):
+        if e >= T:
+            break
+        rows = program.rows(e)
+        for row, block_rows in zip(rows, stacked):
+            assert torch.equal(row, block_rows[:, :, i])
+        for got, want in zip(program.step(ring, e, rows=rows), program.step(ring, e)):
+            assert torch.equal(got, want)
+        ring = program.step(ring, e)[0]
+
+
+def test_a_blocks_backward_gathers_each_row_table_once():
+    """The steps of a block read rows gathered once for the block, and
+    views of the shared tables of their own: the block's autograd graph has
+    one gather of each per-position table (not one a step, each of whose
+    gradients scattered into the whole `(P, B, T, C)` table and cost the
+    backward six kernels a position on the GPU)."""
+    p = problem("factorized", 5, [T, 17, 9], True)
+    program = ScanProgram(p, LogSemiring())
+    blocks = compiled.CompiledBlocks.__new__(compiled.CompiledBlocks)  # its functions uncompiled
+    blocks.template, blocks.names = program, tuple(program.tables())
+    blocks.step, blocks.open = compiled._step, compiled._open
+    tables = [t.detach().requires_grad_() for t in program.tables().values()]
+    ring, offset, _ = program.initial_state()
+    out_ring = blocks._block(tables, (ring, offset), torch.arange(1, 1 + compiled.BLOCK), torch.tensor(1))[0]
+    seen, stack, gathers = set(), [out_ring.grad_fn], 0
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        gathers += type(node).__name__.startswith("IndexSelectBackward")
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    assert gathers == 2  # enter's and leave's

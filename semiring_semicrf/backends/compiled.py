@@ -3,8 +3,9 @@
 The reference's recurrence (:class:`~semiring_semicrf.backends.reference.ScanProgram`)
 is compiled as it is written, not copied: `torch.compile` (inductor: Triton
 on CUDA, C++ on the CPU) compiles `ScanProgram.step`, with the position given
-as a 0-d tensor so that one compiled step serves every position, and
-`ScanProgram.renormalize`.
+as a 0-d tensor so that one compiled step serves every position, and a
+block's opening (`ScanProgram.renormalize`, and the rows of the tables its
+steps read).
 
 The scan runs from position 1 to T as blocks of `BLOCK` steps, each opened
 by a renormalization (for a semiring that renormalizes), that end either at
@@ -71,16 +72,39 @@ def _compile(fn, options: dict[str, Any] | None):
         torch.distributions.Distribution.set_default_validate_args(default)
 
 
-def _step(program: ScanProgram, ring, e, start):
-    """`ScanProgram.step` at position `e` (0-d int64), leaving the ring as it
-    was when `e < start`: `(ring, alpha)`."""
-    stepped, alpha, _ = program.step(ring, e)
+def _step(program: ScanProgram, ring, e, start, rows=None):
+    """`ScanProgram.step` at position `e` (0-d int64) reading `rows` (see
+    :meth:`ScanProgram.step`), leaving the ring as it was when `e < start`:
+    `(ring, alpha)`."""
+    stepped, alpha, _ = program.step(ring, e, rows=rows)
     return torch.where(e >= start, stepped, ring), alpha
 
 
-def _renormalize(program: ScanProgram, ring, offset):
-    """`ScanProgram.renormalize`."""
-    return program.renormalize(ring, offset)
+def _open(program: ScanProgram, ring, offset, positions):
+    """A block's opening: the ring renormalized (a semiring that
+    renormalizes, :meth:`ScanProgram.renormalize`) and, on the factorized
+    path, the rows its steps read (:meth:`ScanProgram.rows` at `positions`),
+    each `(BLOCK, P, B, C)` and contiguous, so that a step's rows are too:
+    `(ring, offset, rows)`."""
+    if program.semiring.renormalize:
+        ring, offset = program.renormalize(ring, offset)
+    rows = tuple(r.movedim(2, 0).contiguous() for r in program.rows(positions)) if program.factorized else ()
+    return ring, offset, rows
+
+
+def _aligned_unbind(x: torch.Tensor) -> tuple:
+    """`x.unbind(0)` for a contiguous `x`, with every piece 16-byte aligned
+    (`x` copied with padding when its pieces are not): a compiled step is
+    compiled for aligned inputs, as the first step's are, and clones each
+    input it finds misaligned, one copy a step (the positions' int64
+    elements, 8 bytes apart, cost a copy every other step)."""
+    n = x[0].numel()
+    per = max(1, 16 // x.element_size())
+    width = -(-n // per) * per
+    if width == n:
+        return x.unbind(0)
+    padded = torch.nn.functional.pad(x.reshape(x.shape[0], n), (0, width - n))
+    return tuple(row[:n].view(x.shape[1:]) for row in padded.unbind(0))
 
 
 def _own_code(function):
@@ -152,7 +176,7 @@ class CompiledBlocks:
         self.names = tuple(template.tables())
         options = _OPTIONS.get(template.device.type)
         self.step = _compile(_own_code(_step), options)
-        self.renormalize = _compile(_own_code(_renormalize), options)
+        self.open = _compile(_own_code(_open), options)
         self.graphs = graphs
         self._graphs: dict = {}
         self._loaded: object | None = None
@@ -164,14 +188,28 @@ class CompiledBlocks:
         before its last step and that step's alpha (what
         :meth:`ScanProgram.finish` takes)."""
         program = self.template.with_tables(dict(zip(self.names, tables)))
-        ring, offset = state
-        if program.semiring.renormalize:
-            ring, offset = self.renormalize(program, ring, offset)
+        ring, offset, rows = self.open(program, *state, positions)
         previous = alpha = ring
-        for e in positions.unbind(0):
+        for e, step_program, step_rows in zip(_aligned_unbind(positions), *self._per_step(program, rows)):
             previous = ring
-            ring, alpha = self.step(program, ring, e, start)
+            ring, alpha = self.step(step_program, ring, e, start, step_rows)
         return ring, offset, previous, alpha
+
+    @staticmethod
+    def _per_step(program: ScanProgram, rows: tuple) -> tuple:
+        """What each step of a block reads: a program and its rows. On the
+        factorized path every step gets views of its own, the rows unbound
+        from the block's and the shared tables (duration, transition)
+        expanded over the block and unbound, so that autograd stacks a
+        block's gradients once rather than adding or scattering a step's
+        into the whole tables (which cost the backward six kernels a
+        position)."""
+        if not program.factorized:
+            return [program] * BLOCK, [None] * BLOCK
+        shared = {name: getattr(program, name).expand(BLOCK, *getattr(program, name).shape).unbind(0)
+                  for name in ("duration", "transition")}
+        programs = [program.with_tables({name: views[i] for name, views in shared.items()}) for i in range(BLOCK)]
+        return programs, zip(*(_aligned_unbind(r) for r in rows))
 
     def _vjp(self, tables, state, positions, start):
         """From `state = (ring, offset, *grads)`: the gradients of the
@@ -188,8 +226,9 @@ class CompiledBlocks:
         """`(ring, offset, previous, alpha)` after the block ending at `e_last`
         (no autograd graph; on CUDA graphs, static buffers: copy what must
         outlive the next call)."""
-        with torch.no_grad():
-            return self._call(self._block, ticket, tables, (ring, offset), e_last, start)
+        with torch.no_grad():  # detached: the tracked forward reuses the untracked one's compiled steps
+            return self._call(self._block, ticket, [t.detach() for t in tables], (ring.detach(), offset), e_last,
+                              start)
 
     def vjp(self, ticket: object, tables, ring, offset, e_last: int, start: int, grads):
         """Gradients of the block's `(ring, previous, alpha)` outputs, given

@@ -153,11 +153,13 @@ def _fill_caches(factors: Factors) -> None:
 
 
 def _row(table: torch.Tensor, r) -> torch.Tensor:
-    """`table[:, :, r]` of a `(P, B, T, C)` table: `r` an int, or a 0-d
-    tensor clamped into `[0, T)` (see the module docstring)."""
+    """`table[:, :, r]` of a `(P, B, T, C)` table: `r` an int, or an integer
+    tensor of positions clamped into `[0, T)` (see the module docstring),
+    0-d (a row `(P, B, C)`) or `(n,)` (rows `(P, B, n, C)`)."""
     if isinstance(r, int):
         return table[:, :, r]
-    return table.index_select(2, r.clamp(0, table.shape[2] - 1).reshape(1)).squeeze(2)
+    rows = table.index_select(2, r.clamp(0, table.shape[2] - 1).reshape(-1))
+    return rows.squeeze(2) if r.dim() == 0 else rows
 
 
 class ScanProgram:
@@ -303,20 +305,34 @@ class ScanProgram:
         return value
 
     # -- one position ---------------------------------------------------------
-    def step(self, ring: torch.Tensor, e: int, keep: Keep | None = None):
+    def rows(self, e):
+        """What the factorized step at `e` reads of the per-position tables:
+        `(leave[e-1], enter[e])`, each `(P, B, C)` for an int or 0-d `e`, or
+        `(P, B, n, C)` for `(n,)` positions (a block of steps gathers its
+        rows at once; see :meth:`step`); `enter[e]` is None at `e == T` (an
+        int), where no segment starts."""
+        enter = None if isinstance(e, int) and e == self.T else _row(self.enter, e)
+        return _row(self.leave, e - 1), enter
+
+    def step(self, ring: torch.Tensor, e: int, keep: Keep | None = None, rows: tuple | None = None):
         """Advance from position `e-1` to `e` (1 <= e <= T).
+
+        `rows` (factorized path): :meth:`rows` of `e`, when the caller has
+        gathered them (the compiled blocks do: a step's gradient is then the
+        rows' own, not a scatter into the whole `(P, B, T, C)` tables).
 
         Returns `(ring, alpha, u)`: the new ring, `alpha[e]` `(S, B, C)` and
         `u[e]` (None on the general path, and on the factorized one at e == T).
         """
         S = self.semiring
         if self.factorized:
+            leave, enter = self.rows(e) if rows is None else rows
             a = self._reduce(S.times_potential(ring, self.duration), -2, "duration", e, keep)
-            alpha = S.times_potential(a, _row(self.leave, e - 1))
+            alpha = S.times_potential(a, leave)
             if isinstance(e, int) and e == self.T:  # no segment starts at T (a tensor e computes a discarded u)
                 return ring, alpha, None
             u = self._reduce(S.times_potential(alpha.unsqueeze(-1), self.transition), -2, "transition", e, keep)
-            v = S.times_potential(u, _row(self.enter, e))
+            v = S.times_potential(u, enter)
             return torch.cat([v.unsqueeze(2), ring[:, :, :-1]], dim=2), alpha, u
         alpha = self._reduce(self._segments(ring, self.block(e)), -1, "segment", e, keep)
         row = alpha
