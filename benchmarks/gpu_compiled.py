@@ -39,6 +39,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cpu_compiled import forward, forward_backward, median_time, problem, relative, semirings  # noqa: E402
 from cpu_compiled import measure as measure_times  # noqa: E402
+from gpu_diagnose import kernel_times  # noqa: E402
 
 SIZE = (4, 1000, 32, 24)
 TARGET_FORWARD_S = 0.020
@@ -57,23 +58,6 @@ def without_graphs(p, semiring, repeats: int) -> float:
         blocks.graphs = graphs
 
 
-def kernels(fn) -> dict:
-    """The GPU kernels one call of `fn` launches (CUDA graphs' included),
-    by name: `{name: [count, GPU seconds]}`, most time first."""
-    fn()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    found: dict = {}
-    for event in prof.events():
-        if event.device_type == torch.autograd.DeviceType.CUDA:
-            entry = found.setdefault(event.name[:70], [0, 0.0])
-            entry[0] += 1
-            entry[1] += 1e-6 * event.device_time_total
-    return dict(sorted(found.items(), key=lambda kv: -kv[1][1]))
-
-
 def kernel_profile(p, semiring) -> dict:
     """Kernels a position of the compiled forward and forward+backward
     launch, their summed GPU time a position, and the forward+backward's
@@ -81,7 +65,7 @@ def kernel_profile(p, semiring) -> dict:
     row = {}
     for query, fn in (("fwd", lambda: forward(p, semiring, "compiled")),
                       ("fwd_bwd", lambda: forward_backward(p, semiring, "compiled"))):
-        found = kernels(fn)
+        found = kernel_times(fn)
         row[f"{query}_kernels_per_step"] = sum(c for c, _ in found.values()) / p.T
         row[f"{query}_gpu_us_per_step"] = 1e6 * sum(t for _, t in found.values()) / p.T
         row[f"{query}_top"] = {name: [count / p.T, 1e6 * t / p.T] for name, (count, t) in list(found.items())[:12]}

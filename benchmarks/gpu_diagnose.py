@@ -174,6 +174,23 @@ def diagnose_compiled(variants: bool = True) -> list:
     return rows
 
 
+def kernel_times(fn) -> dict:
+    """The GPU kernels one call of `fn` launches (CUDA graphs' included),
+    by name: `{name: [count, GPU seconds]}`, most time first."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    found: dict = {}
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            entry = found.setdefault(event.name[:70], [0, 0.0])
+            entry[0] += 1
+            entry[1] += 1e-6 * event.device_time_total
+    return dict(sorted(found.items(), key=lambda kv: -kv[1][1]))
+
+
 def profile_queries() -> list:
     from gpu_bench import make_inputs, query_maker
     tensors = {k: v.cuda() for k, v in make_inputs(*PROFILE_SIZE).items()}
@@ -188,20 +205,11 @@ def profile_queries() -> list:
             fn()
         torch.cuda.synchronize()
         wall = (time.perf_counter() - t0) / 5
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            fn()
-            torch.cuda.synchronize()
-        kernels: dict = {}
-        for event in prof.events():
-            if event.device_type == torch.autograd.DeviceType.CUDA:
-                name = event.name[:60]
-                total, count = kernels.get(name, (0.0, 0))
-                kernels[name] = (total + event.device_time_total, count + 1)
-        top = sorted(kernels.items(), key=lambda kv: -kv[1][0])
+        kernels = kernel_times(fn)
         rows.append({"query": query, "wall_ms": 1e3 * wall,
-                     "kernel_ms": sum(t for t, _ in kernels.values()) / 1e3,
-                     "launches": sum(c for _, c in kernels.values()),
-                     "top": [(n, t / 1e3, c) for n, (t, c) in top[:8]]})
+                     "kernel_ms": 1e3 * sum(t for _, t in kernels.values()),
+                     "launches": sum(c for c, _ in kernels.values()),
+                     "top": [(n, 1e3 * t, c) for n, (c, t) in list(kernels.items())[:8]]})
         print(rows[-1], flush=True)
     return rows
 
