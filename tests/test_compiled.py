@@ -275,10 +275,12 @@ def test_a_second_derivative_through_the_compiled_scan_raises():
                                           ((16,), torch.int64), ((16, 4, 8), torch.float32)])
 def test_aligned_unbind_gives_the_pieces_of_unbind_each_16_byte_aligned(shape, dtype):
     """A compiled step clones an input that is not 16-byte aligned (one copy
-    a step on the GPU): the block's pieces (positions, rows) are aligned, and
-    equal `unbind`'s; pieces already aligned are `unbind`'s own views."""
+    a step on a GPU): the block's pieces (positions, rows) are aligned there,
+    and equal `unbind`'s; pieces already aligned, and every piece on the
+    CPU (where nothing is cloned), are `unbind`'s own views."""
     x = torch.arange(torch.Size(shape).numel(), dtype=torch.float64).reshape(shape).to(dtype)
-    pieces = compiled._aligned_unbind(x)
+    assert all(a.data_ptr() == b.data_ptr() for a, b in zip(compiled._aligned_unbind(x), x.unbind(0)))  # the CPU's
+    pieces = compiled._aligned_unbind(x, pad=True)  # a GPU's
     assert len(pieces) == shape[0]
     for got, want in zip(pieces, x.unbind(0)):
         assert torch.equal(got, want) and got.shape == want.shape

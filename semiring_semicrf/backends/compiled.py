@@ -83,25 +83,37 @@ def _step(program: ScanProgram, ring, e, start, rows=None):
 def _open(program: ScanProgram, ring, offset, positions):
     """A block's opening: the ring renormalized (a semiring that
     renormalizes, :meth:`ScanProgram.renormalize`) and, on the factorized
-    path, the rows its steps read (:meth:`ScanProgram.rows` at `positions`),
-    each `(BLOCK, P, B, C)` and contiguous, so that a step's rows are too:
-    `(ring, offset, rows)`."""
+    path (see :func:`_gathers_rows`), the rows its steps read
+    (:meth:`ScanProgram.rows` at `positions`), each `(BLOCK, P, B, C)` and
+    contiguous, so that a step's rows are too (see
+    :meth:`CompiledBlocks._per_step`): `(ring, offset, rows)`, `rows` empty
+    where not gathered."""
     if program.semiring.renormalize:
         ring, offset = program.renormalize(ring, offset)
-    rows = tuple(r.movedim(2, 0).contiguous() for r in program.rows(positions)) if program.factorized else ()
+    rows = tuple(r.movedim(2, 0).contiguous() for r in program.rows(positions)) if _gathers_rows(program) else ()
     return ring, offset, rows
 
 
-def _aligned_unbind(x: torch.Tensor) -> tuple:
+def _gathers_rows(program: ScanProgram) -> bool:
+    """Whether a block's opening gathers its steps' rows: on the factorized
+    path, under autograd or off the CPU (the GPU's CUDA graphs were measured
+    so; on the CPU untracked steps that read the tables themselves are
+    10-15% faster, as each compiled call's inputs cost host time)."""
+    return program.factorized and (torch.is_grad_enabled() or program.device.type != "cpu")
+
+
+def _aligned_unbind(x: torch.Tensor, pad: bool | None = None) -> tuple:
     """`x.unbind(0)` for a contiguous `x`, with every piece 16-byte aligned
-    (`x` copied with padding when its pieces are not): a compiled step is
-    compiled for aligned inputs, as the first step's are, and clones each
-    input it finds misaligned, one copy a step (the positions' int64
-    elements, 8 bytes apart, cost a copy every other step)."""
+    where `pad` (default: off the CPU), `x` copied with padding when its
+    pieces are not: a compiled step is compiled for aligned inputs, as the
+    first step's are, and on a GPU clones each input it finds misaligned,
+    one copy a step (the positions' int64 elements, 8 bytes apart, cost a
+    copy every other step). On the CPU inductor checks no alignment, and
+    padding would only cost time."""
     n = x[0].numel()
     per = max(1, 16 // x.element_size())
     width = -(-n // per) * per
-    if width == n:
+    if width == n or not (x.device.type != "cpu" if pad is None else pad):
         return x.unbind(0)
     padded = torch.nn.functional.pad(x.reshape(x.shape[0], n), (0, width - n))
     return tuple(row[:n].view(x.shape[1:]) for row in padded.unbind(0))
@@ -188,7 +200,9 @@ class CompiledBlocks:
         before its last step and that step's alpha (what
         :meth:`ScanProgram.finish` takes)."""
         program = self.template.with_tables(dict(zip(self.names, tables)))
-        ring, offset, rows = self.open(program, *state, positions)
+        (ring, offset), rows = state, ()
+        if program.semiring.renormalize or _gathers_rows(program):
+            ring, offset, rows = self.open(program, ring, offset, positions)
         previous = alpha = ring
         for e, step_program, step_rows in zip(_aligned_unbind(positions), *self._per_step(program, rows)):
             previous = ring
@@ -197,15 +211,18 @@ class CompiledBlocks:
 
     @staticmethod
     def _per_step(program: ScanProgram, rows: tuple) -> tuple:
-        """What each step of a block reads: a program and its rows. On the
-        factorized path every step gets views of its own, the rows unbound
-        from the block's and the shared tables (duration, transition)
-        expanded over the block and unbound, so that autograd stacks a
-        block's gradients once rather than adding or scattering a step's
-        into the whole tables (which cost the backward six kernels a
-        position)."""
-        if not program.factorized:
+        """What each step of a block reads: a program and its rows (None
+        where `_open` gathered none: the step reads the tables). Under
+        autograd every step gets views of its own, the rows unbound from
+        the block's and the shared tables (duration, transition) expanded
+        over the block and unbound, so that autograd stacks a block's
+        gradients once rather than adding or scattering a step's into the
+        whole tables (which cost the backward six kernels a position on
+        the GPU)."""
+        if not rows:
             return [program] * BLOCK, [None] * BLOCK
+        if not torch.is_grad_enabled():
+            return [program] * BLOCK, zip(*(_aligned_unbind(r) for r in rows))
         shared = {name: getattr(program, name).expand(BLOCK, *getattr(program, name).shape).unbind(0)
                   for name in ("duration", "transition")}
         programs = [program.with_tables({name: views[i] for name, views in shared.items()}) for i in range(BLOCK)]
