@@ -221,12 +221,13 @@ class CompiledBlocks:
         the GPU)."""
         if not rows:
             return [program] * BLOCK, [None] * BLOCK
+        step_rows = list(zip(*(_aligned_unbind(r) for r in rows)))
         if not torch.is_grad_enabled():
-            return [program] * BLOCK, zip(*(_aligned_unbind(r) for r in rows))
+            return [program] * BLOCK, step_rows
         shared = {name: getattr(program, name).expand(BLOCK, *getattr(program, name).shape).unbind(0)
                   for name in ("duration", "transition")}
         programs = [program.with_tables({name: views[i] for name, views in shared.items()}) for i in range(BLOCK)]
-        return programs, zip(*(_aligned_unbind(r) for r in rows))
+        return programs, step_rows
 
     def _vjp(self, tables, state, positions, start):
         """From `state = (ring, offset, *grads)`: the gradients of the
