@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import csv
 import faulthandler
+import gc
 import json
 import os
 import shutil
@@ -199,48 +200,60 @@ def train(args) -> dict:
     """One process of the job (see the module docstring); rank 0 returns and
     writes the results."""
     device = init_process_group(args.cpu)
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank = dist.get_rank()
     torch.set_float32_matmul_precision("highest")  # float32 products in float32 (no TF32): the check is 1e-5
     try:
-        shards = Shards(args, world, rank, device)
-        model = DistributedDataParallel(fresh_head(args).to(device),
-                                        device_ids=[device.index] if device.type == "cuda" else None)
-        hidden, lengths, _ = shards.local[0]
-        rung = backends.resolve(model.module.backend, model.module(hidden, lengths).potentials)
-        check = gradient_agreement(model, shards, args)
-        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-        optimizer.step()  # step 0 on the gradients just checked
-        for step in range(1, 1 + args.warmup):
-            loss = train_step(model, optimizer, shards.local[step % shards.count])
-        synchronize(device)
-        started = time.perf_counter()
-        timed = [step % shards.count for step in range(1 + args.warmup, 1 + args.warmup + args.steps)]
-        for i in timed:
-            loss = train_step(model, optimizer, shards.local[i])
-        synchronize(device)
-        seconds = time.perf_counter() - started
-        sequences, positions = len(timed) * shards.per_batch, sum(shards.positions[i] for i in timed)
-        last_loss = loss.detach().clone()
-        dist.all_reduce(last_loss)
-        result = {
-            "processes": world, "backend": dist.get_backend(), "log_sweeps": rung,
-            "devices": [torch.cuda.get_device_name(device)] * world if device.type == "cuda" else ["cpu"] * world,
-            "sizes": {k: getattr(args, k) for k in ("batch_size", "batches", "steps", "warmup", "num_classes",
-                                                     "max_duration", "hidden_dim", "min_length", "max_length")},
-            "gradient_check": check,
-            "seconds": seconds, "sequences_per_s": sequences / seconds, "positions_per_s": positions / seconds,
-            "step_ms": 1e3 * seconds / args.steps,
-            "loss_first": check["loss_ddp"], "loss_last": float(last_loss) / world,
-        }
-        if rank == 0:
-            result["val_f1"] = validation_f1(model.module, shards)
-            report(result, args.out)
-        dist.barrier()
-        if not check["ok"]:
-            raise SystemExit(f"rank {rank}: gradients disagree beyond {args.tolerance}")
-        return result
+        result = train_in_group(args, device)
     finally:
+        # The DDP model (its C++ Reducer holds the process group) is freed, cycles included, while the group is
+        # still registered. Freed after `destroy_process_group`, the Reducer would drop the group's last
+        # reference with the GIL held; gloo's destructor joins its worker threads, and a worker destroying a
+        # finished all-reduce waits for the GIL: the job hangs after writing its results (torch 2.13).
+        gc.collect()
         dist.destroy_process_group()
+    if not result["gradient_check"]["ok"]:
+        raise SystemExit(f"rank {rank}: gradients disagree beyond {args.tolerance}")
+    return result
+
+
+def train_in_group(args, device: torch.device) -> dict:
+    """`train`'s work inside the process group; the DDP model dies on return."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    shards = Shards(args, world, rank, device)
+    model = DistributedDataParallel(fresh_head(args).to(device),
+                                    device_ids=[device.index] if device.type == "cuda" else None)
+    hidden, lengths, _ = shards.local[0]
+    rung = backends.resolve(model.module.backend, model.module(hidden, lengths).potentials)
+    check = gradient_agreement(model, shards, args)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    optimizer.step()  # step 0 on the gradients just checked
+    for step in range(1, 1 + args.warmup):
+        loss = train_step(model, optimizer, shards.local[step % shards.count])
+    synchronize(device)
+    started = time.perf_counter()
+    timed = [step % shards.count for step in range(1 + args.warmup, 1 + args.warmup + args.steps)]
+    for i in timed:
+        loss = train_step(model, optimizer, shards.local[i])
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    sequences, positions = len(timed) * shards.per_batch, sum(shards.positions[i] for i in timed)
+    last_loss = loss.detach().clone()
+    dist.all_reduce(last_loss)
+    result = {
+        "processes": world, "backend": dist.get_backend(), "log_sweeps": rung,
+        "devices": [torch.cuda.get_device_name(device)] * world if device.type == "cuda" else ["cpu"] * world,
+        "sizes": {k: getattr(args, k) for k in ("batch_size", "batches", "steps", "warmup", "num_classes",
+                                                 "max_duration", "hidden_dim", "min_length", "max_length")},
+        "gradient_check": check,
+        "seconds": seconds, "sequences_per_s": sequences / seconds, "positions_per_s": positions / seconds,
+        "step_ms": 1e3 * seconds / args.steps,
+        "loss_first": check["loss_ddp"], "loss_last": float(last_loss) / world,
+    }
+    if rank == 0:
+        result["val_f1"] = validation_f1(model.module, shards)
+        report(result, args.out)
+    dist.barrier()
+    return result
 
 
 @torch.no_grad()

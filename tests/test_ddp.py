@@ -16,6 +16,8 @@
 """
 from __future__ import annotations
 
+import faulthandler
+import gc
 import importlib.util
 import json
 import os
@@ -38,6 +40,7 @@ WORLD = 2
 PER_RANK = 3
 STEPS = 3
 LR = 0.5
+RANK_TIMEOUT_S = 300
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "lightning_train.py"
 
 
@@ -68,20 +71,34 @@ def train(model, hidden, lengths, segmentation, record):
         optimizer.step()
 
 
+def _train_rank(rank: int, out_dir: str) -> None:
+    """Train this rank's shard and save its gradients and parameters; the DDP model dies on return."""
+    hidden, lengths, segmentation = data()
+    shard = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
+    model = DistributedDataParallel(fresh_head())
+    grads = []
+    train(model, hidden[shard], lengths[shard], segmentation[shard],
+          lambda step, m: grads.append({n: p.grad.clone() for n, p in m.module.named_parameters()}))
+    params = {n: p.detach().clone() for n, p in model.module.named_parameters()}
+    torch.save({"grads": grads, "params": params}, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
 def _rank_main(rank: int, port: int, out_dir: str) -> None:
+    # A rank that hangs writes every thread's stack to stderr and exits, so that the spawn fails instead of
+    # waiting forever (a CI run hung here once: see the `finally` below).
+    faulthandler.dump_traceback_later(RANK_TIMEOUT_S, exit=True)
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
-        hidden, lengths, segmentation = data()
-        shard = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
-        model = DistributedDataParallel(fresh_head())
-        grads = []
-        train(model, hidden[shard], lengths[shard], segmentation[shard],
-              lambda step, m: grads.append({n: p.grad.clone() for n, p in m.module.named_parameters()}))
-        params = {n: p.detach().clone() for n, p in model.module.named_parameters()}
-        torch.save({"grads": grads, "params": params}, os.path.join(out_dir, f"rank{rank}.pt"))
+        _train_rank(rank, out_dir)
     finally:
+        # The DDP model (its C++ Reducer holds the process group) must be freed while the group is still
+        # registered. Freed after `destroy_process_group`, the Reducer drops the group's last reference with the
+        # GIL held, the gloo destructor joins its worker threads, and a worker that is destroying a finished
+        # all-reduce waits for the GIL: a deadlock (torch 2.13, seen in CI). Freed here, the group dies in
+        # `destroy_process_group`, whose binding releases the GIL.
+        gc.collect()
         dist.destroy_process_group()
 
 
@@ -164,14 +181,11 @@ def run_ddp_example(*args, timeout=900) -> subprocess.CompletedProcess:
 
 
 def test_ddp_example_check_runs_one_and_two_processes_and_their_gradients_agree(tmp_path):
-    # On a loaded 2-core machine the 2-process gloo job twice hung after its workers had written their results
-    # (in 2 of 4 runs of the whole suite; never alone; on 2026-11-30 twice in a row in one run), until the check's
-    # timeout stopped torchrun: one retry, which must then pass. A stopped worker writes every thread's stack to
-    # its log (faulthandler on SIGTERM), whose end the failure message shows: where it hung.
-    arguments = ("--check", "--no-lightning", "--timeout", "240", "--out", str(tmp_path), *TINY)
-    run = run_ddp_example(*arguments)
-    if run.returncode != 0 and "exit 124" in run.stdout:
-        run = run_ddp_example(*arguments)
+    # The 2-process gloo job once hung now and then after its workers had written their results: the gloo
+    # teardown deadlock that `train` now avoids (see its `finally`). Should a worker hang again, the check's
+    # timeout stops torchrun and the worker writes every thread's stack to its log (faulthandler on SIGTERM),
+    # whose end the failure message shows.
+    run = run_ddp_example("--check", "--no-lightning", "--timeout", "240", "--out", str(tmp_path), *TINY)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     table = run.stdout.strip().splitlines()[-10:]
     assert table[0] == "| data parallel | 1 CPU process | 2 CPU processes |", run.stdout
