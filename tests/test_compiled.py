@@ -17,6 +17,7 @@ from test_semirings import SEMIRINGS as SHIPPED
 from test_semirings import BooleanSemiring, BottleneckSemiring, MaxCountSemiring
 
 from semiring_semicrf import (
+    CrossEntropySemiring,
     EntropySemiring,
     KMaxSemiring,
     LogSemiring,
@@ -331,3 +332,43 @@ def test_a_blocks_backward_gathers_each_row_table_once():
         gathers += type(node).__name__.startswith("IndexSelectBackward")
         stack.extend(next_node for next_node, _ in node.next_functions)
     assert gathers == 2  # enter's and leave's
+
+
+def last_used_blocks() -> compiled.CompiledBlocks:
+    """The compiled blocks of the scan that ran last."""
+    return next(reversed(compiled._CACHE.values()))
+
+
+def test_on_the_cpu_the_untracked_forward_runs_each_block_as_one_compiled_scan(monkeypatch):
+    """Off CUDA graphs a block of the forward is one call whose steps are a
+    `scan`, not a compiled call a step (whose host time cost more than a
+    k-best step's work), and it equals the block made of steps."""
+    semiring, p = KMaxSemiring(3), problem("factorized", 7, [T, 17, 9], True)
+    want = semimarkov_scan(p, semiring, backend="compiled")
+    blocks = last_used_blocks()
+    steps = []
+    monkeypatch.setattr(blocks, "step", lambda *args: steps.append(args) or compiled._step(*args))
+    with torch.no_grad():
+        got = semimarkov_scan(p, semiring, backend="compiled")
+    assert blocks.scanned is not None and not steps and torch.equal(got, want)
+    assert_compiled_equals_eager(semiring, p)
+
+    program = ScanProgram(p, semiring)
+    tables, (ring, offset, _) = list(program.tables().values()), program.initial_state()
+    positions, start = torch.arange(2, 2 + compiled.BLOCK), torch.tensor(3)
+    scanned = blocks._scanned(tables, (ring, offset), positions, start)
+    stepped = blocks._block(tables, (ring, offset), positions, start)
+    assert len(steps) == compiled.BLOCK
+    for a, b in zip(scanned, stepped):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_a_program_whose_tensors_share_memory_runs_a_compiled_call_a_step():
+    """A `scan` body may not read tensors that share memory, as the two
+    potential sets of cross-entropy on `(K, C, C)` transitions do (views of
+    one stacked table): that entry falls back to a compiled call a step,
+    and still equals the eager scan."""
+    semiring = CrossEntropySemiring()
+    pots = (problem("general", 3, [T, 12, 5], False), problem("general", 4, [T, 12, 5], False))
+    assert_compiled_equals_eager(semiring, pots)
+    assert last_used_blocks().scanned is None
