@@ -344,14 +344,12 @@ def test_on_the_cpu_the_untracked_forward_runs_each_block_as_one_compiled_scan(m
     `scan`, not a compiled call a step (whose host time cost more than a
     k-best step's work), and it equals the block made of steps."""
     semiring, p = KMaxSemiring(3), problem("factorized", 7, [T, 17, 9], True)
-    want = semimarkov_scan(p, semiring, backend="compiled")
+    semimarkov_scan(p, semiring, backend="compiled")  # makes (and compiles) the entry
     blocks = last_used_blocks()
     steps = []
     monkeypatch.setattr(blocks, "step", lambda *args: steps.append(args) or compiled._step(*args))
-    with torch.no_grad():
-        got = semimarkov_scan(p, semiring, backend="compiled")
-    assert blocks.scanned is not None and not steps and torch.equal(got, want)
-    assert_compiled_equals_eager(semiring, p)
+    assert_compiled_equals_eager(semiring, p)  # p requires no gradient: the untracked forward
+    assert blocks.scanned is not None and not steps
 
     program = ScanProgram(p, semiring)
     tables, (ring, offset, _) = list(program.tables().values()), program.initial_state()

@@ -277,7 +277,7 @@ class CompiledBlocks:
         (no autograd graph; on CUDA graphs, static buffers: copy what must
         outlive the next call)."""
         function = self._block if self.scanned is None else self._scanned
-        with torch.no_grad():  # detached: the tracked forward reuses the untracked one's compiled steps
+        with torch.no_grad():  # detached: the tracked forward reuses the untracked one's compiled functions
             return self._call(function, ticket, [t.detach() for t in tables], (ring.detach(), offset), e_last, start)
 
     def _scanned(self, tables, state, positions, start):
