@@ -9,7 +9,9 @@ At (4, 1000, 32, 24), float32, for the semiring of notebooks/02_new_semiring.ipy
 - compile times apart: the first forward and the first forward+backward;
 - median times of the forward (under no_grad) and of the forward+backward
   (`.sum().backward()` to every input: the compiled blocks' vector-Jacobian
-  products); the forward without CUDA graphs (the same compiled steps,
+  products, every block kept within `compiled.KEPT_BYTES`); the same with no
+  block kept (each block's backward runs its forward again), and the peak
+  memory of both; the forward without CUDA graphs (the same compiled steps,
   launched one by one) shows what the graphs save;
 - the kernels a position of the forward and of the forward+backward
   launches (one call under torch.profiler, the CUDA graphs' kernels
@@ -58,6 +60,29 @@ def without_graphs(p, semiring, repeats: int) -> float:
         blocks.graphs = graphs
 
 
+def checkpointed(p, semiring, repeats: int) -> dict:
+    """Forward+backward with no block kept (every block's backward runs its
+    forward again: `KEPT_BYTES["cuda"] = 0`) against the shipped budget:
+    median times and the peak memory each allocates beyond the inputs."""
+    from semiring_semicrf.backends import compiled
+    row = {}
+    budget = compiled.KEPT_BYTES["cuda"]
+    for name, kept in (("kept", budget), ("checkpointed", 0)):
+        compiled.KEPT_BYTES["cuda"] = kept
+        try:
+            forward_backward(p, semiring, "compiled")  # captures this variant's graphs
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            forward_backward(p, semiring, "compiled")
+            torch.cuda.synchronize()
+            row[f"peak_mb_{name}"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+            row[f"fwd_bwd_{name}"] = median_time(lambda: forward_backward(p, semiring, "compiled"), p.device, repeats)
+        finally:
+            compiled.KEPT_BYTES["cuda"] = budget
+    return row
+
+
 def kernel_profile(p, semiring) -> dict:
     """Kernels a position of the compiled forward and forward+backward
     launch, their summed GPU time a position, and the forward+backward's
@@ -77,6 +102,7 @@ def measure(p, p64, name, semiring, repeats: int) -> dict:
     row = measure_times(p, name, semiring, p.device, repeats, results)
     row["profile"] = kernel_profile(p, semiring)
     row["fwd_no_graphs"] = without_graphs(p, semiring, max(1, repeats // 2))
+    row.update(checkpointed(p, semiring, repeats))
     _, truth_grads = forward_backward(p64, semiring, "reference")
     truth = forward(p64, semiring, "reference")
     row.update(err_compiled=relative(results["compiled"], truth), err_eager=relative(results["eager"], truth))
@@ -86,8 +112,34 @@ def measure(p, p64, name, semiring, repeats: int) -> dict:
     return row
 
 
+def with_inductor_options(p, options: dict, repeats: int) -> list:
+    """Each semiring compiled afresh under inductor's `options` (e.g.
+    `coordinate_descent_tuning=True`): forward and forward+backward median
+    times, to weigh an option against the shipped compile in one run."""
+    import torch._inductor.config as inductor_config
+
+    from semiring_semicrf.backends import compiled
+    rows = []
+    for name, semiring in semirings().items():
+        compiled.clear_cache()
+        with inductor_config.patch(options):
+            forward(p, semiring, "compiled")
+            forward_backward(p, semiring, "compiled")
+        rows.append({"semiring": name, "options": options,
+                     "fwd": median_time(lambda s=semiring: forward(p, s, "compiled"), p.device, repeats),
+                     "fwd_bwd": median_time(lambda s=semiring: forward_backward(p, s, "compiled"), p.device, repeats)})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def option_argument(text: str) -> tuple:
+    key, value = text.split("=", 1)
+    return key, {"True": True, "False": False}.get(value, value)
+
+
 def table(rows) -> str:
-    head = ("semiring", "fwd ms", "f+b ms", "f+b/fwd", "no graphs ms", "eager fwd ms", "eager f+b ms",
+    head = ("semiring", "fwd ms", "f+b ms", "f+b/fwd", "f+b checkpointed ms", "peak MB kept (ckpt)",
+            "no graphs ms", "eager fwd ms", "eager f+b ms",
             "compile fwd s", "compile f+b s", "vs eager", "grads vs eager", "err f32 (eager's)",
             "grad err f32 (eager's)", "targets")
     lines, errors = [head], []
@@ -96,7 +148,9 @@ def table(rows) -> str:
             errors.append(f"{r['semiring']}: {r['error']}")
             continue
         ms = lambda key, r=r: f"{1e3 * r[key]:.1f}"  # noqa: E731
-        lines.append((r["semiring"], ms("fwd"), ms("fwd_bwd"), f"{r['fwd_bwd'] / r['fwd']:.2f}", ms("fwd_no_graphs"),
+        lines.append((r["semiring"], ms("fwd"), ms("fwd_bwd"), f"{r['fwd_bwd'] / r['fwd']:.2f}",
+                      ms("fwd_bwd_checkpointed"), f"{r['peak_mb_kept']:.0f} ({r['peak_mb_checkpointed']:.0f})",
+                      ms("fwd_no_graphs"),
                       ms("eager_fwd"), ms("eager_fwd_bwd"), f"{r['compile_fwd_s']:.1f}", f"{r['compile_bwd_s']:.1f}",
                       f"{r['diff']:.1e}", f"{r['grad_diff']:.1e}", f"{r['err_compiled']:.1e} ({r['err_eager']:.1e})",
                       f"{r['grad_err_compiled']:.1e} ({r['grad_err_reference']:.1e})",
@@ -109,6 +163,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="folder for gpu_compiled.json")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--options", nargs="*", type=option_argument, default=[],
+                        help="inductor options (KEY=VALUE) to time the semirings compiled under, after the main table")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("gpu_compiled.py needs a CUDA device")
@@ -125,9 +181,10 @@ def main():
             traceback.print_exc()
             rows.append({"semiring": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
         print(f"{name}: {time.perf_counter() - started:.0f} s", rows[-1], flush=True)
+    option_rows = with_inductor_options(p, dict(args.options), args.repeats) if args.options else []
     with open(os.path.join(args.out, "gpu_compiled.json"), "w") as f:
-        json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "size": SIZE, "rows": rows},
-                  f, indent=1, default=str)
+        json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "size": SIZE, "rows": rows,
+                   "option_rows": option_rows}, f, indent=1, default=str)
     print(f"\n{SIZE} float32; targets: forward <= {1e3 * TARGET_FORWARD_S:.0f} ms, forward+backward <= "
           f"{TARGET_RATIO:.0f}x forward; 'vs eager', 'grads vs eager': max |compiled - eager| / max |eager| "
           "(float32); 'err f32', 'grad err f32': the compiled (and eager) float32 results and gradients against "
@@ -143,6 +200,9 @@ def main():
                   f"{prof['fwd_bwd_gpu_us_per_step']:.1f} us")
             for name, (count, us) in prof["fwd_bwd_top"].items():
                 print(f"    {count:5.2f} {us:6.2f}  {name}")
+    for r in option_rows:
+        print(f"under {r['options']}: {r['semiring']} fwd {1e3 * r['fwd']:.1f} ms, f+b {1e3 * r['fwd_bwd']:.1f} ms "
+              f"({r['fwd_bwd'] / r['fwd']:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -370,3 +370,91 @@ def test_a_program_whose_tensors_share_memory_runs_a_compiled_call_a_step():
     pots = (problem("general", 3, [T, 12, 5], False), problem("general", 4, [T, 12, 5], False))
     assert_compiled_equals_eager(semiring, pots)
     assert last_used_blocks().scanned is None
+
+
+# -- kept blocks (CUDA's default; on the CPU when KEPT_BYTES says so) ---------------
+def spy_on_kept_blocks(monkeypatch) -> list:
+    """The `e_last` of every block that `forward_keeping` runs, in order."""
+    kept, original = [], compiled.CompiledBlocks.forward_keeping
+
+    def spy(self, ticket, tables, ring, offset, e_last, start):
+        kept.append(e_last)
+        return original(self, ticket, tables, ring, offset, e_last, start)
+
+    monkeypatch.setattr(compiled.CompiledBlocks, "forward_keeping", spy)
+    return kept
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, CUDA])])
+@pytest.mark.parametrize("semiring, kind", [(EntropySemiring(), "general"), (LogSemiring(), "factorized"),
+                                            (KMaxSemiring(3), "factorized")], ids=repr)
+def test_kept_and_checkpointed_blocks_give_the_reference_gradients(semiring, kind, device, monkeypatch):
+    """Every block kept, the budget's first two kept and the third run again
+    in the backward, and none kept: the reference's gradients each time (on
+    CUDA through the captured tape and the recomputing graph both)."""
+    p = problem(kind, 13, [T, 17, 9], True, device=device)  # three blocks: (1..9), (10..17), (18..21)
+    kept = spy_on_kept_blocks(monkeypatch)
+    monkeypatch.setitem(compiled.KEPT_BYTES, device, 1 << 40)
+    assert_gradients_equal(semiring, (p,))
+    assert kept == [9, 17, 21]
+    per_block = last_used_blocks().kept_bytes
+    assert per_block > 0
+    for budget, expected in ((2 * per_block, [9, 17]), (0, [])):
+        kept.clear()
+        monkeypatch.setitem(compiled.KEPT_BYTES, device, budget)
+        assert_gradients_equal(semiring, (p,))
+        assert kept == expected
+
+
+def test_the_cpu_checkpoints_every_block_by_default(monkeypatch):
+    """On the CPU keeping was measured no faster, so no block is kept."""
+    kept = spy_on_kept_blocks(monkeypatch)
+    assert_gradients_equal(EntropySemiring(), (problem("factorized", 3, [T, 17, 9], True),))
+    assert compiled.KEPT_BYTES["cpu"] == 0 and kept == []
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, CUDA])])
+def test_kept_scans_run_backward_twice_and_each_through_its_own_tables(device, monkeypatch):
+    """Two scans of one cache entry, then one backward through both (on
+    CUDA graphs the second scan's tables replace the first's in the static
+    buffers, and the first's backward must load them back), run twice with
+    `retain_graph`: the reference's gradients, twice."""
+    monkeypatch.setitem(compiled.KEPT_BYTES, device, 1 << 40)
+    semiring = EntropySemiring()
+    copies = [with_grad(problem("factorized", seed, [T, 17, 9], True, device=device)) for seed in (21, 22)]
+    leaves = [t for _, named in copies for t in named.values()]
+    want = torch.autograd.grad(sum(semimarkov_scan(q, semiring, backend="reference").sum() for q, _ in copies),
+                               leaves, allow_unused=True)
+    total = sum(semimarkov_scan(q, semiring, backend="compiled").sum() for q, _ in copies)
+    for retain in (True, False):
+        got = torch.autograd.grad(total, leaves, allow_unused=True, retain_graph=retain)
+        for g, w in zip(got, want):
+            if w is None:
+                assert g is None or not g.any()
+            else:
+                torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
+
+
+def test_a_blocks_saved_bytes_determine_its_backward():
+    """Beyond the tables, a kept block's backward reads only the storages
+    its autograd graph saved: a tape recorded from other inputs, given a
+    block's saved bytes, gives that block's gradients bit for bit (as the
+    captured tape on CUDA graphs does for every block). The tables' own
+    storages are not among the bytes."""
+    program = ScanProgram(problem("factorized", 5, [T, 17, 9], True), EntropySemiring())
+    blocks = compiled.blocks_for(program)
+    tables = [t.detach() for t in program.tables().values()]
+    ring, offset, _ = program.initial_state()
+    first = compiled._Tape.record(blocks._block, tables, (ring, offset), torch.arange(1, 17), torch.tensor(1))
+    later_ring = first.outputs[0].detach()
+    second = compiled._Tape.record(blocks._block, tables, (later_ring, first.offset), torch.arange(6, 22),
+                                   torch.tensor(6))
+    assert {s.data_ptr() for s in first.storages}.isdisjoint(t.untyped_storage().data_ptr() for t in tables)
+    g = torch.Generator().manual_seed(0)
+    upstream = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in first.outputs]
+    want = first.vjp(upstream, retain=True)
+    before = second.vjp(upstream, retain=True)
+    assert any(not torch.equal(a, b) for a, b in zip(before, want))  # the two blocks' gradients differ
+    second.restore(first.values())
+    for got, expected in zip(second.vjp(upstream, retain=True), want):
+        assert torch.equal(got, expected)

@@ -27,6 +27,7 @@ from test_kernels import converted, random_problem  # noqa: E402
 from semiring_semicrf import KMaxSemiring, SemiMarkovDistribution, semimarkov_scan  # noqa: E402
 from semiring_semicrf.autograd import log_partition  # noqa: E402
 from semiring_semicrf.decoding import topk, viterbi  # noqa: E402
+from semiring_semicrf.kernels import storage_copy  # noqa: E402
 from semiring_semicrf.sampling import sample  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -67,13 +68,22 @@ def every_query(B, T, K, C, extras):
         sample(p, 5, torch.Generator().manual_seed(0), backend="triton")
 
 
+def storage_round_trip():
+    """The compiled rung's copies of a kept block's saved storages (on CUDA
+    only, so launched here directly): out to a flat buffer and back."""
+    storages = [torch.randn(n).untyped_storage() for n in (3, 1500)]
+    copier = storage_copy.FlatStorages(storages)
+    copier.scatter(copier.gather())
+
+
 def test_every_launched_kernel_compiles_for_sm90(tmp_path):
     with recorded_launches() as launches:
         every_query(2, 9, 4, 3, extras=True)
         every_query(1, 6, 3, 5, extras=False)
+        storage_round_trip()
     names = {launch["name"] for launch in launches}
     assert {"forward_sweep_kernel", "outside_flow_kernel", "expectation_sweep_kernel", "tangent_flow_kernel",
-            "traceback_kernel", "kbest_sweep_kernel", "sample_kernel"} <= names, names
+            "traceback_kernel", "kbest_sweep_kernel", "sample_kernel", "copy_storages_kernel"} <= names, names
     path = tmp_path / "launches.json"
     path.write_text(json.dumps(launches))
     env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONPATH": os.pathsep.join(

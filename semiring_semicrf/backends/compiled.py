@@ -22,10 +22,16 @@ code, so that no position pays a compiled call's host time.
 On CUDA a block is captured once as a CUDA graph over static buffers (the
 tables the steps read, the ring, the position) and replayed for every block,
 so the per-position launch cost disappears. Gradients go through one
-autograd function per block that keeps only the block's input ring (block
-checkpointing, like :func:`~semiring_semicrf.autograd.checkpointed_scan`)
-and whose backward runs the block's compiled forward and backward again (its
-vector-Jacobian product, captured as a CUDA graph of its own).
+autograd function per block (:class:`_Block`). On CUDA a block keeps what
+its compiled steps' autograd graph saved (:class:`_Tape`: the forward under
+autograd is captured once, its saved storages copied out after each block
+and back in before its backward), and its backward is only its
+vector-Jacobian product, captured as a CUDA graph of its own; past
+:data:`KEPT_BYTES` of saved activations a scan's blocks keep only their
+input ring (block checkpointing, like
+:func:`~semiring_semicrf.autograd.checkpointed_scan`) and their backward
+runs their forward again first, so memory stays bounded whatever the
+length. On the CPU every block is checkpointed.
 
 Compiled steps are cached per semiring (class and parameters), kind of
 potentials, number of potential sets, `(B, T, K, C)`, dtype and device
@@ -60,6 +66,14 @@ BLOCK = 16
 CACHE_SIZE = 32
 #: Runs of a function before its CUDA graph is captured (the first compiles).
 _WARMUP = 2
+#: Bytes of saved activations a tracked scan keeps, by device type. A block
+#: whose activations fit is kept (:class:`_Tape`), and its backward is only
+#: its vector-Jacobian product; the blocks past the budget keep their input
+#: ring alone and run their forward again in the backward (block
+#: checkpointing), so memory stays bounded whatever the length. On the CPU
+#: none: keeping was measured no faster there (the kept blocks' fresh memory
+#: costs about what running the forward again does).
+KEPT_BYTES: dict[str, int] = {"cuda": 1 << 30, "cpu": 0}
 #: Inductor options by device type. On the CPU: one thread, as a step's
 #: tensors are small and OpenMP's barriers cost more than the work (30x on a
 #: loaded 2-core machine); and the vectorized tail loops of inductor's C++
@@ -80,6 +94,88 @@ def _compile(fn, options: dict[str, Any] | None):
         return torch.compile(fn, fullgraph=True, dynamic=False, options=options)
     finally:
         torch.distributions.Distribution.set_default_validate_args(default)
+
+
+def _keepable():
+    """A context in which compiled steps are compiled so that their
+    autograd graphs can be run backward more than once (`retain_graph`):
+    AOT autograd otherwise donates the saved tensors to the backward's
+    buffers and refuses a second backward. A kept block's graph, captured
+    once as a CUDA graph, is run backward for every block."""
+    return torch._functorch.config.patch(donated_buffer=False)
+
+
+class _Tape:
+    """A block's forward under autograd, kept: its leaves (input ring, then
+    tables), its outputs `(ring, previous, alpha)` and the storages its
+    autograd graph saved, less the tables': what differs from block to
+    block. On CUDA graphs one tape (the capture's) serves every block: a
+    block's saved bytes are copied out after its forward (:meth:`values`)
+    and back in before its backward (:meth:`restore`), on CUDA by one
+    kernel launch each way (:mod:`semiring_semicrf.kernels.storage_copy`)."""
+
+    def __init__(self, leaves: list, outputs: tuple, saved: list, tables):
+        shared = {t.untyped_storage().data_ptr() for t in tables}
+        storages: dict[int, Any] = {}
+        for t in saved:
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in shared:
+                storages.setdefault(storage.data_ptr(), storage)
+        self.leaves, self.outputs = leaves, outputs
+        self.offset: torch.Tensor | None = None  # the block's offset after it (set by `record`)
+        self.storages = list(storages.values())
+        self.nbytes = sum(s.nbytes() for s in self.storages)
+        self._flat: Any = None  # the storages' copy table on CUDA (made on first use)
+
+    @classmethod
+    def record(cls, block, tables, state, positions, start) -> _Tape:
+        """`block(tables, state, positions, start)` (:meth:`CompiledBlocks._block`)
+        under autograd, with what its graph saves collected."""
+        saved: list = []
+
+        def pack(t):
+            saved.append(t)
+            return len(saved) - 1
+
+        ring, offset = state
+        with torch.enable_grad(), _keepable():
+            leaves = [t.detach().requires_grad_() for t in (ring, *tables)]
+            with torch.autograd.graph.saved_tensors_hooks(pack, saved.__getitem__):
+                out_ring, offset, previous, alpha = block(leaves[1:], (leaves[0], offset), positions, start)
+        tape = cls(leaves, (out_ring, previous, alpha), saved, leaves[1:])
+        tape.offset = offset
+        return tape
+
+    def _copier(self):
+        """The storages' :class:`~semiring_semicrf.kernels.storage_copy.FlatStorages`
+        on CUDA, else None (torch's copies)."""
+        if self._flat is None and self.storages and self.storages[0].device.type == "cuda":
+            from semiring_semicrf.kernels.storage_copy import FlatStorages
+            self._flat = FlatStorages(self.storages)
+        return self._flat
+
+    def values(self) -> torch.Tensor:
+        """The saved bytes, one uint8 tensor (each storage at a 16-byte
+        aligned offset)."""
+        from semiring_semicrf.kernels.storage_copy import gather_reference
+        copier = self._copier()
+        return gather_reference(self.storages) if copier is None else copier.gather()
+
+    def restore(self, values: torch.Tensor) -> None:
+        """Write `values` (from :meth:`values`) back into the saved storages."""
+        from semiring_semicrf.kernels.storage_copy import scatter_reference
+        copier = self._copier()
+        if copier is None:
+            scatter_reference(self.storages, values)
+        else:
+            copier.scatter(values)
+
+    def vjp(self, grads, retain: bool) -> tuple:
+        """Gradients of the outputs, given as `grads`, with respect to the
+        leaves (zeros where unused), keeping the graph where `retain`."""
+        with _keepable():
+            found = torch.autograd.grad(self.outputs, self.leaves, grads, allow_unused=True, retain_graph=retain)
+        return tuple(torch.zeros_like(x) if g is None else g for g, x in zip(found, self.leaves))
 
 
 def _step(program: ScanProgram, ring, e, start, rows=None):
@@ -222,6 +318,8 @@ class CompiledBlocks:
         # scan's backward was slower, and compiled for several times as long, on the CPU)
         self.scanned: Any = None if graphs or _scan is None else _compile(_own_code(_scanned_block), options)
         self.graphs = graphs
+        self.tape: Any = None  # on CUDA graphs, the kept block's captured tape (:class:`_Tape`)
+        self.kept_bytes = 0  # a kept block's saved bytes (0 until one is kept)
         self._graphs: dict = {}
         self._loaded: object | None = None
 
@@ -264,13 +362,25 @@ class CompiledBlocks:
     def _vjp(self, tables, state, positions, start):
         """From `state = (ring, offset, *grads)`: the gradients of the
         block's `(ring, previous, alpha)`, given as `grads`, with respect to
-        its input ring and tables."""
+        its input ring and tables, running its forward again."""
         ring, offset, *grads = state
-        with torch.enable_grad():
-            leaves = [t.detach().requires_grad_() for t in (ring, *tables)]
-            out_ring, _, previous, alpha = self._block(leaves[1:], (leaves[0], offset), positions, start)
-            found = torch.autograd.grad((out_ring, previous, alpha), leaves, grads, allow_unused=True)
-        return tuple(torch.zeros_like(x) if g is None else g for g, x in zip(found, leaves))
+        return _Tape.record(self._block, tables, (ring, offset), positions, start).vjp(grads, retain=False)
+
+    def _keep(self, tables, state, positions, start):
+        """The block under autograd, its tape recorded: returns what
+        :meth:`_block` does, then the tape (on CUDA graphs, the capture's,
+        kept as `self.tape`, serves every block)."""
+        tape = _Tape.record(self._block, tables, state, positions, start)
+        self.kept_bytes = tape.nbytes
+        if self.graphs:
+            self.tape = tape
+        ring, previous, alpha = (t.detach() for t in tape.outputs)
+        return ring, tape.offset, previous, alpha, tape
+
+    def _kept_vjp(self, tables, state, positions, start):
+        """From `state = grads`: the vector-Jacobian product through the
+        captured tape (its saved bytes restored before the replay)."""
+        return self.tape.vjp(state, retain=True)
 
     def forward(self, ticket: object, tables, ring, offset, e_last: int, start: int):
         """`(ring, offset, previous, alpha)` after the block ending at `e_last`
@@ -279,6 +389,24 @@ class CompiledBlocks:
         function = self._block if self.scanned is None else self._scanned
         with torch.no_grad():  # detached: the tracked forward reuses the untracked one's compiled functions
             return self._call(function, ticket, [t.detach() for t in tables], (ring.detach(), offset), e_last, start)
+
+    def forward_keeping(self, ticket: object, tables, ring, offset, e_last: int, start: int):
+        """:meth:`forward` under autograd, keeping what the backward needs
+        (no forward again there): `(ring, offset, previous, alpha, kept)`,
+        `kept` what :meth:`kept_vjp` takes (on CUDA graphs the block's saved
+        bytes, copied out of the captured tape's storages; else its tape,
+        the block's own autograd graph)."""
+        tables = [t.detach() for t in tables]
+        *out, tape = self._call(self._keep, ticket, tables, (ring.detach(), offset), e_last, start)
+        return (*out, tape.values() if self.graphs else tape)
+
+    def kept_vjp(self, ticket: object, tables, kept, e_last: int, start: int, grads):
+        """:meth:`vjp` of a block run by :meth:`forward_keeping`, given its `kept`."""
+        if not self.graphs:
+            return kept.vjp(grads, retain=True)  # retained: a user may run the scan's backward twice
+        self.tape.restore(kept)
+        found = self._call(self._kept_vjp, ticket, tables, tuple(grads), e_last, start)
+        return tuple(g.clone() for g in found)
 
     def _scanned(self, tables, state, positions, start):
         """:meth:`_block` as one compiled call (:func:`_scanned_block`), or
@@ -338,14 +466,20 @@ class CompiledBlocks:
 
 
 class _Block(torch.autograd.Function):
-    """One compiled block as an autograd function: keeps its input ring,
-    and its backward is the block's vector-Jacobian product (once
+    """One compiled block as an autograd function. A kept block (`keep`)
+    keeps its saved activations and its backward is the block's
+    vector-Jacobian product; otherwise it keeps its input ring and its
+    backward runs its forward again first. The backward is once
     differentiable: under `create_graph=True` its results are marked so
-    that differentiating them raises, rather than dropping a term)."""
+    that differentiating them raises, rather than dropping a term."""
 
     @staticmethod
-    def forward(ctx, blocks: CompiledBlocks, ticket: object, e_last: int, start: int, ring, offset, *tables):
-        out = blocks.forward(ticket, tables, ring, offset, e_last, start)
+    def forward(ctx, blocks: CompiledBlocks, ticket: object, e_last: int, start: int, keep: bool, ring, offset,
+                *tables):
+        if keep:
+            *out, ctx.kept = blocks.forward_keeping(ticket, tables, ring, offset, e_last, start)
+        else:
+            out, ctx.kept = blocks.forward(ticket, tables, ring, offset, e_last, start), None
         out_ring, out_offset, previous, alpha = (t.clone() for t in out)
         ctx.blocks, ctx.ticket, ctx.e_last, ctx.start = blocks, ticket, e_last, start
         ctx.save_for_backward(ring, offset, *tables)
@@ -355,11 +489,14 @@ class _Block(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_ring, grad_offset, grad_previous, grad_alpha):
         ring, offset, *tables = ctx.saved_tensors
-        grads = ctx.blocks.vjp(ctx.ticket, tables, ring, offset, ctx.e_last, ctx.start,
-                               (grad_ring, grad_previous, grad_alpha))
+        upstream = (grad_ring, grad_previous, grad_alpha)
+        if ctx.kept is None:
+            grads = ctx.blocks.vjp(ctx.ticket, tables, ring, offset, ctx.e_last, ctx.start, upstream)
+        else:
+            grads = ctx.blocks.kept_vjp(ctx.ticket, tables, ctx.kept, ctx.e_last, ctx.start, upstream)
         grads = refuse_further_derivatives(list(grads), [grad_ring, grad_previous, grad_alpha, ring, *tables],
                                            "the gradient of the compiled scan")
-        return (None, None, None, None, grads[0], None, *grads[1:])
+        return (None, None, None, None, None, grads[0], None, *grads[1:])
 
 
 def schedule(lengths) -> list:
@@ -407,17 +544,20 @@ def clear_cache() -> None:
 def compiled_scan(prepared, semiring) -> torch.Tensor:
     """The generic scan of `prepared` (as for :class:`ScanProgram`) in
     `semiring`, compiled: `semiring.extract(result)`, differentiable when a
-    gradient is tracked (block checkpointing)."""
+    gradient is tracked (kept blocks, then block checkpointing past
+    :data:`KEPT_BYTES`)."""
     program = ScanProgram(prepared, semiring)
     blocks = blocks_for(program)
     tables = tuple(program.tables().values())
     ring, offset, result = program.initial_state()
     tracked = (torch.is_grad_enabled() and ring.is_floating_point()
                and any(t.requires_grad for t in (ring, *tables)))
-    ticket = object()
+    ticket, budget = object(), KEPT_BYTES.get(program.device.type, 0)
     for e_last, start, finishes in schedule(program.lengths.tolist()):
         if tracked:
-            ring, offset, previous, alpha = _Block.apply(blocks, ticket, e_last, start, ring, offset, *tables)
+            keep = budget > 0 and blocks.kept_bytes <= budget  # kept_bytes known after the entry's first kept block
+            ring, offset, previous, alpha = _Block.apply(blocks, ticket, e_last, start, keep, ring, offset, *tables)
+            budget -= blocks.kept_bytes if keep else 0
         else:
             ring, offset, previous, alpha = blocks.forward(ticket, tables, ring, offset, e_last, start)
         if finishes:
