@@ -112,15 +112,47 @@ def measure(p, p64, name, semiring, repeats: int) -> dict:
     return row
 
 
-def with_inductor_options(p, options: dict, repeats: int) -> list:
-    """Each semiring compiled afresh under inductor's `options` (e.g.
-    `coordinate_descent_tuning=True`): forward and forward+backward median
-    times, to weigh an option against the shipped compile in one run."""
+def phases(p, semiring, repeats: int) -> dict:
+    """Where a compiled forward+backward's wall time goes: the tracked
+    forward and the backward timed apart (median ms), and the host's
+    costliest operators of one call (torch.profiler, self CPU ms): when
+    the wall time exceeds the kernels', the host is what the GPU waits on."""
+    import statistics
+
+    from cpu_compiled import leaves_of, synchronize
+
+    from semiring_semicrf import semimarkov_scan
+    times: dict = {"forward": [], "backward": []}
+    for _ in range(repeats):
+        q, leaves = leaves_of(p)
+        synchronize(p.device)
+        started = time.perf_counter()
+        out = semimarkov_scan(q, semiring, backend="compiled")
+        synchronize(p.device)
+        middle = time.perf_counter()
+        torch.autograd.grad(out.sum(), leaves, allow_unused=True)
+        synchronize(p.device)
+        times["forward"].append(middle - started)
+        times["backward"].append(time.perf_counter() - middle)
+    row = {f"{k}_ms": 1e3 * statistics.median(v) for k, v in times.items()}
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        forward_backward(p, semiring, "compiled")
+        synchronize(p.device)
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    row["host_top"] = [(e.key[:60], e.count, round(e.self_cpu_time_total / 1e3, 2)) for e in events[:14]]
+    return row
+
+
+def with_inductor_options(p, options: dict, repeats: int, compiles: int) -> list:
+    """Each semiring compiled afresh `compiles` times under inductor's
+    `options` (e.g. `coordinate_descent_tuning=True`): forward and
+    forward+backward median times, to weigh an option against the shipped
+    compile in one run."""
     import torch._inductor.config as inductor_config
 
     from semiring_semicrf.backends import compiled
     rows = []
-    for name, semiring in semirings().items():
+    for name, semiring in list(semirings().items()) * compiles:
         compiled.clear_cache()
         with inductor_config.patch(options):
             forward(p, semiring, "compiled")
@@ -165,6 +197,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--options", nargs="*", type=option_argument, default=[],
                         help="inductor options (KEY=VALUE) to time the semirings compiled under, after the main table")
+    parser.add_argument("--compiles", type=int, default=1, help="fresh compiles under --options")
+    parser.add_argument("--phases", action="store_true", help="only the forward and backward apart, and host "
+                        "profiles (no table)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("gpu_compiled.py needs a CUDA device")
@@ -172,6 +207,11 @@ def main():
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, size {SIZE}, float32", flush=True)
     p = problem(*SIZE, device="cuda")
     p64 = problem(*SIZE, device="cuda", dtype=torch.float64)
+    if args.phases:
+        for name, semiring in semirings().items():
+            forward_backward(p, semiring, "compiled")  # compiles
+            print(name, json.dumps(phases(p, semiring, args.repeats), indent=0), flush=True)
+        return
     rows = []
     for name, semiring in semirings().items():
         started = time.perf_counter()
@@ -181,7 +221,7 @@ def main():
             traceback.print_exc()
             rows.append({"semiring": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
         print(f"{name}: {time.perf_counter() - started:.0f} s", rows[-1], flush=True)
-    option_rows = with_inductor_options(p, dict(args.options), args.repeats) if args.options else []
+    option_rows = with_inductor_options(p, dict(args.options), args.repeats, args.compiles) if args.options else []
     with open(os.path.join(args.out, "gpu_compiled.json"), "w") as f:
         json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "size": SIZE, "rows": rows,
                    "option_rows": option_rows}, f, indent=1, default=str)
