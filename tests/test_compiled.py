@@ -372,7 +372,7 @@ def test_a_program_whose_tensors_share_memory_runs_a_compiled_call_a_step():
     assert last_used_blocks().scanned is None
 
 
-# -- kept blocks (CUDA's default; on the CPU when KEPT_BYTES says so) ---------------
+# -- kept blocks and checkpointed ones -------------------------------------------
 def spy_on_kept_blocks(monkeypatch) -> list:
     """The `e_last` of every block that `forward_keeping` runs, in order."""
     kept, original = [], compiled.CompiledBlocks.forward_keeping
@@ -394,23 +394,16 @@ def test_kept_and_checkpointed_blocks_give_the_reference_gradients(semiring, kin
     CUDA through the captured tape and the recomputing graph both)."""
     p = problem(kind, 13, [T, 17, 9], True, device=device)  # three blocks: (1..9), (10..17), (18..21)
     kept = spy_on_kept_blocks(monkeypatch)
-    monkeypatch.setitem(compiled.KEPT_BYTES, device, 1 << 40)
+    monkeypatch.setattr(compiled, "KEPT_BYTES", 1 << 40)
     assert_gradients_equal(semiring, (p,))
     assert kept == [9, 17, 21]
     per_block = last_used_blocks().kept_bytes
     assert per_block > 0
     for budget, expected in ((2 * per_block, [9, 17]), (0, [])):
         kept.clear()
-        monkeypatch.setitem(compiled.KEPT_BYTES, device, budget)
+        monkeypatch.setattr(compiled, "KEPT_BYTES", budget)
         assert_gradients_equal(semiring, (p,))
         assert kept == expected
-
-
-def test_the_cpu_checkpoints_every_block_by_default(monkeypatch):
-    """On the CPU keeping was measured no faster, so no block is kept."""
-    kept = spy_on_kept_blocks(monkeypatch)
-    assert_gradients_equal(EntropySemiring(), (problem("factorized", 3, [T, 17, 9], True),))
-    assert compiled.KEPT_BYTES["cpu"] == 0 and kept == []
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, CUDA])])
@@ -419,7 +412,7 @@ def test_kept_scans_run_backward_twice_and_each_through_its_own_tables(device, m
     CUDA graphs the second scan's tables replace the first's in the static
     buffers, and the first's backward must load them back), run twice with
     `retain_graph`: the reference's gradients, twice."""
-    monkeypatch.setitem(compiled.KEPT_BYTES, device, 1 << 40)
+    monkeypatch.setattr(compiled, "KEPT_BYTES", 1 << 40)
     semiring = EntropySemiring()
     copies = [with_grad(problem("factorized", seed, [T, 17, 9], True, device=device)) for seed in (21, 22)]
     leaves = [t for _, named in copies for t in named.values()]

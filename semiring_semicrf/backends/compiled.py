@@ -22,16 +22,17 @@ code, so that no position pays a compiled call's host time.
 On CUDA a block is captured once as a CUDA graph over static buffers (the
 tables the steps read, the ring, the position) and replayed for every block,
 so the per-position launch cost disappears. Gradients go through one
-autograd function per block (:class:`_Block`). On CUDA a block keeps what
-its compiled steps' autograd graph saved (:class:`_Tape`: the forward under
-autograd is captured once, its saved storages copied out after each block
-and back in before its backward), and its backward is only its
-vector-Jacobian product, captured as a CUDA graph of its own; past
+autograd function per block (:class:`_Block`). A block keeps what
+its compiled steps' autograd graph saved (:class:`_Tape`; on CUDA the
+forward under autograd is captured once, its saved storages copied out
+after each block and back in before its backward), and its backward is
+only its vector-Jacobian product, on CUDA a CUDA graph of its own; past
 :data:`KEPT_BYTES` of saved activations a scan's blocks keep only their
 input ring (block checkpointing, like
 :func:`~semiring_semicrf.autograd.checkpointed_scan`) and their backward
 runs their forward again first, so memory stays bounded whatever the
-length. On the CPU every block is checkpointed.
+length. Off CUDA graphs (the CPU) a kept block keeps its own autograd
+graph.
 
 Compiled steps are cached per semiring (class and parameters), kind of
 potentials, number of potential sets, `(B, T, K, C)`, dtype and device
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 import types
 from collections import OrderedDict
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -66,14 +68,12 @@ BLOCK = 16
 CACHE_SIZE = 32
 #: Runs of a function before its CUDA graph is captured (the first compiles).
 _WARMUP = 2
-#: Bytes of saved activations a tracked scan keeps, by device type. A block
-#: whose activations fit is kept (:class:`_Tape`), and its backward is only
-#: its vector-Jacobian product; the blocks past the budget keep their input
-#: ring alone and run their forward again in the backward (block
-#: checkpointing), so memory stays bounded whatever the length. On the CPU
-#: none: keeping was measured no faster there (the kept blocks' fresh memory
-#: costs about what running the forward again does).
-KEPT_BYTES: dict[str, int] = {"cuda": 1 << 30, "cpu": 0}
+#: Bytes of saved activations a tracked scan keeps (0: none). A block whose
+#: activations fit is kept (:class:`_Tape`), and its backward is only its
+#: vector-Jacobian product; the blocks past the budget keep their input ring
+#: alone and run their forward again in the backward (block checkpointing),
+#: so memory stays bounded whatever the length.
+KEPT_BYTES = 1 << 30
 #: Inductor options by device type. On the CPU: one thread, as a step's
 #: tensors are small and OpenMP's barriers cost more than the work (30x on a
 #: loaded 2-core machine); and the vectorized tail loops of inductor's C++
@@ -128,9 +128,11 @@ class _Tape:
         self._flat: Any = None  # the storages' copy table on CUDA (made on first use)
 
     @classmethod
-    def record(cls, block, tables, state, positions, start) -> _Tape:
+    def record(cls, block, tables, state, positions, start, collect: bool = True) -> _Tape:
         """`block(tables, state, positions, start)` (:meth:`CompiledBlocks._block`)
-        under autograd, with what its graph saves collected."""
+        under autograd, with what its graph saves collected where `collect`
+        (a block run again for one backward needs none: collecting costs
+        the host a Python call a saved tensor)."""
         saved: list = []
 
         def pack(t):
@@ -138,9 +140,10 @@ class _Tape:
             return len(saved) - 1
 
         ring, offset = state
+        hooks = torch.autograd.graph.saved_tensors_hooks(pack, saved.__getitem__) if collect else nullcontext()
         with torch.enable_grad(), _keepable():
             leaves = [t.detach().requires_grad_() for t in (ring, *tables)]
-            with torch.autograd.graph.saved_tensors_hooks(pack, saved.__getitem__):
+            with hooks:
                 out_ring, offset, previous, alpha = block(leaves[1:], (leaves[0], offset), positions, start)
         tape = cls(leaves, (out_ring, previous, alpha), saved, leaves[1:])
         tape.offset = offset
@@ -364,14 +367,17 @@ class CompiledBlocks:
         block's `(ring, previous, alpha)`, given as `grads`, with respect to
         its input ring and tables, running its forward again."""
         ring, offset, *grads = state
-        return _Tape.record(self._block, tables, (ring, offset), positions, start).vjp(grads, retain=False)
+        tape = _Tape.record(self._block, tables, (ring, offset), positions, start, collect=False)
+        return tape.vjp(grads, retain=False)
 
     def _keep(self, tables, state, positions, start):
         """The block under autograd, its tape recorded: returns what
         :meth:`_block` does, then the tape (on CUDA graphs, the capture's,
         kept as `self.tape`, serves every block)."""
-        tape = _Tape.record(self._block, tables, state, positions, start)
-        self.kept_bytes = tape.nbytes
+        # off CUDA graphs the saved bytes are collected once an entry, to size the budget: every block saves as much
+        collect = self.graphs or self.kept_bytes == 0
+        tape = _Tape.record(self._block, tables, state, positions, start, collect=collect)
+        self.kept_bytes = tape.nbytes if collect else self.kept_bytes
         if self.graphs:
             self.tape = tape
         ring, previous, alpha = (t.detach() for t in tape.outputs)
@@ -552,7 +558,7 @@ def compiled_scan(prepared, semiring) -> torch.Tensor:
     ring, offset, result = program.initial_state()
     tracked = (torch.is_grad_enabled() and ring.is_floating_point()
                and any(t.requires_grad for t in (ring, *tables)))
-    ticket, budget = object(), KEPT_BYTES.get(program.device.type, 0)
+    ticket, budget = object(), KEPT_BYTES
     for e_last, start, finishes in schedule(program.lengths.tolist()):
         if tracked:
             keep = budget > 0 and blocks.kept_bytes <= budget  # kept_bytes known after the entry's first kept block
