@@ -119,21 +119,16 @@ def phases(p, semiring, repeats: int) -> dict:
     the wall time exceeds the kernels', the host is what the GPU waits on."""
     import statistics
 
-    from cpu_compiled import leaves_of, synchronize
+    from cpu_compiled import leaves_of, synchronize, timed
 
     from semiring_semicrf import semimarkov_scan
     times: dict = {"forward": [], "backward": []}
     for _ in range(repeats):
         q, leaves = leaves_of(p)
-        synchronize(p.device)
-        started = time.perf_counter()
-        out = semimarkov_scan(q, semiring, backend="compiled")
-        synchronize(p.device)
-        middle = time.perf_counter()
-        torch.autograd.grad(out.sum(), leaves, allow_unused=True)
-        synchronize(p.device)
-        times["forward"].append(middle - started)
-        times["backward"].append(time.perf_counter() - middle)
+        seconds, out = timed(lambda q=q: semimarkov_scan(q, semiring, backend="compiled"), p.device)
+        times["forward"].append(seconds)
+        times["backward"].append(timed(lambda out=out, leaves=leaves: torch.autograd.grad(
+            out.sum(), leaves, allow_unused=True), p.device)[0])
     row = {f"{k}_ms": 1e3 * statistics.median(v) for k, v in times.items()}
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         forward_backward(p, semiring, "compiled")

@@ -7,8 +7,6 @@ The compiled rung uses it to keep each block's saved activations
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -17,11 +15,12 @@ from hypothesis import strategies as st
 pytest.importorskip("triton")
 
 from semiring_semicrf.kernels import storage_copy  # noqa: E402
+from semiring_semicrf.kernels.common import INTERPRETED  # noqa: E402
 
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs CUDA")])]
-INTERPRETED = pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
-                                 reason="the kernel runs on CPU tensors only under TRITON_INTERPRET=1")
+DEVICES = [pytest.param("cpu", marks=pytest.mark.skipif(
+               not INTERPRETED, reason="the kernel runs on CPU tensors only under TRITON_INTERPRET=1")),
+           pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+               not torch.cuda.is_available(), reason="needs CUDA")])]
 DTYPES = (torch.float32, torch.float64, torch.int64, torch.bool, torch.uint8, torch.float16)
 
 
@@ -35,7 +34,6 @@ def buffers(sizes_and_dtypes, device, seed=0):
     return out
 
 
-@INTERPRETED
 @pytest.mark.parametrize("device", DEVICES)
 @settings(max_examples=8, deadline=None)
 @given(layout=st.lists(st.tuples(st.integers(0, 2 * storage_copy.WORDS + 7), st.sampled_from(DTYPES)),

@@ -107,22 +107,21 @@ def _keepable():
 
 class _Tape:
     """A block's forward under autograd, kept: its leaves (input ring, then
-    tables), its outputs `(ring, previous, alpha)` and the storages its
-    autograd graph saved, less the tables': what differs from block to
+    tables), its outputs `(ring, previous, alpha)`, its offset after it and
+    the storages its autograd graph saved, less the tables': what differs from block to
     block. On CUDA graphs one tape (the capture's) serves every block: a
     block's saved bytes are copied out after its forward (:meth:`values`)
     and back in before its backward (:meth:`restore`), on CUDA by one
     kernel launch each way (:mod:`semiring_semicrf.kernels.storage_copy`)."""
 
-    def __init__(self, leaves: list, outputs: tuple, saved: list, tables):
-        shared = {t.untyped_storage().data_ptr() for t in tables}
+    def __init__(self, leaves: list, outputs: tuple, offset: torch.Tensor, saved: list):
+        shared = {t.untyped_storage().data_ptr() for t in leaves[1:]}
         storages: dict[int, Any] = {}
         for t in saved:
             storage = t.untyped_storage()
             if storage.data_ptr() not in shared:
                 storages.setdefault(storage.data_ptr(), storage)
-        self.leaves, self.outputs = leaves, outputs
-        self.offset: torch.Tensor | None = None  # the block's offset after it (set by `record`)
+        self.leaves, self.outputs, self.offset = leaves, outputs, offset
         self.storages = list(storages.values())
         self.nbytes = sum(s.nbytes() for s in self.storages)
         self._flat: Any = None  # the storages' copy table on CUDA (made on first use)
@@ -145,9 +144,7 @@ class _Tape:
             leaves = [t.detach().requires_grad_() for t in (ring, *tables)]
             with hooks:
                 out_ring, offset, previous, alpha = block(leaves[1:], (leaves[0], offset), positions, start)
-        tape = cls(leaves, (out_ring, previous, alpha), saved, leaves[1:])
-        tape.offset = offset
-        return tape
+        return cls(leaves, (out_ring, previous, alpha), offset, saved)
 
     def _copier(self):
         """The storages' :class:`~semiring_semicrf.kernels.storage_copy.FlatStorages`
@@ -377,7 +374,8 @@ class CompiledBlocks:
         # off CUDA graphs the saved bytes are collected once an entry, to size the budget: every block saves as much
         collect = self.graphs or self.kept_bytes == 0
         tape = _Tape.record(self._block, tables, state, positions, start, collect=collect)
-        self.kept_bytes = tape.nbytes if collect else self.kept_bytes
+        if collect:
+            self.kept_bytes = tape.nbytes
         if self.graphs:
             self.tape = tape
         ring, previous, alpha = (t.detach() for t in tape.outputs)
