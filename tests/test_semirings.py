@@ -169,3 +169,25 @@ def test_logsumexp_gradient_is_zero_where_everything_is_forbidden():
     out = LogSemiring().sum(x, dim=-1)
     out.sum().backward() if torch.isfinite(out).any() else out.exp().sum().backward()
     assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("S", [EntropySemiring(), CrossEntropySemiring(), KLDivergenceSemiring()], ids=repr)
+@pytest.mark.parametrize("carried", [0.0, float("inf"), float("nan")])
+def test_a_zeros_expectation_reaches_no_result_nor_gradient(S, carried):
+    """The expectation semirings' `times` adds every component, so a zero
+    (p's mass -inf) may carry any expectation; `sum` weights it by exactly
+    0: a sum with such a zero equals the sum without it, value and
+    gradient, and is canonically the same element."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(S.num_potentials, 2, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    zero = S.zero((2, 1), dtype=torch.float64).clone()
+    zero[-1] = carried
+    with_zero = S.sum(torch.cat([S.embed(x), zero], dim=-1), dim=-1)
+    without = S.sum(S.embed(x), dim=-1)
+    torch.testing.assert_close(with_zero, without, rtol=1e-12, atol=0)
+    (got,) = torch.autograd.grad(with_zero.sum(), x)
+    (want,) = torch.autograd.grad(without.sum(), x)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    product = S.times(S.embed(x[..., :1]), zero)  # a zero, whatever expectation it carries
+    assert torch.isneginf(product[0]).all()
+    torch.testing.assert_close(S.canonical(product), S.canonical(S.zero((2, 1), dtype=torch.float64)), equal_nan=False)

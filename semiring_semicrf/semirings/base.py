@@ -107,6 +107,14 @@ class Semiring(ABC):
         integer count is returned as such)."""
         return value[0] if self.size == 1 else value
 
+    def canonical(self, value: torch.Tensor) -> torch.Tensor:
+        """`value` in a canonical form, in which values that are one element
+        of the semiring compare equal (`check_semiring` compares through
+        it): by default `value` itself. A semiring whose elements have
+        several representations (the expectation semirings' zero: any `E`
+        with p's mass `-inf`) maps them to one."""
+        return value
+
     def times_potential(self, a: torch.Tensor, log_potentials: torch.Tensor) -> torch.Tensor:
         """`times(a, embed(log_potentials))`."""
         return self.times(a, self.embed(log_potentials))

@@ -13,7 +13,14 @@ For a whole set of structures with `A_p = log Z_p`, `A_q = log Z_q`:
 - KL:             f = log p~ - log q~, KL(p||q) = A_q - A_p + E
 
 (`p~`, `q~` unnormalized weights). Forbidden parts (`-inf` under p) carry
-`f = 0` so that a zero weight never multiplies an infinity.
+`f = 0`. A zero (p's mass `-inf`) is any value with p's mass `-inf`,
+whatever its `E`: products add every component, as the Log semiring's do,
+so a product with a zero may carry any `E` (`+inf` where q forbids a part);
+sums weight it by exactly 0 (it never reaches a result, nor a gradient as
+NaN), `extract` reads none, and :meth:`~ExpectationSemiring.canonical` sets
+it to 0 for comparisons. Products with no mask are what the compiled scan
+needs: a mask costs the compiled backward a kernel a product (four a
+position, a tenth of its kernels on the GPU).
 """
 from __future__ import annotations
 
@@ -22,19 +29,6 @@ from abc import abstractmethod
 import torch
 
 from .base import Semiring, check_dim
-from .real import logsumexp
-
-
-def _weights(log_mass: torch.Tensor, total: torch.Tensor, dim: int) -> torch.Tensor:
-    """`exp(log_mass - total)` along `dim`, 0 where the total is `-inf`."""
-    finite = torch.isfinite(total).unsqueeze(dim)
-    safe_total = torch.where(finite, total.unsqueeze(dim), torch.zeros_like(total.unsqueeze(dim)))
-    return torch.where(finite, (log_mass - safe_total).exp(), torch.zeros_like(log_mass))
-
-
-def _weighted(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """`weights * values` with 0 (not NaN) where a weight is 0."""
-    return torch.where(weights > 0, weights * values, torch.zeros_like(values))
 
 
 class ExpectationSemiring(Semiring):
@@ -61,17 +55,27 @@ class ExpectationSemiring(Semiring):
         """The user-facing result from `(m, *shape)` log-masses and `E`."""
 
     def times(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        out = a + b
-        # Keep zero canonical, (-inf, ..., 0): a zero weight carries no expectation.
-        forbidden = out[0] == float("-inf")
-        return torch.cat([out[:-1], torch.where(forbidden, torch.zeros_like(out[-1]), out[-1]).unsqueeze(0)])
+        return a + b  # a zero's E is left as it comes (see the module docstring)
 
     def sum(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """Log-masses by log-sum-exp; `E` as the p-weighted mean, from the
+        same scaled masses: `E = sum(p~ E) / sum(p~)` with `p~ = exp(A_p -
+        max A_p)` (a zero weight's `E` taken as 0), one pass over `dim`
+        whose backward needs no reduction. `(-inf, ..., 0)` where p gives
+        no mass."""
         dim = check_dim(dim)
-        masses = logsumexp(x[:-1], dim)
-        weights = _weights(x[0], masses[0], dim)
-        expectation = _weighted(weights, x[-1]).sum(dim=dim)
-        return torch.cat([masses, expectation.unsqueeze(0)], dim=0)
+        log_masses, expectation = x[:-1], x[-1]
+        peak = log_masses.amax(dim=dim, keepdim=True).detach()  # a constant: log-sum-exp is exact for any
+        peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+        scaled = (log_masses - peak).exp()
+        total = scaled.sum(dim=dim)
+        positive = total > 0
+        safe_total = torch.where(positive, total, torch.ones_like(total))
+        masses = torch.where(positive, safe_total.log() + peak.squeeze(dim), torch.full_like(total, float("-inf")))
+        weight = scaled[0]
+        weighted = (weight * torch.where(weight > 0, expectation, torch.zeros_like(expectation))).sum(dim=dim)
+        mean = torch.where(positive[0], weighted / safe_total[0], torch.zeros_like(weighted))
+        return torch.cat([masses, mean.unsqueeze(0)], dim=0)
 
     def embed(self, log_potentials: torch.Tensor) -> torch.Tensor:
         if log_potentials.shape[0] != self.num_potentials:
@@ -81,6 +85,11 @@ class ExpectationSemiring(Semiring):
         f = self.functional(log_potentials)
         f = torch.where(log_potentials[0] == float("-inf"), torch.zeros_like(f), f)
         return torch.cat([log_potentials, f.unsqueeze(0)], dim=0)
+
+    def canonical(self, value: torch.Tensor) -> torch.Tensor:
+        """`value` with a zero's `E` set to 0 (p's mass `-inf`)."""
+        forbidden = torch.isneginf(value[0])
+        return torch.cat([value[:-1], torch.where(forbidden, torch.zeros_like(value[-1]), value[-1]).unsqueeze(0)])
 
     def extract(self, value: torch.Tensor) -> torch.Tensor:
         """`finalize(...)`, with the conventions of every path

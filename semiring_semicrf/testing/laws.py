@@ -30,7 +30,10 @@ class _Laws:
         self.name = repr(semiring)
 
     def equal(self, law: str, left: torch.Tensor, right: torch.Tensor, **values: torch.Tensor) -> None:
-        """Raise an AssertionError naming `law` and its values unless `left` equals `right`."""
+        """Raise an AssertionError naming `law` and its values unless `left`
+        equals `right` as an element of the semiring (compared through
+        :meth:`Semiring.canonical`)."""
+        left, right = self.S.canonical(left), self.S.canonical(right)
         try:
             assert left.shape == right.shape, f"shapes differ: {tuple(left.shape)} and {tuple(right.shape)}"
             if left.is_floating_point() or right.is_floating_point():
