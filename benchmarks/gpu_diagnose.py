@@ -99,35 +99,38 @@ def one_step(p, semiring) -> dict:
 
 
 def block_records(p, semiring, graphs: bool) -> dict:
-    """One tracked compiled scan (3 e): its value, the ring each block
-    saved, the gradients each block's backward received and returned."""
+    """One tracked compiled scan (3 e): its value, the ring each kept
+    block took and gave, the gradients each kept block's backward received
+    and the ring's gradient it returned."""
     from semiring_semicrf import semimarkov_scan
     from semiring_semicrf.backends import compiled
     from semiring_semicrf.backends.reference import ScanProgram
     compiled.blocks_for(ScanProgram(p, semiring)).graphs = graphs
     saved, received, returned = [], [], []
-    forward, backward = compiled._Block.forward, compiled._Block.backward
+    Blocks = compiled.CompiledBlocks
+    keeping, kept_vjp = Blocks.forward_keeping, Blocks.kept_vjp
 
-    def recording_forward(ctx, blocks, ticket, e_last, start, ring, offset, *tables):
-        out = forward(ctx, blocks, ticket, e_last, start, ring, offset, *tables)
-        saved.append((ring.detach().clone(), offset.clone(), out[0].detach().clone()))
+    def recording_keeping(self, ticket, tables, ring, offset, span):
+        taken = (ring.detach().clone(), offset.clone())
+        out = keeping(self, ticket, tables, ring, offset, span)
+        saved.append((*taken, out[0].detach().clone()))
         return out
 
-    def recording_backward(ctx, *grads):
+    def recording_vjp(self, ticket, tables, kept, span, grads):
         received.append([g.clone() for g in grads])
-        out = backward(ctx, *grads)
-        returned.append(out[4].clone())
-        return out
+        found = kept_vjp(self, ticket, tables, kept, span, grads)
+        returned.append(found[0].clone())
+        return found
 
-    setattr(compiled._Block, "forward", staticmethod(recording_forward))  # noqa: B010 - a method replaced
-    setattr(compiled._Block, "backward", staticmethod(recording_backward))  # noqa: B010
+    setattr(Blocks, "forward_keeping", recording_keeping)  # noqa: B010 - methods replaced while it runs
+    setattr(Blocks, "kept_vjp", recording_vjp)  # noqa: B010
     try:
         q, leaves = __import__("cpu_compiled").leaves_of(p)
         value = semimarkov_scan(q, semiring, backend="compiled")
         grads = torch.autograd.grad(value.sum(), leaves, allow_unused=True)
     finally:
-        setattr(compiled._Block, "forward", forward)  # noqa: B010
-        setattr(compiled._Block, "backward", backward)  # noqa: B010
+        setattr(Blocks, "forward_keeping", keeping)  # noqa: B010
+        setattr(Blocks, "kept_vjp", kept_vjp)  # noqa: B010
     return {"value": value.detach(), "saved": saved, "received": received, "returned": returned, "grads": grads}
 
 

@@ -377,9 +377,9 @@ def spy_on_kept_blocks(monkeypatch) -> list:
     """The `e_last` of every block that `forward_keeping` runs, in order."""
     kept, original = [], compiled.CompiledBlocks.forward_keeping
 
-    def spy(self, ticket, tables, ring, offset, e_last, start):
-        kept.append(e_last)
-        return original(self, ticket, tables, ring, offset, e_last, start)
+    def spy(self, ticket, tables, ring, offset, span):
+        kept.append(span.e_last)
+        return original(self, ticket, tables, ring, offset, span)
 
     monkeypatch.setattr(compiled.CompiledBlocks, "forward_keeping", spy)
     return kept
@@ -404,6 +404,21 @@ def test_kept_and_checkpointed_blocks_give_the_reference_gradients(semiring, kin
         monkeypatch.setattr(compiled, "KEPT_BYTES", budget)
         assert_gradients_equal(semiring, (p,))
         assert kept == expected
+
+
+def test_a_tracked_scan_is_one_autograd_node_whatever_its_blocks():
+    """Every block of a tracked scan runs inside one autograd function (its
+    backward runs theirs in reverse): one node for three blocks, none a
+    block, so the host does not pay autograd's work a block."""
+    p, _ = with_grad(problem("factorized", 7, [T, 17, 9], True))  # three blocks, each where sequences end
+    value = semimarkov_scan(p, LogSemiring(), backend="compiled")
+    seen, stack = set(), [value.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack.extend(next_node for next_node, _ in node.next_functions)
+    assert sum(type(node).__name__ == "_ScanBackward" for node in seen) == 1
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, CUDA])])

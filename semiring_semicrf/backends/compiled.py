@@ -21,8 +21,13 @@ code, so that no position pays a compiled call's host time.
 
 On CUDA a block is captured once as a CUDA graph over static buffers (the
 tables the steps read, the ring, the position) and replayed for every block,
-so the per-position launch cost disappears. Gradients go through one
-autograd function per block (:class:`_Block`). A block keeps what
+so the per-position launch cost disappears; the untracked forward's graph
+writes its ring back into its input, so that between two blocks the host
+only copies the next position in and replays. Gradients go through one
+autograd function per scan (:class:`_Scan`), whose backward runs the
+blocks' vector-Jacobian products in reverse, summing the tables'
+gradients itself (a function per block had cost the host more than the
+GPU's work on a slow host, on an H200). A block keeps what
 its compiled steps' autograd graph saved (:class:`_Tape`; on CUDA the
 forward under autograd is captured once, its saved storages copied out
 after each block and back in before its backward), and its backward is
@@ -49,7 +54,7 @@ from __future__ import annotations
 import types
 from collections import OrderedDict
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -171,10 +176,12 @@ class _Tape:
             copier.scatter(values)
 
     def vjp(self, grads, retain: bool) -> tuple:
-        """Gradients of the outputs, given as `grads`, with respect to the
-        leaves (zeros where unused), keeping the graph where `retain`."""
+        """Gradients of the first `len(grads)` outputs, given as `grads`
+        (the ring's alone, or with `previous` and `alpha`'s), with respect to
+        the leaves (zeros where unused), keeping the graph where `retain`."""
         with _keepable():
-            found = torch.autograd.grad(self.outputs, self.leaves, grads, allow_unused=True, retain_graph=retain)
+            found = torch.autograd.grad(self.outputs[:len(grads)], self.leaves, grads, allow_unused=True,
+                                        retain_graph=retain)
         return tuple(torch.zeros_like(x) if g is None else g for g, x in zip(found, self.leaves))
 
 
@@ -361,11 +368,22 @@ class CompiledBlocks:
 
     def _vjp(self, tables, state, positions, start):
         """From `state = (ring, offset, *grads)`: the gradients of the
-        block's `(ring, previous, alpha)`, given as `grads`, with respect to
+        block's first `len(grads)` outputs, given as `grads`, with respect to
         its input ring and tables, running its forward again."""
         ring, offset, *grads = state
         tape = _Tape.record(self._block, tables, (ring, offset), positions, start, collect=False)
         return tape.vjp(grads, retain=False)
+
+    def _chained(self, tables, state, positions, start):
+        """:meth:`_block`, its ring and offset written back into `state`'s
+        tensors and returned as such: on CUDA graphs the untracked forward's
+        next block reads them where they are, with no copy between blocks."""
+        ring, offset, previous, alpha = self._block(tables, state, positions, start)
+        if previous is state[0]:  # a block of one step: the ring before it is its input, overwritten below
+            previous = previous.clone()
+        state[0].copy_(ring)
+        state[1].copy_(offset)
+        return state[0], state[1], previous, alpha
 
     def _keep(self, tables, state, positions, start):
         """The block under autograd, its tape recorded: returns what
@@ -386,31 +404,38 @@ class CompiledBlocks:
         captured tape (its saved bytes restored before the replay)."""
         return self.tape.vjp(state, retain=True)
 
-    def forward(self, ticket: object, tables, ring, offset, e_last: int, start: int):
-        """`(ring, offset, previous, alpha)` after the block ending at `e_last`
-        (no autograd graph; on CUDA graphs, static buffers: copy what must
-        outlive the next call)."""
-        function = self._block if self.scanned is None else self._scanned
-        with torch.no_grad():  # detached: the tracked forward reuses the untracked one's compiled functions
-            return self._call(function, ticket, [t.detach() for t in tables], (ring.detach(), offset), e_last, start)
+    def spans(self, blocks: list, device: torch.device) -> list:
+        """The :class:`Span` of each of `blocks` (:func:`schedule`), on CUDA
+        graphs with their positions on the device (one copy a scan)."""
+        rows: Any = [None] * len(blocks)
+        if self.graphs and blocks:
+            rows = torch.tensor([[e_last, start] for e_last, start, _ in blocks], dtype=torch.int64, device=device)
+        return [Span(e_last, start, finishes, row) for (e_last, start, finishes), row in zip(blocks, rows)]
 
-    def forward_keeping(self, ticket: object, tables, ring, offset, e_last: int, start: int):
+    def forward(self, ticket: object, tables, ring, offset, span: Span):
+        """`(ring, offset, previous, alpha)` after the block of `span`, with
+        no autograd graph. On CUDA graphs these are the graphs' static
+        tensors, refreshed by the next call (the ring and offset are the
+        graph's own inputs, which its next block reads where they are)."""
+        function = self._chained if self.graphs else self._block if self.scanned is None else self._scanned
+        with torch.no_grad():  # detached: the tracked forward reuses the untracked one's compiled functions
+            return self._call(function, ticket, tables, (ring, offset), span)
+
+    def forward_keeping(self, ticket: object, tables, ring, offset, span: Span):
         """:meth:`forward` under autograd, keeping what the backward needs
         (no forward again there): `(ring, offset, previous, alpha, kept)`,
         `kept` what :meth:`kept_vjp` takes (on CUDA graphs the block's saved
         bytes, copied out of the captured tape's storages; else its tape,
         the block's own autograd graph)."""
-        tables = [t.detach() for t in tables]
-        *out, tape = self._call(self._keep, ticket, tables, (ring.detach(), offset), e_last, start)
+        *out, tape = self._call(self._keep, ticket, tables, (ring, offset), span)
         return (*out, tape.values() if self.graphs else tape)
 
-    def kept_vjp(self, ticket: object, tables, kept, e_last: int, start: int, grads):
+    def kept_vjp(self, ticket: object, tables, kept, span: Span, grads):
         """:meth:`vjp` of a block run by :meth:`forward_keeping`, given its `kept`."""
         if not self.graphs:
             return kept.vjp(grads, retain=True)  # retained: a user may run the scan's backward twice
         self.tape.restore(kept)
-        found = self._call(self._kept_vjp, ticket, tables, tuple(grads), e_last, start)
-        return tuple(g.clone() for g in found)
+        return self._call(self._kept_vjp, ticket, tables, tuple(grads), span)
 
     def _scanned(self, tables, state, positions, start):
         """:meth:`_block` as one compiled call (:func:`_scanned_block`), or
@@ -426,81 +451,129 @@ class CompiledBlocks:
             self.scanned = None
             return self._block(tables, state, positions, start)
 
-    def vjp(self, ticket: object, tables, ring, offset, e_last: int, start: int, grads):
-        """Gradients of the block's `(ring, previous, alpha)` outputs, given
-        as `grads`, with respect to its input ring and its tables (fresh
-        tensors; on CUDA graphs, copies of the graph's outputs)."""
-        found = self._call(self._vjp, ticket, tables, (ring, offset, *grads), e_last, start)
-        return tuple(g.clone() for g in found) if self.graphs else found
+    def vjp(self, ticket: object, tables, ring, offset, span: Span, grads):
+        """Gradients of the block's first `len(grads)` outputs `(ring,
+        previous, alpha)`, given as `grads`, with respect to its input ring
+        and its tables, running its forward again (on CUDA graphs the
+        graph's static tensors, refreshed by the next call)."""
+        return self._call(self._vjp, ticket, tables, (ring, offset, *grads), span)
 
-    def _call(self, function, ticket, tables, state, e_last: int, start: int):
-        """`function(tables, state, positions, start)` for the block ending at
-        `e_last`, or (on a CUDA entry) its CUDA graph, captured on its first
-        call, over static copies of the inputs (a graph of the vector-Jacobian
-        product captures the compiled steps' backward too)."""
+    def _call(self, function, ticket, tables, state, span: Span):
+        """`function(tables, state, positions, start)` for the block of
+        `span`, or (on a CUDA entry) its CUDA graph, captured on its first
+        call with as many state tensors, over static copies of the inputs (a
+        graph of the vector-Jacobian product captures the compiled steps'
+        backward too)."""
         device = state[0].device
         if not self.graphs:
-            positions = torch.arange(e_last - BLOCK + 1, e_last + 1, device=device)
-            return function(tables, state, positions, torch.tensor(start, device=device))
+            positions = torch.arange(span.e_last - BLOCK + 1, span.e_last + 1, device=device)
+            return function(tables, state, positions, torch.tensor(span.start, device=device))
         with torch.cuda.device(device):
-            return self._replay(function, ticket, tables, state, e_last, start, device)
+            return self._replay(function, ticket, tables, state, span, device)
 
-    def _replay(self, function, ticket, tables, state, e_last: int, start: int, device: torch.device):
-        """`_call`'s CUDA graph path (`device`, the tensors', current)."""
-        if function.__name__ not in self._graphs:
+    def _replay(self, function, ticket, tables, state, span: Span, device: torch.device):
+        """`_call`'s CUDA graph path (`device`, the tensors', current). A
+        state tensor that is the graph's own input already is not copied."""
+        key = (function.__name__, len(state))
+        if key not in self._graphs:
             if self._loaded is None:
                 self.static_tables = [t.detach().clone() for t in tables]
-                self.static_position = [torch.zeros((), dtype=torch.int64, device=device) for _ in range(2)]
+                self.static_positions = span.row.clone()  # the block's last position and the first it steps
                 self._loaded = ticket
             static_state = [t.detach().clone() for t in state]
             backwards = torch.arange(BLOCK - 1, -1, -1, device=device)
-            graph = _Graph(lambda: function(self.static_tables, static_state, self.static_position[0] - backwards,
-                                            self.static_position[1]))
-            self._graphs[function.__name__] = (graph, static_state)
-        graph, static_state = self._graphs[function.__name__]
+            graph = _Graph(lambda: function(self.static_tables, static_state, self.static_positions[0] - backwards,
+                                            self.static_positions[1]))
+            self._graphs[key] = (graph, static_state)
+        graph, static_state = self._graphs[key]
         if ticket is not self._loaded:
             for static, t in zip(self.static_tables, tables):
                 static.copy_(t.detach())
             self._loaded = ticket
         for static, t in zip(static_state, state):
-            static.copy_(t.detach())
-        self.static_position[0].fill_(e_last)
-        self.static_position[1].fill_(start)
+            if t is not static:
+                static.copy_(t.detach())
+        self.static_positions.copy_(span.row)
         return graph.replay()
 
 
-class _Block(torch.autograd.Function):
-    """One compiled block as an autograd function. A kept block (`keep`)
-    keeps its saved activations and its backward is the block's
-    vector-Jacobian product; otherwise it keeps its input ring and its
-    backward runs its forward again first. The backward is once
-    differentiable: under `create_graph=True` its results are marked so
-    that differentiating them raises, rather than dropping a term."""
+class Span(NamedTuple):
+    """One block of a scan (:func:`schedule`): its last position, the first
+    position it steps, whether sequences end at its last position, and on
+    CUDA graphs the first two as an int64 `(2,)` device tensor, copied into
+    the graphs' static positions."""
+
+    e_last: int
+    start: int
+    finishes: bool
+    row: Any = None
+
+
+class _Scan(torch.autograd.Function):
+    """A tracked compiled scan, every block of it in one autograd node, so
+    that the host does little a block (on CUDA graphs, a few copies and a
+    replay each way).
+
+    Forward: the blocks in order, each kept
+    (:meth:`CompiledBlocks.forward_keeping`) while the scan's budget of
+    saved bytes lasts, the rest keeping only their input ring and offset.
+    Returns `(previous, alpha, offset)` after each block at which sequences
+    end (what :meth:`ScanProgram.finish` and :meth:`ScanProgram.collect`
+    take), the offsets not differentiable.
+
+    Backward: the blocks in reverse, each a vector-Jacobian product (a
+    checkpointed block's runs its forward again first) of the ring's
+    gradient, with `previous` and `alpha`'s where sequences end; the
+    tables' gradients summed over the blocks. Once differentiable: under
+    `create_graph=True` the results are marked so that differentiating them
+    raises, rather than dropping a term."""
 
     @staticmethod
-    def forward(ctx, blocks: CompiledBlocks, ticket: object, e_last: int, start: int, keep: bool, ring, offset,
-                *tables):
-        if keep:
-            *out, ctx.kept = blocks.forward_keeping(ticket, tables, ring, offset, e_last, start)
-        else:
-            out, ctx.kept = blocks.forward(ticket, tables, ring, offset, e_last, start), None
-        out_ring, out_offset, previous, alpha = (t.clone() for t in out)
-        ctx.blocks, ctx.ticket, ctx.e_last, ctx.start = blocks, ticket, e_last, start
-        ctx.save_for_backward(ring, offset, *tables)
-        ctx.mark_non_differentiable(out_offset)
-        return out_ring, out_offset, previous, alpha
+    def forward(ctx, blocks: CompiledBlocks, ticket: object, spans: list, budget: int, ring, offset, *tables):
+        ctx.set_materialize_grads(False)
+        ctx.blocks, ctx.ticket, ctx.spans, ctx.kept = blocks, ticket, spans, []
+        ctx.save_for_backward(ring, *tables)
+        ends: list = []
+        for span in spans:
+            keep = budget > 0 and blocks.kept_bytes <= budget  # kept_bytes known after the entry's first kept block
+            if keep:
+                ring, offset, previous, alpha, kept = blocks.forward_keeping(ticket, tables, ring, offset, span)
+                budget -= blocks.kept_bytes
+            else:  # checkpointed: its input, for its forward again
+                kept = (ring.detach().clone(), offset.clone())
+                ring, offset, previous, alpha = blocks.forward(ticket, tables, ring, offset, span)
+            ctx.kept.append(kept)
+            if span.finishes:
+                ends += [previous.clone(), alpha.clone(), offset.clone()]
+        ctx.shapes = [t.shape for t in (ring, *ends[:2])]  # the ring's, previous' and alpha's, for zero gradients
+        ctx.mark_non_differentiable(*ends[2::3])
+        return tuple(ends)
 
     @staticmethod
-    def backward(ctx, grad_ring, grad_offset, grad_previous, grad_alpha):
-        ring, offset, *tables = ctx.saved_tensors
-        upstream = (grad_ring, grad_previous, grad_alpha)
-        if ctx.kept is None:
-            grads = ctx.blocks.vjp(ctx.ticket, tables, ring, offset, ctx.e_last, ctx.start, upstream)
-        else:
-            grads = ctx.blocks.kept_vjp(ctx.ticket, tables, ctx.kept, ctx.e_last, ctx.start, upstream)
-        grads = refuse_further_derivatives(list(grads), [grad_ring, grad_previous, grad_alpha, ring, *tables],
-                                           "the gradient of the compiled scan")
-        return (None, None, None, None, None, grads[0], None, *grads[1:])
+    def backward(ctx, *grads):
+        blocks, ticket = ctx.blocks, ctx.ticket
+        ring, *tables = ctx.saved_tensors
+        ends = [grads[i:i + 2] for i in range(0, len(grads), 3)]  # (previous, alpha)'s where sequences end
+        totals = [torch.zeros_like(t) for t in tables]
+        grad_ring = None
+        for span, kept in zip(reversed(ctx.spans), reversed(ctx.kept)):
+            upstream = [grad_ring]
+            if span.finishes:
+                here = ends.pop()
+                if any(g is not None for g in here):
+                    upstream += here
+            if all(g is None for g in upstream):
+                continue  # nothing of this block reaches a result
+            upstream = [ring.new_zeros(shape) if g is None else g for g, shape in zip(upstream, ctx.shapes)]
+            if isinstance(kept, tuple):
+                found = blocks.vjp(ticket, tables, *kept, span, upstream)
+            else:
+                found = blocks.kept_vjp(ticket, tables, kept, span, upstream)
+            torch._foreach_add_(totals, list(found[1:]))
+            grad_ring = found[0]
+        found = [None if grad_ring is None else grad_ring.clone(), *totals]
+        found = refuse_further_derivatives(found, [*grads, ring, *tables], "the gradient of the compiled scan")
+        return (None, None, None, None, found[0], None, *found[1:])
 
 
 def schedule(lengths) -> list:
@@ -548,24 +621,26 @@ def clear_cache() -> None:
 def compiled_scan(prepared, semiring) -> torch.Tensor:
     """The generic scan of `prepared` (as for :class:`ScanProgram`) in
     `semiring`, compiled: `semiring.extract(result)`, differentiable when a
-    gradient is tracked (kept blocks, then block checkpointing past
-    :data:`KEPT_BYTES`)."""
+    gradient is tracked (one :class:`_Scan`: kept blocks, then block
+    checkpointing past :data:`KEPT_BYTES`)."""
     program = ScanProgram(prepared, semiring)
     blocks = blocks_for(program)
     tables = tuple(program.tables().values())
     ring, offset, result = program.initial_state()
+    spans = blocks.spans(schedule(program.lengths.tolist()), ring.device)
     tracked = (torch.is_grad_enabled() and ring.is_floating_point()
                and any(t.requires_grad for t in (ring, *tables)))
-    ticket, budget = object(), KEPT_BYTES
-    for e_last, start, finishes in schedule(program.lengths.tolist()):
+    ticket = object()
+    ends = iter(_Scan.apply(blocks, ticket, spans, KEPT_BYTES, ring, offset, *tables) if tracked else ())
+    for span in spans:
         if tracked:
-            keep = budget > 0 and blocks.kept_bytes <= budget  # kept_bytes known after the entry's first kept block
-            ring, offset, previous, alpha = _Block.apply(blocks, ticket, e_last, start, keep, ring, offset, *tables)
-            budget -= blocks.kept_bytes if keep else 0
+            if not span.finishes:
+                continue
+            previous, alpha, offset = next(ends), next(ends), next(ends)
         else:
-            ring, offset, previous, alpha = blocks.forward(ticket, tables, ring, offset, e_last, start)
-        if finishes:
-            result = program.collect(result, program.finish(previous, alpha, e_last), offset, e_last)
+            ring, offset, previous, alpha = blocks.forward(ticket, tables, ring, offset, span)
+        if span.finishes:
+            result = program.collect(result, program.finish(previous, alpha, span.e_last), offset, span.e_last)
     return program.extract(result)
 
 
