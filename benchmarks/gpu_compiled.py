@@ -193,6 +193,7 @@ def main():
     parser.add_argument("--options", nargs="*", type=option_argument, default=[],
                         help="inductor options (KEY=VALUE) to time the semirings compiled under, after the main table")
     parser.add_argument("--compiles", type=int, default=1, help="fresh compiles under --options")
+    parser.add_argument("--options-only", action="store_true", help="only the --options rows (no main table)")
     parser.add_argument("--phases", action="store_true", help="only the forward and backward apart, and host "
                         "profiles (no table)")
     args = parser.parse_args()
@@ -208,7 +209,7 @@ def main():
             print(name, json.dumps(phases(p, semiring, args.repeats), indent=0), flush=True)
         return
     rows = []
-    for name, semiring in semirings().items():
+    for name, semiring in ([] if args.options_only else semirings().items()):
         started = time.perf_counter()
         try:
             rows.append(measure(p, p64, name, semiring, args.repeats))
