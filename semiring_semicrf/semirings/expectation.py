@@ -20,7 +20,7 @@ sums weight it by exactly 0 (it never reaches a result, nor a gradient as
 NaN), `extract` reads none, and :meth:`~ExpectationSemiring.canonical` sets
 it to 0 for comparisons. Products with no mask are what the compiled scan
 needs: a mask costs the compiled backward a kernel a product (four a
-position, a tenth of its kernels on the GPU).
+position, an eighth of Entropy's compiled kernels on the GPU).
 """
 from __future__ import annotations
 
