@@ -97,9 +97,38 @@ def kernel_profile(p, semiring) -> dict:
     return row
 
 
-def measure(p, p64, name, semiring, repeats: int) -> dict:
+def sm_clock_mhz() -> int | None:
+    """The GPU's current SM clock (MHz), read with nvidia-smi (None where it cannot be read)."""
+    import subprocess
+    try:
+        found = subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm", "--format=csv,noheader,nounits",
+                                f"--id={torch.cuda.current_device()}"], capture_output=True, text=True, timeout=10)
+        return int(found.stdout.split()[0])
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return None
+
+
+def steady(p, semiring, seconds: float, repeats: int) -> dict:
+    """Forward and forward+backward median times after `seconds` of the
+    same call back to back (the GPU busy, as in training, rather than idle
+    through a compile), with the SM clock before and after each warm-up."""
+    row: dict = {}
+    for query, fn in (("fwd", lambda: forward(p, semiring, "compiled")),
+                      ("fwd_bwd", lambda: forward_backward(p, semiring, "compiled"))):
+        row[f"{query}_clock_before"] = sm_clock_mhz()
+        until = time.perf_counter() + seconds
+        while time.perf_counter() < until:
+            fn()
+        row[f"{query}_clock_after"] = sm_clock_mhz()
+        row[f"{query}_steady"] = median_time(fn, p.device, repeats)
+    return row
+
+
+def measure(p, p64, name, semiring, repeats: int, warm: float = 0.0) -> dict:
     results: dict = {}
     row = measure_times(p, name, semiring, p.device, repeats, results)
+    if warm > 0:
+        row.update(steady(p, semiring, warm, repeats))
     row["profile"] = kernel_profile(p, semiring)
     row["fwd_no_graphs"] = without_graphs(p, semiring, max(1, repeats // 2))
     row.update(checkpointed(p, semiring, repeats))
@@ -193,6 +222,8 @@ def main():
     parser.add_argument("--options", nargs="*", type=option_argument, default=[],
                         help="inductor options (KEY=VALUE) to time the semirings compiled under, after the main table")
     parser.add_argument("--compiles", type=int, default=1, help="fresh compiles under --options")
+    parser.add_argument("--warm", type=float, default=0.0, help="also time forward and forward+backward after "
+                        "this many seconds of back-to-back calls, with the SM clock (default: not)")
     parser.add_argument("--options-only", action="store_true", help="only the --options rows (no main table)")
     parser.add_argument("--phases", action="store_true", help="only the forward and backward apart, and host "
                         "profiles (no table)")
@@ -212,7 +243,7 @@ def main():
     for name, semiring in ([] if args.options_only else semirings().items()):
         started = time.perf_counter()
         try:
-            rows.append(measure(p, p64, name, semiring, args.repeats))
+            rows.append(measure(p, p64, name, semiring, args.repeats, args.warm))
         except Exception as exc:  # noqa: BLE001 - reported in the table; the other semirings still run
             traceback.print_exc()
             rows.append({"semiring": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
@@ -236,6 +267,12 @@ def main():
                   f"{prof['fwd_bwd_gpu_us_per_step']:.1f} us")
             for name, (count, us) in prof["fwd_bwd_top"].items():
                 print(f"    {count:5.2f} {us:6.2f}  {name}")
+    for r in rows:
+        if "fwd_steady" in r:
+            print(f"after {args.warm:.0f} s of calls: {r['semiring']} fwd {1e3 * r['fwd_steady']:.1f} ms, f+b "
+                  f"{1e3 * r['fwd_bwd_steady']:.1f} ms ({r['fwd_bwd_steady'] / r['fwd_steady']:.2f}x); SM clock "
+                  f"{r['fwd_clock_before']} -> {r['fwd_clock_after']} MHz (fwd), {r['fwd_bwd_clock_before']} -> "
+                  f"{r['fwd_bwd_clock_after']} MHz (f+b)")
     for r in option_rows:
         print(f"under {r['options']}: {r['semiring']} fwd {1e3 * r['fwd']:.1f} ms, f+b {1e3 * r['fwd_bwd']:.1f} ms "
               f"({r['fwd_bwd'] / r['fwd']:.2f}x)")
