@@ -140,6 +140,22 @@ def test_cache_key_holds_the_semiring_parameters_kind_sizes_and_dtype():
     assert key(LogSemiring()) != key(LogSemiring(), p.replace(**{k: t.float() for k, t in p.tensors().items()}))
 
 
+def test_cuda_blocks_pick_reduction_configurations_by_rule_not_by_timing():
+    """On CUDA the blocks compile under inductor's option that picks each
+    reduction's launch configuration by rule: timed one launch at a time,
+    the candidates of a step's microsecond reductions measure alike and the
+    pick, which set KMax's forward, changed from compile to compile
+    (`benchmarks/gpu_compiled.py --variance`). This torch has the option, and
+    torch.compile takes it."""
+    import torch._inductor.config as inductor_config
+    options = compiled._options("cuda")
+    assert options == {"test_configs.force_filter_reduction_configs": True}
+    with inductor_config.patch(options):
+        assert inductor_config.test_configs.force_filter_reduction_configs
+    assert compiled._options("cpu") == {"cpp.threads": 1, "cpp.enable_loop_tail_vec": False}
+    assert torch.compile(lambda x: x + 1, options=options)(torch.ones(2)).tolist() == [2.0, 2.0]
+
+
 # -- compiled on the CPU ----------------------------------------------------------
 @settings(max_examples=4)
 @given(seed=st.integers(0, 2**16), lengths=lengths_drawn, extras=st.booleans())

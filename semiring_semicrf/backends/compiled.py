@@ -86,6 +86,25 @@ KEPT_BYTES = 1 << 30
 #: 2.13: wrong gradients of the `(K, C, C)` step, seen in
 #: tests/test_compiled.py), so tails run scalar.
 _OPTIONS: dict[str, dict[str, Any]] = {"cpu": {"cpp.threads": 1, "cpp.enable_loop_tail_vec": False}}
+#: Inductor's option (where this torch has it) that picks a reduction's
+#: launch configuration by its rule rather than by timing the candidates.
+#: A step's reductions take microseconds, which inductor's timing of one
+#: launch at a time cannot tell apart: KMax(5)'s list merge at 4 x 1000 x
+#: 32 x 24 on an H200 measured within 1% for its four candidates, and its
+#: pick cost 9.6 to 19.3 us a position from one compile to the next
+#: (forward 16.5 to 27.2 ms); by the rule, 9.6-9.8 us in five compiles of
+#: five (16.2-17.3 ms): `benchmarks/gpu_compiled.py --variance`.
+_REDUCTION_RULE = "force_filter_reduction_configs"
+
+
+def _options(device_type: str) -> dict[str, Any] | None:
+    """The inductor options the blocks are compiled with on `device_type`."""
+    if device_type != "cuda":
+        return _OPTIONS.get(device_type)
+    import torch._inductor.config as inductor_config
+    if hasattr(getattr(inductor_config, "test_configs", None), _REDUCTION_RULE):
+        return {f"test_configs.{_REDUCTION_RULE}": True}
+    return None
 
 
 def _compile(fn, options: dict[str, Any] | None):
@@ -318,7 +337,7 @@ class CompiledBlocks:
     def __init__(self, template: ScanProgram, graphs: bool):
         self.template = template
         self.names = tuple(template.tables())
-        options = _OPTIONS.get(template.device.type)
+        options = _options(template.device.type)
         self.step = _compile(_own_code(_step), options)
         self.open = _compile(_own_code(_open), options)
         # off CUDA graphs the untracked forward is one compiled call a block (the steps' backward stays per step:
