@@ -1,6 +1,8 @@
 """The compiled generic scan on one GPU, in one run: checks, compile times, timings.
 
     python3 -u benchmarks/gpu_compiled.py --out DIR > DIR/log      # ~5 min on an H200
+    TORCHINDUCTOR_FORCE_DISABLE_CACHES=1 python3 -u benchmarks/gpu_compiled.py --out DIR --variance 5
+        # KMax(5) compiled five times: each compile's forward and the configurations of its costliest kernels
 
 At (4, 1000, 32, 24), float32, for the semiring of notebooks/02_new_semiring.ipynb,
 `KMaxSemiring(5)` and `EntropySemiring()` (their specializations bypassed:
@@ -39,7 +41,7 @@ import traceback
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cpu_compiled import forward, forward_backward, median_time, problem, relative, semirings  # noqa: E402
+from cpu_compiled import CHOICES, forward, forward_backward, median_time, problem, relative, semirings  # noqa: E402
 from cpu_compiled import measure as measure_times  # noqa: E402
 from gpu_diagnose import kernel_times  # noqa: E402
 
@@ -188,6 +190,73 @@ def with_inductor_options(p, options: dict, repeats: int, compiles: int) -> list
     return rows
 
 
+def inductor_kernels() -> dict:
+    """Every inductor Triton kernel alive, by `id`: its autotuner."""
+    import gc
+
+    from torch._inductor.runtime.triton_heuristics import CachingAutotuner
+    # type(), not isinstance: isinstance dereferences the weak proxies among the objects
+    return {id(o): o for o in gc.get_objects() if issubclass(type(o), CachingAutotuner)}
+
+
+def kernel_choice(tuner) -> dict:
+    """A compiled kernel's name, the launch configuration its autotuning
+    chose and a hash of its source."""
+    import hashlib
+    launchers = getattr(tuner, "launchers", None) or []
+    return {"name": tuner.fn.__name__, "config": str(getattr(launchers[0], "config", None)) if launchers else None,
+            "source": hashlib.sha1(str(getattr(tuner.fn, "src", "")).encode()).hexdigest()[:10]}
+
+
+def compile_variance(p, semiring, repeats: int, compiles: int, out: str, options: dict) -> list:
+    """`semiring` compiled afresh `compiles` times: each compile's forward
+    time with and without its CUDA graphs, the forward's costliest kernels
+    (GPU us a position) and, for each, the configuration autotuning chose
+    and a hash of its source; the sources of the two costliest go to
+    `out/variance/`. Where one kernel's time differs between compiles, this
+    tells whether its code, its configuration or neither changed (the
+    autotuner's timings of its candidates: `out/variance/autotune.log`).
+    Compiled under inductor's `options`."""
+    import logging
+
+    import torch._inductor.config as inductor_config
+
+    from semiring_semicrf.backends import compiled
+    rows = []
+    os.makedirs(os.path.join(out, "variance"), exist_ok=True)
+    # the autotuner's timing of each candidate configuration, as it logs them
+    autotuner_log = logging.getLogger("torch._inductor.runtime.triton_heuristics")
+    autotuner_log.setLevel(logging.DEBUG)
+    autotuner_log.addHandler(logging.FileHandler(os.path.join(out, "variance", "autotune.log")))
+    for index in range(compiles):
+        compiled.clear_cache()
+        before = inductor_kernels()
+        with inductor_config.patch(options):
+            forward(p, semiring, "compiled")
+        fwd = median_time(lambda: forward(p, semiring, "compiled"), p.device, repeats)
+        found = kernel_times(lambda: forward(p, semiring, "compiled"), width=None)
+        alive = inductor_kernels()
+        tuners: dict = {}
+        # this compile's kernels first; a kernel whose source an earlier compile had may be that one, reused
+        for key, tuner in sorted(alive.items(), key=lambda item: item[0] in before):
+            tuners.setdefault(tuner.fn.__name__, (tuner, key not in before))
+        top = []
+        for place, (name, (count, seconds)) in enumerate(list(found.items())[:6]):
+            choice = None
+            if name in tuners:
+                tuner, new = tuners[name]
+                choice = {**kernel_choice(tuner), "new": new}
+                if place < 2:  # the sources of the two costliest
+                    with open(os.path.join(out, "variance", f"compile{index}_{place}.py"), "w") as f:
+                        f.write(f"# {choice}\n{getattr(tuner.fn, 'src', '')}")
+            top.append({"kernel": name, "per_position": count / p.T, "us_per_position": 1e6 * seconds / p.T,
+                        "choice": choice})
+        rows.append({"compile": index, "fwd": fwd,
+                     "fwd_no_graphs": without_graphs(p, semiring, max(1, repeats // 2)), "top": top})
+        print(json.dumps(rows[-1], default=str), flush=True)
+    return rows
+
+
 def option_argument(text: str) -> tuple:
     key, value = text.split("=", 1)
     return key, {"True": True, "False": False}.get(value, value)
@@ -225,6 +294,10 @@ def main():
     parser.add_argument("--warm", type=float, default=0.0, help="also time forward and forward+backward after "
                         "this many seconds of back-to-back calls, with the SM clock (default: not)")
     parser.add_argument("--options-only", action="store_true", help="only the --options rows (no main table)")
+    parser.add_argument("--only", nargs="+", choices=CHOICES, default=CHOICES, help="the semirings of the main table")
+    parser.add_argument("--variance", type=int, default=0, help="only: KMax(5) compiled afresh this many times, "
+                        "each compile's forward, its costliest kernels and their autotuned configurations "
+                        "(under --options)")
     parser.add_argument("--phases", action="store_true", help="only the forward and backward apart, and host "
                         "profiles (no table)")
     args = parser.parse_args()
@@ -234,13 +307,26 @@ def main():
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, size {SIZE}, float32", flush=True)
     p = problem(*SIZE, device="cuda")
     p64 = problem(*SIZE, device="cuda", dtype=torch.float64)
+    if args.variance:
+        semiring = semirings(("kmax",))["KMax(5)"]
+        rows = compile_variance(p, semiring, args.repeats, args.variance, args.out, dict(args.options))
+        with open(os.path.join(args.out, "gpu_compiled_variance.json"), "w") as f:
+            json.dump(rows, f, indent=1, default=str)
+        for r in rows:
+            print(f"compile {r['compile']}: fwd {1e3 * r['fwd']:.1f} ms ({1e3 * r['fwd_no_graphs']:.1f} without "
+                  "graphs)")
+            for k in r["top"]:
+                name = k["kernel"] if len(k["kernel"]) <= 50 else f"{k['kernel'][:44]}..{k['kernel'][-4:]}"
+                print(f"    {k['per_position']:5.2f} {k['us_per_position']:6.2f}  {name:50s}  "
+                      f"{(k['choice'] or {}).get('config')} {(k['choice'] or {}).get('source')}")
+        return
     if args.phases:
         for name, semiring in semirings().items():
             forward_backward(p, semiring, "compiled")  # compiles
             print(name, json.dumps(phases(p, semiring, args.repeats), indent=0), flush=True)
         return
     rows = []
-    for name, semiring in ([] if args.options_only else semirings().items()):
+    for name, semiring in ([] if args.options_only else semirings(args.only).items()):
         started = time.perf_counter()
         try:
             rows.append(measure(p, p64, name, semiring, args.repeats, args.warm))

@@ -177,9 +177,10 @@ def diagnose_compiled(variants: bool = True) -> list:
     return rows
 
 
-def kernel_times(fn) -> dict:
+def kernel_times(fn, width: int | None = 70) -> dict:
     """The GPU kernels one call of `fn` launches (CUDA graphs' included),
-    by name: `{name: [count, GPU seconds]}`, most time first."""
+    by name (its first `width` characters; None: whole): `{name: [count,
+    GPU seconds]}`, most time first."""
     fn()
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
@@ -188,7 +189,7 @@ def kernel_times(fn) -> dict:
     found: dict = {}
     for event in prof.events():
         if event.device_type == torch.autograd.DeviceType.CUDA:
-            entry = found.setdefault(event.name[:70], [0, 0.0])
+            entry = found.setdefault(event.name[:width], [0, 0.0])
             entry[0] += 1
             entry[1] += 1e-6 * event.device_time_total
     return dict(sorted(found.items(), key=lambda kv: -kv[1][1]))
