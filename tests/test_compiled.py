@@ -146,14 +146,16 @@ def test_cuda_blocks_pick_reduction_configurations_by_rule_not_by_timing():
     the candidates of a step's microsecond reductions measure alike and the
     pick, which set KMax's forward, changed from compile to compile
     (`benchmarks/gpu_compiled.py --variance`). This torch has the option, and
-    torch.compile takes it."""
+    torch.compile takes it (through the rung's `_compile`, which keeps the
+    distributions' argument validation on: a bare torch.compile turns it off
+    for the rest of the process, and later tests' bad labels went unchecked)."""
     import torch._inductor.config as inductor_config
     options = compiled._options("cuda")
     assert options == {"test_configs.force_filter_reduction_configs": True}
     with inductor_config.patch(options):
         assert inductor_config.test_configs.force_filter_reduction_configs
     assert compiled._options("cpu") == {"cpp.threads": 1, "cpp.enable_loop_tail_vec": False}
-    assert torch.compile(lambda x: x + 1, options=options)(torch.ones(2)).tolist() == [2.0, 2.0]
+    assert compiled._compile(lambda x: x + 1, options)(torch.ones(2)).tolist() == [2.0, 2.0]
 
 
 # -- compiled on the CPU ----------------------------------------------------------

@@ -92,8 +92,8 @@ _OPTIONS: dict[str, dict[str, Any]] = {"cpu": {"cpp.threads": 1, "cpp.enable_loo
 #: launch at a time cannot tell apart: KMax(5)'s list merge at 4 x 1000 x
 #: 32 x 24 on an H200 measured within 1% for its four candidates, and its
 #: pick cost 9.6 to 19.3 us a position from one compile to the next
-#: (forward 16.5 to 27.2 ms); by the rule, 9.6-9.8 us in five compiles of
-#: five (16.2-17.3 ms): `benchmarks/gpu_compiled.py --variance`.
+#: (forward 16.5 to 27.2 ms); by the rule, 9.6-9.8 us in eight compiles of
+#: eight (16.2-17.4 ms): `benchmarks/gpu_compiled.py --variance`.
 _REDUCTION_RULE = "force_filter_reduction_configs"
 
 
