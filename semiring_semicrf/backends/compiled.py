@@ -652,13 +652,11 @@ def compiled_scan(prepared, semiring) -> torch.Tensor:
     ticket = object()
     ends = iter(_Scan.apply(blocks, ticket, spans, KEPT_BYTES, ring, offset, *tables) if tracked else ())
     for span in spans:
-        if tracked:
-            if not span.finishes:
-                continue
-            previous, alpha, offset = next(ends), next(ends), next(ends)
-        else:
+        if not tracked:
             ring, offset, previous, alpha = blocks.forward(ticket, tables, ring, offset, span)
         if span.finishes:
+            if tracked:  # the function ran every block; its outputs hold each finishing block's values
+                previous, alpha, offset = next(ends), next(ends), next(ends)
             result = program.collect(result, program.finish(previous, alpha, span.e_last), offset, span.e_last)
     return program.extract(result)
 
