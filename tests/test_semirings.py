@@ -145,12 +145,21 @@ def test_kmax_merge_order_takes_what_topk_takes_from_sorted_lists(k, n, columns,
 
 
 def test_forbidden_potentials_are_zero_and_never_nan():
+    """`embed(-inf)` is a zero (canonically: the expectation semirings embed
+    a forbidden part with its functional's E, unmasked), and neither a sum
+    with it nor the gradient of one through it is NaN."""
     for S in SEMIRINGS:
         x = torch.full((S.num_potentials, 3), float("-inf"), dtype=torch.float64)
         value = S.embed(x)
-        close(value, S.zero((3,)))
+        close(S.canonical(value), S.canonical(S.zero((3,))))
         total = S.sum(S.times(value, S.embed(torch.zeros_like(x))).unsqueeze(-1), dim=-1)
         assert not torch.isnan(total).any(), S
+        if S.size == 1 or not S.renormalize:
+            continue
+        mixed = torch.cat([x, torch.randn(S.num_potentials, 2, dtype=torch.float64)], dim=-1).requires_grad_()
+        summed = S.sum(S.embed(mixed), dim=-1)
+        (grad,) = torch.autograd.grad(S.extract(summed).sum(), mixed)
+        assert not torch.isnan(grad).any() and torch.equal(grad[:, :3], torch.zeros_like(grad[:, :3])), S
 
 
 def test_kmax_rejects_bad_k():

@@ -12,15 +12,18 @@ For a whole set of structures with `A_p = log Z_p`, `A_q = log Z_q`:
 - CrossEntropy:   f = -log q~,        H(p, q)   = A_q + E
 - KL:             f = log p~ - log q~, KL(p||q) = A_q - A_p + E
 
-(`p~`, `q~` unnormalized weights). Forbidden parts (`-inf` under p) carry
-`f = 0`. A zero (p's mass `-inf`) is any value with p's mass `-inf`,
-whatever its `E`: products add every component, as the Log semiring's do,
-so a product with a zero may carry any `E` (`+inf` where q forbids a part);
-sums weight it by exactly 0 (it never reaches a result, nor a gradient as
-NaN), `extract` reads none, and :meth:`~ExpectationSemiring.canonical` sets
-it to 0 for comparisons. Products with no mask are what the compiled scan
-needs: a mask costs the compiled backward a kernel a product (four a
-position, an eighth of Entropy's compiled kernels on the GPU).
+(`p~`, `q~` unnormalized weights). A zero (p's mass `-inf`) is any value
+with p's mass `-inf`, whatever its `E`: a forbidden part (`-inf` under p)
+embeds with the `f` its functional gives (`+inf` for Entropy, NaN for KL
+where q forbids it too), products add every component, as the Log
+semiring's do, so a product with a zero may carry any `E` (`+inf` where q
+forbids a part); sums weight it by exactly 0 (it never reaches a result,
+nor a gradient as NaN), `extract` reads none, and
+:meth:`~ExpectationSemiring.canonical` sets it to 0 for comparisons.
+Products and embeddings with no mask are what the compiled scan needs: a
+mask costs the compiled backward a kernel a product (four a position, an
+eighth of Entropy's compiled kernels on the GPU), and the tracked forward
+one a masked embedding (the shared tables' two a position).
 """
 from __future__ import annotations
 
@@ -35,8 +38,9 @@ class ExpectationSemiring(Semiring):
     """Base of the log-space expectation semirings (see module docstring).
 
     A subclass sets `num_potentials` (m) and defines :meth:`functional`
-    (the additive `f` from the log-potentials) and :meth:`finalize`. `zero`
-    (`(-inf, ..., 0)`), `one` and `plus` are the defaults.
+    (the additive `f` from the log-potentials) and :meth:`finalize`. `one`
+    and `plus` are the defaults; `zero` is `(-inf, ..., 0)`, the canonical
+    zero (`embed(-inf)` would carry the functional's `E` of `-inf`).
     """
 
     num_potentials = 1
@@ -82,9 +86,14 @@ class ExpectationSemiring(Semiring):
             raise ValueError(
                 f"{type(self).__name__}.embed expects {self.num_potentials} stacked potential sets, "
                 f"got a leading dimension of {log_potentials.shape[0]}")
-        f = self.functional(log_potentials)
-        f = torch.where(log_potentials[0] == float("-inf"), torch.zeros_like(f), f)
-        return torch.cat([log_potentials, f.unsqueeze(0)], dim=0)
+        # a forbidden part keeps its functional's E (see the module docstring): no mask
+        return torch.cat([log_potentials, self.functional(log_potentials).unsqueeze(0)], dim=0)
+
+    def zero(self, shape, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+        """`(-inf, ..., -inf, 0)` of shape `(size, *shape)`: the canonical zero."""
+        value = torch.full((self.size, *tuple(shape)), float("-inf"), dtype=dtype, device=device)
+        value[-1] = 0
+        return value
 
     def canonical(self, value: torch.Tensor) -> torch.Tensor:
         """`value` with a zero's `E` set to 0 (p's mass `-inf`)."""
