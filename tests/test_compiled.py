@@ -327,6 +327,31 @@ def test_a_factorized_step_reads_rows_gathered_for_it_as_it_reads_the_tables():
         ring = stepped[0]
 
 
+@pytest.mark.parametrize("semiring", SHIPPED + [MaxCountSemiring()], ids=repr)
+def test_a_step_reading_factors_embedded_ahead_equals_the_step_that_embeds_them(semiring):
+    """Where the semiring's `times_potential` is the default `times(a,
+    embed(x))`, a program embeds its factors ahead (the compiled rung does
+    once a block), and its steps then equal, bit for bit, the steps that
+    embed them; the Log, Max and KMax semirings add log-potentials without
+    embedding and do not. An embedded program's step refuses to read the
+    raw tables."""
+    pots = tuple(problem("factorized", 5 + i, [T, 17, 9], True, integer=isinstance(semiring, EXACT))
+                 for i in range(semiring.num_potentials))
+    program = ScanProgram(pots, semiring)
+    assert program.embeds_ahead == (not isinstance(semiring, (LogSemiring, KMaxSemiring)))
+    if not program.embeds_ahead:
+        return
+    ring = program.initial_ring()
+    for e in (1, 4, T - 1):
+        duration, transition, rows = program.embed_factors(program.rows(e))
+        embedded = program.with_embedded(duration, transition)
+        for got, want in zip(embedded.step(ring, e, rows=rows), program.step(ring, e)):
+            assert torch.equal(got, want)
+        ring = program.step(ring, e)[0]
+    with pytest.raises(ValueError, match="rows embedded"):
+        embedded.step(ring, T - 1)
+
+
 def test_a_blocks_backward_gathers_each_row_table_once():
     """The steps of a block read rows gathered once for the block, and
     views of the shared tables of their own: the block's autograd graph has

@@ -204,12 +204,17 @@ class _Tape:
         return tuple(torch.zeros_like(x) if g is None else g for g, x in zip(found, self.leaves))
 
 
-def _step(program: ScanProgram, ring, e, start, rows=None):
+def _step(program: ScanProgram, ring, e, active, rows=None, with_alpha: bool = True):
     """`ScanProgram.step` at position `e` (0-d int64) reading `rows` (see
-    :meth:`ScanProgram.step`), leaving the ring as it was when `e < start`:
-    `(ring, alpha)`."""
+    :meth:`ScanProgram.step`), leaving the ring as it was where `active`
+    (0-d bool: `e` at or past the block's first stepped position) is False:
+    `(ring, alpha)`, alpha None unless `with_alpha`. The block computes
+    `active` (a step that compared `e` itself saved the comparison for its
+    backward, a kernel of its own a position in the tracked forward on the
+    GPU), and asks for alpha at its last step alone (an output with no
+    gradient gets one of zeros in the backward, a fill a step)."""
     stepped, alpha, _ = program.step(ring, e, rows=rows)
-    return torch.where(e >= start, stepped, ring), alpha
+    return torch.where(active, stepped, ring), alpha if with_alpha else None
 
 
 def _scanned_block(program: ScanProgram, ring, offset, positions, start):
@@ -224,7 +229,7 @@ def _scanned_block(program: ScanProgram, ring, offset, positions, start):
 
     def one_step(carry, e):
         ring, _ = carry
-        stepped, alpha = _step(program, ring, e, start)
+        stepped, alpha = _step(program, ring, e, e >= start)
         return (stepped, ring.clone()), alpha  # scan's outputs may not alias its carry
 
     (ring, previous), alphas = _scan(one_step, (ring, ring.clone()), positions)
@@ -237,12 +242,22 @@ def _open(program: ScanProgram, ring, offset, positions):
     path (see :func:`_gathers_rows`), the rows its steps read
     (:meth:`ScanProgram.rows` at `positions`), each `(BLOCK, P, B, C)` and
     contiguous, so that a step's rows are too (see
-    :meth:`CompiledBlocks._per_step`): `(ring, offset, rows)`, `rows` empty
-    where not gathered."""
+    :meth:`CompiledBlocks._per_step`). Where the program
+    :attr:`~ScanProgram.embeds_ahead`, the rows (then `(BLOCK, S, B, C)`)
+    and the shared factors are embedded here, once a block
+    (:meth:`ScanProgram.with_embedded`): a step that embedded its factors
+    itself saved their masks for its backward and embedded the transition
+    apart, kernels of their own a position on the GPU. Returns `(ring,
+    offset, rows, shared)`, `rows` empty where not gathered, `shared` the
+    embedded `(duration, transition)` or empty."""
     if program.semiring.renormalize:
         ring, offset = program.renormalize(ring, offset)
-    rows = tuple(r.movedim(2, 0).contiguous() for r in program.rows(positions)) if _gathers_rows(program) else ()
-    return ring, offset, rows
+    if not _gathers_rows(program):
+        return ring, offset, (), ()
+    rows, shared = program.rows(positions), []
+    if program.embeds_ahead:
+        *shared, rows = program.embed_factors(rows)
+    return ring, offset, tuple(r.movedim(2, 0).contiguous() for r in rows), tuple(shared)
 
 
 def _gathers_rows(program: ScanProgram) -> bool:
@@ -356,19 +371,23 @@ class CompiledBlocks:
         before its last step and that step's alpha (what
         :meth:`ScanProgram.finish` takes)."""
         program = self.template.with_tables(dict(zip(self.names, tables)))
-        (ring, offset), rows = state, ()
+        (ring, offset), rows, shared = state, (), ()
         if program.semiring.renormalize or _gathers_rows(program):
-            ring, offset, rows = self.open(program, ring, offset, positions)
+            ring, offset, rows, shared = self.open(program, ring, offset, positions)
         previous = alpha = ring
-        for e, step_program, step_rows in zip(_aligned_unbind(positions), *self._per_step(program, rows)):
+        steps = zip(_aligned_unbind(positions), _aligned_unbind(positions >= start),
+                    *self._per_step(program, rows, shared))
+        for i, (e, active, step_program, step_rows) in enumerate(steps):
             previous = ring
-            ring, alpha = self.step(step_program, ring, e, start, step_rows)
+            ring, alpha = self.step(step_program, ring, e, active, step_rows, i == BLOCK - 1)
         return ring, offset, previous, alpha
 
     @staticmethod
-    def _per_step(program: ScanProgram, rows: tuple) -> tuple:
+    def _per_step(program: ScanProgram, rows: tuple, shared: tuple) -> tuple:
         """What each step of a block reads: a program and its rows (None
-        where `_open` gathered none: the step reads the tables). Under
+        where `_open` gathered none: the step reads the tables), the program
+        reading the embedded `shared = (duration, transition)` where `_open`
+        embedded them (:meth:`ScanProgram.with_embedded`). Under
         autograd every step gets views of its own, the rows unbound from
         the block's and the shared tables (duration, transition) expanded
         over the block and unbound, so that autograd stacks a block's
@@ -377,12 +396,14 @@ class CompiledBlocks:
         the GPU)."""
         if not rows:
             return [program] * BLOCK, [None] * BLOCK
+        if shared:
+            program = program.with_embedded(*shared)
         step_rows = list(zip(*(_aligned_unbind(r) for r in rows)))
         if not torch.is_grad_enabled():
             return [program] * BLOCK, step_rows
-        shared = {name: getattr(program, name).expand(BLOCK, *getattr(program, name).shape).unbind(0)
-                  for name in ("duration", "transition")}
-        programs = [program.with_tables({name: views[i] for name, views in shared.items()}) for i in range(BLOCK)]
+        views = {name: getattr(program, name).expand(BLOCK, *getattr(program, name).shape).unbind(0)
+                 for name in ("duration", "transition")}
+        programs = [program.with_tables({name: step[i] for name, step in views.items()}) for i in range(BLOCK)]
         return programs, step_rows
 
     def _vjp(self, tables, state, positions, start):

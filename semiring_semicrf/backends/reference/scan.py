@@ -182,6 +182,7 @@ class ScanProgram:
         self.ends = frozenset(self.lengths.tolist())
         self.explicit = first.is_explicit
         self.factorized = not first.duration_dependent
+        self.embedded = False  # see with_embedded
         if self.explicit:
             self.edge = _stack([p.edge for p in pots])  # (P, B, T, K+1, C, C)
             self.sources = self.C
@@ -230,6 +231,33 @@ class ScanProgram:
         for f in copy.prepared:
             _fill_caches(f)
         return copy
+
+    @property
+    def embeds_ahead(self) -> bool:
+        """Whether the factorized step's factors are worth embedding ahead of
+        the steps (:meth:`with_embedded`): the semiring's `times_potential`
+        is the default `times(a, embed(x))`, which embeds a factor again at
+        every step (the Log, Max and KMax semirings add a log-potential to
+        their state without embedding it, more cheaply than `times`)."""
+        return self.factorized and type(self.semiring).times_potential is Semiring.times_potential
+
+    def with_embedded(self, duration: torch.Tensor, transition: torch.Tensor) -> ScanProgram:
+        """A copy of this factorized program whose steps read `duration` and
+        `transition` as semiring values, embedded ahead (`(S, B, K, C)` and
+        `(S, 1, C, C)`, :meth:`embed_factors`), and take their rows so too,
+        multiplying by `times`: what a step computes is unchanged, and the
+        embedding (with its masks, and their gradients) is done once for
+        many steps (the compiled rung embeds once a block)."""
+        copy = self.with_tables({"duration": duration, "transition": transition})
+        copy.embedded = True
+        return copy
+
+    def embed_factors(self, rows: tuple) -> tuple:
+        """`(duration, transition, rows)` embedded, for :meth:`with_embedded`
+        and its steps' `rows` (each of `rows` `(P, ...)`, as :meth:`rows`
+        gives them)."""
+        embed = self.semiring.embed
+        return embed(self.duration), embed(self.transition), tuple(embed(r) for r in rows)
 
     # -- the state ------------------------------------------------------------
     def _select(self, mask: torch.Tensor, shape) -> torch.Tensor:
@@ -326,13 +354,16 @@ class ScanProgram:
         """
         S = self.semiring
         if self.factorized:
+            if rows is None and self.embedded:
+                raise ValueError("an embedded program's steps take their rows embedded (see with_embedded)")
             leave, enter = self.rows(e) if rows is None else rows
-            a = self._reduce(S.times_potential(ring, self.duration), -2, "duration", e, keep)
-            alpha = S.times_potential(a, leave)
+            times = S.times if self.embedded else S.times_potential
+            a = self._reduce(times(ring, self.duration), -2, "duration", e, keep)
+            alpha = times(a, leave)
             if isinstance(e, int) and e == self.T:  # no segment starts at T (a tensor e computes a discarded u)
                 return ring, alpha, None
-            u = self._reduce(S.times_potential(alpha.unsqueeze(-1), self.transition), -2, "transition", e, keep)
-            v = S.times_potential(u, enter)
+            u = self._reduce(times(alpha.unsqueeze(-1), self.transition), -2, "transition", e, keep)
+            v = times(u, enter)
             return torch.cat([v.unsqueeze(2), ring[:, :, :-1]], dim=2), alpha, u
         alpha = self._reduce(self._segments(ring, self.block(e)), -1, "segment", e, keep)
         row = alpha
