@@ -28,6 +28,7 @@ one a masked embedding (the shared tables' two a position).
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Sequence
 
 import torch
 
@@ -89,7 +90,8 @@ class ExpectationSemiring(Semiring):
         # a forbidden part keeps its functional's E (see the module docstring): no mask
         return torch.cat([log_potentials, self.functional(log_potentials).unsqueeze(0)], dim=0)
 
-    def zero(self, shape, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+    def zero(self, shape: Sequence[int], dtype: torch.dtype = torch.float64,
+             device: torch.device | str | None = None) -> torch.Tensor:
         """`(-inf, ..., -inf, 0)` of shape `(size, *shape)`: the canonical zero."""
         value = torch.full((self.size, *tuple(shape)), float("-inf"), dtype=dtype, device=device)
         value[-1] = 0
