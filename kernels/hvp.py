@@ -115,6 +115,86 @@ def _mean(w, inverse, values, axis: tl.constexpr):
 
 
 @triton.jit
+def _durations(duration_ring_ptr, window, e, KP: tl.constexpr, CP: tl.constexpr):
+    """The durations `(KP, CP)` paired with a lane sweep's ring slots at end
+    `e` (`window` the offsets of the sequence's duration ring)."""
+    return tl.load(duration_ring_ptr + window + ((e - 1) & (KP - 1)) * CP)
+
+
+@triton.jit
+def _table_row(ptr, table, e, length, labels, C, valid):
+    """Row `min(e, length)` of a forward table (`table` the sequence's
+    offset in it), `-inf` past `C`."""
+    return tl.load(ptr + table + tl.minimum(e, length) * C + labels, mask=valid, other=float("-inf"))
+
+
+@triton.jit
+def _model_inputs(duration_ring_ptr, alpha_ptr, v_ptr, scale_row, table, window, e, length, labels, C, valid,
+                  KP: tl.constexpr, CP: tl.constexpr):
+    """What a lane sweep's step at end `e` reads of one model's forward (p's
+    or q's; `scale_row` its `N`): `(durations, alpha_hat[e], v_hat[e],
+    N[e])`, rows clamped to `length`."""
+    return (_durations(duration_ring_ptr, window, e, KP, CP), _table_row(alpha_ptr, table, e, length, labels, C, valid),
+            _table_row(v_ptr, table, e, length, labels, C, valid), tl.load(scale_row + tl.minimum(e, length)))
+
+
+@triton.jit
+def _lane_inputs(e, length, table, window, labels, valid, C, T,
+                 duration_ring_ptr, alpha_ptr, v_ptr, scale_row,
+                 q_duration_ring_ptr, q_alpha_ptr, q_v_ptr, q_scale_row,
+                 t_duration_ring_ptr, t_scores_ptr, t_start_scores_ptr, t_end_scores_ptr,
+                 KP: tl.constexpr, CP: tl.constexpr, KIND: tl.constexpr,
+                 START_SCORES: tl.constexpr, END_SCORES: tl.constexpr):
+    """Everything :func:`expectation_sweep_kernel`'s step at end `e` loads,
+    for `AHEAD`: `(p's, q's, the tangent's)`, p's and q's as
+    :func:`_model_inputs` gives them (q's `()` unless `KIND >= 2`), the
+    tangent's :func:`_tangent_inputs` (`()` unless `KIND == 0`)."""
+    p = _model_inputs(duration_ring_ptr, alpha_ptr, v_ptr, scale_row, table, window, e, length, labels, C, valid,
+                      KP, CP)
+    q = ()
+    if KIND >= 2:
+        q = _model_inputs(q_duration_ring_ptr, q_alpha_ptr, q_v_ptr, q_scale_row, table, window, e, length, labels,
+                          C, valid, KP, CP)
+    t = ()
+    if KIND == 0:
+        t = _tangent_inputs(t_duration_ring_ptr, t_scores_ptr, t_start_scores_ptr, t_end_scores_ptr, window, e,
+                            labels, C, T, KP, CP, START_SCORES, END_SCORES)
+    return p, q, t
+
+
+@triton.jit
+def _tangent_inputs(t_duration_ring_ptr, t_scores_ptr, t_start_scores_ptr, t_end_scores_ptr, window, e, labels, C,
+                    T, KP: tl.constexpr, CP: tl.constexpr, START_SCORES: tl.constexpr, END_SCORES: tl.constexpr):
+    """What the tangent lane's step at end `e` reads of the tangent: `(its
+    durations, its position rows of e - 1)` (:func:`~.common.position_rows`)."""
+    return (_durations(t_duration_ring_ptr, window, e, KP, CP),
+            position_rows(t_scores_ptr, t_start_scores_ptr, t_end_scores_ptr, e - 1, labels, C, T, START_SCORES,
+                          END_SCORES))
+
+
+@triton.jit
+def _rebased(ring, newest, step, v):
+    """A lane sweep's ring of a model's `v` after end `e`: `v = v_hat[e]` in
+    the `newest` slot, the others moved to the scale of `e` (`step = N[e] -
+    N[e-1]`)."""
+    return tl.where(newest, v[None, :], ring - step)
+
+
+@triton.jit
+def _flow_rows(v_ptr, alpha_ptr, scale_row, e, K, C, labels, valid, other):
+    """What the tangent flow reads at end `e` of a forward table pair (one
+    sequence's pointers, p's or the tangent's; `other` fills the missing
+    entries): `(v[e - K], N[e - K], v[e - 1], N[e - 1], alpha[e])`, rows
+    clamped at 0 and `v[e - K]` all `other` where `e < K`."""
+    oldest_row = tl.maximum(e - K, 0)
+    newest_row = tl.maximum(e - 1, 0)
+    entering = (labels * 0 + e - K >= 0) & valid
+    return (tl.load(v_ptr + oldest_row * C + labels, mask=entering, other=other), tl.load(scale_row + oldest_row),
+            tl.load(v_ptr + newest_row * C + labels, mask=valid, other=other), tl.load(scale_row + newest_row),
+            tl.load(alpha_ptr + e * C + labels, mask=valid, other=other))
+
+
+@triton.jit
 def _program_sequence(lengths_ptr, C, KP: tl.constexpr, CP: tl.constexpr):
     """The sequence of a one-sequence-per-program kernel: `(b (int64), its
     length, the ring's slots, the labels, the valid labels, the valid label
@@ -135,8 +215,10 @@ def expectation_sweep_kernel(
         t_alpha_ptr, t_v_ptr, t_scale_ptr, result_ptr,
         T, C, t_scores_stride, t_start_stride, t_end_stride,
         KP: tl.constexpr, CP: tl.constexpr, KIND: tl.constexpr, TABLES: tl.constexpr,
-        START_SCORES: tl.constexpr, END_SCORES: tl.constexpr):
-    """One sequence per program; `KIND` as in :data:`KINDS`. Reads p's
+        START_SCORES: tl.constexpr, END_SCORES: tl.constexpr, AHEAD: tl.constexpr):
+    """One sequence per program; `KIND` as in :data:`KINDS`; with `AHEAD`,
+    each step's loads (:func:`_lane_inputs`) are issued by the step before,
+    else where they are used (:func:`lane_loads_ahead`). Reads p's
     forward tables (`alpha_hat`, `v_hat` `(B, T+1, C)` float32, `scale
     (B, T+1)` float64) and small factors; q's for cross-entropy and KL; for a
     tangent, its small factors and the position inputs of
@@ -152,8 +234,8 @@ def expectation_sweep_kernel(
     ring = tl.where(slots[:, None] == 0, tl.load(v_ptr + table + labels, mask=valid, other=float("-inf"))[None, :],
                     float("-inf"))
     lane_ring = tl.zeros((KP, CP), tl.float32)
+    q_scale_row = q_scale_ptr + b * (T + 1)
     if KIND >= 2:
-        q_scale_row = q_scale_ptr + b * (T + 1)
         q_transition = tl.load(q_transition_ptr + labels[:, None] * C + labels[None, :], mask=pair,
                                other=float("-inf"))
         q_ring = tl.where(slots[:, None] == 0,
@@ -174,20 +256,34 @@ def expectation_sweep_kernel(
     lane_alpha = tl.zeros((CP,), tl.float32)
     alpha = tl.full((CP,), float("-inf"), tl.float32)
     q_alpha = tl.full((CP,), float("-inf"), tl.float32)
+    if AHEAD:
+        scale_prev = tl.load(scale_row)  # N[e - 1]
+        if KIND >= 2:
+            q_scale_prev = tl.load(q_scale_row)
+        ahead = _lane_inputs(1, length, table, window, labels, valid, C, T, duration_ring_ptr, alpha_ptr, v_ptr,
+                             scale_row, q_duration_ring_ptr, q_alpha_ptr, q_v_ptr, q_scale_row, t_duration_ring_ptr,
+                             t_scores_ptr, t_start_scores_ptr, t_end_scores_ptr, KP, CP, KIND, START_SCORES,
+                             END_SCORES)
     for e in range(1, length + 1):
+        if AHEAD:
+            p_in, q_in, t_in = ahead
+            ahead = _lane_inputs(e + 1, length, table, window, labels, valid, C, T, duration_ring_ptr, alpha_ptr,
+                                 v_ptr, scale_row, q_duration_ring_ptr, q_alpha_ptr, q_v_ptr, q_scale_row,
+                                 t_duration_ring_ptr, t_scores_ptr, t_start_scores_ptr, t_end_scores_ptr, KP, CP,
+                                 KIND, START_SCORES, END_SCORES)
         rotated = window + ((e - 1) & (KP - 1)) * CP
         # the duration of the segment that ends at e
-        x = ring + tl.load(duration_ring_ptr + rotated)
+        x = ring + (p_in[0] if AHEAD else tl.load(duration_ring_ptr + rotated))
         w, inverse, surprisal = _softmax_parts(x, 0)
         if KIND == 0:
-            t_scores, t_end_score, t_start_score = position_rows(
-                t_scores_ptr, t_start_scores_ptr, t_end_scores_ptr, e - 1, labels, C, T, START_SCORES, END_SCORES)
-            t_cum, t_leave, t_enter = step_factors(t_cum, t_scores, t_end_score, t_start_score, t_mean)
-            lane_in = lane_ring + tl.load(t_duration_ring_ptr + rotated)
+            t_rows = t_in[1] if AHEAD else position_rows(t_scores_ptr, t_start_scores_ptr, t_end_scores_ptr, e - 1,
+                                                         labels, C, T, START_SCORES, END_SCORES)
+            t_cum, t_leave, t_enter = step_factors(t_cum, *t_rows, t_mean)
+            lane_in = lane_ring + (t_in[0] if AHEAD else tl.load(t_duration_ring_ptr + rotated))
         elif KIND == 1:
             lane_in = lane_ring + surprisal
         else:
-            q_surprisal = _q_surprisal(q_ring + tl.load(q_duration_ring_ptr + rotated), 0)
+            q_surprisal = _q_surprisal(q_ring + (q_in[0] if AHEAD else tl.load(q_duration_ring_ptr + rotated)), 0)
             if KIND == 2:
                 lane_in = lane_ring + q_surprisal
             else:
@@ -197,7 +293,7 @@ def expectation_sweep_kernel(
             lane_alpha += t_leave
         # the label before a segment that starts at e
         row = table + e * C + labels
-        alpha = tl.load(alpha_ptr + row, mask=valid, other=float("-inf"))
+        alpha = p_in[1] if AHEAD else tl.load(alpha_ptr + row, mask=valid, other=float("-inf"))
         y = alpha[:, None] + transition
         wy, inverse_y, surprisal_y = _softmax_parts(y, 0)
         if KIND == 0:
@@ -205,7 +301,7 @@ def expectation_sweep_kernel(
         elif KIND == 1:
             lane_in_y = lane_alpha[:, None] + surprisal_y
         else:
-            q_alpha = tl.load(q_alpha_ptr + row, mask=valid, other=float("-inf"))
+            q_alpha = q_in[1] if AHEAD else tl.load(q_alpha_ptr + row, mask=valid, other=float("-inf"))
             q_surprisal_y = _q_surprisal(q_alpha[:, None] + q_transition, 0)
             if KIND == 2:
                 lane_in_y = lane_alpha[:, None] + q_surprisal_y
@@ -221,8 +317,12 @@ def expectation_sweep_kernel(
         lane_scale += shift.to(tl.float64)
         # the rings take start e, rebased as the forward's
         newest = slots[:, None] == (e & (KP - 1))
-        step = (tl.load(scale_row + e) - tl.load(scale_row + e - 1)).to(tl.float32)
-        ring = tl.where(newest, tl.load(v_ptr + row, mask=valid, other=float("-inf"))[None, :], ring - step)
+        if AHEAD:
+            ring = _rebased(ring, newest, (p_in[3] - scale_prev).to(tl.float32), p_in[2])
+            scale_prev = p_in[3]
+        else:
+            ring = _rebased(ring, newest, (tl.load(scale_row + e) - tl.load(scale_row + e - 1)).to(tl.float32),
+                            tl.load(v_ptr + row, mask=valid, other=float("-inf")))
         if KIND == 0:
             lane_v = lane_u + t_enter
             if TABLES:
@@ -233,9 +333,13 @@ def expectation_sweep_kernel(
             lane_v = lane_u
         lane_ring = tl.where(newest, lane_v[None, :], lane_ring - shift)
         if KIND >= 2:
-            q_step = (tl.load(q_scale_row + e) - tl.load(q_scale_row + e - 1)).to(tl.float32)
-            q_ring = tl.where(newest, tl.load(q_v_ptr + row, mask=valid, other=float("-inf"))[None, :],
-                              q_ring - q_step)
+            if AHEAD:
+                q_ring = _rebased(q_ring, newest, (q_in[3] - q_scale_prev).to(tl.float32), q_in[2])
+                q_scale_prev = q_in[3]
+            else:
+                q_ring = _rebased(q_ring, newest,
+                                  (tl.load(q_scale_row + e) - tl.load(q_scale_row + e - 1)).to(tl.float32),
+                                  tl.load(q_v_ptr + row, mask=valid, other=float("-inf")))
 
     # the last label
     z = alpha + tl.load(end_ptr + labels, mask=valid, other=float("-inf"))
@@ -314,23 +418,27 @@ def tangent_flow_kernel(
     d_start_mass = start_mass * (t_z - tl.sum(tl.where(start_mass == 0, 0.0, start_mass * t_z), axis=0))
     tl.store(d_first_last_ptr + b * 2 * C + C + labels, d_start_mass, mask=valid)
 
+    # What position e reads, loaded by the step before, as the outside flow does (on an H200 at (1, 10^5,
+    # 64, 8): 149 ms against 198 loaded in the step; at (4, 1000, 32, 24) 2.6 against 3.2)
+    rows = _flow_rows(v_ptr, alpha_ptr, scale_row, length, K, C, labels, valid, float("-inf"))
+    t_rows = _flow_rows(t_v_ptr, t_alpha_ptr, t_scale_row, length, K, C, labels, valid, 0.0)
     for i in range(0, length):
         e = length - i
-        scale_e = tl.load(scale_row + e)
-        t_scale_e = tl.load(t_scale_row + e)
-        if (e & (KP - 1)) == 0:
+        v_old, scale_old, v_newest, scale_newest, alpha_e = rows
+        t_v_old, t_scale_old, t_v_newest, t_scale_newest, t_alpha_e = t_rows
+        rows = _flow_rows(v_ptr, alpha_ptr, scale_row, e - 1, K, C, labels, valid, float("-inf"))
+        t_rows = _flow_rows(t_v_ptr, t_alpha_ptr, t_scale_row, e - 1, K, C, labels, valid, 0.0)
+        if (e & (KP - 1)) == 0:  # the bases move (N[e] read here alone)
+            scale_e = tl.load(scale_row + e)
+            t_scale_e = tl.load(t_scale_row + e)
             inside -= (scale_e - base).to(tl.float32)
             base = scale_e
             t_inside -= (t_scale_e - t_base).to(tl.float32)
             t_base = t_scale_e
         # the start e - K enters the window
         oldest = slots[:, None] == ((e - K) & (KP - 1))
-        oldest_row = tl.maximum(e - K, 0)
-        entering = (labels * 0 + e - K >= 0) & valid
-        v_old = (tl.load(v_ptr + oldest_row * C + labels, mask=entering, other=float("-inf"))
-                 + (tl.load(scale_row + oldest_row) - base).to(tl.float32))
-        t_v_old = (tl.load(t_v_ptr + oldest_row * C + labels, mask=entering, other=0.0)
-                   + (tl.load(t_scale_row + oldest_row) - t_base).to(tl.float32))
+        v_old += (scale_old - base).to(tl.float32)
+        t_v_old += (t_scale_old - t_base).to(tl.float32)
         inside = tl.where(oldest, v_old[None, :], inside)
         t_inside = tl.where(oldest, t_v_old[None, :], t_inside)
         mass = tl.where(oldest, 0.0, mass)
@@ -338,11 +446,9 @@ def tangent_flow_kernel(
         # the duration of the segment that ends at e (d = 1 apart: the newest start)
         rotated = ((e - 1) & (KP - 1)) * CP
         x = inside + tl.load(durations + longer + rotated)
-        x_1 = (tl.load(v_ptr + (e - 1) * C + labels, mask=valid, other=float("-inf"))
-               + (tl.load(scale_row + e - 1) - base).to(tl.float32) + duration_1)
+        x_1 = v_newest + (scale_newest - base).to(tl.float32) + duration_1
         t_x = t_inside + tl.load(t_durations + longer + rotated)
-        t_x_1 = (tl.load(t_v_ptr + (e - 1) * C + labels, mask=valid, other=0.0)
-                 + (tl.load(t_scale_row + e - 1) - t_base).to(tl.float32) + t_duration_1)
+        t_x_1 = t_v_newest + (t_scale_newest - t_base).to(tl.float32) + t_duration_1
         m = tl.maximum(tl.max(x, axis=0), x_1)
         m = tl.where(m == float("-inf"), 0.0, m)
         w = tl.exp2((x - m[None, :]) * LOG2E)
@@ -353,9 +459,8 @@ def tangent_flow_kernel(
         # the label before a segment that starts at e (e < L), then the end mass at e. (Selected, not
         # branched: Triton 3.6 gave an `if`'s two end masses, reduced along different axes, one layout.)
         later = e < length
-        wy, inverse_y, _surprisal_y = _softmax_parts(
-            tl.load(alpha_ptr + e * C + labels, mask=valid, other=float("-inf"))[:, None] + transition, 0)
-        t_y = tl.load(t_alpha_ptr + e * C + labels, mask=valid, other=0.0)[:, None] + t_transition
+        wy, inverse_y, _surprisal_y = _softmax_parts(alpha_e[:, None] + transition, 0)
+        t_y = t_alpha_e[:, None] + t_transition
         p_y = wy * inverse_y[None, :]
         t_mean_y = tl.sum(tl.where(p_y == 0, 0.0, p_y * t_y), axis=0)
         d_flow = tl.where(later & (p_y != 0),
@@ -382,6 +487,28 @@ def tangent_flow_kernel(
 
     tl.store(d_transition_ptr + b * C * C + labels[:, None] * C + labels[None, :], d_transition, mask=pair)
     tl.store(d_first_last_ptr + b * 2 * C + labels, d_start_mass, mask=valid)
+
+
+def lane_loads_ahead(job: str, kp: int, cp: int, num_warps: int) -> bool:
+    """Whether a lane sweep (`job` one of :data:`KINDS`) issues each step's
+    loads a position ahead (`AHEAD` of :func:`expectation_sweep_kernel`):
+    the tangent and cross-entropy lanes, where a duration tile holds at
+    most 16 values a thread (each load ahead keeps its tile live through a
+    whole step).
+
+    Both ways compute the same bits; which is faster is the compiler's
+    scheduling, so the choice is measured (one H200, Triton 3.6,
+    `python3 -u benchmarks/gpu_diagnose.py --out DIR --lanes-only --warps`,
+    `benchmarks/gpu_lanes_h200.json`; ms in the step / ahead):
+
+    | lane | (1, 10^5, 64, 8), 1 warp | (4, 1000, 32, 24) |
+    |---|---|---|
+    | tangent | 129.7 / 88.9 | 1.72 / 2.01 (1 warp) |
+    | cross-entropy | 262.5 / 222.3 | 3.98 / 3.71 (4 warps) |
+    | entropy | 129.6 / 171.4 | 2.14 / 2.27 (1 warp) |
+    | KL | 250.5 / 306.9 | 4.73 / 5.03 (4 warps) |
+    """
+    return job in ("tangent", "cross_entropy") and kp * cp <= 16 * 32 * num_warps
 
 
 def lane_num_warps(job: str, kp: int, cp: int) -> int:
@@ -441,11 +568,12 @@ def expectation_sweep(kind: str, tables, q_tables=None, tangent=None, tangent_ri
         inputs, flags = position_inputs(tangent)
         t_args = (*inputs[:4], tangent_ring, small(tangent.transition), small(tangent.start), small(tangent.end))
         strides = inputs[4:]
+    warps = lane_num_warps(kind, KP, CP)
     expectation_sweep_kernel[(B,)](
         tables.duration_ring, small(factors.transition), small(factors.end), factors.lengths, tables.alpha_hat,
         tables.v_hat, tables.scale, *q_args, *t_args, *(tangent_tables or (unused,) * 3), result, T, C, *strides,
-        KP=KP, CP=CP, KIND=KINDS[kind], TABLES=keep_tables,
-        num_warps=lane_num_warps(kind, KP, CP), **flags)
+        KP=KP, CP=CP, KIND=KINDS[kind], TABLES=keep_tables, AHEAD=lane_loads_ahead(kind, KP, CP, warps),
+        num_warps=warps, **flags)
     return result, tangent_tables
 
 

@@ -11,6 +11,7 @@ path is scored from the model's definition and must reach the best score.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -325,6 +326,35 @@ def test_bitwise_deterministic():
     for a, b in zip(*runs):
         assert torch.equal(a, b)
 
+
+
+@pytest.mark.parametrize("kind", ["tangent", "entropy", "cross_entropy", "kl"])
+def test_a_lane_sweep_loading_a_position_ahead_gives_the_same_bits(kind, monkeypatch):
+    """`lane_loads_ahead` moves each step's loads one position earlier (rows
+    clamped at the length) and nothing else: both ways give the same value
+    and, for the tangent, the same tables where it writes them (lengths
+    under and at K, boundary scores present)."""
+    lanes = importlib.import_module("semiring_semicrf.kernels.hvp")
+    lengths = torch.tensor([9, 2, 6])
+    p, q, t = (converted(random_problem(3, 9, 4, 5, lengths, extras=True, seed=seed), DEVICE, torch.float32).factors()
+               for seed in (16, 17, 18))
+    _, p_tables = kernels.inside(p)
+    _, q_tables = kernels.inside(q)
+    runs = []
+    for ahead in (False, True):
+        monkeypatch.setattr(lanes, "lane_loads_ahead", lambda *args, ahead=ahead: ahead)
+        result, tables = lanes.expectation_sweep(
+            kind, p_tables, q_tables=None if kind in ("tangent", "entropy") else q_tables,
+            tangent=t if kind == "tangent" else None,
+            tangent_ring=lanes.tangent_duration_ring(t) if kind == "tangent" else None, keep_tables=kind == "tangent")
+        rows = torch.arange(p.T + 1, device=DEVICE)
+        written = rows <= lengths.to(DEVICE)[:, None]  # rows 0..L (alpha's from 1)
+        masks = (written & (rows > 0), written, written)
+        runs.append([result, *(torch.where(m if x.ndim == 2 else m[..., None], x, 0)
+                               for x, m in zip(tables or (), masks))])
+    assert torch.isfinite(runs[0][0]).all()
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
 
 # -- what the kernels refuse --------------------------------------------------
 def test_unsupported_reason():
