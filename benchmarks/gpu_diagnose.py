@@ -8,7 +8,10 @@ gradients go wrong, in one run.
    and each query's wall time.
 2. The lane sweeps (entropy, cross-entropy, KL, tangent) and the tangent
    flow alone, by warp count, at (4, 1000, 32, 24) and (1, 10^5, 64, 8): what
-   `kernels.hvp.lane_num_warps` is chosen from.
+   `kernels.hvp.lane_num_warps` is chosen from; then each lane at its
+   shipped warps with its loads issued a position ahead and in the step:
+   what `kernels.hvp.lane_loads_ahead` is chosen from
+   (``--lanes-only --warps`` runs this part alone, about a minute).
 3. Compiled rung, small problems, float64 and float32 on CUDA: the gradients
    of `semimarkov_scan(p, S, backend="compiled")` against the eager
    reference scan (a) as shipped (CUDA graphs) and (b) without graphs; for
@@ -24,6 +27,7 @@ Writes `gpu_diagnose.json` under --out and prints the tables last.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib
 import json
@@ -243,35 +247,55 @@ def lane_jobs(size) -> dict:
     return jobs
 
 
-def lane_warps_sweep(sizes=((4, 1000, 32, 24), (1, 100_000, 64, 8))) -> list:
-    """Median times (ms) of each lane sweep and of the tangent flow by warp
-    count (2): `kernels.hvp.lane_num_warps` held at each value in turn."""
+def timed_ms(job, runs: int = 6) -> float:
+    """Median of `runs - 1` CUDA-event timings of `job()` (the first dropped)."""
     import statistics
+    times = []
+    for _ in range(runs):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        job()
+        stop.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(stop))
+    return statistics.median(times[1:])
+
+
+def lane_sweeps(sizes=((4, 1000, 32, 24), (1, 100_000, 64, 8)), warp_counts=(1, 2, 4, 8, 16)) -> list:
+    """Median times (ms) of each lane sweep and of the tangent flow by warp
+    count (`kernels.hvp.lane_num_warps` held at each value in turn), then of
+    each lane at the shipped warps with `kernels.hvp.lane_loads_ahead` held
+    False ("in step") and True ("ahead")."""
     lanes = importlib.import_module("semiring_semicrf.kernels.hvp")
     common = importlib.import_module("semiring_semicrf.kernels.common")
-    original = getattr(lanes, "lane_num_warps")  # noqa: B009 - replaced in turn below
     rows = []
     for size in sizes:
         KP, CP = common.pad(size[2]), common.pad(size[3])
         for name, job in lane_jobs(size).items():
-            row: dict[Any, Any] = {"size": size, "job": name, "shipped": original(name, KP, CP)}
-            for warps in (1, 2, 4, 8, 16):
-                setattr(lanes, "lane_num_warps", lambda job, kp, cp, warps=warps: warps)  # noqa: B010
-                try:
-                    times = []
-                    for _ in range(6):
-                        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                        start.record()
-                        job()
-                        stop.record()
-                        torch.cuda.synchronize()
-                        times.append(start.elapsed_time(stop))
-                    row[warps] = statistics.median(times[1:])
-                finally:
-                    setattr(lanes, "lane_num_warps", original)  # noqa: B010
+            warps = lanes.lane_num_warps(name, KP, CP)
+            row: dict[Any, Any] = {"size": size, "job": name, "shipped": warps}
+            for count in warp_counts:
+                with held(lanes, "lane_num_warps", lambda job, kp, cp, count=count: count):
+                    row[count] = timed_ms(job)
+            if name != "tangent_flow":
+                row["shipped ahead"] = lanes.lane_loads_ahead(name, KP, CP, warps)
+                for label, ahead in (("in step", False), ("ahead", True)):
+                    with held(lanes, "lane_loads_ahead", lambda *args, ahead=ahead: ahead):
+                        row[label] = timed_ms(job)
             print(row, flush=True)
             rows.append(row)
     return rows
+
+
+@contextlib.contextmanager
+def held(module, name: str, replacement):
+    """`module.name` replaced by `replacement` inside the block."""
+    original = getattr(module, name)
+    setattr(module, name, replacement)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
 
 
 def main():
@@ -280,14 +304,17 @@ def main():
     parser.add_argument("--skip-compiled", action="store_true")
     parser.add_argument("--skip-profiles", action="store_true")
     parser.add_argument("--graphs-only", action="store_true", help="of the compiled rung's checks, 3 e alone")
+    parser.add_argument("--lanes-only", action="store_true", help="part 2 alone")
+    parser.add_argument("--warps", type=int, nargs="*", default=[1, 2, 4, 8, 16],
+                        help="warp counts of part 2 (none: the loads-ahead comparison alone)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("gpu_diagnose.py needs a CUDA device")
     os.makedirs(args.out, exist_ok=True)
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
-    profiles = [] if args.skip_profiles else profile_queries()
-    warps = lane_warps_sweep()
-    compiled_rows = [] if args.skip_compiled else diagnose_compiled(not args.graphs_only)
+    profiles = [] if args.skip_profiles or args.lanes_only else profile_queries()
+    warps = lane_sweeps(warp_counts=args.warps)
+    compiled_rows = [] if args.skip_compiled or args.lanes_only else diagnose_compiled(not args.graphs_only)
     with open(os.path.join(args.out, "gpu_diagnose.json"), "w") as f:
         json.dump({"device": torch.cuda.get_device_name(), "profiles": profiles, "lane_warps": warps,
                    "compiled": compiled_rows}, f, indent=1, default=str)
@@ -297,7 +324,8 @@ def main():
               f"launches {r['launches']}")
         for name, ms, count in r["top"]:
             print(f"    {ms:8.3f} ms  x{count:<5d} {name}")
-    print("\nlane sweeps and tangent flow by num_warps (ms; 'shipped' = the warps chosen now)")
+    print("\nlane sweeps and tangent flow by num_warps, then loads in the step or ahead (ms; 'shipped' = the "
+          "warps and loads chosen now)")
     for r in warps:
         print(r)
     print("\ncompiled rung: gradient errors (max |diff| / max |eager|)")
