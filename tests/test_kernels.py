@@ -327,7 +327,6 @@ def test_bitwise_deterministic():
         assert torch.equal(a, b)
 
 
-
 @pytest.mark.parametrize("kind", ["tangent", "entropy", "cross_entropy", "kl"])
 def test_a_lane_sweep_loading_a_position_ahead_gives_the_same_bits(kind, monkeypatch):
     """`lane_loads_ahead` moves each step's loads one position earlier (rows
@@ -355,6 +354,7 @@ def test_a_lane_sweep_loading_a_position_ahead_gives_the_same_bits(kind, monkeyp
     assert torch.isfinite(runs[0][0]).all()
     for a, b in zip(*runs):
         assert torch.equal(a, b)
+
 
 # -- what the kernels refuse --------------------------------------------------
 def test_unsupported_reason():
