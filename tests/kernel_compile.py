@@ -27,30 +27,37 @@ TARGET = ("cuda", 90, 32)
 
 
 def launch_record(fn, args: tuple, kwargs: dict) -> dict:
-    """`{module, name, signature, constexprs, options}` of one launch of the
-    jit function `fn` (the Python function) with `args`/`kwargs`."""
+    """`{module, name, signature, constexprs, aligned, options}` of one
+    launch of the jit function `fn` (the Python function) with
+    `args`/`kwargs`; `aligned` names the arguments Triton's launcher would
+    specialize as divisible by 16 (pointers to 16-byte aligned data,
+    integers that are multiples of 16)."""
     import torch
     parameters = inspect.signature(fn).parameters
     names = list(parameters)
     values = {**dict(zip(names, args)), **{k: v for k, v in kwargs.items() if k in parameters}}
-    signature, constexprs = {}, {}
+    signature, constexprs, aligned = {}, {}, []
     for name in names:
         value = values[name]
         if "constexpr" in str(parameters[name].annotation):
             constexprs[name] = getattr(value, "value", value)
         elif isinstance(value, torch.Tensor):
             signature[name] = "*" + POINTER_TYPES[str(value.dtype).removeprefix("torch.")]
+            if value.data_ptr() % 16 == 0:
+                aligned.append(name)
         elif isinstance(value, bool):
             signature[name] = "i1"
         elif isinstance(value, int):
             signature[name] = "i32" if -2 ** 31 <= value < 2 ** 31 else "i64"
+            if value % 16 == 0:
+                aligned.append(name)
         elif isinstance(value, float):
             signature[name] = "fp32"
         else:
             raise TypeError(f"{fn.__name__}: cannot type argument {name} = {value!r}")
     options = {k: v for k, v in kwargs.items() if k in ("num_warps", "num_stages")}
     return {"module": fn.__module__, "name": fn.__name__, "signature": signature, "constexprs": constexprs,
-            "options": options}
+            "aligned": aligned, "options": options}
 
 
 @contextlib.contextmanager
@@ -74,15 +81,18 @@ def recorded_launches():
         InterpretedFunction.run = run
 
 
-def compile_launch(record: dict) -> None:
-    """Compiles one record's kernel for :data:`TARGET`; raises what Triton raises."""
+def compile_launch(record: dict):
+    """One record's kernel compiled for :data:`TARGET` (Triton's compiled
+    kernel: `.asm["cubin"]` holds the machine code); raises what Triton
+    raises."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     fn = getattr(importlib.import_module(record["module"]), record["name"])
     signature = {**record["signature"], **dict.fromkeys(record["constexprs"], "constexpr")}
-    source = ASTSource(fn, {name: signature[name] for name in fn.arg_names}, record["constexprs"])
-    triton.compile(source, target=GPUTarget(*TARGET), options=record["options"])
+    attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in record.get("aligned", ())}
+    source = ASTSource(fn, {name: signature[name] for name in fn.arg_names}, record["constexprs"], attrs)
+    return triton.compile(source, target=GPUTarget(*TARGET), options=record["options"])
 
 
 def main(path: str) -> int:
