@@ -128,9 +128,9 @@ def compile_all(out: Path) -> list[dict]:
     rows = []
     for launch in json.loads((out / "launches.json").read_text()):
         cubin = compile_launch(launch).asm["cubin"]
-        sass = cuobjdump(cubin, "-sass")
+        sass = cuobjdump(cubin, "-sass", "-res-usage")
         (out / file_name(launch)).write_text(sass)
-        usage = re.search(r"REG:(\d+).*?STACK:(\d+)", cuobjdump(cubin, "-res-usage"))
+        usage = re.search(r"REG:(\d+).*?STACK:(\d+)", sass)
         if usage is None:
             raise RuntimeError(f"cuobjdump gave no resource usage for {launch['name']}")
         loop = main_loop(instructions(sass))
