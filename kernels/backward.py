@@ -48,10 +48,12 @@ import triton.language as tl
 
 from .common import (
     LOG2E,
+    add_pairs,
     boundary_row,
     enter_factor,
     fast_exp2,
     flow_num_warps,
+    label_square,
     leave_factor,
     load_row,
     pad,
@@ -177,8 +179,7 @@ def outside_flow_kernel(
     duration_1 = tl.load(durations + labels)
     # d >= 2 (second table): at end e, slot i pairs with row (e - 1) mod KP + KP - i.
     longer_window = durations + 3 * KP * CP - slots[:, None] * CP + labels[None, :]
-    transition = tl.load(transition_ptr + labels[:, None] * C + labels[None, :],
-                         mask=valid[:, None] & valid[None, :], other=float("-inf"))
+    transition = label_square(transition_ptr, C, slots, labels, valid, float("-inf"), KP, CP)
 
     clear_past_length(alpha_ptr, v_ptr, marginals_out, length, T, C, slots, labels, valid, KP)
 
@@ -247,8 +248,8 @@ def outside_flow_kernel(
         stabilizer = (log_sum + (scale_e - base).to(tl.float32)) * LOG2E + dither
         w = fast_exp2((inside + tl.load(longer_window + ((e - 1) & (KP - 1)) * CP)) * LOG2E - stabilizer[None, :])
         w_1 = fast_exp2((newest + (scale_newest - base).to(tl.float32) + duration_1) * LOG2E - stabilizer)
-        total = tl.sum(w, axis=0) + w_1
-        arrived = tl.sum(tl.where(slots[:, None] == ((e - 1) & (KP - 1)), mass, 0.0), axis=0)
+        total, arrived = tl.reduce((w, tl.where(slots[:, None] == ((e - 1) & (KP - 1)), mass, 0.0)), 0, add_pairs)
+        total += w_1
         transition_log_sum = tl.where(transition_log_sum == float("-inf"), 0.0, transition_log_sum)
         w_t = fast_exp2((alpha[:, None] + transition) * LOG2E - (transition_log_sum * LOG2E + dither)[None, :])
         total_t = tl.sum(w_t, axis=0)

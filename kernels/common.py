@@ -38,6 +38,28 @@ def fast_exp2(x):
 
 
 @triton.jit
+def add_pairs(a, b, x, y):
+    """Two sums in one `tl.reduce` (one exchange between warps for both)."""
+    return a + x, b + y
+
+
+@triton.jit
+def label_square(ptr, C, slots, labels, valid, other, KP: tl.constexpr, CP: tl.constexpr):
+    """The `(C, C)` float32 table at `ptr` as a `(CP, CP)` tile (`other`
+    past `C`). With more ring slots than labels it is loaded as a `(KP, CP)`
+    tile of `KP / CP` copies and reduced over the copies, so that it takes
+    the ring tiles' layout: a `C x C` step's reductions over either axis
+    then stay inside one warp (a `(CP, CP)` load gets a layout that spreads
+    its rows over warps)."""
+    if KP > CP:
+        rows = slots[:, None] % CP
+        copies = tl.load(ptr + rows * C + labels[None, :], mask=(rows < C) & valid[None, :], other=other)
+        return tl.max(tl.reshape(copies, (KP // CP, CP, CP)), axis=0)
+    else:
+        return tl.load(ptr + labels[:, None] * C + labels[None, :], mask=valid[:, None] & valid[None, :], other=other)
+
+
+@triton.jit
 def fast_log2(x):
     """`log2(x)`, one MUFU.LG2 instruction."""
     if HARDWARE_MATH:
