@@ -44,6 +44,12 @@ def add_pairs(a, b, x, y):
 
 
 @triton.jit
+def add_quads(a, b, c, d, x, y, z, w):
+    """Four sums in one `tl.reduce`."""
+    return a + x, b + y, c + z, d + w
+
+
+@triton.jit
 def label_square(ptr, C, slots, labels, valid, other, KP: tl.constexpr, CP: tl.constexpr):
     """The `(C, C)` float32 table at `ptr` as a `(CP, CP)` tile (`other`
     past `C`). With more ring slots than labels it is loaded as a `(KP, CP)`

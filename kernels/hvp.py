@@ -54,10 +54,12 @@ from . import backward
 from .backward import clear_past_length, count_durations, starts_window, zero_duration_counts
 from .common import (
     LOG2E,
+    add_quads,
     boundary_row,
     duration_ring,
     enter_factor,
     flow_num_warps,
+    label_square,
     pad,
     position_inputs,
     position_rows,
@@ -390,8 +392,8 @@ def tangent_flow_kernel(
     t_duration_1 = tl.load(t_durations + labels)
     # d >= 2 (second table): at end e, slot i pairs with row (e - 1) mod KP + KP - i.
     longer = 3 * KP * CP - slots[:, None] * CP + labels[None, :]
-    transition = tl.load(transition_ptr + labels[:, None] * C + labels[None, :], mask=pair, other=float("-inf"))
-    t_transition = tl.load(t_transition_ptr + labels[:, None] * C + labels[None, :], mask=pair, other=0.0)
+    transition = label_square(transition_ptr, C, slots, labels, valid, float("-inf"), KP, CP)
+    t_transition = label_square(t_transition_ptr, C, slots, labels, valid, 0.0, KP, CP)
     clear_past_length(t_alpha_ptr, t_v_ptr, d_marginals_ptr, length, T, C, slots, labels, valid, KP)
 
     # Rings over the starts L-K+1 .. L-1 (slot s mod KP): v and its tangent,
@@ -453,9 +455,15 @@ def tangent_flow_kernel(
         m = tl.where(m == float("-inf"), 0.0, m)
         w = tl.exp2((x - m[None, :]) * LOG2E)
         w_1 = tl.exp2((x_1 - m) * LOG2E)
-        total = tl.sum(w, axis=0) + w_1
+        # one exchange between warps for four sums over the ring: the weights, their tangent-weighted
+        # sum, and the mass and its tangent arriving at the newest start
+        at_newest = slots[:, None] == ((e - 1) & (KP - 1))
+        total, weighted, arrived, d_arrived = tl.reduce(
+            (w, tl.where(w == 0, 0.0, w * t_x), tl.where(at_newest, mass, 0.0), tl.where(at_newest, d_mass, 0.0)),
+            0, add_quads)
+        total += w_1
         inverse = tl.where(total == 0, 0.0, 1.0 / tl.where(total == 0, 1.0, total))
-        mean = (tl.sum(tl.where(w == 0, 0.0, w * t_x), axis=0) + tl.where(w_1 == 0, 0.0, w_1 * t_x_1)) * inverse
+        mean = (weighted + tl.where(w_1 == 0, 0.0, w_1 * t_x_1)) * inverse
         # the label before a segment that starts at e (e < L), then the end mass at e. (Selected, not
         # branched: Triton 3.6 gave an `if`'s two end masses, reduced along different axes, one layout.)
         later = e < length
@@ -472,13 +480,12 @@ def tangent_flow_kernel(
         tl.store(t_alpha_ptr + e * C + labels, d_end_mass, mask=valid)  # the tangent of segment_end[e-1]
         tl.store(d_marginals_ptr + (e - 1) * C + labels, d_marginal.to(tl.float32), mask=valid)
         # the end mass at e flows to the starts e-1 .. e-K
-        at_newest = slots[:, None] == ((e - 1) & (KP - 1))
         coef = end_mass * inverse
         d_segments = tl.where(w == 0, 0.0,
                               w * inverse[None, :] * (d_end_mass[None, :] + end_mass[None, :] * (t_x - mean[None, :])))
         d_segment_1 = tl.where(w_1 == 0, 0.0, w_1 * inverse * (d_end_mass + end_mass * (t_x_1 - mean)))
-        start_mass = tl.sum(tl.where(at_newest, mass, 0.0), axis=0) + w_1 * coef
-        d_start_mass = tl.sum(tl.where(at_newest, d_mass, 0.0), axis=0) + d_segment_1
+        start_mass = arrived + w_1 * coef
+        d_start_mass = d_arrived + d_segment_1
         tl.store(t_v_ptr + e * C + labels, d_start_mass, mask=valid)  # the tangent of segment_start[e-1]
         mass += w * coef[None, :]
         d_mass += d_segments
