@@ -38,6 +38,31 @@ def fast_exp2(x):
 
 
 @triton.jit
+def store_where_held(ptr, value, mask):
+    """`tl.store(ptr, value, mask=mask)` of 32- or 16-bit values by the
+    threads that hold them. Triton gives a store the layout that coalesces
+    its addresses and first moves the values there, through shared memory
+    and barriers; this one leaves them in place: each thread stores its own
+    elements (an element held by several threads is stored by each, with the
+    same value). For small scattered stores inside a sweep's step, where the
+    move costs more than the stores."""
+    if HARDWARE_MATH:
+        address = ptr.to(tl.int64, bitcast=True)
+        if value.dtype.primitive_bitwidth == 16:
+            tl.inline_asm_elementwise(
+                "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.b16 [$1], $2; mov.b32 $0, 0; }",
+                "=r,l,h,r", [address, value.to(tl.int16, bitcast=True), mask.to(tl.int32)], dtype=tl.int32,
+                is_pure=False, pack=1)
+        else:
+            tl.inline_asm_elementwise(
+                "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.b32 [$1], $2; mov.b32 $0, 0; }",
+                "=r,l,r,r", [address, value.to(tl.int32, bitcast=True), mask.to(tl.int32)], dtype=tl.int32,
+                is_pure=False, pack=1)
+    else:
+        tl.store(ptr, value, mask=mask)
+
+
+@triton.jit
 def add_pairs(a, b, x, y):
     """Two sums in one `tl.reduce` (one exchange between warps for both)."""
     return a + x, b + y

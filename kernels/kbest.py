@@ -30,11 +30,24 @@ The tiles are laid out so that the pops' reductions never leave a warp
 few lists of each, a thread the rest of the lists in registers. A pop is
 then a few register maxima and shuffles, with no barrier; one barrier a
 position remains, where alpha (by label) is exchanged into alpha by
-previous label for the transition stage. On an H200 at (4, 1000, 32, 24),
-k = 5, the sweep and the traceback take 3.7 ms where pops over whole `(K,
+previous label for the transition stage (and the duration tile's move
+from the layout it is loaded in, two more). On an H200 at (4, 1000, 32, 24),
+k = 5, the sweep and the traceback took 3.7 ms where pops over whole `(K,
 C, pad(k))` tiles, reduced across 16 warps, took 31 (`benchmarks/gpu_kbest.py`;
 with each head packed into one 64-bit integer, value then key, and one
 reduction a pop, 4.1 ms: the two 32-bit reductions take fewer instructions).
+
+Everything else a step moves between threads is kept off shared memory:
+the exchange and the back-pointers are stored by the threads that hold
+them (:func:`~.common.store_where_held`; a plain store first moved each
+rank's values to a coalescing layout, a barrier and a shared-memory round
+trip apiece), the running normalization is taken from the exchanged copy
+each warp reads back, and the rows a step loads are loaded as vectors of
+the labels alone (fewer elements than threads, so the compiler issues them
+in the layout they are used in). Barriers a step, sm_90: 20 -> 3 at (64,
+8), 42 -> 3 at (16, 16); on an H200, `topk(5)` 216 -> 198 ms at (1, 10^5,
+64, 8), 4.1-4.5 -> 3.1-3.2 ms at (4, 1000, 32, 24), 58 -> 45 ms at (4,
+10^4, 100, 24), with the same outputs, bit for bit.
 
 The keys are the back-pointers, stored per position, label and rank:
 `(B, T+1, C, k)` small integers for the duration stage and as many for the
@@ -61,6 +74,7 @@ from .common import (
     sizes,
     small,
     step_factors,
+    store_where_held,
 )
 from .forward import backpointer_dtype
 
@@ -168,19 +182,22 @@ def kbest_sweep_kernel(
     length = tl.load(lengths_ptr + b).to(tl.int32)
     b64 = b.to(tl.int64)
     copy = tl.arange(0, S)[None, None, :, None] + tl.zeros((1, G, S, L), tl.int32)
-    labels = tl.arange(0, G)[None, :, None, None] * L + tl.arange(0, L)[None, None, None, :] + copy * 0
+    # a row's labels once (the rows a step loads: a load of fewer elements than threads is issued in the
+    # layout its values are used in, not loaded coalesced and moved there through shared memory)
+    row_labels = tl.arange(0, G)[None, :, None, None] * L + tl.arange(0, L)[None, None, None, :]
+    labels = row_labels + copy * 0
     slots = tl.arange(0, KP // S)[:, None, None, None] * S + copy
     sources = tl.arange(0, CP // S)[:, None, None, None] * S + copy
     valid = labels < C
     stores = valid & (copy == 0)
     scores_ptr, start_scores_ptr, end_scores_ptr, mean = sequence_inputs(
         scores_ptr, start_scores_ptr, end_scores_ptr, mean_ptr, b64, C, scores_stride, start_stride, end_stride,
-        labels)
+        row_labels)
     pointer_rows = b64 * (T + 1) * C * KBEST + labels * KBEST
     exchange_ptr += b64 * 2 * KBEST * CP
     window = duration_ring_ptr + b64 * 4 * KP * CP + KP * CP - slots * CP + labels
     transition = tl.load(transition_ptr + sources * C + labels, mask=(sources < C) & valid, other=float("-inf"))
-    start = tl.load(start_ptr + labels, mask=valid, other=float("-inf"))
+    start = tl.load(start_ptr + row_labels, mask=row_labels < C, other=float("-inf"))
     cum = tl.zeros(labels.shape, tl.float64)
     v0 = start + enter_factor(cum, boundary_row(start_scores_ptr, 0, labels, C, T, START_SCORES))
     ring = (tl.where(slots == 0, v0, float("-inf")),)
@@ -188,42 +205,44 @@ def kbest_sweep_kernel(
     for _ in tl.static_range(1, KBEST):
         ring = ring + (tl.full(ring[0].shape, float("-inf"), tl.float32),)
         alpha = alpha + (tl.full(labels.shape, float("-inf"), tl.float32),)
-    scale = tl.full([], 0.0, tl.float64)
+    scale = tl.zeros(labels.shape, tl.float64)  # the same in every entry
     next_duration = tl.load(window)
     next_scores, next_end_score, next_start_score = position_rows(
-        scores_ptr, start_scores_ptr, end_scores_ptr, 0, labels, C, T, START_SCORES, END_SCORES)
+        scores_ptr, start_scores_ptr, end_scores_ptr, 0, row_labels, C, T, START_SCORES, END_SCORES)
     for e in range(1, length + 1):
         duration, scores, end_score, start_score = next_duration, next_scores, next_end_score, next_start_score
         next_duration = tl.load(window + (e & (KP - 1)) * CP)
         next_scores, next_end_score, next_start_score = position_rows(
-            scores_ptr, start_scores_ptr, end_scores_ptr, e, labels, C, T, START_SCORES, END_SCORES)
+            scores_ptr, start_scores_ptr, end_scores_ptr, e, row_labels, C, T, START_SCORES, END_SCORES)
         cum, leave, enter = step_factors(cum, scores, end_score, start_score, mean)  # cum[e], leave[e-1], enter[e]
 
         alpha, alpha_from = top_k_of_sorted_lists(ring, duration, (e - 1 - slots) & (KP - 1), KK, KP * KK, KBEST,
                                                   0, 2)
-        r = tl.max(tl.max(tl.max(tl.max(alpha[0] + leave, axis=3), axis=2), axis=1), axis=0)
-        r = tl.where(r == float("-inf"), 0.0, r)
         exchange = exchange_ptr + (e & 1) * KBEST * CP
         for j in tl.static_range(KBEST):
-            tl.store(exchange + j * CP + labels, alpha[j] + leave, mask=copy == 0)
+            store_where_held(exchange + j * CP + labels, alpha[j] + leave, copy == 0)
         tl.debug_barrier()
-        by_source = ()
-        for j in tl.static_range(KBEST):
+        best_by_source = tl.load(exchange + sources)
+        by_source = (best_by_source,)
+        for j in tl.static_range(1, KBEST):
             by_source = by_source + (tl.load(exchange + j * CP + sources),)
+        # the best alpha over all labels, from the copy every warp now holds (no exchange between warps)
+        r = reduce_max(best_by_source, 0, 2)
+        r = tl.where(r == float("-inf"), 0.0, r)
         u, u_from = top_k_of_sorted_lists(by_source, transition, sources, KK, CP * KK, KBEST, 0, 2)
         row = pointer_rows + e * C * KBEST
         new_ring = ()
         new_alpha = ()
         for j in tl.static_range(KBEST):
-            tl.store(duration_from_ptr + row + j, alpha_from[j].to(duration_from_ptr.dtype.element_ty), mask=stores)
-            tl.store(source_from_ptr + row + j, u_from[j].to(source_from_ptr.dtype.element_ty), mask=stores)
+            store_where_held(duration_from_ptr + row + j, alpha_from[j].to(duration_from_ptr.dtype.element_ty), stores)
+            store_where_held(source_from_ptr + row + j, u_from[j].to(source_from_ptr.dtype.element_ty), stores)
             new_alpha = new_alpha + (alpha[j] + leave - r,)
             new_ring = new_ring + (tl.where(slots == (e & (KP - 1)), u[j] - r + enter, ring[j] - r),)
         alpha = new_alpha
         ring = new_ring
         scale += r.to(tl.float64)
 
-    end = tl.load(end_ptr + labels, mask=valid, other=float("-inf"))
+    end = tl.load(end_ptr + row_labels, mask=row_labels < C, other=float("-inf"))
     closing = ()
     for j in tl.static_range(KBEST):
         closing = closing + (alpha[j] + end,)
