@@ -288,17 +288,21 @@ def kbest_traceback_kernel(duration_from_ptr, source_from_ptr, scores_ptr, final
 def kbest_num_warps(KP: int, CP: int, k: int) -> int:
     """Warps (label groups, :func:`sweep_tiling`) for the sweep: the most,
     up to 16, that still fill each warp's 32 lanes with distinct (list,
-    label) pairs; more warps leave each thread fewer lists, and a pop's
-    latency shrinks with them. On an H200, `benchmarks/gpu_kbest.py`, k = 5:
-    at (4, 1000, 32, 24) 3.70 ms at 16 warps, 3.74 at 8, 4.42 at 4; at
-    (1, 10^5, 64, 8) 216 ms at 2, 254 at 1, 338 at 4; at (4, 10^4, 100, 24)
-    67 ms at 16, 72 at 8 (an earlier version of the pops; lanes past the
-    labels, `S > CP`, were tried at (64, 8) and lost: 261 ms at 8 warps,
-    275 at 4). `k` does not change the
-    choice (at k = 16 and (32, 32) a thread still holds its 2 x 16 ring
-    entries in registers)."""
+    label) pairs and leave each thread at least two lists; more warps leave
+    each thread fewer lists, and a pop's latency shrinks with them, down to
+    one list a thread, where the warps' own overhead wins. On an H200, the
+    sweep and traceback with k = 5 (the kernels with 3 barriers a step): at
+    (16, 2000, 16, 12) 3.54-3.70 ms at 2 warps, 3.59-3.64 at 4, 4.06-4.28
+    at 8 (one list a thread), 4.67-4.85 at 16; at (4, 1000, 32, 24)
+    2.79-2.94 at 8, 2.85-3.01 at 16, 3.5 at 4; at (1, 10^5, 64, 8) 197 at
+    2, 228 at 1, 296 at 4; at (4, 10^4, 100, 24) 44.6 at 16, 52 at 8.
+    (Earlier, lanes past the labels, `S > CP`, were tried at (64, 8) and
+    lost: 261 ms at 8 warps, 275 at 4.) `k` does not change the choice (at
+    k = 16 and (32, 32) a thread still holds its 2 x 16 ring entries in
+    registers)."""
     warps = 1
-    while warps < 16 and 32 * (2 * warps) <= CP * min(KP, CP):
+    while (warps < 16 and 32 * (2 * warps) <= CP * min(KP, CP)
+           and KP // sweep_tiling(KP, CP, 2 * warps)[1] >= 2):
         warps *= 2
     return warps
 
