@@ -177,6 +177,14 @@ def test_odd_sizes_all_kernels(K, C):
     check_viterbi(p64)
 
 
+@pytest.mark.parametrize("K, C", [(7, 2), (4, 4), (2, 5)], ids=["more-slots", "as-many", "fewer-slots"])
+def test_outside_flow_with_more_ring_slots_than_labels_or_fewer(K, C):
+    # More slots than labels: the flow loads the transition as KP / CP copies
+    # in the ring's layout (kernels.common.label_square); else as one tile.
+    p64 = random_problem(2, 9, K, C, torch.tensor([9, K]), extras=True, seed=10 * K + C)
+    check_posterior(p64)
+
+
 def test_many_sequences_mixed_lengths():
     B = 40
     lengths = torch.randint(1, 6, (B,), generator=torch.Generator().manual_seed(3))

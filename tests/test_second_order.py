@@ -101,6 +101,30 @@ def test_triton_hvp_equals_double_autograd(p, seed):
         torch.testing.assert_close(a.double(), b, **FLOAT32, msg=name)
 
 
+@pytest.mark.parametrize("K, C", [(7, 2), (4, 4), (2, 5)], ids=["more-slots", "as-many", "fewer-slots"])
+def test_triton_hvp_with_more_ring_slots_than_labels_or_fewer(K, C):
+    """The flows load the transition as `KP / CP` copies in the ring's
+    layout when the ring has more slots than labels (K = 7, C = 2: four
+    copies), as one tile otherwise (kernels.common.label_square): the HVP
+    (the tangent flow) against double autograd through the float64 scan,
+    through the interpreter, lengths under and at K (the outside flow's
+    case: tests/test_kernels.py)."""
+    g = torch.Generator().manual_seed(10 * K + C)
+    B, T = 2, 9
+    p = SemiMarkovPotentials(*(torch.randn(*shape, generator=g, dtype=torch.float64)
+                               for shape in ((B, T, C), (C, C), (K, C))),
+                             torch.tensor([T, K]), start=torch.randn(C, generator=g, dtype=torch.float64),
+                             end=torch.randn(C, generator=g, dtype=torch.float64))
+    v = random_direction(p, K + C)
+    weights = torch.tensor([0.7, -1.3], dtype=torch.float64)
+    want_value, want = reference_hvp(p, v, weights)
+    got_value, got = rung_hvp(cast(p, torch.float32), {n: t.float() for n, t in v.items()}, weights.float(),
+                              "triton")
+    torch.testing.assert_close(got_value.double(), want_value, **FLOAT32)
+    for name, a, b in zip(p.tensors(), got, want):
+        torch.testing.assert_close(a.double(), b, **FLOAT32, msg=name)
+
+
 @settings(deadline=None, max_examples=6)
 @given(p=tiny_problems(max_B=2, max_T=6, max_K=3, max_C=3, extras=True, duration_dependent=False),
        offset=st.floats(-40, 40), center=st.booleans(), seed=st.integers(0, 2**16))
