@@ -1,6 +1,7 @@
 """The Triton kernels' machine code without a GPU: for every kernel the public
 API launches at one (K, C), its registers and stack, the instructions of its
-main loop and how soon the loop uses what each of its loads brings.
+main loop, the barriers in it and how soon the loop uses what each of its
+loads brings.
 
     python benchmarks/kernel_sass.py --shape 64x8 --out DIR     # record, compile for sm_90, print the table
     python benchmarks/kernel_sass.py --compare DIR_A DIR_B      # the same machine code in two runs?
@@ -15,8 +16,11 @@ lands in DIR as `<kernel>-<constexprs>-w<warps>.sass`.
 
 Why: the sweeps are bound by one dependent chain a position, and what they
 wait for is often a load (an L2 round trip) that the compiler placed just
-before its use. Which placement is faster is measured on the GPU; this
-tells, before a device call, where the loads went and whether two versions
+before its use, or a barrier: with several warps a program, a reduction
+across warps, or a value Triton moves to another layout (a store's
+coalescing layout, say), goes through shared memory between `BAR.SYNC`s
+that every warp waits at. Which code is faster is measured on the GPU; this
+tells, before a device call, where the loads and barriers went and whether two versions
 compile to the same machine code (`--compare`: instructions equal up to
 register names and addresses). To read what the lent GPU runs, compile with
 its Triton: `pip install --target /tmp/t36 triton==3.6.0`, then `--triton
@@ -107,6 +111,11 @@ def load_distances(loop: list[str]) -> list[int]:
     return out
 
 
+def barriers(loop: list[str]) -> int:
+    """The `BAR` instructions (`BAR.SYNC` and kin, predicated or not) of `loop`."""
+    return sum(bool(re.match(r"(@!?U?P\w+\s+)?BAR\.", text)) for text in loop)
+
+
 def cuobjdump(cubin: bytes, *flags: str) -> str:
     import triton
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
@@ -137,7 +146,8 @@ def compile_all(out: Path) -> list[dict]:
         distances = load_distances(loop)
         rows.append({"file": file_name(launch), "kernel": launch["name"], "constexprs": launch["constexprs"],
                      "warps": launch["options"].get("num_warps", 4), "registers": int(usage.group(1)),
-                     "stack": int(usage.group(2)), "loop": len(loop), "loads": len(distances),
+                     "stack": int(usage.group(2)), "loop": len(loop), "barriers": barriers(loop),
+                     "loads": len(distances),
                      "near": sum(d <= NEAR for d in distances), "distances": distances})
     (out / "kernels.json").write_text(json.dumps(rows, indent=1))
     return rows
@@ -185,11 +195,11 @@ def main(argv=None) -> int:
     if args.step == "compile":
         rows = compile_all(args.out)
         print(f"{'kernel':28s} {'constexprs':44s} {'warps':>5s} {'regs':>4s} {'stack':>5s} {'loop':>5s} "
-              f"{'loads':>5s} {'used within ' + str(NEAR):>16s}")
+              f"{'BAR':>4s} {'loads':>5s} {'used within ' + str(NEAR):>16s}")
         for r in rows:
             constexprs = " ".join(f"{k}={v}" for k, v in r["constexprs"].items())
             print(f"{r['kernel']:28s} {constexprs[:44]:44s} {r['warps']:5d} {r['registers']:4d} {r['stack']:5d} "
-                  f"{r['loop']:5d} {r['loads']:5d} {r['near']:16d}")
+                  f"{r['loop']:5d} {r['barriers']:4d} {r['loads']:5d} {r['near']:16d}")
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     this = [sys.executable, __file__, "--shape", args.shape, "--k", str(args.k), "--out", str(args.out),

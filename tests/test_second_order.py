@@ -91,8 +91,13 @@ def test_hvp_equals_double_autograd_through_the_generic_scan(p, backend, seed):
 @given(p=tiny_problems(max_B=2, max_T=6, max_K=3, max_C=3, duration_dependent=False), seed=st.integers(0, 2**16))
 def test_triton_hvp_equals_double_autograd(p, seed):
     """The kernels (float32, through the interpreter) against the float64 scan."""
-    v = random_direction(p, seed)
     weights = torch.randn(p.batch_size, generator=torch.Generator().manual_seed(seed + 1), dtype=p.dtype)
+    check_triton_hvp(p, random_direction(p, seed), weights)
+
+
+def check_triton_hvp(p: SemiMarkovPotentials, v: dict, weights: torch.Tensor) -> None:
+    """The Triton rung's HVP in float32 against double autograd through the
+    float64 scan (`p`, `v`, `weights` float64)."""
     want_value, want = reference_hvp(p, v, weights)
     got_value, got = rung_hvp(cast(p, torch.float32), {n: t.float() for n, t in v.items()}, weights.float(),
                               "triton")
@@ -115,14 +120,7 @@ def test_triton_hvp_with_more_ring_slots_than_labels_or_fewer(K, C):
                                for shape in ((B, T, C), (C, C), (K, C))),
                              torch.tensor([T, K]), start=torch.randn(C, generator=g, dtype=torch.float64),
                              end=torch.randn(C, generator=g, dtype=torch.float64))
-    v = random_direction(p, K + C)
-    weights = torch.tensor([0.7, -1.3], dtype=torch.float64)
-    want_value, want = reference_hvp(p, v, weights)
-    got_value, got = rung_hvp(cast(p, torch.float32), {n: t.float() for n, t in v.items()}, weights.float(),
-                              "triton")
-    torch.testing.assert_close(got_value.double(), want_value, **FLOAT32)
-    for name, a, b in zip(p.tensors(), got, want):
-        torch.testing.assert_close(a.double(), b, **FLOAT32, msg=name)
+    check_triton_hvp(p, random_direction(p, K + C), torch.tensor([0.7, -1.3], dtype=torch.float64))
 
 
 @settings(deadline=None, max_examples=6)
