@@ -46,7 +46,7 @@ each warp reads back, and the rows a step loads are loaded as vectors of
 the labels alone (fewer elements than threads, so the compiler issues them
 in the layout they are used in). Barriers a step, sm_90: 20 -> 3 at (64,
 8), 42 -> 3 at (16, 16); on an H200, `topk(5)` 216 -> 198 ms at (1, 10^5,
-64, 8), 4.1-4.5 -> 3.1-3.2 ms at (4, 1000, 32, 24), 58 -> 45 ms at (4,
+64, 8), 4.1-4.5 -> 3.1-3.5 ms at (4, 1000, 32, 24), 58 -> 45 ms at (4,
 10^4, 100, 24), with the same outputs, bit for bit.
 
 The keys are the back-pointers, stored per position, label and rank:
