@@ -113,7 +113,7 @@ def test_triton_hvp_with_more_ring_slots_than_labels_or_fewer(K, C):
     copies), as one tile otherwise (kernels.common.label_square): the HVP
     (the tangent flow) against double autograd through the float64 scan,
     through the interpreter, lengths under and at K (the outside flow's
-    case: tests/test_kernels.py)."""
+    case: test_odd_sizes_all_kernels in tests/test_kernels.py, K = 5, C = 3)."""
     g = torch.Generator().manual_seed(10 * K + C)
     B, T = 2, 9
     p = SemiMarkovPotentials(*(torch.randn(*shape, generator=g, dtype=torch.float64)
