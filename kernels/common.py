@@ -39,19 +39,25 @@ def fast_exp2(x):
 
 @triton.jit
 def store_where_held(ptr, value, mask):
-    """`tl.store(ptr, value, mask=mask)` of 32- or 16-bit values by the
-    threads that hold them. Triton gives a store the layout that coalesces
-    its addresses and first moves the values there, through shared memory
-    and barriers; this one leaves them in place: each thread stores its own
-    elements (an element held by several threads is stored by each, with the
-    same value). For small scattered stores inside a sweep's step, where the
-    move costs more than the stores."""
+    """`tl.store(ptr, value, mask=mask)` of 16-, 32- or 64-bit values by
+    the threads that hold them. Triton gives a store the layout that
+    coalesces its addresses and first moves the values there, through
+    shared memory and barriers (and that layout can spread back into the
+    computation that makes them); this one leaves them in place: each thread
+    stores its own elements (an element held by several threads is stored
+    by each, with the same value). For small scattered stores of a sweep,
+    where the move costs more than the stores."""
     if HARDWARE_MATH:
         address = ptr.to(tl.int64, bitcast=True)
         if value.dtype.primitive_bitwidth == 16:
             tl.inline_asm_elementwise(
                 "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.b16 [$1], $2; mov.b32 $0, 0; }",
                 "=r,l,h,r", [address, value.to(tl.int16, bitcast=True), mask.to(tl.int32)], dtype=tl.int32,
+                is_pure=False, pack=1)
+        elif value.dtype.primitive_bitwidth == 64:
+            tl.inline_asm_elementwise(
+                "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.b64 [$1], $2; mov.b32 $0, 0; }",
+                "=r,l,l,r", [address, value.to(tl.int64, bitcast=True), mask.to(tl.int32)], dtype=tl.int32,
                 is_pure=False, pack=1)
         else:
             tl.inline_asm_elementwise(
@@ -60,6 +66,66 @@ def store_where_held(ptr, value, mask):
                 is_pure=False, pack=1)
     else:
         tl.store(ptr, value, mask=mask)
+
+
+@triton.jit
+def load_where_held(ptr, mask, other):
+    """`tl.load(ptr, mask=mask, other=other)` of float32 or float64 values
+    by the threads that use them. Triton gives a load the layout that
+    coalesces its addresses and moves the values to the layout of their use,
+    through shared memory and barriers (or lets the load's layout spread to
+    the computation that reads them); here each thread loads its own
+    elements (an element held by several threads is loaded by each). For
+    a sweep's small tiles, read from L1, where the move costs more than
+    uncoalesced loads."""
+    if HARDWARE_MATH:
+        address = ptr.to(tl.int64, bitcast=True)
+        if ptr.dtype.element_ty == tl.float64:
+            return tl.inline_asm_elementwise(
+                "{ .reg .pred p; setp.ne.b32 p, $2, 0; mov.b64 $0, $3; @p ld.global.b64 $0, [$1]; }", "=l,l,r,l",
+                [address, mask.to(tl.int32), (other + address * 0).to(tl.float64).to(tl.int64, bitcast=True)],
+                dtype=tl.int64, is_pure=True, pack=1).to(tl.float64, bitcast=True)
+        else:
+            return tl.inline_asm_elementwise(
+                "{ .reg .pred p; setp.ne.b32 p, $2, 0; mov.b32 $0, $3; @p ld.global.b32 $0, [$1]; }", "=r,l,r,r",
+                [address, mask.to(tl.int32), (other + address * 0).to(tl.float32).to(tl.int32, bitcast=True)],
+                dtype=tl.int32, is_pure=True, pack=1).to(tl.float32, bitcast=True)
+    else:
+        return tl.load(ptr, mask=mask, other=other)
+
+
+@triton.jit
+def by_previous_label(values, labels, sources, copy, exchange, CP: tl.constexpr, G: tl.constexpr,
+                      SHUFFLE: tl.constexpr):
+    """Label vectors of a sweep's 4-d tiles (:func:`sweep_tiling`), along the
+    lists' axes: `values` a tuple of `(1, G, S, L)` vectors (the same in
+    each `s`); returns the tuple of tiles whose entry `(x, g, s, l)` is the
+    value of label `x S + s`.
+
+    With `SHUFFLE`, one warp and at most 32 labels: one shuffle a register
+    (label `c` sits in lane `c`). Else through `exchange` (`len(values) *
+    CP` float32 of scratch, which a step still reading it must not share:
+    double buffer it) and one barrier: an L1 round trip, which is what
+    several warps need and, on an H200, was also faster for the one-warp
+    sweeps that store tables each step (the Log forward with tables at (1,
+    10^5, 64, 8): 42.6 ms against 45.2 with shuffles; without tables 38.4
+    against 55.9)."""
+    if HARDWARE_MATH and SHUFFLE and G == 1 and CP <= 32:
+        out = ()
+        for j in tl.static_range(len(values)):
+            out = out + (tl.inline_asm_elementwise(
+                "shfl.sync.idx.b32 $0, $1, $2, 0x1f, 0xffffffff;", "=r,r,r",
+                [tl.broadcast_to(values[j], sources.shape).to(tl.int32, bitcast=True), sources], dtype=tl.int32,
+                is_pure=True, pack=1).to(tl.float32, bitcast=True),)
+        return out
+    else:
+        for j in tl.static_range(len(values)):
+            store_where_held(exchange + j * CP + labels, values[j], copy == 0)
+        tl.debug_barrier()
+        out = ()
+        for j in tl.static_range(len(values)):
+            out = out + (load_where_held(exchange + j * CP + sources, sources < CP, 0.0),)
+        return out
 
 
 @triton.jit
@@ -123,18 +189,22 @@ def row_mask(labels, C, row, rows):
 
 
 @triton.jit
-def load_row(ptr, row, labels, C, rows):
-    """Row `row` of a `(rows, C)` float32 table as a `(CP,)` vector, 0
-    outside `[0, rows)` and past `C`."""
-    return tl.load(ptr + row * C + labels, mask=row_mask(labels, C, row, rows), other=0.0)
+def load_row(ptr, row, labels, C, rows, HELD: tl.constexpr = False):
+    """Row `row` of a `(rows, C)` float32 table as a `(CP,)` vector (or any
+    tile of `labels`), 0 outside `[0, rows)` and past `C`; `HELD`: by
+    :func:`load_where_held`."""
+    if HELD:
+        return load_where_held(ptr + row * C + labels, row_mask(labels, C, row, rows), 0.0)
+    else:
+        return tl.load(ptr + row * C + labels, mask=row_mask(labels, C, row, rows), other=0.0)
 
 
 @triton.jit
-def boundary_row(ptr, row, labels, C, rows, PRESENT: tl.constexpr):
+def boundary_row(ptr, row, labels, C, rows, PRESENT: tl.constexpr, HELD: tl.constexpr = False):
     """Row `row` of the optional `start_scores`/`end_scores` (zeros when the
     potentials have none)."""
     if PRESENT:
-        return load_row(ptr, row, labels, C, rows)
+        return load_row(ptr, row, labels, C, rows, HELD)
     else:
         return (labels * 0).to(tl.float32)
 
@@ -173,20 +243,25 @@ def leave_factor(cum, end_score):
 
 @triton.jit
 def sequence_inputs(scores_ptr, start_scores_ptr, end_scores_ptr, mean_ptr, b, C, scores_stride, start_stride,
-                    end_stride, labels):
+                    end_stride, labels, HELD: tl.constexpr = False):
     """Sequence `b`'s rows of the position inputs (:func:`position_inputs`)
-    and its mean, in float32 as `Factors.centred` subtracts it."""
-    mean = tl.load(mean_ptr + b * C + labels, mask=labels < C, other=0.0).to(tl.float32)
+    and its mean, in float32 as `Factors.centred` subtracts it (`HELD`: by
+    :func:`load_where_held`)."""
+    if HELD:
+        mean = load_where_held(mean_ptr + b * C + labels, labels < C, 0.0).to(tl.float32)
+    else:
+        mean = tl.load(mean_ptr + b * C + labels, mask=labels < C, other=0.0).to(tl.float32)
     return scores_ptr + b * scores_stride, start_scores_ptr + b * start_stride, end_scores_ptr + b * end_stride, mean
 
 
 @triton.jit
 def position_rows(scores_ptr, start_scores_ptr, end_scores_ptr, e, labels, C, T,
-                  START_SCORES: tl.constexpr, END_SCORES: tl.constexpr):
+                  START_SCORES: tl.constexpr, END_SCORES: tl.constexpr, HELD: tl.constexpr = False):
     """What the left-to-right step after position `e` reads (loaded one
     position ahead): `scores[e]`, `end_scores[e]`, `start_scores[e + 1]`."""
-    return (load_row(scores_ptr, e, labels, C, T), boundary_row(end_scores_ptr, e, labels, C, T, END_SCORES),
-            boundary_row(start_scores_ptr, e + 1, labels, C, T, START_SCORES))
+    return (load_row(scores_ptr, e, labels, C, T, HELD),
+            boundary_row(end_scores_ptr, e, labels, C, T, END_SCORES, HELD),
+            boundary_row(start_scores_ptr, e + 1, labels, C, T, START_SCORES, HELD))
 
 
 @triton.jit
@@ -203,25 +278,39 @@ def pad(n: int) -> int:
 
 
 def sweep_num_warps(kp: int, cp: int) -> int:
-    """Warps for the forward sweep whose ring tile is `(KP, CP)`: one warp
-    keeps every per-step reduction in registers and shuffles (measured
-    fastest on an H100 up to 2048 elements, and on an H200 at (32, 32));
-    with 16 labels and at most 16 durations, four, whose warps hide each
-    other's latency where one thread holds too few values to (an H200 at
-    (16, 16), `benchmarks/gpu_warps.py`: 1.38 ms against 1.65 at one warp
-    at T = 2000, B = 16; the Max sweep 1.36 against 1.41); larger tiles
-    spread their exponentials over more warps; from `CP = 64` on, enough
-    warps to hold the `C x C` tiles (:func:`register_warps`)."""
+    """Warps (label groups of :func:`sweep_tiling`) for the forward sweep
+    whose ring tile is `(KP, CP)`. Measured on an H200 (the 4-d tiles,
+    `benchmarks/gpu_warps.py`): one warp up to 16 labels and 2048 elements,
+    whose sweep then exchanges nothing through memory (at (16, 16), T =
+    2000, B = 16: the forward 0.65 ms against 0.68 at two warps and 0.79 at
+    four, with tables 0.80 against 0.86 at four, the Max sweep 0.54 against
+    0.62; at (64, 8), T = 10^5: 38.4 ms against 40.9 at two); four with 32
+    labels, whose `C x C` tile would hold 32 values a thread on one warp (at
+    (32, 32), T = 1000, B = 4: 0.55 ms against 0.82 at one and 0.64 at two
+    or eight; the Max sweep 0.44 against 0.77); larger tiles spread their
+    exponentials over more warps; from `CP = 64` on, enough warps to hold
+    the `C x C` tiles (:func:`register_warps`)."""
     size = kp * cp
-    if cp == 16 and kp <= 16:
-        warps = 4
-    elif size <= 2048:
-        warps = 1
+    if size <= 2048:
+        warps = 1 if cp <= 16 else 4
     elif size <= 4096:
         warps = 4
     else:
         warps = 8
     return max(warps, register_warps(2 * cp * cp + 3 * kp * cp, cp))
+
+
+def sweep_tiling(KP: int, CP: int, num_warps: int) -> tuple[int, int]:
+    """`(G, S)` of :func:`kbest_sweep_kernel`'s tiles `(lists / S, G, S,
+    labels / G)` for `num_warps`: `G` label groups (one per warp, at most
+    `CP`), `S` lists across a warp's threads beside its `CP / G` labels
+    (the rest of the lists in each thread's registers). Triton spreads a
+    tile's fastest axes over a warp's lanes and the next over warps, so a
+    top-k's reduction over the lists stays inside one warp (shuffles, no
+    barrier)."""
+    G = max(1, min(num_warps, CP))
+    S = max(1, min(32 // max(1, CP // G), KP, CP))
+    return G, S
 
 
 def flow_num_warps(kp: int, cp: int) -> int:

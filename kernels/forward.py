@@ -22,6 +22,29 @@ so that nothing of size `T` is prepared before it runs.
 leaves the dependency chain, made this sweep 1.5-2.4x slower in Triton, not
 faster; see docs/performance.md.)
 
+The tiles are the k-best sweep's (:func:`~.common.sweep_tiling`): 4-d,
+`(KP / S, G, S, CP / G)`, each of the `G` warps a group of labels, its lanes
+`S` ring slots (or previous labels) of each, a thread the rest in
+registers. Both sums of a step, over the slots and over the previous
+labels, then stay inside a warp (registers and shuffles), and a label's
+vectors are `(1, G, S, CP / G)`, the same in each `s`. The one exchange
+between threads a step, alpha by label into alpha by previous label, is a
+shuffle (one warp, no tables stored) or a store, a barrier and a load
+through a small scratch buffer (:func:`~.common.by_previous_label`). Every
+load and store goes through :func:`~.common.load_where_held` /
+:func:`~.common.store_where_held`, so that Triton keeps this one layout
+throughout: a `tl.load`'s coalescing layout spreads into the step and
+brings moves through shared memory. Barriers a step (sm_90): 14 -> 1 at
+(16, 16) on four warps, 3 -> 0 or 1 at (64, 8) on one. On an H200
+(`benchmarks/gpu_warps.py`): at (16, 2000, 16, 12) the forward 1.40 ->
+0.65 ms, at (4, 1000, 32, 24) 0.85 -> 0.55 ms (now on four warps), at (1,
+10^5, 64, 8) 45.4 -> 38.4 ms (42.6 with tables, was 47.0), the Max sweep
+35.6 -> 28.8 ms; at (4, 1000, 32, 128) 4.0 -> 2.0 ms.
+
+The Max sweep's back-pointers are the smallest keys at the maximum (the
+smaller duration, the smaller previous label, and at the end the smaller
+last label): the documented tie-breaking rule, the k-best sweep's with k = 1.
+
 Running normalization: after each position the ring, alpha and u are shifted
 by `r[e] = max_c alpha[e, c]`, so everything stored stays O(1) at any T; the
 shifts add up in float64 to the scale `N[e] = sum_{i<=e} r[i]`.
@@ -40,17 +63,24 @@ import triton
 import triton.language as tl
 
 from .common import (
+    LN2,
+    LOG2E,
     boundary_row,
+    by_previous_label,
     enter_factor,
+    fast_exp2,
+    fast_log2,
+    load_where_held,
     pad,
     position_inputs,
     position_rows,
-    semiring_sum,
     sequence_inputs,
     sizes,
     small,
     step_factors,
+    store_where_held,
     sweep_num_warps,
+    sweep_tiling,
 )
 
 
@@ -58,10 +88,10 @@ from .common import (
 def forward_sweep_kernel(
         scores_ptr, start_scores_ptr, end_scores_ptr, mean_ptr,
         duration_ring_ptr, transition_ptr, start_ptr, end_ptr, lengths_ptr,
-        alpha_table_ptr, v_table_ptr, scale_ptr, cum_ptr, result_ptr, final_ptr,
+        alpha_table_ptr, v_table_ptr, scale_ptr, cum_ptr, result_ptr, final_ptr, exchange_ptr,
         T, C, scores_stride, start_stride, end_stride,
-        KP: tl.constexpr, CP: tl.constexpr, MAX: tl.constexpr, TABLES: tl.constexpr,
-        START_SCORES: tl.constexpr, END_SCORES: tl.constexpr):
+        KP: tl.constexpr, CP: tl.constexpr, G: tl.constexpr, S: tl.constexpr, MAX: tl.constexpr,
+        TABLES: tl.constexpr, START_SCORES: tl.constexpr, END_SCORES: tl.constexpr):
     """One sequence per program (`scores` and the optional boundary scores:
     rows of C, batch strides given; `mean (B, C)` float64).
 
@@ -72,74 +102,99 @@ def forward_sweep_kernel(
     integer backpointers; `result` the best score; `final (B,)` the best last
     label.
     """
+    L: tl.constexpr = CP // G
+    SHUFFLE: tl.constexpr = not (TABLES or MAX)
     b = tl.program_id(0)
     length = tl.load(lengths_ptr + b).to(tl.int32)
     b = b.to(tl.int64)
-    slots = tl.arange(0, KP)
-    labels = tl.arange(0, CP)
+    copy = tl.arange(0, S)[None, None, :, None] + tl.zeros((1, G, S, L), tl.int32)
+    labels = tl.arange(0, G)[None, :, None, None] * L + tl.arange(0, L)[None, None, None, :] + copy * 0
+    slots = tl.arange(0, KP // S)[:, None, None, None] * S + copy
+    sources = tl.arange(0, CP // S)[:, None, None, None] * S + copy
     valid = labels < C
+    stores = valid & (copy == 0)
     scores_ptr, start_scores_ptr, end_scores_ptr, mean = sequence_inputs(
         scores_ptr, start_scores_ptr, end_scores_ptr, mean_ptr, b, C, scores_stride, start_stride, end_stride,
-        labels)
+        labels, True)
     table = b * (T + 1) * C
+    exchange_ptr += b * 2 * CP
     # Slot i at position e pairs with row (e - 1) mod KP + KP - i of the first table.
-    window = duration_ring_ptr + b * 4 * KP * CP + KP * CP - slots[:, None] * CP + labels[None, :]
-    transition = tl.load(transition_ptr + labels[:, None] * C + labels[None, :],
-                         mask=valid[:, None] & valid[None, :], other=float("-inf"))
-    start = tl.load(start_ptr + labels, mask=valid, other=float("-inf"))
-    cum = tl.zeros((CP,), tl.float64)
-    v0 = start + enter_factor(cum, boundary_row(start_scores_ptr, 0, labels, C, T, START_SCORES))
+    window = duration_ring_ptr + b * 4 * KP * CP + KP * CP - slots * CP + labels
+    transition = load_where_held(transition_ptr + sources * C + labels, (sources < C) & valid, float("-inf"))
+    start = load_where_held(start_ptr + labels, valid, float("-inf"))
+    cum = tl.zeros(labels.shape, tl.float64)
+    v0 = start + enter_factor(cum, boundary_row(start_scores_ptr, 0, labels, C, T, START_SCORES, True))
+    scale = tl.zeros(labels.shape, tl.float64)  # the same in every entry
     if TABLES and not MAX:
-        tl.store(v_table_ptr + table + labels, v0, mask=valid)
-        tl.store(scale_ptr + b * (T + 1), 0.0)
-    ring = tl.where(slots[:, None] == 0, v0[None, :], float("-inf"))
-    alpha = tl.full((CP,), float("-inf"), tl.float32)
-    scale = tl.full([], 0.0, tl.float64)
-    next_duration = tl.load(window)
+        store_where_held(v_table_ptr + table + labels, v0, stores)
+        store_where_held(scale_ptr + b * (T + 1) + labels * 0, scale, (labels == 0) & (copy == 0))
+    ring = tl.where(slots == 0, v0, float("-inf"))
+    alpha = tl.full(labels.shape, float("-inf"), tl.float32)
+    next_duration = load_where_held(window, valid, 0.0)
     next_scores, next_end_score, next_start_score = position_rows(
-        scores_ptr, start_scores_ptr, end_scores_ptr, 0, labels, C, T, START_SCORES, END_SCORES)
+        scores_ptr, start_scores_ptr, end_scores_ptr, 0, labels, C, T, START_SCORES, END_SCORES, True)
     for e in range(1, length + 1):
         duration, scores, end_score, start_score = next_duration, next_scores, next_end_score, next_start_score
-        next_duration = tl.load(window + (e & (KP - 1)) * CP)
+        next_duration = load_where_held(window + (e & (KP - 1)) * CP, valid, 0.0)
         next_scores, next_end_score, next_start_score = position_rows(
-            scores_ptr, start_scores_ptr, end_scores_ptr, e, labels, C, T, START_SCORES, END_SCORES)
+            scores_ptr, start_scores_ptr, end_scores_ptr, e, labels, C, T, START_SCORES, END_SCORES, True)
         cum, leave, enter = step_factors(cum, scores, end_score, start_score, mean)  # cum[e], leave[e-1], enter[e]
 
         x = ring + duration
-        if MAX:
-            a, best_slot = tl.max(x, axis=0, return_indices=True)
-        else:
-            a = semiring_sum(x, 0, False)
+        a = tiled_sum(x, MAX)
         alpha = a + leave
-        r = tl.max(alpha, axis=0)
+        # alpha by previous label, along the lists' axes: the one exchange between threads a step (through
+        # `exchange`, double buffered by the position's parity, where it crosses warps)
+        by_source = by_previous_label((alpha,), labels, sources, copy, exchange_ptr + (e & 1) * CP, CP, G,
+                                      SHUFFLE)[0]
+        r = tl.max(tl.max(by_source, axis=0, keep_dims=True), axis=2, keep_dims=True)
         r = tl.where(r == float("-inf"), 0.0, r)
-        y = alpha[:, None] + transition
-        if MAX:
-            u, best_source = tl.max(y, axis=0, return_indices=True)
-        else:
-            u = semiring_sum(y, 0, False)
+        y = by_source + transition
+        u = tiled_sum(y, MAX)
         alpha = alpha - r
         v = u - r + enter
         row = table + e * C + labels
         scale += r.to(tl.float64)
         if MAX:
-            tl.store(alpha_table_ptr + row, ((e - 1 - best_slot) & (KP - 1)).to(alpha_table_ptr.dtype.element_ty),
-                     mask=valid)
-            tl.store(v_table_ptr + row, best_source.to(v_table_ptr.dtype.element_ty), mask=valid)
+            best_slot = first_at_max(x, a, (e - 1 - slots) & (KP - 1), KP)
+            best_source = first_at_max(y, u, sources, CP)
+            store_where_held(alpha_table_ptr + row, best_slot.to(alpha_table_ptr.dtype.element_ty), stores)
+            store_where_held(v_table_ptr + row, best_source.to(v_table_ptr.dtype.element_ty), stores)
         elif TABLES:
-            tl.store(alpha_table_ptr + row, alpha, mask=valid)
-            tl.store(v_table_ptr + row, v, mask=valid)
-            tl.store(scale_ptr + b * (T + 1) + e, scale)
-        ring = tl.where(slots[:, None] == (e & (KP - 1)), v[None, :], ring - r)
+            store_where_held(alpha_table_ptr + row, alpha, stores)
+            store_where_held(v_table_ptr + row, v, stores)
+            store_where_held(scale_ptr + b * (T + 1) + e + labels * 0, scale, (labels == 0) & (copy == 0))
+        ring = tl.where(slots == (e & (KP - 1)), v, ring - r)
 
-    end = tl.load(end_ptr + labels, mask=valid, other=float("-inf"))
-    last = alpha + end
-    closing = semiring_sum(last, 0, MAX)
-    tl.store(result_ptr + b, (scale + closing.to(tl.float64)).to(tl.float32))
+    end = load_where_held(end_ptr + labels, valid, float("-inf"))
+    tl.debug_barrier()  # (every warp is past its last step's reads of `exchange`)
+    lasts = by_previous_label((alpha + end,), labels, sources, copy, exchange_ptr, CP, G, SHUFFLE)[0]
+    closing = tiled_sum(lasts, MAX)
+    first = (labels == 0) & (copy == 0)
+    store_where_held(result_ptr + b + labels * 0, (scale + closing.to(tl.float64)).to(tl.float32), first)
     if MAX:
-        tl.store(final_ptr + b, tl.argmax(last, axis=0).to(final_ptr.dtype.element_ty))
+        store_where_held(final_ptr + b + labels * 0, first_at_max(lasts, closing, sources, CP).to(tl.int64), first)
     elif TABLES:
-        tl.store(cum_ptr + b * C + labels, cum, mask=valid)
+        store_where_held(cum_ptr + b * C + labels, cum, stores)
+
+
+@triton.jit
+def tiled_sum(x, MAX: tl.constexpr):
+    """`(+)` of log-values over axes 0 and 2 (the lists) of a sweep tile,
+    both kept: log-sum-exp (Log) or max (Max); `-inf` where all are."""
+    m = tl.max(tl.max(x, axis=0, keep_dims=True), axis=2, keep_dims=True)
+    if MAX:
+        return m
+    safe = tl.where(m == float("-inf"), 0.0, m)
+    w = fast_exp2(x * LOG2E - safe * LOG2E)
+    return safe + LN2 * fast_log2(tl.sum(tl.sum(w, axis=0, keep_dims=True), axis=2, keep_dims=True))
+
+
+@triton.jit
+def first_at_max(x, m, key, N: tl.constexpr):
+    """The smallest `key` over axes 0 and 2 where `x` equals its maximum `m`."""
+    hit = tl.where(x == m, key, N)
+    return tl.min(tl.min(hit, axis=0, keep_dims=True), axis=2, keep_dims=True)
 
 
 def backpointer_dtype(n: int) -> torch.dtype:
@@ -171,10 +226,13 @@ def forward_sweep(factors, duration_ring: torch.Tensor, max_semiring: bool, num_
     result = torch.empty(B, dtype=torch.float32, device=device)
     if B == 0:
         return result, final, alpha_table, v_table, scale, cum
+    warps = num_warps or sweep_num_warps(KP, CP)
+    G, S = sweep_tiling(KP, CP, warps)
+    exchange = torch.empty((B, 2, CP), dtype=torch.float32, device=device)
     unused = result  # a valid pointer for the arguments this launch does not write
     forward_sweep_kernel[(B,)](
         *inputs[:4], duration_ring, small(factors.transition), small(factors.start), small(factors.end),
         factors.lengths, *(unused if t is None else t for t in (alpha_table, v_table, scale, cum)), result,
-        unused if final is None else final, T, C, *inputs[4:], KP=KP, CP=CP, MAX=max_semiring, TABLES=tables,
-        num_warps=num_warps or sweep_num_warps(KP, CP), **flags)
+        unused if final is None else final, exchange, T, C, *inputs[4:], KP=KP, CP=CP, G=G, S=S, MAX=max_semiring,
+        TABLES=tables, num_warps=G, **flags)
     return result, final, alpha_table, v_table, scale, cum

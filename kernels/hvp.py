@@ -68,7 +68,6 @@ from .common import (
     sizes,
     small,
     step_factors,
-    sweep_num_warps,
 )
 
 #: The lanes :func:`expectation_sweep` runs (its `KIND`).
@@ -533,8 +532,21 @@ def lane_num_warps(job: str, kp: int, cp: int) -> int:
     if job == "tangent_flow":
         warps = max(flow_num_warps(kp, cp), 8 if kp >= 64 else 1)
     else:
-        warps = max(sweep_num_warps(kp, cp), 4 if job in ("cross_entropy", "kl") and cp >= 32 else 1)
+        warps = max(lane_sweep_base_warps(kp, cp), 4 if job in ("cross_entropy", "kl") and cp >= 32 else 1)
     return max(warps, register_warps(6 * cp * cp + 9 * kp * cp, cp))
+
+
+def lane_sweep_base_warps(kp: int, cp: int) -> int:
+    """The lane sweeps' warps before their exceptions: one warp up to 2048
+    elements of the `(KP, CP)` tile (its reductions in registers and
+    shuffles; measured fastest on an H100, and on an H200 at (32, 32)), but
+    four with 16 labels and at most 16 durations (the forward with these
+    2-d tiles, an H200 at (16, 16): 1.38 ms against 1.65 at one warp), four
+    up to 4096 elements and eight beyond. (The forward's own choice,
+    :func:`~.common.sweep_num_warps`, is for its 4-d tiles.)"""
+    if cp == 16 and kp <= 16:
+        return 4
+    return 1 if kp * cp <= 2048 else 4 if kp * cp <= 4096 else 8
 
 
 def tangent_duration_ring(tangent) -> torch.Tensor:

@@ -30,8 +30,8 @@ The tiles are laid out so that the pops' reductions never leave a warp
 few lists of each, a thread the rest of the lists in registers. A pop is
 then a few register maxima and shuffles, with no barrier; one barrier a
 position remains, where alpha (by label) is exchanged into alpha by
-previous label for the transition stage (and the duration tile's move
-from the layout it is loaded in, two more). On an H200 at (4, 1000, 32, 24),
+previous label for the transition stage (:func:`~.common.by_previous_label`;
+a shuffle on one warp). On an H200 at (4, 1000, 32, 24),
 k = 5, the sweep and the traceback took 3.7 ms where pops over whole `(K,
 C, pad(k))` tiles, reduced across 16 warps, took 31 (`benchmarks/gpu_kbest.py`;
 with each head packed into one 64-bit integer, value then key, and one
@@ -42,11 +42,11 @@ the exchange and the back-pointers are stored by the threads that hold
 them (:func:`~.common.store_where_held`; a plain store first moved each
 rank's values to a coalescing layout, a barrier and a shared-memory round
 trip apiece), the running normalization is taken from the exchanged copy
-each warp reads back, and the rows a step loads are loaded as vectors of
-the labels alone (fewer elements than threads, so the compiler issues them
-in the layout they are used in). Barriers a step, sm_90: 20 -> 3 at (64,
-8), 42 -> 3 at (16, 16); on an H200, `topk(5)` 216 -> 198 ms at (1, 10^5,
-64, 8), 4.1-4.5 -> 3.1-3.5 ms at (4, 1000, 32, 24), 58 -> 45 ms at (4,
+each warp reads back, and every load (the duration tile, the rows, the
+exchange) is made by the threads that use the values
+(:func:`~.common.load_where_held`). Barriers a step, sm_90: 20 -> 1 at (64,
+8), 42 -> 1 at (16, 16); on an H200, `topk(5)` 216 -> 198 ms at (1, 10^5,
+64, 8), 4.1-4.5 -> 3.0 ms at (4, 1000, 32, 24), 58 -> 45 ms at (4,
 10^4, 100, 24), with the same outputs, bit for bit.
 
 The keys are the back-pointers, stored per position, label and rank:
@@ -65,8 +65,10 @@ import triton.language as tl
 
 from .common import (
     boundary_row,
+    by_previous_label,
     duration_ring,
     enter_factor,
+    load_where_held,
     pad,
     position_inputs,
     position_rows,
@@ -75,6 +77,7 @@ from .common import (
     small,
     step_factors,
     store_where_held,
+    sweep_tiling,
 )
 from .forward import backpointer_dtype
 
@@ -182,50 +185,45 @@ def kbest_sweep_kernel(
     length = tl.load(lengths_ptr + b).to(tl.int32)
     b64 = b.to(tl.int64)
     copy = tl.arange(0, S)[None, None, :, None] + tl.zeros((1, G, S, L), tl.int32)
-    # a row's labels once (the rows a step loads: a load of fewer elements than threads is issued in the
-    # layout its values are used in, not loaded coalesced and moved there through shared memory)
-    row_labels = tl.arange(0, G)[None, :, None, None] * L + tl.arange(0, L)[None, None, None, :]
-    labels = row_labels + copy * 0
+    labels = tl.arange(0, G)[None, :, None, None] * L + tl.arange(0, L)[None, None, None, :] + copy * 0
     slots = tl.arange(0, KP // S)[:, None, None, None] * S + copy
     sources = tl.arange(0, CP // S)[:, None, None, None] * S + copy
     valid = labels < C
     stores = valid & (copy == 0)
     scores_ptr, start_scores_ptr, end_scores_ptr, mean = sequence_inputs(
         scores_ptr, start_scores_ptr, end_scores_ptr, mean_ptr, b64, C, scores_stride, start_stride, end_stride,
-        row_labels)
+        labels, True)
     pointer_rows = b64 * (T + 1) * C * KBEST + labels * KBEST
     exchange_ptr += b64 * 2 * KBEST * CP
     window = duration_ring_ptr + b64 * 4 * KP * CP + KP * CP - slots * CP + labels
-    transition = tl.load(transition_ptr + sources * C + labels, mask=(sources < C) & valid, other=float("-inf"))
-    start = tl.load(start_ptr + row_labels, mask=row_labels < C, other=float("-inf"))
+    transition = load_where_held(transition_ptr + sources * C + labels, (sources < C) & valid, float("-inf"))
+    start = load_where_held(start_ptr + labels, valid, float("-inf"))
     cum = tl.zeros(labels.shape, tl.float64)
-    v0 = start + enter_factor(cum, boundary_row(start_scores_ptr, 0, labels, C, T, START_SCORES))
+    v0 = start + enter_factor(cum, boundary_row(start_scores_ptr, 0, labels, C, T, START_SCORES, True))
     ring = (tl.where(slots == 0, v0, float("-inf")),)
     alpha = (tl.full(labels.shape, float("-inf"), tl.float32),)
     for _ in tl.static_range(1, KBEST):
         ring = ring + (tl.full(ring[0].shape, float("-inf"), tl.float32),)
         alpha = alpha + (tl.full(labels.shape, float("-inf"), tl.float32),)
     scale = tl.zeros(labels.shape, tl.float64)  # the same in every entry
-    next_duration = tl.load(window)
+    next_duration = load_where_held(window, valid, 0.0)
     next_scores, next_end_score, next_start_score = position_rows(
-        scores_ptr, start_scores_ptr, end_scores_ptr, 0, row_labels, C, T, START_SCORES, END_SCORES)
+        scores_ptr, start_scores_ptr, end_scores_ptr, 0, labels, C, T, START_SCORES, END_SCORES, True)
     for e in range(1, length + 1):
         duration, scores, end_score, start_score = next_duration, next_scores, next_end_score, next_start_score
-        next_duration = tl.load(window + (e & (KP - 1)) * CP)
+        next_duration = load_where_held(window + (e & (KP - 1)) * CP, valid, 0.0)
         next_scores, next_end_score, next_start_score = position_rows(
-            scores_ptr, start_scores_ptr, end_scores_ptr, e, row_labels, C, T, START_SCORES, END_SCORES)
+            scores_ptr, start_scores_ptr, end_scores_ptr, e, labels, C, T, START_SCORES, END_SCORES, True)
         cum, leave, enter = step_factors(cum, scores, end_score, start_score, mean)  # cum[e], leave[e-1], enter[e]
 
         alpha, alpha_from = top_k_of_sorted_lists(ring, duration, (e - 1 - slots) & (KP - 1), KK, KP * KK, KBEST,
                                                   0, 2)
-        exchange = exchange_ptr + (e & 1) * KBEST * CP
+        arrived = ()
         for j in tl.static_range(KBEST):
-            store_where_held(exchange + j * CP + labels, alpha[j] + leave, copy == 0)
-        tl.debug_barrier()
-        best_by_source = tl.load(exchange + sources)
-        by_source = (best_by_source,)
-        for j in tl.static_range(1, KBEST):
-            by_source = by_source + (tl.load(exchange + j * CP + sources),)
+            arrived = arrived + (alpha[j] + leave,)
+        by_source = by_previous_label(arrived, labels, sources, copy, exchange_ptr + (e & 1) * KBEST * CP, CP, G,
+                                      True)
+        best_by_source = by_source[0]
         # the best alpha over all labels, from the copy every warp now holds (no exchange between warps)
         r = reduce_max(best_by_source, 0, 2)
         r = tl.where(r == float("-inf"), 0.0, r)
@@ -242,15 +240,15 @@ def kbest_sweep_kernel(
         ring = new_ring
         scale += r.to(tl.float64)
 
-    end = tl.load(end_ptr + row_labels, mask=row_labels < C, other=float("-inf"))
+    end = load_where_held(end_ptr + labels, valid, float("-inf"))
     closing = ()
     for j in tl.static_range(KBEST):
         closing = closing + (alpha[j] + end,)
     best, final = top_k_of_sorted_lists(closing, 0.0, labels, KK, CP * KK, KBEST, 1, 3)
     for t in tl.static_range(KBEST):
         first = (labels == 0) & (copy == 0)
-        tl.store(best_ptr + t * B + b + labels * 0, (scale + best[t].to(tl.float64)).to(tl.float32), mask=first)
-        tl.store(final_ptr + t * B + b + labels * 0, final[t], mask=first)
+        store_where_held(best_ptr + t * B + b + labels * 0, (scale + best[t].to(tl.float64)).to(tl.float32), first)
+        store_where_held(final_ptr + t * B + b + labels * 0, final[t], first)
 
 
 @triton.jit
@@ -305,19 +303,6 @@ def kbest_num_warps(KP: int, CP: int, k: int) -> int:
            and KP // sweep_tiling(KP, CP, 2 * warps)[1] >= 2):
         warps *= 2
     return warps
-
-
-def sweep_tiling(KP: int, CP: int, num_warps: int) -> tuple[int, int]:
-    """`(G, S)` of :func:`kbest_sweep_kernel`'s tiles `(lists / S, G, S,
-    labels / G)` for `num_warps`: `G` label groups (one per warp, at most
-    `CP`), `S` lists across a warp's threads beside its `CP / G` labels
-    (the rest of the lists in each thread's registers). Triton spreads a
-    tile's fastest axes over a warp's lanes and the next over warps, so a
-    top-k's reduction over the lists stays inside one warp (shuffles, no
-    barrier)."""
-    G = max(1, min(num_warps, CP))
-    S = max(1, min(32 // max(1, CP // G), KP, CP))
-    return G, S
 
 
 def kbest_decode(factors, k: int, num_warps: int | None = None):

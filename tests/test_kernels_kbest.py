@@ -65,6 +65,18 @@ def test_ties_and_missing_entries_equal_the_reference_and_brute_force(p, k):
 
 
 @settings(deadline=None, max_examples=15)
+@given(p=integer_problems())
+def test_viterbi_kernel_breaks_ties_like_the_first_of_topk(p):
+    """The Max forward breaks exact ties by the documented rule too: the
+    smaller last label, then the smaller duration, then the smaller
+    previous label (its backpointers are the smallest keys at the maximum)."""
+    score, labels, starts = viterbi(p, backend="triton")
+    scores, all_labels, all_starts = topk(p, 1, backend="reference")
+    assert torch.equal(score.cpu(), scores[0].cpu())
+    assert torch.equal(labels.cpu(), all_labels[0].cpu()) and torch.equal(starts.cpu(), all_starts[0].cpu())
+
+
+@settings(deadline=None, max_examples=15)
 @given(p64=tiny_problems(max_T=7, max_K=4, max_C=4, duration_dependent=False), k=st.integers(1, 6))
 def test_random_potentials_match_the_float64_ranking(p64, k):
     """Continuous potentials: the scores within float32 rounding of the
@@ -178,4 +190,6 @@ def test_gpu_integer_ties_equal_the_reference():
     lengths = torch.tensor([T, 333, 1])
     cpu = SemiMarkovPotentials(**tensors, lengths=lengths, center=False)
     gpu_p = SemiMarkovPotentials(**{n: t.cuda() for n, t in tensors.items()}, lengths=lengths.cuda(), center=False)
-    assert_same_lists(topk(gpu_p, 8, backend="triton"), topk(cpu, 8, backend="reference"))
+    reference = topk(cpu, 8, backend="reference")
+    assert_same_lists(topk(gpu_p, 8, backend="triton"), reference)
+    assert_same_lists(viterbi(gpu_p, backend="triton"), (x[0] for x in reference))
