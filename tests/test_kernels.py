@@ -179,6 +179,42 @@ def test_odd_sizes_all_kernels(K, C):
     check_viterbi(p64)
 
 
+@pytest.mark.parametrize("K,C", [(3, 5), (9, 2), (5, 12)])
+def test_every_tiling_of_the_forward_gives_the_reference(K, C):
+    """The forward's 4-d tiles (`kernels.common.sweep_tiling`: label groups
+    on warps, ring slots on lanes and registers) differ with the warp count,
+    and so does the exchange of alpha between threads (a shuffle on one
+    warp on the GPU, else through scratch memory and a barrier). Every count
+    gives the reference's log Z and best score, tables that agree to
+    rounding, and the same back-pointers."""
+    from semiring_semicrf.kernels.common import duration_ring, pad, sweep_tiling
+    from semiring_semicrf.kernels.forward import forward_sweep
+    p64 = random_problem(2, 7, K, C, torch.tensor([7, 4]), extras=True, seed=K * C + 1)
+    factors = converted(p64, DEVICE, torch.float32).factors()
+    ring = duration_ring(factors)
+    log_z, best = semimarkov_scan(p64).cpu(), semimarkov_scan(p64, MaxSemiring()).cpu()
+    first = forward_sweep(factors, ring, False, num_warps=1)
+    first_max = forward_sweep(factors, ring, True, num_warps=1)
+    tilings = set()
+    for warps in (1, 2, 4, 8, 16):
+        tilings.add(sweep_tiling(pad(K), pad(C), warps))
+        result, _, alpha_hat, v_hat, scale, cum = forward_sweep(factors, ring, False, num_warps=warps)
+        torch.testing.assert_close(result.double().cpu(), log_z, rtol=1e-5, atol=1e-5)
+        without_tables = forward_sweep(factors, ring, False, num_warps=warps, tables=False)[0]
+        torch.testing.assert_close(without_tables, result, rtol=1e-6, atol=1e-6)
+        for b, length in enumerate((7, 4)):  # rows 1..L are written (v_hat and N from row 0)
+            for got, want in zip((alpha_hat, v_hat, scale), first[2:5]):
+                torch.testing.assert_close(got[b, 1:length + 1], want[b, 1:length + 1], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(cum, first[5])
+        score, final, duration_from, source_from, _, _ = forward_sweep(factors, ring, True, num_warps=warps)
+        torch.testing.assert_close(score.double().cpu(), best, rtol=1e-5, atol=1e-5)
+        assert torch.equal(final, first_max[1])
+        for b, length in enumerate((7, 4)):
+            for got, want in zip((duration_from, source_from), first_max[2:4]):
+                assert torch.equal(got[b, 1:length + 1], want[b, 1:length + 1])
+    assert len(tilings) >= 2
+
+
 def test_many_sequences_mixed_lengths():
     B = 40
     lengths = torch.randint(1, 6, (B,), generator=torch.Generator().manual_seed(3))

@@ -123,11 +123,11 @@ def test_viterbi_and_kmax_scan_agree_with_the_first_list_entry():
 
 @pytest.mark.parametrize("K,C", [(3, 5), (9, 2), (5, 12)])
 def test_every_tiling_of_the_sweep_gives_the_same_lists(K, C):
-    """The sweep's 4-d tiles (`kernels.kbest.sweep_tiling`: label groups,
+    """The sweep's 4-d tiles (`kernels.common.sweep_tiling`: label groups,
     lanes per list, lists per thread) differ with the warp count; every
     count gives the reference's lists, and all of them the same bits."""
-    from semiring_semicrf.kernels.common import pad
-    from semiring_semicrf.kernels.kbest import kbest_decode, sweep_tiling
+    from semiring_semicrf.kernels.common import pad, sweep_tiling
+    from semiring_semicrf.kernels.kbest import kbest_decode
     p = converted(random_problem(2, 7, K, C, torch.tensor([7, 4]), extras=True, seed=K * C), DEVICE, torch.float32)
     scores, labels, starts = topk(p, 4, backend="reference")
     first = kbest_decode(p.factors(), 4, num_warps=1)
