@@ -100,7 +100,9 @@ def forward_sweep_kernel(
     float64 gets `N` and `cum (B, C)` float64 the prefix sum at `L` (without,
     nothing of size T is written). Max: `alpha_table`, `v_table` get the
     integer backpointers; `result` the best score; `final (B,)` the best last
-    label.
+    label. `exchange (B, 2, CP)` float32 is scratch (alpha between warps).
+    Tiles `(KP / S, G, S, CP / G)` (:func:`~.common.sweep_tiling`), launched
+    on `G` warps.
     """
     L: tl.constexpr = CP // G
     SHUFFLE: tl.constexpr = not (TABLES or MAX)
@@ -208,7 +210,9 @@ def forward_sweep(factors, duration_ring: torch.Tensor, max_semiring: bool, num_
     :func:`~.common.duration_ring`. Returns `(result (B,), final (B,),
     alpha_table, v_table, scale, cum)` as documented on
     :func:`forward_sweep_kernel` (`final` is None for Log, `scale` and `cum`
-    None for Max; the four tables None for Log without `tables`)."""
+    None for Max; the four tables None for Log without `tables`).
+    `num_warps`: the tiles' label groups (:func:`~.common.sweep_tiling`, at
+    most `CP`); :func:`~.common.sweep_num_warps` by default."""
     B, T, K, C = sizes(factors)
     KP, CP = pad(K), pad(C)
     inputs, flags = position_inputs(factors)

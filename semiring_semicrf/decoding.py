@@ -3,8 +3,9 @@
 Both are the scan in the Max / KMax(k) semiring with back-pointers (the
 reference rung, :mod:`semiring_semicrf.backends.reference.decode`, which also
 documents the deterministic tie-breaking), or the Triton Viterbi and k-best
-kernels on CUDA, which break exact ties by the same rule. Nothing of size `T K C` or `T C^2` is allocated; the back-pointers take
-`O(B T C k)` small integers, the order of the output itself.
+kernels on CUDA, which break exact ties by the same rule. Nothing of size
+`T K C` or `T C^2` is allocated; the back-pointers take `O(B T C k)` small
+integers, the order of the output itself.
 """
 from __future__ import annotations
 
