@@ -95,6 +95,37 @@ def load_where_held(ptr, mask, other):
 
 
 @triton.jit
+def sweep_tile_indices(KP: tl.constexpr, CP: tl.constexpr, G: tl.constexpr, S: tl.constexpr):
+    """The indices of the 4-d tiles `(lists / S, G, S, CP / G)` of
+    :func:`sweep_tiling`: `(copy, labels, slots, sources)`. `copy` and
+    `labels` are `(1, G, S, CP / G)`: the lane `s` along the lists (a label
+    vector holds the same value in each) and the label `g (CP / G) + l`;
+    `slots` `(KP / S, G, S, CP / G)` the ring slot and `sources` `(CP / S, G,
+    S, CP / G)` the previous label, both `x S + s` (the order
+    :func:`by_previous_label` relies on)."""
+    L: tl.constexpr = CP // G
+    copy = tl.arange(0, S)[None, None, :, None] + tl.zeros((1, G, S, L), tl.int32)
+    labels = tl.arange(0, G)[None, :, None, None] * L + tl.arange(0, L)[None, None, None, :] + copy * 0
+    slots = tl.arange(0, KP // S)[:, None, None, None] * S + copy
+    sources = tl.arange(0, CP // S)[:, None, None, None] * S + copy
+    return copy, labels, slots, sources
+
+
+@triton.jit
+def reduce_max(x, A: tl.constexpr, B: tl.constexpr):
+    """The maximum over axes `A` and `B` of `x`, both kept (as size 1):
+    `A` first (the axis a thread holds in registers in the sweep's tiles,
+    so that `B`'s shuffles move one value, not one per register)."""
+    return tl.max(tl.max(x, axis=A, keep_dims=True), axis=B, keep_dims=True)
+
+
+@triton.jit
+def reduce_min(x, A: tl.constexpr, B: tl.constexpr):
+    """:func:`reduce_max`'s minimum."""
+    return tl.min(tl.min(x, axis=A, keep_dims=True), axis=B, keep_dims=True)
+
+
+@triton.jit
 def by_previous_label(values, labels, sources, copy, exchange, CP: tl.constexpr, G: tl.constexpr,
                       SHUFFLE: tl.constexpr):
     """Label vectors of a sweep's 4-d tiles (:func:`sweep_tiling`), along the
@@ -164,19 +195,6 @@ def fast_log2(x):
                                          is_pure=True, pack=1)
     else:
         return tl.log2(x)
-
-
-@triton.jit
-def semiring_sum(x, axis: tl.constexpr, MAX: tl.constexpr):
-    """`(+)` over `axis` of log-values: log-sum-exp (Log) or max (Max).
-
-    A slice that is all `-inf` sums to `-inf` (no NaN)."""
-    m = tl.max(x, axis=axis)
-    if MAX:
-        return m
-    safe = tl.where(m == float("-inf"), 0.0, m)
-    scaled = tl.expand_dims(safe * LOG2E, axis)
-    return safe + LN2 * fast_log2(tl.sum(fast_exp2(x * LOG2E - scaled), axis=axis))
 
 
 @triton.jit

@@ -74,12 +74,15 @@ from .common import (
     pad,
     position_inputs,
     position_rows,
+    reduce_max,
+    reduce_min,
     sequence_inputs,
     sizes,
     small,
     step_factors,
     store_where_held,
     sweep_num_warps,
+    sweep_tile_indices,
     sweep_tiling,
 )
 
@@ -104,15 +107,11 @@ def forward_sweep_kernel(
     Tiles `(KP / S, G, S, CP / G)` (:func:`~.common.sweep_tiling`), launched
     on `G` warps.
     """
-    L: tl.constexpr = CP // G
     SHUFFLE: tl.constexpr = not (TABLES or MAX)
     b = tl.program_id(0)
     length = tl.load(lengths_ptr + b).to(tl.int32)
     b = b.to(tl.int64)
-    copy = tl.arange(0, S)[None, None, :, None] + tl.zeros((1, G, S, L), tl.int32)
-    labels = tl.arange(0, G)[None, :, None, None] * L + tl.arange(0, L)[None, None, None, :] + copy * 0
-    slots = tl.arange(0, KP // S)[:, None, None, None] * S + copy
-    sources = tl.arange(0, CP // S)[:, None, None, None] * S + copy
+    copy, labels, slots, sources = sweep_tile_indices(KP, CP, G, S)
     valid = labels < C
     stores = valid & (copy == 0)
     scores_ptr, start_scores_ptr, end_scores_ptr, mean = sequence_inputs(
@@ -149,7 +148,7 @@ def forward_sweep_kernel(
         # `exchange`, double buffered by the position's parity, where it crosses warps)
         by_source = by_previous_label((alpha,), labels, sources, copy, exchange_ptr + (e & 1) * CP, CP, G,
                                       SHUFFLE)[0]
-        r = tl.max(tl.max(by_source, axis=0, keep_dims=True), axis=2, keep_dims=True)
+        r = reduce_max(by_source, 0, 2)
         r = tl.where(r == float("-inf"), 0.0, r)
         y = by_source + transition
         u = tiled_sum(y, MAX)
@@ -184,7 +183,7 @@ def forward_sweep_kernel(
 def tiled_sum(x, MAX: tl.constexpr):
     """`(+)` of log-values over axes 0 and 2 (the lists) of a sweep tile,
     both kept: log-sum-exp (Log) or max (Max); `-inf` where all are."""
-    m = tl.max(tl.max(x, axis=0, keep_dims=True), axis=2, keep_dims=True)
+    m = reduce_max(x, 0, 2)
     if MAX:
         return m
     safe = tl.where(m == float("-inf"), 0.0, m)
@@ -195,8 +194,7 @@ def tiled_sum(x, MAX: tl.constexpr):
 @triton.jit
 def first_at_max(x, m, key, N: tl.constexpr):
     """The smallest `key` over axes 0 and 2 where `x` equals its maximum `m`."""
-    hit = tl.where(x == m, key, N)
-    return tl.min(tl.min(hit, axis=0, keep_dims=True), axis=2, keep_dims=True)
+    return reduce_min(tl.where(x == m, key, N), 0, 2)
 
 
 def backpointer_dtype(n: int) -> torch.dtype:

@@ -72,11 +72,14 @@ from .common import (
     pad,
     position_inputs,
     position_rows,
+    reduce_max,
+    reduce_min,
     sequence_inputs,
     sizes,
     small,
     step_factors,
     store_where_held,
+    sweep_tile_indices,
     sweep_tiling,
 )
 from .forward import backpointer_dtype
@@ -108,20 +111,6 @@ def rank_entry(lists, base, ptr, UPTO: tl.constexpr):
     for j in tl.static_range(1, UPTO + 1):
         entry = tl.where(ptr == j, lists[j], entry)
     return entry + base
-
-
-@triton.jit
-def reduce_max(x, A: tl.constexpr, B: tl.constexpr):
-    """The maximum over axes `A` and `B` of `x`, both kept (as size 1):
-    `A` first (the axis a thread holds in registers in the sweep's tiles,
-    so that `B`'s shuffles move one value, not one per register)."""
-    return tl.max(tl.max(x, axis=A, keep_dims=True), axis=B, keep_dims=True)
-
-
-@triton.jit
-def reduce_min(x, A: tl.constexpr, B: tl.constexpr):
-    """:func:`reduce_max`'s minimum."""
-    return tl.min(tl.min(x, axis=A, keep_dims=True), axis=B, keep_dims=True)
 
 
 @triton.jit
@@ -180,14 +169,10 @@ def kbest_sweep_kernel(
     data. The one exchange between threads besides the reductions, alpha by
     label into alpha by previous label, goes through `exchange` (double
     buffered by the position's parity, one barrier a position)."""
-    L: tl.constexpr = CP // G
     b = tl.program_id(0)
     length = tl.load(lengths_ptr + b).to(tl.int32)
     b64 = b.to(tl.int64)
-    copy = tl.arange(0, S)[None, None, :, None] + tl.zeros((1, G, S, L), tl.int32)
-    labels = tl.arange(0, G)[None, :, None, None] * L + tl.arange(0, L)[None, None, None, :] + copy * 0
-    slots = tl.arange(0, KP // S)[:, None, None, None] * S + copy
-    sources = tl.arange(0, CP // S)[:, None, None, None] * S + copy
+    copy, labels, slots, sources = sweep_tile_indices(KP, CP, G, S)
     valid = labels < C
     stores = valid & (copy == 0)
     scores_ptr, start_scores_ptr, end_scores_ptr, mean = sequence_inputs(
