@@ -26,11 +26,13 @@ The sweep keeps a `(KP, CP)` ring of the mass arriving at the last `K`
 starts and a ring of the forward's `v_hat[s]` (shifted to a common scale);
 the `K C` duration weights depend on the forward's tables only, so they are
 computed off the dependency chain, which is one `C x C` product and a few
-`C`-wide operations per step. The duration counts are accumulated on the
-way (the step's `(KP, CP)` masses, rotated from ring slots to durations by
-one `tl.gather`, summed in blocks of positions), as are the label marginals
-(the running sum above, in float64): one kernel, in a fixed order, bitwise
-reproducible.
+`C`-wide operations per step. The sweep runs on the forward's 4-d
+label-group tiles (:func:`~.common.sweep_tiling`) with one barrier a step
+(see :func:`outside_flow_kernel`). The duration counts are accumulated on
+the way (the step's `(KP, CP)` masses, rotated from ring slots to durations
+through a small scratch buffer, summed in float64 registers), as are the
+label marginals (the running sum above, in float64): one kernel, in a fixed
+order, bitwise reproducible.
 
 Memory: the flow writes `segment_end[e-1]` and `segment_start[e-1]` over row
 `e` of the forward's `alpha_hat` and `v_hat` tables once the sweep has read
@@ -50,18 +52,23 @@ from .common import (
     LOG2E,
     add_pairs,
     boundary_row,
+    by_previous_label,
     enter_factor,
     fast_exp2,
     flow_num_warps,
-    label_square,
+    label_sums_of_lists,
     leave_factor,
     load_row,
+    load_where_held,
     pad,
     position_inputs,
+    reduce_max,
     retreat_prefix_sum,
     sequence_inputs,
     sizes,
     small,
+    store_where_held,
+    sweep_tiling,
 )
 
 
@@ -79,62 +86,54 @@ def divide(num, den):
 
 @triton.jit
 def clear_past_length(end_rows_ptr, start_rows_ptr, marginals_ptr, length, T, C, slots, labels, valid,
-                      KP: tl.constexpr):
+                      KP: tl.constexpr, HELD: tl.constexpr = False):
     """Zeros where no segment starts, ends or lies past the length: rows
     `L+1..T` of the two tables a flow writes its masses over (row `t + 1` =
     position `t`) and rows `L..T-1` of its label marginals (one sequence's
-    pointers)."""
-    zeros = tl.zeros((KP, labels.shape[0]), tl.float32)
+    pointers; `KP` rows a block, `slots`, `labels` and `valid` tiles that
+    broadcast to a ring's shape, each `(slot, label)` once; `HELD`: by
+    :func:`~.common.store_where_held`)."""
+    zeros = (slots * 0 + labels * 0).to(tl.float32)
     for first_row in range(length + 1, T + 1, KP):
-        block = first_row + slots[:, None]
-        past = (block <= T) & valid[None, :]
-        tl.store(end_rows_ptr + block * C + labels[None, :], zeros, mask=past)
-        tl.store(start_rows_ptr + block * C + labels[None, :], zeros, mask=past)
-        tl.store(marginals_ptr + (block - 1) * C + labels[None, :], zeros, mask=past)
+        block = first_row + slots
+        past = (block <= T) & valid
+        if HELD:
+            store_where_held(end_rows_ptr + block * C + labels, zeros, past)
+            store_where_held(start_rows_ptr + block * C + labels, zeros, past)
+            store_where_held(marginals_ptr + (block - 1) * C + labels, zeros, past)
+        else:
+            tl.store(end_rows_ptr + block * C + labels, zeros, mask=past)
+            tl.store(start_rows_ptr + block * C + labels, zeros, mask=past)
+            tl.store(marginals_ptr + (block - 1) * C + labels, zeros, mask=past)
 
 
 @triton.jit
-def starts_window(v_ptr, scale_row, base, length, K, C, slots, labels, valid, other, KP: tl.constexpr):
+def starts_window(v_ptr, scale_row, base, length, K, C, slots, labels, valid, other, KP: tl.constexpr,
+                  HELD: tl.constexpr = False):
     """The ring of a forward table's rows `v[s] + (N[s] - base)` for the
     starts `L-K+1 .. L-1` (slot `s mod KP`), `other` in the slots no such
-    start fills (one sequence's pointers; `scale_row` its `N`)."""
+    start fills (one sequence's pointers; `scale_row` its `N`; `slots`,
+    `labels` and `valid` tiles that broadcast to the ring's shape; `HELD`:
+    by :func:`~.common.load_where_held`)."""
     starts = (length - 1) - ((length - 1 - slots) & (KP - 1))
     in_window = (starts >= 0) & (starts > length - K)
     at = tl.maximum(starts, 0)
-    window = tl.load(v_ptr + at[:, None] * C + labels[None, :], mask=in_window[:, None] & valid[None, :], other=other)
-    return window + (tl.load(scale_row + at) - base).to(tl.float32)[:, None]
+    if HELD:
+        window = load_where_held(v_ptr + at * C + labels, in_window & valid, other)
+        shift = load_where_held(scale_row + at, at >= 0, 0.0)
+    else:
+        window = tl.load(v_ptr + at * C + labels, mask=in_window & valid, other=other)
+        shift = tl.load(scale_row + at)
+    return window + (shift - base).to(tl.float32)
 
 
 @triton.jit
-def zero_duration_counts(duration_count_ptr, b, K, C, slots, labels, valid, KP: tl.constexpr):
-    """Sequence `b`'s rows of the duration counts `(B, K, C)`, zeroed, for
-    :func:`count_durations`: `(count (KP, CP), count_1 (CP,), out, mask)`,
-    row `j` duration `j + 1` (`d = 1` kept apart until added in)."""
-    count = tl.zeros((KP, labels.shape[0]), tl.float32)
-    out = duration_count_ptr + b * K * C + slots[:, None] * C + labels[None, :]
-    mask = (slots[:, None] < K) & valid[None, :]
-    tl.store(out, count, mask=mask)
-    return count, tl.zeros((labels.shape[0],), tl.float32), out, mask
-
-
-@triton.jit
-def count_durations(count, count_1, segments, segment_1, e, i, slots, labels, out, mask,
-                    KP: tl.constexpr, BLOCK: tl.constexpr):
-    """Adds end `e`'s segment masses to the duration counts: `segments (KP,
-    CP)` by ring slot (`d >= 2`), rotated to durations (row `d - 1`) by one
-    `tl.gather`, and `segment_1 (CP,)` (`d = 1`), in float32 registers
-    `count`, `count_1`; every `BLOCK` steps (`i` the step's index) and at
-    `e = 1` adds them to the output rows `out (KP, CP)` (a float32 sum runs
-    over at most `BLOCK` positions). Returns the new `(count, count_1)`;
-    :func:`zero_duration_counts` gives the first ones."""
-    count += tl.gather(segments, ((e - 1 - slots) & (KP - 1))[:, None] + labels[None, :] * 0, 0)
-    count_1 += segment_1
-    if ((i + 1) % BLOCK == 0) | (e == 1):
-        count += tl.where(slots[:, None] == 0, count_1[None, :], 0.0)
-        tl.store(out, tl.load(out, mask=mask, other=0.0) + count, mask=mask)
-        count = tl.zeros_like(count)
-        count_1 = tl.zeros_like(count_1)
-    return count, count_1
+def sum_over_lists(x, labels):
+    """The sum over axes 0 and 2 (the lists) of a 4-d sweep tile, as a label
+    vector of `labels`' shape (the same in each `s`)."""
+    if x.shape[0] > 1:
+        x = tl.sum(x, axis=0, keep_dims=True)
+    return tl.sum(x, axis=2, keep_dims=True)
 
 
 @triton.jit
@@ -142,17 +141,33 @@ def outside_flow_kernel(
         scores_ptr, start_scores_ptr, end_scores_ptr, mean_ptr, cum_ptr,
         duration_ring_ptr, transition_ptr, end_ptr, lengths_ptr,
         alpha_table_ptr, v_table_ptr, scale_ptr,
-        marginals_ptr, transition_count_ptr, duration_count_ptr, first_last_ptr,
+        marginals_ptr, transition_count_ptr, duration_count_ptr, first_last_ptr, exchange_ptr, segments_ptr,
         T, K, C, scores_stride, start_stride, end_stride,
-        KP: tl.constexpr, CP: tl.constexpr, START_SCORES: tl.constexpr, END_SCORES: tl.constexpr,
-        DURATION_BLOCK: tl.constexpr):
+        KP: tl.constexpr, CP: tl.constexpr, G: tl.constexpr, S: tl.constexpr,
+        START_SCORES: tl.constexpr, END_SCORES: tl.constexpr):
     """One sequence per program. Reads the forward's `alpha_hat`, `v_hat`
     `(B, T+1, C)`, `N (B, T+1)` and `cum[L] (B, C)`; overwrites rows `1..T`
     of `alpha_table` with `segment_end` and of `v_table` with
     `segment_start` (row `t + 1` = position `t`; 0 past the length), and
     writes `marginals (B, T, C)` (0 past the length), `transition_count
     (B, C, C)`, `duration_count (B, K, C)` and the first and last labels'
-    probabilities `first_last (B, 2, C)`.
+    probabilities `first_last (B, 2, C)`. `exchange (B, 2 G + 1, CP)` and
+    `segments (B, 2, KP, CP)` float32 are scratch.
+
+    Tiles `(lists / S, G, S, CP / G)` (:func:`~.common.sweep_tiling`), on `G`
+    warps: each warp a group of labels, its lanes `S` ring slots (or
+    previous labels) of each. The ring's sums over the slots and the
+    transition's normalizers `sum_{c'} w[c', c]` run over the lists, inside
+    a warp. The end masses `sum_c w[c', c] coef_t[c]` run over the labels:
+    each warp sums its own, and the step's one exchange, through `exchange`
+    and one barrier, adds the `G` partial sums by label
+    (:func:`~.common.label_sums_of_lists`). The same barrier orders the
+    duration counts' rotation: each step stores its `(KP, CP)` segment
+    masses by ring slot to `segments` and the next step reads them back by
+    duration (both double buffered by parity).
+    Every load and store is made by the threads that hold the values
+    (:func:`~.common.load_where_held`, :func:`~.common.store_where_held`).
+    The duration counts are summed in float64 registers and written once.
 
     The forward's own log-sums stabilize the exponentials (`alpha_hat[e] -
     leave[e-1]` is the log-sum of the duration terms of end `e`, `u_hat[e] =
@@ -163,69 +178,77 @@ def outside_flow_kernel(
     deterministic per-step dither of the stabilizer by a fraction of a binade
     spreads the sums over [0.5, 1] and makes the rounding errors cancel
     instead."""
+    L: tl.constexpr = CP // G
     b = tl.program_id(0)
     length = tl.load(lengths_ptr + b).to(tl.int32)
     b = b.to(tl.int64)
-    slots = tl.arange(0, KP)
-    labels = tl.arange(0, CP)
+    copy = tl.arange(0, S)[None, None, :, None] + tl.zeros((1, G, S, L), tl.int32)
+    labels = tl.arange(0, G)[None, :, None, None] * L + tl.arange(0, L)[None, None, None, :] + copy * 0
+    slots = tl.arange(0, KP // S)[:, None, None, None] * S + copy
+    sources = tl.arange(0, CP // S)[:, None, None, None] * S + copy
     valid = labels < C
+    stores = valid & (copy == 0)
     scores_ptr, start_scores_ptr, end_scores_ptr, mean = sequence_inputs(
-        scores_ptr, start_scores_ptr, end_scores_ptr, mean_ptr, b, C, scores_stride, start_stride, end_stride, labels)
+        scores_ptr, start_scores_ptr, end_scores_ptr, mean_ptr, b, C, scores_stride, start_stride, end_stride,
+        labels, True)
     alpha_ptr = alpha_table_ptr + b * (T + 1) * C
     v_ptr = v_table_ptr + b * (T + 1) * C
     marginals_out = marginals_ptr + b * T * C
     scale_row = scale_ptr + b * (T + 1)
+    exchange_ptr += b * (2 * G + 1) * CP
+    segments_ptr += b * 2 * KP * CP
     durations = duration_ring_ptr + b * 4 * KP * CP
-    duration_1 = tl.load(durations + labels)
+    duration_1 = load_where_held(durations + labels, valid, float("-inf"))
     # d >= 2 (second table): at end e, slot i pairs with row (e - 1) mod KP + KP - i.
-    longer_window = durations + 3 * KP * CP - slots[:, None] * CP + labels[None, :]
-    transition = label_square(transition_ptr, C, slots, labels, valid, float("-inf"), KP, CP)
+    longer_window = durations + 3 * KP * CP - slots * CP + labels
+    from_source = load_where_held(transition_ptr + sources * C + labels, (sources < C) & valid, float("-inf"))
 
-    clear_past_length(alpha_ptr, v_ptr, marginals_out, length, T, C, slots, labels, valid, KP)
+    clear_past_length(alpha_ptr, v_ptr, marginals_out, length, T, C, slots, labels, valid, KP, True)
 
     # Ring of v_hat[s] + (N[s] - base) for the starts L-K+1 .. L-1 (slot s mod
     # KP); `base` (a scale N) moves every KP positions, so entries stay O(K r).
     base = tl.load(scale_row + length)
-    inside = starts_window(v_ptr, scale_row, base, length, K, C, slots, labels, valid, float("-inf"), KP)
-    mass = tl.zeros((KP, CP), tl.float32)
-    transition_count = tl.zeros((CP, CP), tl.float32)
-    # Duration counts: float32 over blocks of DURATION_BLOCK positions, the blocks summed into the output.
-    duration_count, duration_1_count, duration_out, duration_mask = zero_duration_counts(
-        duration_count_ptr, b, K, C, slots, labels, valid, KP)
-    marginal = tl.zeros((CP,), tl.float64)
+    inside = starts_window(v_ptr, scale_row, base, length, K, C, slots, labels, valid, float("-inf"), KP, True)
+    mass = tl.zeros(slots.shape, tl.float32)
+    transition_count = tl.zeros(sources.shape, tl.float32)  # [c' (lists), c (labels)]
+    duration_count = tl.zeros(slots.shape, tl.float64)  # row d - 1 along the lists
+    duration_1_count = tl.zeros(labels.shape, tl.float64)
+    marginal = tl.zeros(labels.shape, tl.float64)
 
-    end = tl.load(end_ptr + labels, mask=valid, other=float("-inf"))
-    last = tl.load(alpha_ptr + length * C + labels, mask=valid, other=float("-inf")) + end
-    w_last = fast_exp2((last - tl.max(last, axis=0)) * LOG2E)
-    start_mass = divide(w_last, tl.sum(w_last, axis=0))  # at e = L: the end mass
-    tl.store(first_last_ptr + b * 2 * C + C + labels, start_mass, mask=valid)
-    cum = tl.load(cum_ptr + b * C + labels, mask=valid, other=0.0)  # cum[L]
-    v_e = tl.load(v_ptr + length * C + labels, mask=valid, other=float("-inf"))
+    end = load_where_held(end_ptr + labels, valid, float("-inf"))
+    last = load_where_held(alpha_ptr + length * C + labels, valid, float("-inf")) + end
+    lasts = by_previous_label((last,), labels, sources, copy, exchange_ptr + 2 * G * CP, CP, G, False)[0]
+    top = reduce_max(lasts, 0, 2)
+    w_lasts = fast_exp2((lasts - top) * LOG2E)
+    start_mass = divide(fast_exp2((last - top) * LOG2E),
+                        sum_over_lists(w_lasts, labels))  # the end mass at L
+    store_where_held(first_last_ptr + b * 2 * C + C + labels, start_mass, stores)
+    cum = load_where_held(cum_ptr + b * C + labels, valid, 0.0)  # cum[L]
+    v_e = load_where_held(v_ptr + length * C + labels, valid, float("-inf"))
 
     # What position e reads, loaded one position ahead (rows clamped at 0; a
     # start before 0 has v_hat = -inf).
-    alpha = tl.load(alpha_ptr + length * C + labels, mask=valid, other=float("-inf"))
-    scores = load_row(scores_ptr, length - 1, labels, C, T)
-    end_score = boundary_row(end_scores_ptr, length - 1, labels, C, T, END_SCORES)
-    start_score = boundary_row(start_scores_ptr, length, labels, C, T, START_SCORES)
-    newest = tl.load(v_ptr + (length - 1) * C + labels, mask=valid, other=float("-inf"))
+    alpha = load_where_held(alpha_ptr + length * C + labels, valid, float("-inf"))
+    scores = load_row(scores_ptr, length - 1, labels, C, T, True)
+    end_score = boundary_row(end_scores_ptr, length - 1, labels, C, T, END_SCORES, True)
+    start_score = boundary_row(start_scores_ptr, length, labels, C, T, START_SCORES, True)
+    newest = load_where_held(v_ptr + (length - 1) * C + labels, valid, float("-inf"))
     scale_newest = tl.load(scale_row + length - 1)
     oldest_row = tl.maximum(length - K, 0)
-    oldest = tl.load(v_ptr + oldest_row * C + labels, mask=valid, other=float("-inf"))
-    oldest = tl.where(length - K >= 0, oldest, float("-inf"))
+    oldest = load_where_held(v_ptr + oldest_row * C + labels, valid & (labels * 0 + length - K >= 0), float("-inf"))
     scale_oldest = tl.load(scale_row + oldest_row)
     for i in range(0, length):
         e = length - i
         prev = tl.maximum(e - 2, 0)
-        next_alpha = tl.load(alpha_ptr + (e - 1) * C + labels, mask=valid, other=float("-inf"))
-        next_scores = load_row(scores_ptr, e - 2, labels, C, T)
-        next_end_score = boundary_row(end_scores_ptr, e - 2, labels, C, T, END_SCORES)
-        next_start_score = boundary_row(start_scores_ptr, e - 1, labels, C, T, START_SCORES)
-        next_newest = tl.load(v_ptr + prev * C + labels, mask=valid, other=float("-inf"))
+        next_alpha = load_where_held(alpha_ptr + (e - 1) * C + labels, valid, float("-inf"))
+        next_scores = load_row(scores_ptr, e - 2, labels, C, T, True)
+        next_end_score = boundary_row(end_scores_ptr, e - 2, labels, C, T, END_SCORES, True)
+        next_start_score = boundary_row(start_scores_ptr, e - 1, labels, C, T, START_SCORES, True)
+        next_newest = load_where_held(v_ptr + prev * C + labels, valid, float("-inf"))
         next_scale_newest = tl.load(scale_row + prev)
         next_oldest_row = tl.maximum(e - 1 - K, 0)
-        next_oldest = tl.load(v_ptr + next_oldest_row * C + labels, mask=valid, other=float("-inf"))
-        next_oldest = tl.where(e - 1 - K >= 0, next_oldest, float("-inf"))
+        next_oldest = load_where_held(v_ptr + next_oldest_row * C + labels, valid & (labels * 0 + e - 1 - K >= 0),
+                                      float("-inf"))
         next_scale_oldest = tl.load(scale_row + next_oldest_row)
         leave = leave_factor(cum, end_score)  # leave[e-1]
         transition_log_sum = v_e - enter_factor(cum, start_score)  # u_hat[e]
@@ -240,38 +263,48 @@ def outside_flow_kernel(
         # (stabilized by their forward log-sum alpha_hat[e] - leave[e-1]).
         slot_oldest = (e - K) & (KP - 1)
         oldest = oldest + (scale_oldest - base).to(tl.float32)
-        inside = tl.where(slots[:, None] == slot_oldest, oldest[None, :], inside)
-        mass = tl.where(slots[:, None] == slot_oldest, 0.0, mass)
+        inside = tl.where(slots == slot_oldest, oldest, inside)
+        mass = tl.where(slots == slot_oldest, 0.0, mass)
         log_sum = alpha - leave
         log_sum = tl.where(log_sum == float("-inf"), 0.0, log_sum)
         dither = ((((e & 65535) * 25173 + 13849) & 65535).to(tl.float32) * (1.0 / 65536.0))
         stabilizer = (log_sum + (scale_e - base).to(tl.float32)) * LOG2E + dither
-        w = fast_exp2((inside + tl.load(longer_window + ((e - 1) & (KP - 1)) * CP)) * LOG2E - stabilizer[None, :])
+        w = fast_exp2((inside + load_where_held(longer_window + ((e - 1) & (KP - 1)) * CP, valid, float("-inf")))
+                      * LOG2E - stabilizer)
         w_1 = fast_exp2((newest + (scale_newest - base).to(tl.float32) + duration_1) * LOG2E - stabilizer)
-        total, arrived = tl.reduce((w, tl.where(slots[:, None] == ((e - 1) & (KP - 1)), mass, 0.0)), 0, add_pairs)
+        newest_mass = tl.where(slots == ((e - 1) & (KP - 1)), mass, 0.0)
+        total, arrived = tl.reduce(tl.reduce((w, newest_mass), 0, add_pairs, keep_dims=True), 2, add_pairs,
+                                   keep_dims=True)
         total += w_1
         transition_log_sum = tl.where(transition_log_sum == float("-inf"), 0.0, transition_log_sum)
-        w_t = fast_exp2((alpha[:, None] + transition) * LOG2E - (transition_log_sum * LOG2E + dither)[None, :])
-        total_t = tl.sum(w_t, axis=0)
+        stabilizer_t = transition_log_sum * LOG2E + dither
+        alpha_by_source = load_where_held(alpha_ptr + e * C + sources, sources < C, float("-inf"))
+        w_t = fast_exp2((alpha_by_source + from_source) * LOG2E - stabilizer_t)  # [c' (lists), c]
+        total_t = sum_over_lists(w_t, labels)
 
         # The chain: start mass at e -> end mass at e -> start mass at e - 1.
         later = e < length
-        coef_t = tl.where(later, divide(start_mass, total_t), 0.0)
+        coef_t = divide(start_mass, total_t)
         # (at e = L no transition follows, and w_t may hold what the padding's start score made of it)
-        flow = tl.where(later, w_t * coef_t[None, :], 0.0)
+        flow = tl.where(later, w_t * coef_t, 0.0)  # [c' (lists), c]
         transition_count += flow
-        end_mass = tl.where(later, tl.sum(flow, axis=1), start_mass)
+        end_mass = label_sums_of_lists(flow, labels, sources, exchange_ptr + (e & 1) * G * CP, CP, G)
+        # (the barrier also orders the previous step's segment masses, read back by duration)
+        if i > 0:
+            duration_count += load_where_held(
+                segments_ptr + ((e + 1) & 1) * KP * CP + ((e - slots) & (KP - 1)) * CP + labels, valid,
+                0.0).to(tl.float64)
+        end_mass = tl.where(later, end_mass, start_mass)
         marginal += (end_mass - tl.where(later, start_mass, 0.0)).to(tl.float64)
-        tl.store(alpha_ptr + e * C + labels, end_mass, mask=valid)  # segment_end[e-1]
-        tl.store(marginals_out + (e - 1) * C + labels, marginal.to(tl.float32), mask=valid)
+        store_where_held(alpha_ptr + e * C + labels, end_mass, stores)  # segment_end[e-1]
+        store_where_held(marginals_out + (e - 1) * C + labels, marginal.to(tl.float32), stores)
         coef = divide(end_mass, total)
         start_mass = arrived + w_1 * coef
-        tl.store(v_ptr + e * C + labels, start_mass, mask=valid)  # segment_start[e-1]
-        segments = w * coef[None, :]
+        store_where_held(v_ptr + e * C + labels, start_mass, stores)  # segment_start[e-1]
+        segments = w * coef
         mass += segments
-        duration_count, duration_1_count = count_durations(duration_count, duration_1_count, segments, w_1 * coef,
-                                                           e, i, slots, labels, duration_out, duration_mask, KP,
-                                                           DURATION_BLOCK)
+        store_where_held(segments_ptr + (e & 1) * KP * CP + slots * CP + labels, segments, valid)
+        duration_1_count += (w_1 * coef).to(tl.float64)
 
         cum = retreat_prefix_sum(cum, scores, mean)  # cum[e-1]
         v_e = newest
@@ -284,14 +317,16 @@ def outside_flow_kernel(
         oldest = next_oldest
         scale_oldest = next_scale_oldest
 
-    tl.store(transition_count_ptr + b * C * C + labels[:, None] * C + labels[None, :], transition_count,
-             mask=valid[:, None] & valid[None, :])
-    tl.store(first_last_ptr + b * 2 * C + labels, start_mass, mask=valid)
-
-
-#: Positions whose duration counts are summed in float32 registers before they
-#: are added to the output (so that no float32 sum runs over T terms).
-DURATION_BLOCK = 1024
+    tl.debug_barrier()  # (the last step's segment masses, read back by duration)
+    if length > 0:
+        duration_count += load_where_held(segments_ptr + 1 * KP * CP + ((1 - 1 - slots) & (KP - 1)) * CP + labels,
+                                          valid, 0.0).to(tl.float64)
+    duration_count += tl.where(slots == 0, duration_1_count, 0.0)
+    store_where_held(duration_count_ptr + b * K * C + slots * C + labels, duration_count.to(tl.float32),
+                     (slots < K) & valid)
+    store_where_held(transition_count_ptr + b * C * C + sources * C + labels, transition_count,
+                     (sources < C) & valid)
+    store_where_held(first_last_ptr + b * 2 * C + labels, start_mass, stores)
 
 
 def flow_outputs(B: int, T: int, K: int, C: int, device) -> tuple:
@@ -315,8 +350,12 @@ def outside_sweep(factors, duration_ring: torch.Tensor, alpha_table, v_table, sc
     inputs, flags = position_inputs(factors)
     marginals, transition, duration, first_last = flow_outputs(B, T, K, C, alpha_table.device)
     if B > 0:
+        G, S = sweep_tiling(KP, CP, num_warps or flow_num_warps(KP, CP))
+        device = alpha_table.device
+        exchange = torch.empty((B, 2 * G + 1, CP), dtype=torch.float32, device=device)
+        segments = torch.empty((B, 2, KP, CP), dtype=torch.float32, device=device)
         outside_flow_kernel[(B,)](
             *inputs[:4], cum, duration_ring, small(factors.transition), small(factors.end), factors.lengths,
-            alpha_table, v_table, scale, marginals, transition, duration, first_last, T, K, C, *inputs[4:],
-            KP=KP, CP=CP, DURATION_BLOCK=DURATION_BLOCK, num_warps=num_warps or flow_num_warps(KP, CP), **flags)
+            alpha_table, v_table, scale, marginals, transition, duration, first_last, exchange, segments,
+            T, K, C, *inputs[4:], KP=KP, CP=CP, G=G, S=S, num_warps=G, **flags)
     return v_table[:, 1:], alpha_table[:, 1:], marginals, transition, duration, first_last[:, 0], first_last[:, 1]

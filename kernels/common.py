@@ -160,6 +160,26 @@ def by_previous_label(values, labels, sources, copy, exchange, CP: tl.constexpr,
 
 
 @triton.jit
+def label_sums_of_lists(x, labels, sources, exchange, CP: tl.constexpr, G: tl.constexpr):
+    """The sums over the labels of a sweep tile indexed `(list, label)`
+    (:func:`sweep_tiling`, `sources` its list indices), as a label vector
+    (the inverse move of :func:`by_previous_label`): entry `c` of the result
+    is `sum_l x[c, l]`. Each warp sums its own labels in registers and
+    stores its partial sums by list to `exchange` (`G CP` float32 of scratch
+    that a step still reading it must not share: double buffer it); after
+    one barrier each label's threads add the `G` partial sums, in a fixed
+    order."""
+    L: tl.constexpr = CP // G
+    partial = tl.broadcast_to(tl.sum(x, axis=3, keep_dims=True), sources.shape)
+    store_where_held(exchange + (labels // L) * CP + sources, partial, (labels % L) == 0)
+    tl.debug_barrier()
+    total = load_where_held(exchange + labels, labels < CP, 0.0)
+    for g in tl.static_range(1, G):
+        total += load_where_held(exchange + g * CP + labels, labels < CP, 0.0)
+    return total
+
+
+@triton.jit
 def add_pairs(a, b, x, y):
     """Two sums in one `tl.reduce` (one exchange between warps for both)."""
     return a + x, b + y
@@ -332,23 +352,16 @@ def sweep_tiling(KP: int, CP: int, num_warps: int) -> tuple[int, int]:
 
 
 def flow_num_warps(kp: int, cp: int) -> int:
-    """Warps for the outside flow, as measured on an H100: one for narrow
-    tiles (`C <= 8`, up to 256 elements), where the `C x C` step is small,
-    but eight from 512 (an H200 at (64, 8), `benchmarks/gpu_warps.py`:
-    1.08 s against 1.28 at one warp at T = 10^6, 109 ms against 127 at
-    10^5; four and sixteen in between); else four (eight beyond 4096
-    elements, and with 16 labels and at most 16 durations: an H200 at
-    (16, 16), 1.60 ms against 1.79 at four, T = 2000, B = 16; at (32, 32)
-    four stay best, 1.35 ms against 1.92 at two and 2.06 at eight); from
-    `CP = 64` on, enough warps to hold the `C x C` tiles
-    (:func:`register_warps`)."""
-    if cp <= 8 and kp * cp <= 256:
-        warps = 1
-    elif cp <= 8 or (cp == 16 and kp <= 16):
-        warps = 8
-    else:
-        warps = 4 if kp * cp <= 4096 else 8
-    return max(warps, register_warps(3 * cp * cp + 4 * kp * cp, cp))
+    """Warps (label groups of :func:`sweep_tiling`) for the outside flow on
+    its 4-d tiles. Measured on an H200 (Triton 3.6, the flow alone): four
+    up to 16 labels (at (64, 8), T = 10^5: 64.4 ms against 102.8 at two,
+    107.9 at eight and 132.2 at one; at (16, 16), B = 16, T = 2000: 1.46 ms
+    against 1.53 at two and 1.57 at eight), eight with 32 labels (at (32,
+    32), B = 4, T = 1000: 1.25 ms against 1.37 at four), and from `CP = 64`
+    on enough warps to hold its `C x C` tiles (:func:`register_warps`, the
+    tiles counted with the spills measured: at (32, 128), 16 warps took 6.6
+    ms against 23.3 at eight and 13.8 at 32)."""
+    return max(4 if cp <= 16 else 8, register_warps(8 * cp * cp + 4 * kp * cp, cp))
 
 
 #: float32 values per thread (the counted live tiles over the threads) that

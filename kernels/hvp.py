@@ -51,14 +51,13 @@ import triton
 import triton.language as tl
 
 from . import backward
-from .backward import clear_past_length, count_durations, starts_window, zero_duration_counts
+from .backward import clear_past_length, starts_window
 from .common import (
     LOG2E,
     add_quads,
     boundary_row,
     duration_ring,
     enter_factor,
-    flow_num_warps,
     label_square,
     pad,
     position_inputs,
@@ -361,6 +360,43 @@ def expectation_sweep_kernel(
     tl.store(result_ptr + b, tl.where(nothing, 0.0, lane_scale + last.to(tl.float64)))
 
 
+#: Positions whose duration counts' tangents are summed in float32 registers before they
+#: are added to the output (so that no float32 sum runs over T terms).
+DURATION_BLOCK = 1024
+
+
+@triton.jit
+def zero_duration_counts(duration_count_ptr, b, K, C, slots, labels, valid, KP: tl.constexpr):
+    """Sequence `b`'s rows of the duration counts `(B, K, C)`, zeroed, for
+    :func:`count_durations`: `(count (KP, CP), count_1 (CP,), out, mask)`,
+    row `j` duration `j + 1` (`d = 1` kept apart until added in)."""
+    count = tl.zeros((KP, labels.shape[0]), tl.float32)
+    out = duration_count_ptr + b * K * C + slots[:, None] * C + labels[None, :]
+    mask = (slots[:, None] < K) & valid[None, :]
+    tl.store(out, count, mask=mask)
+    return count, tl.zeros((labels.shape[0],), tl.float32), out, mask
+
+
+@triton.jit
+def count_durations(count, count_1, segments, segment_1, e, i, slots, labels, out, mask,
+                    KP: tl.constexpr, BLOCK: tl.constexpr):
+    """Adds end `e`'s segment masses to the duration counts: `segments (KP,
+    CP)` by ring slot (`d >= 2`), rotated to durations (row `d - 1`) by one
+    `tl.gather`, and `segment_1 (CP,)` (`d = 1`), in float32 registers
+    `count`, `count_1`; every `BLOCK` steps (`i` the step's index) and at
+    `e = 1` adds them to the output rows `out (KP, CP)` (a float32 sum runs
+    over at most `BLOCK` positions). Returns the new `(count, count_1)`;
+    :func:`zero_duration_counts` gives the first ones."""
+    count += tl.gather(segments, ((e - 1 - slots) & (KP - 1))[:, None] + labels[None, :] * 0, 0)
+    count_1 += segment_1
+    if ((i + 1) % BLOCK == 0) | (e == 1):
+        count += tl.where(slots[:, None] == 0, count_1[None, :], 0.0)
+        tl.store(out, tl.load(out, mask=mask, other=0.0) + count, mask=mask)
+        count = tl.zeros_like(count)
+        count_1 = tl.zeros_like(count_1)
+    return count, count_1
+
+
 @triton.jit
 def tangent_flow_kernel(
         duration_ring_ptr, transition_ptr, end_ptr, lengths_ptr, alpha_ptr, v_ptr, scale_ptr,
@@ -393,14 +429,17 @@ def tangent_flow_kernel(
     longer = 3 * KP * CP - slots[:, None] * CP + labels[None, :]
     transition = label_square(transition_ptr, C, slots, labels, valid, float("-inf"), KP, CP)
     t_transition = label_square(t_transition_ptr, C, slots, labels, valid, 0.0, KP, CP)
-    clear_past_length(t_alpha_ptr, t_v_ptr, d_marginals_ptr, length, T, C, slots, labels, valid, KP)
+    clear_past_length(t_alpha_ptr, t_v_ptr, d_marginals_ptr, length, T, C, slots[:, None], labels[None, :],
+                      valid[None, :], KP)
 
     # Rings over the starts L-K+1 .. L-1 (slot s mod KP): v and its tangent,
     # relative to moving bases (as in the outside flow), the mass and its tangent.
     base = tl.load(scale_row + length)
     t_base = tl.load(t_scale_row + length)
-    inside = starts_window(v_ptr, scale_row, base, length, K, C, slots, labels, valid, float("-inf"), KP)
-    t_inside = starts_window(t_v_ptr, t_scale_row, t_base, length, K, C, slots, labels, valid, 0.0, KP)
+    inside = starts_window(v_ptr, scale_row, base, length, K, C, slots[:, None], labels[None, :], valid[None, :],
+                           float("-inf"), KP)
+    t_inside = starts_window(t_v_ptr, t_scale_row, t_base, length, K, C, slots[:, None], labels[None, :],
+                             valid[None, :], 0.0, KP)
     mass = tl.zeros((KP, CP), tl.float32)
     d_mass = tl.zeros((KP, CP), tl.float32)
     d_transition = tl.zeros((CP, CP), tl.float32)
@@ -519,8 +558,9 @@ def lane_loads_ahead(job: str, kp: int, cp: int, num_warps: int) -> bool:
 
 def lane_num_warps(job: str, kp: int, cp: int) -> int:
     """Warps for a lane sweep (`job` one of :data:`KINDS`) or the tangent
-    flow (`"tangent_flow"`): the forward's choice for these tiles (the
-    outside flow's for the tangent flow), with the exceptions measured on an
+    flow (`"tangent_flow"`): the choice for these 2-d tiles
+    (:func:`lane_sweep_base_warps`, :func:`tangent_flow_base_warps`), with
+    the exceptions measured on an
     H200 (`benchmarks/gpu_diagnose.py`, lane sweeps by warp count): the
     cross-entropy and KL lanes, which carry q's softmaxes beside p's, take
     four warps from `CP = 32` on (at (K, C) = (32, 24): 3.9 and 4.8 ms
@@ -530,10 +570,25 @@ def lane_num_warps(job: str, kp: int, cp: int) -> int:
     C` tiles live per step (counted in the kernels), twice the forward's
     (:func:`~.common.register_warps`)."""
     if job == "tangent_flow":
-        warps = max(flow_num_warps(kp, cp), 8 if kp >= 64 else 1)
+        warps = max(tangent_flow_base_warps(kp, cp), 8 if kp >= 64 else 1)
     else:
         warps = max(lane_sweep_base_warps(kp, cp), 4 if job in ("cross_entropy", "kl") and cp >= 32 else 1)
     return max(warps, register_warps(6 * cp * cp + 9 * kp * cp, cp))
+
+
+def tangent_flow_base_warps(kp: int, cp: int) -> int:
+    """The tangent flow's warps before its exceptions, for its 2-d tiles
+    (the outside flow's rule before that flow took the 4-d tiles), as
+    measured on an H100: one for narrow tiles (`C <= 8`, up to 256
+    elements), eight from 512 (an H200 at (64, 8): 1.08 s against 1.28 at
+    one warp at T = 10^6) and with 16 labels and at most 16 durations (an
+    H200 at (16, 16): 1.60 ms against 1.79 at four), else four up to 4096
+    elements and eight beyond."""
+    if cp <= 8 and kp * cp <= 256:
+        return 1
+    if cp <= 8 or (cp == 16 and kp <= 16):
+        return 8
+    return 4 if kp * cp <= 4096 else 8
 
 
 def lane_sweep_base_warps(kp: int, cp: int) -> int:
@@ -613,6 +668,6 @@ def tangent_flow(tables, tangent, tangent_ring, tangent_tables):
             tables.duration_ring, small(factors.transition), small(factors.end), factors.lengths, tables.alpha_hat,
             tables.v_hat, tables.scale, tangent_ring, small(tangent.transition), small(tangent.end), t_alpha, t_v,
             t_scale, d_marginals, d_transition, d_duration, d_first_last, T, K, C, KP=KP, CP=CP,
-            DURATION_BLOCK=backward.DURATION_BLOCK, num_warps=lane_num_warps("tangent_flow", KP, CP))
+            DURATION_BLOCK=DURATION_BLOCK, num_warps=lane_num_warps("tangent_flow", KP, CP))
     return (t_v[:, 1:], t_alpha[:, 1:], d_marginals, d_transition, d_duration, d_first_last[:, 0],
             d_first_last[:, 1])

@@ -180,6 +180,20 @@ def test_odd_sizes_all_kernels(K, C):
 
 
 @pytest.mark.parametrize("K,C", [(3, 5), (9, 2), (5, 12)])
+def test_every_tiling_of_the_outside_flow_gives_the_reference(K, C, monkeypatch):
+    """The outside flow runs on the forward's 4-d tiles at its own warp
+    counts: the end masses summed across label groups through scratch
+    (`kernels.common.label_sums_of_lists`), the duration counts rotated
+    from ring slots to durations through scratch. Every count gives the
+    reference posterior."""
+    backward = importlib.import_module("semiring_semicrf.kernels.backward")
+    p64 = random_problem(2, 7, K, C, torch.tensor([7, 4]), extras=True, seed=K * C + 2)
+    for warps in (1, 2, 4, 8, 16):
+        monkeypatch.setattr(backward, "flow_num_warps", lambda kp, cp, w=warps: w)
+        check_posterior(p64)
+
+
+@pytest.mark.parametrize("K,C", [(3, 5), (9, 2), (5, 12)])
 def test_every_tiling_of_the_forward_gives_the_reference(K, C):
     """The forward's 4-d tiles (`kernels.common.sweep_tiling`: label groups
     on warps, ring slots on lanes and registers) differ with the warp count,
@@ -322,16 +336,6 @@ def test_gradients_through_the_kernels():
         grads[backend] = {k: v.grad.double().cpu() for k, v in leaves.items()}
     for name, want in grads["torch"].items():
         torch.testing.assert_close(grads["triton"][name], want, rtol=1e-4, atol=2e-5, msg=name)
-
-
-def test_duration_counts_summed_in_blocks(monkeypatch):
-    """The flow sums its duration counts in blocks of positions: blocks of 3
-    (several per sequence) give the counts of one block per sequence."""
-    p = converted(random_problem(2, 9, 4, 3, torch.tensor([9, 7]), seed=14), DEVICE, torch.float32)
-    whole = posterior(p, backend="triton").duration
-    monkeypatch.setattr(kernels.backward, "DURATION_BLOCK", 3)
-    torch.testing.assert_close(posterior(p, backend="triton").duration, whole, rtol=1e-6, atol=1e-6)
-    check_posterior(converted(p, "cpu", torch.float64))
 
 
 def test_a_second_backward_through_one_forward():

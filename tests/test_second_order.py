@@ -163,7 +163,7 @@ def test_triton_hvp_runs_the_outside_last_and_recomputes_consumed_tables(monkeyp
     bitwise, with the posterior of a plain outside; the tangent flow's label
     marginals and its duration counts summed in blocks of 3 positions agree
     with the sums of its boundary masses and its one-block counts."""
-    kernels = pytest.importorskip("semiring_semicrf.kernels")
+    hvp_module = pytest.importorskip("semiring_semicrf.kernels.hvp")
     g = torch.Generator().manual_seed(17)
     p = on(device, SemiMarkovPotentials(torch.randn(2, 9, 3, generator=g), torch.randn(3, 3, generator=g),
                                         torch.randn(4, 3, generator=g), torch.tensor([9, 6]),
@@ -183,7 +183,7 @@ def test_triton_hvp_runs_the_outside_last_and_recomputes_consumed_tables(monkeyp
             assert torch.equal(getattr(other_post, name), getattr(post, name)), name
             assert torch.equal(getattr(other_dot, name), getattr(dot, name)), name
     torch.testing.assert_close(dot.label_marginals(), Posterior.label_marginals(dot), rtol=0, atol=1e-6)
-    monkeypatch.setattr(kernels.backward, "DURATION_BLOCK", 3)
+    monkeypatch.setattr(hvp_module, "DURATION_BLOCK", 3)
     torch.testing.assert_close(rung.hvp(p.factors(), tangent)[1].duration, dot.duration, rtol=1e-6, atol=1e-6)
 
 
