@@ -68,6 +68,7 @@ from .common import (
     sizes,
     small,
     store_where_held,
+    sweep_tile_indices,
     sweep_tiling,
 )
 
@@ -128,10 +129,10 @@ def starts_window(v_ptr, scale_row, base, length, K, C, slots, labels, valid, ot
 
 
 @triton.jit
-def sum_over_lists(x, labels):
-    """The sum over axes 0 and 2 (the lists) of a 4-d sweep tile, as a label
-    vector of `labels`' shape (the same in each `s`)."""
-    if x.shape[0] > 1:
+def sum_over_lists(x):
+    """The sum over axes 0 and 2 (the lists) of a 4-d sweep tile, both kept
+    (a label vector)."""
+    if x.shape[0] > 1:  # (a sum over an axis of one element moved the tile to another layout)
         x = tl.sum(x, axis=0, keep_dims=True)
     return tl.sum(x, axis=2, keep_dims=True)
 
@@ -178,14 +179,10 @@ def outside_flow_kernel(
     deterministic per-step dither of the stabilizer by a fraction of a binade
     spreads the sums over [0.5, 1] and makes the rounding errors cancel
     instead."""
-    L: tl.constexpr = CP // G
     b = tl.program_id(0)
     length = tl.load(lengths_ptr + b).to(tl.int32)
     b = b.to(tl.int64)
-    copy = tl.arange(0, S)[None, None, :, None] + tl.zeros((1, G, S, L), tl.int32)
-    labels = tl.arange(0, G)[None, :, None, None] * L + tl.arange(0, L)[None, None, None, :] + copy * 0
-    slots = tl.arange(0, KP // S)[:, None, None, None] * S + copy
-    sources = tl.arange(0, CP // S)[:, None, None, None] * S + copy
+    copy, labels, slots, sources = sweep_tile_indices(KP, CP, G, S)
     valid = labels < C
     stores = valid & (copy == 0)
     scores_ptr, start_scores_ptr, end_scores_ptr, mean = sequence_inputs(
@@ -201,6 +198,7 @@ def outside_flow_kernel(
     duration_1 = load_where_held(durations + labels, valid, float("-inf"))
     # d >= 2 (second table): at end e, slot i pairs with row (e - 1) mod KP + KP - i.
     longer_window = durations + 3 * KP * CP - slots * CP + labels
+    # transition[c', c], the previous label c' along the lists
     from_source = load_where_held(transition_ptr + sources * C + labels, (sources < C) & valid, float("-inf"))
 
     clear_past_length(alpha_ptr, v_ptr, marginals_out, length, T, C, slots, labels, valid, KP, True)
@@ -221,7 +219,7 @@ def outside_flow_kernel(
     top = reduce_max(lasts, 0, 2)
     w_lasts = fast_exp2((lasts - top) * LOG2E)
     start_mass = divide(fast_exp2((last - top) * LOG2E),
-                        sum_over_lists(w_lasts, labels))  # the end mass at L
+                        sum_over_lists(w_lasts))  # the end mass at L
     store_where_held(first_last_ptr + b * 2 * C + C + labels, start_mass, stores)
     cum = load_where_held(cum_ptr + b * C + labels, valid, 0.0)  # cum[L]
     v_e = load_where_held(v_ptr + length * C + labels, valid, float("-inf"))
@@ -280,7 +278,7 @@ def outside_flow_kernel(
         stabilizer_t = transition_log_sum * LOG2E + dither
         alpha_by_source = load_where_held(alpha_ptr + e * C + sources, sources < C, float("-inf"))
         w_t = fast_exp2((alpha_by_source + from_source) * LOG2E - stabilizer_t)  # [c' (lists), c]
-        total_t = sum_over_lists(w_t, labels)
+        total_t = sum_over_lists(w_t)
 
         # The chain: start mass at e -> end mass at e -> start mass at e - 1.
         later = e < length
@@ -317,9 +315,9 @@ def outside_flow_kernel(
         oldest = next_oldest
         scale_oldest = next_scale_oldest
 
-    tl.debug_barrier()  # (the last step's segment masses, read back by duration)
+    tl.debug_barrier()  # (the last step's segment masses, end 1's: parity 1, duration d = 1 - start)
     if length > 0:
-        duration_count += load_where_held(segments_ptr + 1 * KP * CP + ((1 - 1 - slots) & (KP - 1)) * CP + labels,
+        duration_count += load_where_held(segments_ptr + KP * CP + ((0 - slots) & (KP - 1)) * CP + labels,
                                           valid, 0.0).to(tl.float64)
     duration_count += tl.where(slots == 0, duration_1_count, 0.0)
     store_where_held(duration_count_ptr + b * K * C + slots * C + labels, duration_count.to(tl.float32),
