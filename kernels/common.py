@@ -340,12 +340,14 @@ def sweep_num_warps(kp: int, cp: int) -> int:
 
 def sweep_tiling(KP: int, CP: int, num_warps: int) -> tuple[int, int]:
     """`(G, S)` of the 4-d tiles `(lists / S, G, S, labels / G)` of the
-    forward and k-best sweeps for `num_warps`: `G` label groups (one per
-    warp, at most `CP`), `S` lists (ring slots or previous labels) across a
-    warp's threads beside its `CP / G` labels (the rest of the lists in each
-    thread's registers). Triton spreads a tile's fastest axes over a warp's
-    lanes and the next over warps, so a sum or top-k over the lists stays
-    inside one warp (shuffles, no barrier)."""
+    forward and k-best sweeps and the outside flow for `num_warps`: `G`
+    label groups (one per warp, at most `CP`), `S` lists (ring slots or
+    previous labels) across a warp's threads beside its `CP / G` labels (the
+    rest of the lists in each thread's registers). Triton spreads a tile's
+    fastest axes over a warp's lanes and the next over warps, so a sum or
+    top-k over the lists stays inside one warp (shuffles, no barrier) when
+    `S (CP / G)` fills the 32 lanes; with fewer (more warps than `CP S /
+    32`), Triton puts the lists on several warps too."""
     G = max(1, min(num_warps, CP))
     S = max(1, min(32 // max(1, CP // G), KP, CP))
     return G, S
