@@ -63,6 +63,7 @@ from .common import (
     pad,
     position_inputs,
     reduce_max,
+    reduce_sum,
     retreat_prefix_sum,
     sequence_inputs,
     sizes,
@@ -126,15 +127,6 @@ def starts_window(v_ptr, scale_row, base, length, K, C, slots, labels, valid, ot
         window = tl.load(v_ptr + at * C + labels, mask=in_window & valid, other=other)
         shift = tl.load(scale_row + at)
     return window + (shift - base).to(tl.float32)
-
-
-@triton.jit
-def sum_over_lists(x):
-    """The sum over axes 0 and 2 (the lists) of a 4-d sweep tile, both kept
-    (a label vector)."""
-    if x.shape[0] > 1:  # (a sum over an axis of one element moved the tile to another layout)
-        x = tl.sum(x, axis=0, keep_dims=True)
-    return tl.sum(x, axis=2, keep_dims=True)
 
 
 @triton.jit
@@ -219,7 +211,7 @@ def outside_flow_kernel(
     top = reduce_max(lasts, 0, 2)
     w_lasts = fast_exp2((lasts - top) * LOG2E)
     start_mass = divide(fast_exp2((last - top) * LOG2E),
-                        sum_over_lists(w_lasts))  # the end mass at L
+                        reduce_sum(w_lasts, 0, 2))  # the end mass at L
     store_where_held(first_last_ptr + b * 2 * C + C + labels, start_mass, stores)
     cum = load_where_held(cum_ptr + b * C + labels, valid, 0.0)  # cum[L]
     v_e = load_where_held(v_ptr + length * C + labels, valid, float("-inf"))
@@ -278,7 +270,7 @@ def outside_flow_kernel(
         stabilizer_t = transition_log_sum * LOG2E + dither
         alpha_by_source = load_where_held(alpha_ptr + e * C + sources, sources < C, float("-inf"))
         w_t = fast_exp2((alpha_by_source + from_source) * LOG2E - stabilizer_t)  # [c' (lists), c]
-        total_t = sum_over_lists(w_t)
+        total_t = reduce_sum(w_t, 0, 2)
 
         # The chain: start mass at e -> end mass at e -> start mass at e - 1.
         later = e < length

@@ -126,6 +126,16 @@ def reduce_min(x, A: tl.constexpr, B: tl.constexpr):
 
 
 @triton.jit
+def reduce_sum(x, A: tl.constexpr, B: tl.constexpr):
+    """:func:`reduce_max`'s sum. An axis `A` of one element is not summed:
+    Triton moved the outside flow's tile to another layout for that sum
+    (more barriers a step at (64, 8))."""
+    if x.shape[A] > 1:
+        x = tl.sum(x, axis=A, keep_dims=True)
+    return tl.sum(x, axis=B, keep_dims=True)
+
+
+@triton.jit
 def by_previous_label(values, labels, sources, copy, exchange, CP: tl.constexpr, G: tl.constexpr,
                       SHUFFLE: tl.constexpr):
     """Label vectors of a sweep's 4-d tiles (:func:`sweep_tiling`), along the

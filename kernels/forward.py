@@ -76,6 +76,7 @@ from .common import (
     position_rows,
     reduce_max,
     reduce_min,
+    reduce_sum,
     sequence_inputs,
     sizes,
     small,
@@ -188,7 +189,7 @@ def tiled_sum(x, MAX: tl.constexpr):
         return m
     safe = tl.where(m == float("-inf"), 0.0, m)
     w = fast_exp2(x * LOG2E - safe * LOG2E)
-    return safe + LN2 * fast_log2(tl.sum(tl.sum(w, axis=0, keep_dims=True), axis=2, keep_dims=True))
+    return safe + LN2 * fast_log2(reduce_sum(w, 0, 2))
 
 
 @triton.jit

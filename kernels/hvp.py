@@ -429,17 +429,17 @@ def tangent_flow_kernel(
     longer = 3 * KP * CP - slots[:, None] * CP + labels[None, :]
     transition = label_square(transition_ptr, C, slots, labels, valid, float("-inf"), KP, CP)
     t_transition = label_square(t_transition_ptr, C, slots, labels, valid, 0.0, KP, CP)
-    clear_past_length(t_alpha_ptr, t_v_ptr, d_marginals_ptr, length, T, C, slots[:, None], labels[None, :],
-                      valid[None, :], KP)
+    ring_slots, ring_labels, ring_valid = slots[:, None], labels[None, :], valid[None, :]
+    clear_past_length(t_alpha_ptr, t_v_ptr, d_marginals_ptr, length, T, C, ring_slots, ring_labels, ring_valid, KP)
 
     # Rings over the starts L-K+1 .. L-1 (slot s mod KP): v and its tangent,
     # relative to moving bases (as in the outside flow), the mass and its tangent.
     base = tl.load(scale_row + length)
     t_base = tl.load(t_scale_row + length)
-    inside = starts_window(v_ptr, scale_row, base, length, K, C, slots[:, None], labels[None, :], valid[None, :],
+    inside = starts_window(v_ptr, scale_row, base, length, K, C, ring_slots, ring_labels, ring_valid,
                            float("-inf"), KP)
-    t_inside = starts_window(t_v_ptr, t_scale_row, t_base, length, K, C, slots[:, None], labels[None, :],
-                             valid[None, :], 0.0, KP)
+    t_inside = starts_window(t_v_ptr, t_scale_row, t_base, length, K, C, ring_slots, ring_labels, ring_valid,
+                             0.0, KP)
     mass = tl.zeros((KP, CP), tl.float32)
     d_mass = tl.zeros((KP, CP), tl.float32)
     d_transition = tl.zeros((CP, CP), tl.float32)
@@ -560,10 +560,9 @@ def lane_num_warps(job: str, kp: int, cp: int) -> int:
     """Warps for a lane sweep (`job` one of :data:`KINDS`) or the tangent
     flow (`"tangent_flow"`): the choice for these 2-d tiles
     (:func:`lane_sweep_base_warps`, :func:`tangent_flow_base_warps`), with
-    the exceptions measured on an
-    H200 (`benchmarks/gpu_diagnose.py`, lane sweeps by warp count): the
-    cross-entropy and KL lanes, which carry q's softmaxes beside p's, take
-    four warps from `CP = 32` on (at (K, C) = (32, 24): 3.9 and 4.8 ms
+    the exceptions measured on an H200 (`benchmarks/gpu_diagnose.py`, lane
+    sweeps by warp count): the cross-entropy and KL lanes, which carry q's
+    softmaxes beside p's, take four warps from `CP = 32` on (at (K, C) = (32, 24): 3.9 and 4.8 ms
     against 4.2 and 5.7 at one), and the tangent flow eight from `KP = 64`
     on (at (64, 8): 198 ms against 263 at one, T = 10^5); from `CP = 64` on,
     at least enough warps to hold the tiles: about six `C x C` and nine `K x

@@ -171,8 +171,8 @@ def test_viterbi_reaches_the_best_score(p64):
 @pytest.mark.parametrize("K", [1, 2, 5])
 def test_odd_sizes_all_kernels(K, C):
     # T = 4 < K = 5 covers K > T; lengths of 1 and mixed; K = 5, C = 3 more
-    # ring slots than labels (the outside flow's transition loaded as
-    # copies in the ring's layout, kernels.common.label_square).
+    # ring slots than labels (the tiles' lists then hold more slots than
+    # previous labels).
     p64 = random_problem(3, 4, K, C, torch.tensor([4, 1, 3]), extras=(C == 5), seed=10 * K + C)
     check_log_z(p64)
     check_posterior(p64)
