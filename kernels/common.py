@@ -415,17 +415,38 @@ def kernel_limits_reason(potentials) -> str | None:
 
 
 @triton.jit
-def duration_ring_kernel(duration_ptr, mean_ptr, ring_ptr, K, C, KP: tl.constexpr, CP: tl.constexpr):
+def duration_ring_kernel(duration_ptr, scores_ptr, lengths_ptr, mean_ptr, ring_ptr, K, C, scores_stride,
+                         KP: tl.constexpr, CP: tl.constexpr, MEAN: tl.constexpr, CENTER: tl.constexpr,
+                         ROWS: tl.constexpr):
     """Program `b` writes sequence `b`'s four `(KP, CP)` tables of
     :func:`duration_ring`: the compensated durations `duration[d-1, c] +
     d * mean[b, c]` (float32 product, then sum: launched without FMA
     contraction, the same bits as `Factors.duration`) twice, then twice
-    again without `d = 1`."""
+    again without `d = 1`.
+
+    With `MEAN` it first computes `mean[b]` `(C,)` float64 and writes it to
+    `mean_ptr`: the float32 scores of the positions before `lengths[b]`
+    summed in float64, `ROWS` rows at a time, divided by the length (zeros
+    without `CENTER`); without `MEAN` it reads it there."""
     b = tl.program_id(0).to(tl.int64)
     slots = tl.arange(0, KP)[:, None]
     labels = tl.arange(0, CP)[None, :]
+    if MEAN:
+        mean64 = tl.zeros((1, CP), tl.float64)
+        if CENTER:
+            length = tl.load(lengths_ptr + b)
+            rows = tl.arange(0, ROWS)[:, None]
+            total = tl.zeros((ROWS, CP), tl.float64)
+            for first in range(0, length, ROWS):
+                t = first + rows
+                total += tl.load(scores_ptr + b * scores_stride + t * C + labels, mask=(t < length) & (labels < C),
+                                 other=0.0).to(tl.float64)
+            mean64 = tl.sum(total, axis=0, keep_dims=True) / length.to(tl.float64)
+        tl.store(mean_ptr + b * C + labels, mean64, mask=labels < C)
+        mean = mean64.to(tl.float32)
+    else:
+        mean = tl.load(mean_ptr + b * C + labels, mask=labels < C, other=0.0).to(tl.float32)
     present = (slots < K) & (labels < C)
-    mean = tl.load(mean_ptr + b * C + labels, mask=labels < C, other=0.0).to(tl.float32)
     value = tl.load(duration_ptr + slots * C + labels, mask=present, other=0.0) + (slots + 1).to(tl.float32) * mean
     value = tl.where(present, value, float("-inf"))
     longer = tl.where(slots == 0, float("-inf"), value)
@@ -434,6 +455,15 @@ def duration_ring_kernel(duration_ptr, mean_ptr, ring_ptr, K, C, KP: tl.constexp
     tl.store(out + KP * CP, value)
     tl.store(out + 2 * KP * CP, longer)
     tl.store(out + 3 * KP * CP, longer)
+
+
+#: Score values the mean's loop of :func:`duration_ring_kernel` sums per step (`ROWS x CP`).
+MEAN_BLOCK = 2048
+#: The most score values of one sequence (`T x CP`) whose mean :func:`duration_ring` computes in its launch.
+#: One program per sequence streams them at about 15 GB/s (2.1 ms at T = 10^6, C = 8 on an H200, where
+#: PyTorch's reductions, parallel over positions, take 0.15 ms); below this the launch's GPU time stays
+#: under the host's work that precedes the sweep's launch, about 0.1 ms.
+MEAN_IN_LAUNCH = 2 ** 18
 
 
 def duration_ring(factors) -> torch.Tensor:
@@ -445,14 +475,28 @@ def duration_ring(factors) -> torch.Tensor:
     the second table also has `-inf` for `d = 1` (`j mod KP == 0`), the term
     the outside flow keeps apart. Built by one launch from the potentials'
     `duration (K, C)` and the float32 :class:`Factors`' mean (as
-    :func:`position_inputs`, the potentials' own tensors are read)."""
-    B, K, C = factors.B, factors.K, factors.C
+    :func:`position_inputs`, the potentials' own tensors are read).
+
+    That launch is also the preparation of every Triton sweep: when the
+    factors' mean is not known yet and a sequence is short (at most
+    :data:`MEAN_IN_LAUNCH` score values), it computes it from the scores and
+    supplies it (:meth:`Factors.supply_mean`), in place of the separate
+    masking and reductions of :meth:`Factors.centring_mean` (about 0.2 ms
+    of the host's time on an H200, before the first sweep can start)."""
+    B, T, K, C = sizes(factors)
     KP, CP = pad(K), pad(C)
     duration = small(factors.potentials.duration.to(torch.float32))
-    ring = torch.empty((B, 2, 2, KP, CP), dtype=torch.float32, device=duration.device)
+    device = duration.device
+    ring = torch.empty((B, 2, 2, KP, CP), dtype=torch.float32, device=device)
+    known = factors.has_mean or T * CP > MEAN_IN_LAUNCH
+    mean = factors.mean.contiguous() if known else torch.empty((B, C), dtype=torch.float64, device=device)
     if B > 0:
-        duration_ring_kernel[(B,)](duration, factors.mean.contiguous(), ring, K, C, KP=KP, CP=CP, num_warps=1,
-                                   enable_fp_fusion=False)
+        scores = rows(factors.potentials.scores.to(torch.float32))
+        duration_ring_kernel[(B,)](duration, scores, factors.lengths, mean, ring, K, C, scores.stride(0), KP=KP,
+                                   CP=CP, MEAN=not known, CENTER=factors.potentials.center,
+                                   ROWS=max(1, MEAN_BLOCK // CP), num_warps=4, enable_fp_fusion=False)
+    if not known:
+        factors.supply_mean(mean)
     return ring
 
 

@@ -298,6 +298,7 @@ def kbest_decode(factors, k: int, num_warps: int | None = None):
     default."""
     B, T, K, C = sizes(factors)
     KP, CP, KK = pad(K), pad(C), pad(k)
+    ring = duration_ring(factors)  # (first: it supplies the factors' mean)
     inputs, flags = position_inputs(factors)
     device = inputs[0].device
     keys = backpointer_dtype(max(KP, CP) * KK)
@@ -312,7 +313,7 @@ def kbest_decode(factors, k: int, num_warps: int | None = None):
     G, S = sweep_tiling(KP, CP, num_warps or kbest_num_warps(KP, CP, k))
     exchange = torch.empty((B, 2, k, CP), dtype=torch.float32, device=device)
     kbest_sweep_kernel[(B,)](
-        *inputs[:4], duration_ring(factors), small(factors.transition), small(factors.start),
+        *inputs[:4], ring, small(factors.transition), small(factors.start),
         small(factors.end), factors.lengths, duration_from, source_from, scores, final, exchange,
         B, T, C, *inputs[4:], KP=KP, CP=CP, KK=KK, KBEST=k, G=G, S=S, num_warps=G, **flags)
     kbest_traceback_kernel[(k * B,)](duration_from, source_from, scores, final, factors.lengths, labels, starts,

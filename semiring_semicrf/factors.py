@@ -66,7 +66,8 @@ class Factors:
     - `enter`, `leave`: `(B, T, C)`, computed on first use;
     - `duration`: `(B, K, C)`, the compensated duration factor;
     - `transition`: `(C, C)` `[src, dst]` or `(K, C, C)` `[d-1, src, dst]`;
-    - `start`, `end`: `(C,)`; `lengths`: `(B,)` int64; `mean`: `(B, C)` float64.
+    - `start`, `end`: `(C,)`; `lengths`: `(B,)` int64; `mean`: `(B, C)`
+      float64, computed on first use (:meth:`supply_mean`).
 
     :meth:`rows` produces the same factors block by block (time-major), for
     sweeps that must not hold an `O(T C)` table.
@@ -78,7 +79,7 @@ class Factors:
         self.potentials = potentials
         self.lengths = potentials.lengths
         self.dtype = potentials.dtype if dtype is None else dtype
-        self.mean = self._mean() if mean is None else mean
+        self._mean = mean
 
     # -- sizes ---------------------------------------------------------------
     B = property(lambda self: self.potentials.batch_size)
@@ -104,11 +105,32 @@ class Factors:
         copy.__dict__.update(tensors)
         return copy
 
-    def _mean(self) -> torch.Tensor:
+    @property
+    def mean(self) -> torch.Tensor:
         """`(B, C)` float64, detached: the per-sequence, per-label mean over
         the valid positions (zeros when the potentials are not centred). A
         constant for autograd: it cancels exactly between `cum` and the
-        duration factor."""
+        duration factor. Computed on first use, unless supplied first."""
+        if self._mean is None:
+            self._mean = self.centring_mean()
+        return self._mean
+
+    @property
+    def has_mean(self) -> bool:
+        """Whether :attr:`mean` is known yet (computed or supplied)."""
+        return self._mean is not None
+
+    def supply_mean(self, mean: torch.Tensor) -> None:
+        """Set :attr:`mean`, not yet known, to `mean` `(B, C)` float64: the
+        value of :meth:`centring_mean` (up to the order of its sum) from a
+        kernel that reads the scores anyway (the Triton rung's preparation
+        launch), sparing its separate reductions."""
+        if self._mean is not None:
+            raise RuntimeError("Factors.supply_mean: the mean is already known")
+        self._mean = mean
+
+    def centring_mean(self) -> torch.Tensor:
+        """:attr:`mean` computed from the potentials."""
         p = self.potentials
         if not p.center:
             return torch.zeros(p.batch_size, p.C, dtype=torch.float64, device=p.device)

@@ -322,6 +322,45 @@ def test_kernel_factors_are_the_factors_definition(p64, offset, center):
     torch.testing.assert_close(leave_back[valid], factors.leave[valid], rtol=1e-6, atol=1e-5)
 
 
+@settings(deadline=None, max_examples=12)
+@given(structured_problems(max_B=3, max_T=9, max_K=3, max_C=5), st.floats(-50, 50), st.booleans(),
+       st.sampled_from([1, 2, 16]))
+def test_the_preparation_launch_supplies_the_centring_mean(p64, offset, center, rows):
+    """The launch that builds the duration ring computes the factors' mean
+    when it is not known yet and the sequences are short (summing `rows`
+    positions a step), from
+    scores with any batch stride, never reading past a length (the padding
+    holds NaN here); it equals :meth:`Factors.centring_mean`, and the ring
+    holds `Factors.duration`, the same bits."""
+    from unittest import mock
+
+    from semiring_semicrf.factors import Factors
+    B, T, K, C = p64.batch_size, p64.T, p64.K, p64.C
+    wide = torch.full((B, T + 2, C), float("nan"), dtype=torch.float32)
+    wide[:, :T] = (p64.scores + offset).float().masked_fill(~p64.valid_mask()[..., None], float("nan"))
+    tensors = {k: v.to(DEVICE, torch.float32) for k, v in p64.tensors().items()}
+    p = SemiMarkovPotentials(lengths=p64.lengths.to(DEVICE), center=center, validate_args=False,
+                             **tensors | {"scores": wide.to(DEVICE)[:, :T]})
+    supplied = Factors(p)
+    with mock.patch.object(common, "MEAN_BLOCK", rows * common.pad(C)):
+        ring = common.duration_ring(supplied)
+    assert supplied.has_mean
+    torch.testing.assert_close(supplied.mean, Factors(p).centring_mean(), rtol=1e-15, atol=0)
+    with pytest.raises(RuntimeError, match="already known"):
+        supplied.supply_mean(supplied.mean)
+    tables = ring.view(B, 4, common.pad(K), common.pad(C))[..., :K, :C]
+    assert torch.equal(tables[:, 0], supplied.duration) and torch.equal(tables[:, 1], supplied.duration)
+    assert torch.equal(tables[:, 2, 1:], supplied.duration[:, 1:]) and torch.equal(tables[:, 3], tables[:, 2])
+    assert bool((tables[:, 2:, 0] == float("-inf")).all())
+    known = Factors(p, mean=supplied.mean + 1.0)  # a known mean is read, not computed again
+    ring = common.duration_ring(known).view(B, 4, common.pad(K), common.pad(C))
+    assert torch.equal(ring[:, 0, :K, :C], known.duration) and torch.equal(known.mean, supplied.mean + 1.0)
+    long = Factors(p)  # past MEAN_IN_LAUNCH, PyTorch's reductions compute the mean first
+    with mock.patch.object(common, "MEAN_IN_LAUNCH", T * common.pad(C) - 1):
+        ring = common.duration_ring(long).view(B, 4, common.pad(K), common.pad(C))
+    assert torch.equal(long.mean, Factors(p).centring_mean()) and torch.equal(ring[:, 0, :K, :C], long.duration)
+
+
 def test_gradients_through_the_kernels():
     """`log_partition(backend="triton")` differentiated: the flow's label
     marginals handed to the gradient of the scores, every other input's
