@@ -133,8 +133,8 @@ class Information(torch.autograd.Function):
     @staticmethod
     def forward(state: _State, *tensors):
         n = len(state.p.tensors())
-        state.p = _detached(state.p, tensors[:n])
-        state.q = None if state.q is None else _detached(state.q, tensors[n:])
+        state.p = state.p.detached(tensors[:n])
+        state.q = None if state.q is None else state.q.detached(tensors[n:])
         state.rung = backends.select(state.backend, state.p, "information")
         with torch.no_grad():
             # p's gradient is an hvp along a direction known now: a rung may start its sweeps here
@@ -184,10 +184,6 @@ class Information(torch.autograd.Function):
         out = refuse_further_derivatives([*grads_p, *grads_q], [grad, *ctx.saved_tensors],
                                          f"the gradient of {names[kind]}")
         return (None, *out)
-
-
-def _detached(potentials: SemiMarkovPotentials, tensors) -> SemiMarkovPotentials:
-    return potentials.replace(**{name: t.detach() for name, t in zip(potentials.tensors(), tensors)})
 
 
 def _finite(potentials: SemiMarkovPotentials) -> dict:

@@ -209,6 +209,22 @@ class SemiMarkovPotentials(_Conversions):
         tensors' device if they went elsewhere."""
         return self._with({**self.tensors(), **tensors}, self.lengths)
 
+    def detached(self, tensors: Sequence[torch.Tensor] | None = None) -> SemiMarkovPotentials:
+        """A copy holding `tensors` (in the order of :meth:`tensors`; by
+        default its own) detached from autograd. They must be views of its
+        own values (such as those an autograd Function's forward receives),
+        so nothing is checked again: no new launch or device sync; the same
+        lengths, `center` and `validate_args`."""
+        names = list(self.tensors())
+        given = list(self.tensors().values()) if tensors is None else list(tensors)
+        if len(given) != len(names):
+            raise ValueError(f"detached: expected {len(names)} tensors ({', '.join(names)}), got {len(given)}")
+        copy = object.__new__(SemiMarkovPotentials)
+        copy.__dict__.update(self.__dict__)
+        copy.__dict__.update({name: t.detach() for name, t in zip(names, given)})
+        copy._factors = None
+        return copy
+
     def _with(self, tensors: dict, lengths: torch.Tensor) -> SemiMarkovPotentials:
         """New potentials of these tensors (checked) and these lengths (not
         checked again), with this `center` and `validate_args` (the values

@@ -129,3 +129,27 @@ def test_replace_moves_the_lengths_with_the_tensors():
     moved = p.replace(**{name: t.to("meta") for name, t in p.tensors().items()})
     assert moved.lengths.device.type == "meta" and moved.device.type == "meta"
     assert p.replace(scores=p.scores + 1).lengths is p.lengths
+
+
+def test_detached_keeps_everything_but_the_graph():
+    """`detached` (what an autograd Function's forward keeps of its inputs)
+    holds the given views detached, with the same lengths, `center` and
+    `validate_args`, no factors of the original, and nothing checked or
+    launched again."""
+    g = torch.Generator().manual_seed(1)
+    p = SemiMarkovPotentials(torch.randn(2, 5, 3, generator=g).requires_grad_(), torch.randn(3, 3, generator=g),
+                             torch.randn(2, 3, generator=g), torch.tensor([5, 3]), center=False,
+                             end_scores=torch.randn(2, 5, 3, generator=g), validate_args=False)
+    views = [t * 1.0 for t in p.tensors().values()]
+    copy = p.detached(views)
+    assert list(copy.tensors()) == list(p.tensors()) and not any(t.requires_grad for t in copy.tensors().values())
+    assert all(torch.equal(a, b) for a, b in zip(copy.tensors().values(), views))
+    assert copy.lengths is p.lengths and copy.center is False and copy.validate_args is False
+    plain = p.detached()
+    assert plain.factors() is plain.factors()  # cached: nothing requires grad
+    shifted = plain.detached([t + 1.0 for t in plain.tensors().values()])
+    assert shifted.factors() is not plain.factors() and shifted.factors().potentials is shifted
+    assert torch.equal(semimarkov_scan(copy), semimarkov_scan(p).detach())
+    assert all(a is not b and torch.equal(a, b) for a, b in zip(p.detached().tensors().values(), p.tensors().values()))
+    with pytest.raises(ValueError, match="expected 6 tensors"):
+        p.detached(views[:2])

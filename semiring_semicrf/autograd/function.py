@@ -64,8 +64,7 @@ class LogPartition(torch.autograd.Function):
 
     @staticmethod
     def forward(tables, potentials, backend, low_memory, *tensors):
-        names = list(potentials.tensors())
-        detached = potentials.replace(**{n: t.detach() for n, t in zip(names, tensors)})
+        detached = potentials.detached(tensors)
         tables.potentials, tables.factors = detached, detached.factors()
         log_z, tables.saved = backend.inside(tables.factors, low_memory=low_memory)
         return log_z
@@ -78,10 +77,16 @@ class LogPartition(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_log_z):
-        # the inputs join only a graph being built (create_graph=True): without
-        # one, the backward touches no saved tensor and may run again
-        tensors = ctx.saved_tensors if torch.is_grad_enabled() else ()
-        grads = LogPartitionGrad.apply(ctx.tables, ctx.backend, ctx.needs_input_grad[4:], grad_log_z, *tensors)
+        needed = ctx.needs_input_grad[4:]
+        if not (torch.is_grad_enabled() or torch._C._are_functorch_transforms_active()):
+            # no graph to build (nor a transform to batch it): the gradient alone, without a
+            # Function's bookkeeping, a host cost paid before the outside's launch
+            grads = LogPartitionGrad.forward(ctx.tables, ctx.backend, needed, grad_log_z)
+        else:
+            # the inputs join only a graph being built (create_graph=True): without
+            # one, the backward touches no saved tensor and may run again
+            tensors = ctx.saved_tensors if torch.is_grad_enabled() else ()
+            grads = LogPartitionGrad.apply(ctx.tables, ctx.backend, needed, grad_log_z, *tensors)
         return (None, None, None, None, *grads)
 
 
