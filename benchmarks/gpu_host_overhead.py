@@ -13,10 +13,20 @@
    inputs copied into the graphs' static tensors inside the timing. The eager call's excess is the host's
    work before the first kernel; a replay is one launch.
 
+3. Where the host's time goes: timestamps (`time.perf_counter`) taken inside isolated eager forward+backward
+   calls, each from an idle GPU, at the entry and exit of the steps that matter (:data:`STEPS`: the
+   autograd Functions, the factors' mean, each kernel's launch by Triton, the gradients' assembly), median
+   over 30 calls, in microseconds from the call's start. A kernel starts on the GPU when its launch returns
+   (and the kernel before it is done): the time before the forward's launch and any excess of the host's
+   work between the forward's and the flow's launches over the forward kernel add to an eager call.
+
 At :data:`SIZES` (the host-overhead target's and a small one); prints the tables last.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib
 import os
 import statistics
 import sys
@@ -118,20 +128,89 @@ def eager_and_graphed(tensors) -> dict:
             "f+b graphed": isolated(lambda: graphed_total(*leaves).backward())}
 
 
+#: Section 3's timestamps: (module, owner of the attribute or None, attribute, label), each call of it marked
+#: at entry and exit.
+STEPS = [("semiring_semicrf.autograd.function", "LogPartition", "forward", "LogPartition.forward"),
+         ("semiring_semicrf.factors", "Factors", "centring_mean", "Factors.centring_mean"),
+         ("semiring_semicrf.kernels.common", "duration_ring_kernel", "run", "launch: duration ring"),
+         ("semiring_semicrf.kernels.forward", "forward_sweep_kernel", "run", "launch: forward sweep"),
+         ("semiring_semicrf.autograd.function", "LogPartition", "backward", "LogPartition.backward"),
+         ("semiring_semicrf.kernels.backward", "outside_flow_kernel", "run", "launch: outside flow"),
+         ("semiring_semicrf.autograd.function", None, "gradients", "gradients from the posterior")]
+
+
+@contextlib.contextmanager
+def timestamps(marks: list):
+    """Within: every call of a :data:`STEPS` entry appends `(label + " >"/" <", perf_counter())` to `marks`."""
+    patched = []
+    for module, owner, name, label in STEPS:
+        target = importlib.import_module(module)
+        target = target if owner is None else getattr(target, owner)
+        original, raw = getattr(target, name), vars(target).get(name)
+
+        def marked(*args, _original=original, _label=label, **kwargs):
+            marks.append((_label + " >", time.perf_counter()))
+            result = _original(*args, **kwargs)
+            marks.append((_label + " <", time.perf_counter()))
+            return result
+        wrapper = functools.wraps(original)(marked)
+        setattr(target, name, staticmethod(wrapper) if isinstance(raw, staticmethod) else wrapper)
+        patched.append((target, name, raw))
+    try:
+        yield
+    finally:
+        for target, name, raw in reversed(patched):
+            if raw is None:  # a kernel's `run`: the class's method again
+                delattr(target, name)
+            else:
+                setattr(target, name, raw)
+
+
+def host_timeline(tensors) -> list:
+    """Section 3 on one problem: `[(label, median microseconds from the call's start)]` in call order."""
+    leaves = [t.clone().requires_grad_() for t in tensors]
+    marks: list = []
+
+    def call():
+        marks.append(("start", time.perf_counter()))
+        loss = total(*leaves)
+        marks.append(("loss built", time.perf_counter()))
+        loss.backward()
+        marks.append(("backward returned", time.perf_counter()))
+
+    with timestamps(marks):
+        for _ in range(5):
+            call()
+        runs = []
+        for _ in range(ISOLATED):
+            torch.cuda.synchronize()
+            marks.clear()
+            call()
+            runs.append([(label, t - marks[0][1]) for label, t in marks])
+        torch.cuda.synchronize()
+    labels = [label for label, _ in runs[0]]
+    return [(label, 1e6 * statistics.median(run[i][1] for run in runs)) for i, label in enumerate(labels)]
+
+
 def main() -> None:
     rows = []
     for shape in SIZES:
         tensors = inputs(*shape)
-        rows.append((shape, back_to_back(tensors), eager_and_graphed(tensors)))
-        print(shape, rows[-1][1:], flush=True)
+        rows.append((shape, back_to_back(tensors), eager_and_graphed(tensors), host_timeline(tensors)))
+        print(shape, rows[-1][1:3], flush=True)
     print("\n1. back to back, ms per forward: validate_args=True / False")
-    for shape, row, _ in rows:
+    for shape, row, _, _ in rows:
         print(f"{shape}: {1e3 * row[True]:.3f} / {1e3 * row[False]:.3f}")
     print("\n2. isolated calls, ms: forward eager / graphed (saved), forward+backward eager / graphed (saved)")
-    for shape, _, t in rows:
+    for shape, _, t, _ in rows:
         print(f"{shape}: {1e3 * t['fwd eager']:.3f} / {1e3 * t['fwd graphed']:.3f} "
               f"({1e3 * (t['fwd eager'] - t['fwd graphed']):.3f}), {1e3 * t['f+b eager']:.3f} / "
               f"{1e3 * t['f+b graphed']:.3f} ({1e3 * (t['f+b eager'] - t['f+b graphed']):.3f})")
+    print("\n3. host timestamps in an isolated eager forward+backward, us from the call's start")
+    for shape, _, _, timeline in rows:
+        print(f"{shape}:")
+        for label, us in timeline:
+            print(f"  {us:8.1f}  {label}")
 
 
 if __name__ == "__main__":
