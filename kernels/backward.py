@@ -59,6 +59,7 @@ from .common import (
     label_sums_of_lists,
     leave_factor,
     load_row,
+    load_tile,
     load_where_held,
     pad,
     position_inputs,
@@ -68,6 +69,7 @@ from .common import (
     sequence_inputs,
     sizes,
     small,
+    store_tile,
     store_where_held,
     sweep_tile_indices,
     sweep_tiling,
@@ -99,14 +101,9 @@ def clear_past_length(end_rows_ptr, start_rows_ptr, marginals_ptr, length, T, C,
     for first_row in range(length + 1, T + 1, KP):
         block = first_row + slots
         past = (block <= T) & valid
-        if HELD:
-            store_where_held(end_rows_ptr + block * C + labels, zeros, past)
-            store_where_held(start_rows_ptr + block * C + labels, zeros, past)
-            store_where_held(marginals_ptr + (block - 1) * C + labels, zeros, past)
-        else:
-            tl.store(end_rows_ptr + block * C + labels, zeros, mask=past)
-            tl.store(start_rows_ptr + block * C + labels, zeros, mask=past)
-            tl.store(marginals_ptr + (block - 1) * C + labels, zeros, mask=past)
+        store_tile(end_rows_ptr + block * C + labels, zeros, past, HELD)
+        store_tile(start_rows_ptr + block * C + labels, zeros, past, HELD)
+        store_tile(marginals_ptr + (block - 1) * C + labels, zeros, past, HELD)
 
 
 @triton.jit
@@ -120,13 +117,8 @@ def starts_window(v_ptr, scale_row, base, length, K, C, slots, labels, valid, ot
     starts = (length - 1) - ((length - 1 - slots) & (KP - 1))
     in_window = (starts >= 0) & (starts > length - K)
     at = tl.maximum(starts, 0)
-    if HELD:
-        window = load_where_held(v_ptr + at * C + labels, in_window & valid, other)
-        shift = load_where_held(scale_row + at, at >= 0, 0.0)
-    else:
-        window = tl.load(v_ptr + at * C + labels, mask=in_window & valid, other=other)
-        shift = tl.load(scale_row + at)
-    return window + (shift - base).to(tl.float32)
+    window = load_tile(v_ptr + at * C + labels, in_window & valid, other, HELD)
+    return window + (load_tile(scale_row + at, at >= 0, 0.0, HELD) - base).to(tl.float32)
 
 
 @triton.jit

@@ -95,6 +95,27 @@ def load_where_held(ptr, mask, other):
 
 
 @triton.jit
+def load_tile(ptr, mask, other, HELD: tl.constexpr):
+    """`tl.load(ptr, mask=mask, other=other)`, or with `HELD` by
+    :func:`load_where_held`: for the helpers that kernels of either kind of
+    tile share."""
+    if HELD:
+        return load_where_held(ptr, mask, other)
+    else:
+        return tl.load(ptr, mask=mask, other=other)
+
+
+@triton.jit
+def store_tile(ptr, value, mask, HELD: tl.constexpr):
+    """:func:`load_tile`'s store: `tl.store`, or with `HELD`
+    :func:`store_where_held`."""
+    if HELD:
+        store_where_held(ptr, value, mask)
+    else:
+        tl.store(ptr, value, mask=mask)
+
+
+@triton.jit
 def sweep_tile_indices(KP: tl.constexpr, CP: tl.constexpr, G: tl.constexpr, S: tl.constexpr):
     """The indices of the 4-d tiles `(lists / S, G, S, CP / G)` of
     :func:`sweep_tiling`: `(copy, labels, slots, sources)`. `copy` and
@@ -241,10 +262,7 @@ def load_row(ptr, row, labels, C, rows, HELD: tl.constexpr = False):
     """Row `row` of a `(rows, C)` float32 table as a `(CP,)` vector (or any
     tile of `labels`), 0 outside `[0, rows)` and past `C`; `HELD`: by
     :func:`load_where_held`."""
-    if HELD:
-        return load_where_held(ptr + row * C + labels, row_mask(labels, C, row, rows), 0.0)
-    else:
-        return tl.load(ptr + row * C + labels, mask=row_mask(labels, C, row, rows), other=0.0)
+    return load_tile(ptr + row * C + labels, row_mask(labels, C, row, rows), 0.0, HELD)
 
 
 @triton.jit
@@ -295,10 +313,7 @@ def sequence_inputs(scores_ptr, start_scores_ptr, end_scores_ptr, mean_ptr, b, C
     """Sequence `b`'s rows of the position inputs (:func:`position_inputs`)
     and its mean, in float32 as `Factors.centred` subtracts it (`HELD`: by
     :func:`load_where_held`)."""
-    if HELD:
-        mean = load_where_held(mean_ptr + b * C + labels, labels < C, 0.0).to(tl.float32)
-    else:
-        mean = tl.load(mean_ptr + b * C + labels, mask=labels < C, other=0.0).to(tl.float32)
+    mean = load_tile(mean_ptr + b * C + labels, labels < C, 0.0, HELD).to(tl.float32)
     return scores_ptr + b * scores_stride, start_scores_ptr + b * start_stride, end_scores_ptr + b * end_stride, mean
 
 
@@ -491,7 +506,8 @@ def duration_ring(factors) -> torch.Tensor:
     known = factors.has_mean or T * CP > MEAN_IN_LAUNCH
     mean = factors.mean.contiguous() if known else torch.empty((B, C), dtype=torch.float64, device=device)
     if B > 0:
-        scores = rows(factors.potentials.scores.to(torch.float32))
+        # (the scores are read only for the mean: else any valid pointer, with no copy made)
+        scores = duration if known else rows(factors.potentials.scores.to(torch.float32))
         duration_ring_kernel[(B,)](duration, scores, factors.lengths, mean, ring, K, C, scores.stride(0), KP=KP,
                                    CP=CP, MEAN=not known, CENTER=factors.potentials.center,
                                    ROWS=max(1, MEAN_BLOCK // CP), num_warps=4, enable_fp_fusion=False)
