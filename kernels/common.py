@@ -164,21 +164,26 @@ def by_previous_label(values, labels, sources, copy, exchange, CP: tl.constexpr,
     each `s`); returns the tuple of tiles whose entry `(x, g, s, l)` is the
     value of label `x S + s`.
 
-    With `SHUFFLE`, one warp and at most 32 labels: one shuffle a register
-    (label `c` sits in lane `c`). Else through `exchange` (`len(values) *
+    With `SHUFFLE`, one warp and its 32 lanes filled (`S CP >= 32`): a
+    gather along the labels' axis, which Triton makes warp shuffles (one a
+    register) wherever its layouts put the labels. (An inline `shfl.sync`
+    that took label `c` from lane `c` read the wrong lanes in the k-best
+    sweep, whose layouts Triton chose otherwise: its one-warp lists were
+    wrong on the GPU. With fewer lanes filled, Triton gives the gather a
+    layout that repeats the labels over the idle lanes and holds twice the
+    lists a thread.) Else through `exchange` (`len(values) *
     CP` float32 of scratch, which a step still reading it must not share:
     double buffer it) and one barrier: an L1 round trip, which is what
     several warps need and, on an H200, was also faster for the one-warp
     sweeps that store tables each step (the Log forward with tables at (1,
     10^5, 64, 8): 42.6 ms against 45.2 with shuffles; without tables 38.4
-    against 55.9)."""
-    if HARDWARE_MATH and SHUFFLE and G == 1 and CP <= 32:
+    against 55.9). Where the lanes are not filled, the scratch costs the
+    forward without tables 5-13% against the inline shuffle it replaced
+    (docs/performance.md, "One warp's exchange")."""
+    if SHUFFLE and G == 1 and sources.shape[2] * CP >= 32:
         out = ()
         for j in tl.static_range(len(values)):
-            out = out + (tl.inline_asm_elementwise(
-                "shfl.sync.idx.b32 $0, $1, $2, 0x1f, 0xffffffff;", "=r,r,r",
-                [tl.broadcast_to(values[j], sources.shape).to(tl.int32, bitcast=True), sources], dtype=tl.int32,
-                is_pure=True, pack=1).to(tl.float32, bitcast=True),)
+            out = out + (tl.gather(tl.broadcast_to(values[j], sources.shape), sources, 3),)
         return out
     else:
         for j in tl.static_range(len(values)):

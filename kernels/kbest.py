@@ -31,7 +31,8 @@ few lists of each, a thread the rest of the lists in registers. A pop is
 then a few register maxima and shuffles, with no barrier; one barrier a
 position remains, where alpha (by label) is exchanged into alpha by
 previous label for the transition stage (:func:`~.common.by_previous_label`;
-a shuffle on one warp). On an H200 at (4, 1000, 32, 24),
+a gather, which Triton makes shuffles, on one warp whose lanes are
+filled). On an H200 at (4, 1000, 32, 24),
 k = 5, the sweep and the traceback took 3.7 ms where pops over whole `(K,
 C, pad(k))` tiles, reduced across 16 warps, took 31 (`benchmarks/gpu_kbest.py`;
 with each head packed into one 64-bit integer, value then key, and one

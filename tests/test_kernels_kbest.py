@@ -193,3 +193,20 @@ def test_gpu_integer_ties_equal_the_reference():
     reference = topk(cpu, 8, backend="reference")
     assert_same_lists(topk(gpu_p, 8, backend="triton"), reference)
     assert_same_lists(viterbi(gpu_p, backend="triton"), (x[0] for x in reference))
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("B,T,K,C", [(2, 300, 8, 3), (1, 600, 64, 8), (2, 300, 16, 12)])
+def test_gpu_every_warp_count_gives_the_reference_lists(B, T, K, C):
+    """Every tiling of the sweep on the GPU, the one-warp sweep (whose
+    exchange is a gather) included: the reference's scores, and the same
+    bits at every count."""
+    from semiring_semicrf.kernels.kbest import kbest_decode
+    p64 = random_problem(B, T, K, C, extras=True, seed=B * T + K)
+    reference = topk(p64, 5, backend="reference")[0]
+    factors = converted(p64, DEVICE, torch.float32).factors()
+    first = kbest_decode(factors, 5, num_warps=1)
+    torch.testing.assert_close(first[0].double().cpu(), reference, rtol=1e-5, atol=1e-4)
+    for warps in (2, 4, 8, 16):
+        assert_same_lists(kbest_decode(factors, 5, num_warps=warps), first)
