@@ -7,9 +7,9 @@
    sweep alone, and the Log forward (at the shipped warps) followed by the outside flow at each count of
    :data:`WARPS` (or ``--warps``; the flow's time is that minus the forward's); log Z at every count against
    the shipped one.
-2. At the target (``--target``, (16, 2000, 16, 12) by default), the public API's forward and forward+backward
-   (as ``gpu_bench.py`` times them) with the shipped counts and with the best of (1) for that tile, against
-   flash-semicrf's Triton path in the same run (if installed, unless ``--no-flash``).
+2. At the target (``--target``, (16, 2000, 16, 12) by default; swept in (1) too), the public API's forward and
+   forward+backward (as ``gpu_bench.py`` times them) with the shipped counts and with the best of (1) for that
+   tile, against flash-semicrf's Triton path in the same run (if installed, unless ``--no-flash``).
 
 Writes ``gpu_warps.json`` under --out and prints the tables last.
 """
@@ -101,12 +101,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=".")
     parser.add_argument("--configs", nargs="+", type=shape_argument, default=CONFIGS, help="BxTxKxC ...")
-    parser.add_argument("--target", type=shape_argument, default=TARGET, help="BxTxKxC, one of --configs")
+    parser.add_argument("--target", type=shape_argument, default=TARGET,
+                        help="BxTxKxC (swept as well if not among --configs)")
     parser.add_argument("--budget", type=float, default=3.0, help="seconds per timing")
     parser.add_argument("--warps", nargs="+", type=int, default=WARPS, help="counts to sweep")
     parser.add_argument("--no-flash", action="store_true", help="leave flash-semicrf out")
     args = parser.parse_args()
-    rows = {str(shape): sweep(shape, args.budget, args.warps) for shape in args.configs}
+    configs = list(dict.fromkeys([*args.configs, args.target]))
+    rows = {str(shape): sweep(shape, args.budget, args.warps) for shape in configs}
     target = rows[str(args.target)]
     best_forward = min(args.warps, key=lambda w: seconds_or_inf(target[w]["forward"]))
     best_flow = min(args.warps, key=lambda w: seconds_or_inf(target[w]["flow"]))
