@@ -215,8 +215,9 @@ class SemiMarkovPotentials(_Conversions):
         own values (such as those an autograd Function's forward receives),
         so nothing is checked again: no new launch or device sync; the same
         lengths, `center` and `validate_args`."""
-        names = list(self.tensors())
-        given = list(self.tensors().values()) if tensors is None else list(tensors)
+        own = self.tensors()
+        names = list(own)
+        given = list(own.values()) if tensors is None else list(tensors)
         if len(given) != len(names):
             raise ValueError(f"detached: expected {len(names)} tensors ({', '.join(names)}), got {len(given)}")
         copy = object.__new__(SemiMarkovPotentials)
