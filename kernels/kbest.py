@@ -14,16 +14,31 @@ Per position `e`:
 The ring holds the lists of the last `K` starts in registers, rotated as in
 :mod:`.forward`, one tile per rank (a tuple of `k` tiles, so nothing is
 padded to a power of two along the ranks). A top-k is a k-way merge over
-the lists' heads (:func:`top_k_of_sorted_lists`): `k` pops, each one
-reduction over the heads, then the winning list's head moves one rank on.
-A pop is two reductions: the heads' maximum, then the smallest key among
-the heads equal to it. Keys are
+the lists' heads (:func:`top_k_of_sorted_lists`): `k` pops, each taking
+the heads' best, then moving the winning list one rank on. A pop is two
+reductions: the heads' maximum, then the smallest list key among the heads
+equal to it. Moving a list on shifts its ranks, one select each, none
+waiting on another (a head picked by a rank pointer was a chain of selects,
+one per rank it could have reached: 897 instructions a step at (64, 8)
+against 736); the popped entry's rank is the number of pops its list won
+before. Keys are
 `d-1`/`c'` times `KK` plus the rank, so ties go to the smaller
 `(duration, previous label, rank)`, and at the end to the smaller
 `(last label, rank)`: exactly the reference's rule
 (:mod:`semiring_semicrf.backends.reference.decode`). Exact ties need exact
 sums (integer potentials with `center=False`); the running normalization
 subtracts a value of the tiles themselves, which keeps integers exact.
+
+The duration stage is split in two, a step apart. Of `alpha[e + 1]`'s
+starts, all but the newest, `e`, are known once step `e` has its running
+normalization: their best `k` (over `d >= 2`, with :func:`~.common.duration_ring`'s
+table without `d = 1`) are popped in step `e`, interleaved with the
+transition stage's pops (:func:`top_k_of_two_sets`: one set's instructions
+fill the other's waits on its shuffles). Step `e + 1` then merges the
+newest start's list, `v[e] + duration[0]`, into them
+(:func:`merge_two_sorted`, ties to the newest: the shorter duration), a
+few selects where `K` lists were popped. The sums are the same floats in
+the same order, so the outputs are the same bits.
 
 The tiles are laid out so that the pops' reductions never leave a warp
 (:func:`sweep_tiling`): each warp holds a group of labels, its lanes a
@@ -36,7 +51,9 @@ filled). On an H200 at (4, 1000, 32, 24),
 k = 5, the sweep and the traceback took 3.7 ms where pops over whole `(K,
 C, pad(k))` tiles, reduced across 16 warps, took 31 (`benchmarks/gpu_kbest.py`;
 with each head packed into one 64-bit integer, value then key, and one
-reduction a pop, 4.1 ms: the two 32-bit reductions take fewer instructions).
+reduction a pop, 4.1 ms: the two 32-bit reductions take fewer instructions);
+with the shifted lists and the split duration stage, 2.4 ms on 4 warps
+(3.1 on the 16 of before), and 174 ms at (1, 10^5, 64, 8) (198 before).
 
 Everything else a step moves between threads is kept off shared memory:
 the exchange and the back-pointers are stored by the threads that hold
@@ -105,17 +122,56 @@ def kbest_limits_reason(potentials, k: int) -> str | None:
 
 
 @triton.jit
-def rank_entry(lists, base, ptr, UPTO: tl.constexpr):
-    """`lists[ptr] + base` elementwise, for `ptr <= UPTO` (`lists` a tuple of
+def rank_entry(lists, ptr, UPTO: tl.constexpr):
+    """`lists[ptr]` elementwise, for `ptr <= UPTO` (`lists` a tuple of
     tiles, `ptr` an int32 tile of the broadcast shape)."""
     entry = lists[0]
     for j in tl.static_range(1, UPTO + 1):
         entry = tl.where(ptr == j, lists[j], entry)
-    return entry + base
+    return entry
 
 
 @triton.jit
-def top_k_of_sorted_lists(lists, base, list_key, KK: tl.constexpr, KEYS: tl.constexpr, KBEST: tl.constexpr,
+def with_base(lists, base, KBEST: tl.constexpr):
+    """The tuple of tiles `lists[j] + base`."""
+    entries = ()
+    for j in tl.static_range(KBEST):
+        entries = entries + (lists[j] + base,)
+    return entries
+
+
+@triton.jit
+def pop_head(entries, values, winners, list_key, LISTS: tl.constexpr, A: tl.constexpr, B: tl.constexpr):
+    """One pop of :func:`top_k_of_sorted_lists`: the heads' (`entries[0]`)
+    best and the key of its list appended to `values` and `winners` (the
+    pops before), and the lists with the winner's moved one rank on (their
+    first `len(entries) - 1` ranks, all a later pop can reach)."""
+    head = entries[0]
+    value = reduce_max(head, A, B)
+    winner = reduce_min(tl.where(head == value, list_key, LISTS), A, B)
+    won = list_key == winner
+    moved = ()
+    for j in tl.static_range(len(entries) - 1):
+        moved = moved + (tl.where(won, entries[j + 1], entries[j]),)
+    return moved, values + (value,), winners + (winner,)
+
+
+@triton.jit
+def keys_of_pops(winners, KK: tl.constexpr):
+    """The keys `list_key * KK + rank` of the entries popped from the lists
+    `winners` (in pop order): an entry's rank is the number of pops its
+    list won before."""
+    keys = ()
+    for t in tl.static_range(len(winners)):
+        rank = tl.zeros(winners[t].shape, tl.int32)
+        for before in tl.static_range(t):
+            rank += (winners[before] == winners[t]).to(tl.int32)
+        keys = keys + (winners[t] * KK + rank,)
+    return keys
+
+
+@triton.jit
+def top_k_of_sorted_lists(lists, base, list_key, KK: tl.constexpr, LISTS: tl.constexpr, KBEST: tl.constexpr,
                           A: tl.constexpr, B: tl.constexpr):
     """The `KBEST` best of the sorted lists `lists[j] + base`, the lists
     along axes `A` and `B` of the broadcast shape, per index of the other
@@ -123,27 +179,62 @@ def top_k_of_sorted_lists(lists, base, list_key, KK: tl.constexpr, KEYS: tl.cons
     list non-increasing over `j`). Returns `(values, keys)`, tuples of
     `KBEST` tensors (axes `A`, `B` of size 1), best first; the key of rank
     `j` of a list is `list_key * KK + j` (`list_key` distinct per list,
-    keys below `KEYS`).
+    below `LISTS`).
 
     A k-way merge over the lists' heads: each pop takes the heads' maximum,
-    then the smallest key among the heads equal to it (ties to the smaller
-    key), and moves the winning list's head one rank on. Each list is sorted
-    and its ranks' keys increase, so the merge pops exactly what pops over
-    all entries would."""
-    head = lists[0] + base
-    ptr = tl.zeros(head.shape, tl.int32)
+    then the smallest list key among the heads equal to it (ties to the
+    smaller key), and moves the winning list one rank on (each rank takes
+    the next one's value: one select a rank, none waiting on another). Each
+    list is sorted and its ranks' keys increase, so the merge pops exactly
+    what pops over all entries would."""
+    entries = with_base(lists, base, KBEST)
+    values = ()
+    winners = ()
+    for _ in tl.static_range(KBEST):
+        entries, values, winners = pop_head(entries, values, winners, list_key, LISTS, A, B)
+    return values, keys_of_pops(winners, KK)
+
+
+@triton.jit
+def top_k_of_two_sets(lists, base, list_key, LISTS: tl.constexpr, other_lists, other_base, other_list_key,
+                      OTHER_LISTS: tl.constexpr, KK: tl.constexpr, KBEST: tl.constexpr, A: tl.constexpr,
+                      B: tl.constexpr):
+    """:func:`top_k_of_sorted_lists` of two independent sets of lists (of
+    one tile shape), `(values, keys, other_values, other_keys)`, their pops
+    interleaved so that one set's instructions fill the other's waits on
+    its shuffles."""
+    entries = with_base(lists, base, KBEST)
+    other_entries = with_base(other_lists, other_base, KBEST)
+    values = ()
+    winners = ()
+    other_values = ()
+    other_winners = ()
+    for _ in tl.static_range(KBEST):
+        entries, values, winners = pop_head(entries, values, winners, list_key, LISTS, A, B)
+        other_entries, other_values, other_winners = pop_head(other_entries, other_values, other_winners,
+                                                              other_list_key, OTHER_LISTS, A, B)
+    return values, keys_of_pops(winners, KK), other_values, keys_of_pops(other_winners, KK)
+
+
+@triton.jit
+def merge_two_sorted(first, second, second_keys, KBEST: tl.constexpr):
+    """The `KBEST` best of two sorted lists (tuples of `KBEST` tensors, best
+    first), ties to `first`: `(values, keys)`, the key of `first[j]` being
+    `j` and that of `second[j]` `second_keys[j]` (all above `first`'s). A
+    merge: each step compares the two heads (ranks `i` and `j`, selected
+    among the ranks they can have reached) and moves the taken one on."""
+    i = tl.zeros(first[0].shape, tl.int32)
+    j = tl.zeros(first[0].shape, tl.int32)
     values = ()
     keys = ()
     for t in tl.static_range(KBEST):
-        keyed = list_key * KK + ptr
-        value = reduce_max(head, A, B)
-        key = reduce_min(tl.where(head == value, keyed, KEYS), A, B)
-        values = values + (value,)
-        keys = keys + (key,)
-        if t < KBEST - 1:
-            won = keyed == key
-            ptr += won.to(tl.int32)
-            head = tl.where(won, rank_entry(lists, base, ptr, t + 1), head)
+        a = rank_entry(first, i, t)
+        b = rank_entry(second, j, t)
+        take = a >= b
+        values = values + (tl.where(take, a, b),)
+        keys = keys + (tl.where(take, i, rank_entry(second_keys, j, t)),)
+        i += take.to(tl.int32)
+        j += 1 - take.to(tl.int32)
     return values, keys
 
 
@@ -181,29 +272,42 @@ def kbest_sweep_kernel(
         labels, True)
     pointer_rows = b64 * (T + 1) * C * KBEST + labels * KBEST
     exchange_ptr += b64 * 2 * KBEST * CP
-    window = duration_ring_ptr + b64 * 4 * KP * CP + KP * CP - slots * CP + labels
+    durations = duration_ring_ptr + b64 * 4 * KP * CP
+    # the durations d >= 2 of the ring's slots in their rotated order (:func:`~.common.duration_ring`'s
+    # second table), and d = 1, the same at every position
+    longer = durations + 3 * KP * CP - slots * CP + labels
+    shortest = load_where_held(durations + labels, valid, 0.0)
     transition = load_where_held(transition_ptr + sources * C + labels, (sources < C) & valid, float("-inf"))
     start = load_where_held(start_ptr + labels, valid, float("-inf"))
     cum = tl.zeros(labels.shape, tl.float64)
     v0 = start + enter_factor(cum, boundary_row(start_scores_ptr, 0, labels, C, T, START_SCORES, True))
     ring = (tl.where(slots == 0, v0, float("-inf")),)
+    newest = (v0,)
     alpha = (tl.full(labels.shape, float("-inf"), tl.float32),)
+    older_best = alpha
+    older_from = (tl.zeros(labels.shape, tl.int32),)
     for _ in tl.static_range(1, KBEST):
         ring = ring + (tl.full(ring[0].shape, float("-inf"), tl.float32),)
-        alpha = alpha + (tl.full(labels.shape, float("-inf"), tl.float32),)
+        newest = newest + (alpha[0],)
+        alpha = alpha + (alpha[0],)
+        older_best = older_best + (alpha[0],)
+        older_from = older_from + (older_from[0],)
     scale = tl.zeros(labels.shape, tl.float64)  # the same in every entry
-    next_duration = load_where_held(window, valid, 0.0)
     next_scores, next_end_score, next_start_score = position_rows(
         scores_ptr, start_scores_ptr, end_scores_ptr, 0, labels, C, T, START_SCORES, END_SCORES, True)
     for e in range(1, length + 1):
-        duration, scores, end_score, start_score = next_duration, next_scores, next_end_score, next_start_score
-        next_duration = load_where_held(window + (e & (KP - 1)) * CP, valid, 0.0)
+        scores, end_score, start_score = next_scores, next_end_score, next_start_score
         next_scores, next_end_score, next_start_score = position_rows(
             scores_ptr, start_scores_ptr, end_scores_ptr, e, labels, C, T, START_SCORES, END_SCORES, True)
+        next_longer = load_where_held(longer + (e & (KP - 1)) * CP, valid, 0.0)  # for position e + 1
         cum, leave, enter = step_factors(cum, scores, end_score, start_score, mean)  # cum[e], leave[e-1], enter[e]
 
-        alpha, alpha_from = top_k_of_sorted_lists(ring, duration, (e - 1 - slots) & (KP - 1), KK, KP * KK, KBEST,
-                                                  0, 2)
+        # alpha[e]: the segments from the newest start (d = 1), merged into the best of the older ones
+        # (older_best, popped in the previous step)
+        shortest_segments = ()
+        for j in tl.static_range(KBEST):
+            shortest_segments = shortest_segments + (newest[j] + shortest,)
+        alpha, alpha_from = merge_two_sorted(shortest_segments, older_best, older_from, KBEST)
         arrived = ()
         for j in tl.static_range(KBEST):
             arrived = arrived + (alpha[j] + leave,)
@@ -213,24 +317,38 @@ def kbest_sweep_kernel(
         # the best alpha over all labels, from the copy every warp now holds (no exchange between warps)
         r = reduce_max(best_by_source, 0, 2)
         r = tl.where(r == float("-inf"), 0.0, r)
-        u, u_from = top_k_of_sorted_lists(by_source, transition, sources, KK, CP * KK, KBEST, 0, 2)
+        older = ()
+        for j in tl.static_range(KBEST):
+            older = older + (ring[j] - r,)
+        # u[e], and the starts before e at position e + 1 (everything alpha[e + 1] needs but v[e])
+        u, u_from, best_of_older, from_older = top_k_of_two_sets(
+            by_source, transition, sources, CP, older, next_longer, (e - slots) & (KP - 1), KP, KK, KBEST,
+            0, 2)
         row = pointer_rows + e * C * KBEST
         new_ring = ()
         new_alpha = ()
+        new_newest = ()
         for j in tl.static_range(KBEST):
             store_where_held(duration_from_ptr + row + j, alpha_from[j].to(duration_from_ptr.dtype.element_ty), stores)
             store_where_held(source_from_ptr + row + j, u_from[j].to(source_from_ptr.dtype.element_ty), stores)
             new_alpha = new_alpha + (alpha[j] + leave - r,)
-            new_ring = new_ring + (tl.where(slots == (e & (KP - 1)), u[j] - r + enter, ring[j] - r),)
+            new_newest = new_newest + (u[j] - r + enter,)
+            new_ring = new_ring + (tl.where(slots == (e & (KP - 1)), new_newest[j], older[j]),)
+        older_best = ()
+        older_from = ()
+        for j in tl.static_range(KBEST):
+            older_best = older_best + (tl.broadcast_to(best_of_older[j], labels.shape),)
+            older_from = older_from + (tl.broadcast_to(from_older[j], labels.shape),)
         alpha = new_alpha
         ring = new_ring
+        newest = new_newest
         scale += r.to(tl.float64)
 
     end = load_where_held(end_ptr + labels, valid, float("-inf"))
     closing = ()
     for j in tl.static_range(KBEST):
         closing = closing + (alpha[j] + end,)
-    best, final = top_k_of_sorted_lists(closing, 0.0, labels, KK, CP * KK, KBEST, 1, 3)
+    best, final = top_k_of_sorted_lists(closing, 0.0, labels, KK, CP, KBEST, 1, 3)
     for t in tl.static_range(KBEST):
         first = (labels == 0) & (copy == 0)
         store_where_held(best_ptr + t * B + b + labels * 0, (scale + best[t].to(tl.float64)).to(tl.float32), first)
@@ -269,24 +387,45 @@ def kbest_traceback_kernel(duration_from_ptr, source_from_ptr, scores_ptr, final
         e = s
 
 
+#: The (list, label) pairs of a position's two top-k stages, `(KP + CP) CP`, one warp takes at most
+#: (:func:`kbest_num_warps`).
+PAIRS_PER_WARP = 640
+#: The list entries (ring and previous labels, all ranks) one thread holds at most, where more warps bring
+#: it down (:func:`kbest_num_warps`).
+ENTRIES_PER_THREAD = 160
+
+
 def kbest_num_warps(KP: int, CP: int, k: int) -> int:
-    """Warps (label groups, :func:`sweep_tiling`) for the sweep: the most,
-    up to 16, that still fill each warp's 32 lanes with distinct (list,
-    label) pairs and leave each thread at least two lists; more warps leave
-    each thread fewer lists, and a pop's latency shrinks with them, down to
-    one list a thread, where the warps' own overhead wins. On an H200, the
-    sweep and traceback with k = 5 (the kernels with 3 barriers a step): at
-    (16, 2000, 16, 12) 3.54-3.70 ms at 2 warps, 3.59-3.64 at 4, 4.06-4.28
-    at 8 (one list a thread), 4.67-4.85 at 16; at (4, 1000, 32, 24)
-    2.79-2.94 at 8, 2.85-3.01 at 16, 3.5 at 4; at (1, 10^5, 64, 8) 197 at
-    2, 228 at 1, 296 at 4; at (4, 10^4, 100, 24) 44.6 at 16, 52 at 8.
-    (Earlier, lanes past the labels, `S > CP`, were tried at (64, 8) and
-    lost: 261 ms at 8 warps, 275 at 4.) `k` does not change the choice (at
-    k = 16 and (32, 32) a thread still holds its 2 x 16 ring entries in
-    registers)."""
-    warps = 1
-    while (warps < 16 and 32 * (2 * warps) <= CP * min(KP, CP)
-           and KP // sweep_tiling(KP, CP, 2 * warps)[1] >= 2):
+    """Warps (label groups, :func:`sweep_tiling`) for the sweep: at least
+    two, and the fewest that give each warp at most :data:`PAIRS_PER_WARP`
+    (list, label) pairs a position and each thread at most
+    :data:`ENTRIES_PER_THREAD` list entries (up to 16 warps, and while more
+    warps still bring that down). Fewer warps leave each thread more lists
+    in registers, where a pop's maximum costs a few instructions, not a
+    shuffle; past about 640 pairs a warp the in-thread chains win back.
+
+    On an H200, the public `topk(5)` of the shifted, pipelined sweep
+    (docs/performance.md): at (4, 1000, 32, 24) 2.62 ms at 4 warps, 3.04 at
+    8, 3.59 at 16, 3.63 at 2; at (1, 10^5, 64, 8) 176 at 2, 214 at 4, 218
+    at 1; at (16, 2000, 16, 12) 3.98 at 2, 4.35 at 1, 4.45 at 4; at (4,
+    10^4, 100, 24) 39.4 at 8, 46.0 at 16, 58.6 at 4; at (8, 1000, 8, 3)
+    1.63 at 2, 1.81 at 1, 1.91 at 4; at (2, 2000, 16, 64) 7.21 at 8, 8.40
+    at 16, 8.63 at 4. The entries' bound matters for large `k` only (no
+    choice at k = 5 reaches it); the sweep and traceback: at (4, 1000, 32,
+    24) with k = 10 5.37 ms at 4 warps (160 entries a thread), 6.13 at 8,
+    6.62 at 16, with k = 16 11.3 at 8 (128 entries), 15.5 at 16; at (16,
+    2000, 16, 12) with k = 16 14.3 at 2 (128 entries), 13.7 at 4, 16.9 at
+    8."""
+    def entries(warps: int) -> int:
+        S = sweep_tiling(KP, CP, warps)[1]
+        return (KP // S + CP // S) * k
+
+    pairs = (KP + CP) * CP
+    warps = min(2, CP)
+    while warps < min(16, CP):
+        crowded = entries(warps) > ENTRIES_PER_THREAD and entries(2 * warps) < entries(warps)
+        if pairs <= PAIRS_PER_WARP * warps and not crowded:
+            break
         warps *= 2
     return warps
 

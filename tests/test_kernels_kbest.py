@@ -140,6 +140,37 @@ def test_every_tiling_of_the_sweep_gives_the_same_lists(K, C):
     assert len(tilings) >= 2
 
 
+@pytest.mark.parametrize("K,C,k", [(6, 5, 6), (9, 2, 16), (1, 3, 3)])
+def test_ties_over_a_rotating_ring_equal_the_reference(K, C, k):
+    """Longer sequences than the ring (T = 24, every slot reused), integer
+    ties: the split duration stage (the older starts popped a step ahead,
+    the newest merged in) and the shifted pops give the reference's lists
+    at every warp count, `K = 1` (no older start) included."""
+    from semiring_semicrf.kernels.kbest import kbest_decode
+    g = torch.Generator().manual_seed(K * C * k)
+
+    def ints(*shape):
+        return torch.randint(-1, 2, shape, generator=g).float().to(DEVICE)
+
+    p = SemiMarkovPotentials(ints(2, 24, C), ints(C, C), ints(K, C), torch.tensor([24, 17], device=DEVICE), ints(C),
+                             ints(C), center=False, start_scores=ints(2, 24, C))
+    expected = topk(p, k, backend="reference")
+    assert_same_lists(topk(p, k, backend="triton"), expected)
+    for warps in (1, 4):
+        assert_same_lists(kbest_decode(p.factors(), k, num_warps=warps), expected)
+
+
+def test_warp_counts_are_the_measured_best():
+    """`kbest_num_warps` picks, at the sizes measured on an H200 with k = 5
+    (its docstring), the count that measured fastest, and at k = 16 fewer
+    entries a thread."""
+    from semiring_semicrf.kernels.kbest import kbest_num_warps
+    best = {(32, 32): 4, (64, 8): 2, (16, 16): 2, (128, 32): 8, (8, 4): 2, (16, 64): 8}
+    assert {size: kbest_num_warps(*size, 5) for size in best} == best
+    assert kbest_num_warps(32, 32, 10) == 4 and kbest_num_warps(32, 32, 16) == 8
+    assert kbest_num_warps(1, 1, 5) == 1 and kbest_num_warps(4, 2, 5) == 2
+
+
 def test_bitwise_deterministic():
     p = converted(random_problem(3, 9, 4, 5, torch.tensor([9, 4, 7]), seed=32), DEVICE, torch.float32)
     assert_same_lists(topk(p, 5, backend="triton"), topk(p, 5, backend="triton"))
