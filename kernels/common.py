@@ -196,6 +196,28 @@ def by_previous_label(values, labels, sources, copy, exchange, CP: tl.constexpr,
 
 
 @triton.jit
+def keep_nan(seen, x):
+    """`seen` where `x` is a number, `x` where it is NaN (elementwise): for
+    :func:`nan_mark`'s inputs that a sweep reads one position at a time."""
+    return tl.where(x != x, x, seen)
+
+
+@triton.jit
+def nan_mark(parts):
+    """0.0, or NaN if one of the sweep tiles in `parts` (a tuple of label
+    vectors and `(lists / S, G, S, CP / G)` tiles, float32 or float64)
+    holds a NaN: a float32 scalar that the Max and k-best sweeps add to
+    their scores. Their maxima skip NaN (`tl.maximum`'s default) where the
+    reference rung's propagate it, so a NaN potential would otherwise give
+    a finite, wrong score. A sum over the NaN entries alone, so `-inf` (a
+    forbidden move) does not count; one reduction across warps."""
+    total = tl.sum(tl.where(parts[0] != parts[0], float("nan"), 0.0).to(tl.float32), axis=0, keep_dims=True)
+    for j in tl.static_range(1, len(parts)):
+        total += tl.sum(tl.where(parts[j] != parts[j], float("nan"), 0.0).to(tl.float32), axis=0, keep_dims=True)
+    return tl.sum(total)
+
+
+@triton.jit
 def label_sums_of_lists(x, labels, sources, exchange, CP: tl.constexpr, G: tl.constexpr):
     """The sums over the labels of a sweep tile indexed `(list, label)`
     (:func:`sweep_tiling`, `sources` its list indices), as a label vector

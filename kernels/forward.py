@@ -70,7 +70,9 @@ from .common import (
     enter_factor,
     fast_exp2,
     fast_log2,
+    keep_nan,
     load_where_held,
+    nan_mark,
     pad,
     position_inputs,
     position_rows,
@@ -127,6 +129,7 @@ def forward_sweep_kernel(
     cum = tl.zeros(labels.shape, tl.float64)
     v0 = start + enter_factor(cum, boundary_row(start_scores_ptr, 0, labels, C, T, START_SCORES, True))
     scale = tl.zeros(labels.shape, tl.float64)  # the same in every entry
+    seen = tl.zeros(labels.shape, tl.float32)  # Max: NaN once a boundary score read was NaN
     if TABLES and not MAX:
         store_where_held(v_table_ptr + table + labels, v0, stores)
         store_where_held(scale_ptr + b * (T + 1) + labels * 0, scale, (labels == 0) & (copy == 0))
@@ -141,6 +144,8 @@ def forward_sweep_kernel(
         next_scores, next_end_score, next_start_score = position_rows(
             scores_ptr, start_scores_ptr, end_scores_ptr, e, labels, C, T, START_SCORES, END_SCORES, True)
         cum, leave, enter = step_factors(cum, scores, end_score, start_score, mean)  # cum[e], leave[e-1], enter[e]
+        if MAX and (START_SCORES or END_SCORES):
+            seen = keep_nan(keep_nan(seen, end_score), tl.where(e < length, start_score, 0.0))
 
         x = ring + duration
         a = tiled_sum(x, MAX)
@@ -173,7 +178,12 @@ def forward_sweep_kernel(
     lasts = by_previous_label((alpha + end,), labels, sources, copy, exchange_ptr, CP, G, SHUFFLE)[0]
     closing = tiled_sum(lasts, MAX)
     first = (labels == 0) & (copy == 0)
-    store_where_held(result_ptr + b + labels * 0, (scale + closing.to(tl.float64)).to(tl.float32), first)
+    result = (scale + closing.to(tl.float64)).to(tl.float32)
+    if MAX:
+        # NaN if a potential the sequence reads is NaN (the scores through cum, before each length)
+        durations = load_where_held(duration_ring_ptr + b * 4 * KP * CP + slots * CP + labels, valid, 0.0)
+        result += nan_mark((cum, v0, seen, transition, end, durations))
+    store_where_held(result_ptr + b + labels * 0, result, first)
     if MAX:
         store_where_held(final_ptr + b + labels * 0, first_at_max(lasts, closing, sources, CP).to(tl.int64), first)
     elif TABLES:

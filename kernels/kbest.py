@@ -86,7 +86,9 @@ from .common import (
     by_previous_label,
     duration_ring,
     enter_factor,
+    keep_nan,
     load_where_held,
+    nan_mark,
     pad,
     position_inputs,
     position_rows,
@@ -293,6 +295,7 @@ def kbest_sweep_kernel(
         older_best = older_best + (alpha[0],)
         older_from = older_from + (older_from[0],)
     scale = tl.zeros(labels.shape, tl.float64)  # the same in every entry
+    seen = tl.zeros(labels.shape, tl.float32)  # NaN once a boundary score read was NaN
     next_scores, next_end_score, next_start_score = position_rows(
         scores_ptr, start_scores_ptr, end_scores_ptr, 0, labels, C, T, START_SCORES, END_SCORES, True)
     for e in range(1, length + 1):
@@ -301,6 +304,8 @@ def kbest_sweep_kernel(
             scores_ptr, start_scores_ptr, end_scores_ptr, e, labels, C, T, START_SCORES, END_SCORES, True)
         next_longer = load_where_held(longer + (e & (KP - 1)) * CP, valid, 0.0)  # for position e + 1
         cum, leave, enter = step_factors(cum, scores, end_score, start_score, mean)  # cum[e], leave[e-1], enter[e]
+        if START_SCORES or END_SCORES:
+            seen = keep_nan(keep_nan(seen, end_score), tl.where(e < length, start_score, 0.0))
 
         # alpha[e]: the segments from the newest start (d = 1), merged into the best of the older ones
         # (older_best, popped in the previous step)
@@ -349,9 +354,12 @@ def kbest_sweep_kernel(
     for j in tl.static_range(KBEST):
         closing = closing + (alpha[j] + end,)
     best, final = top_k_of_sorted_lists(closing, 0.0, labels, KK, CP, KBEST, 1, 3)
+    # NaN if a potential the sequence reads is NaN (the scores through cum, before its length)
+    nan = nan_mark((cum, v0, seen, transition, end, load_where_held(durations + slots * CP + labels, valid, 0.0)))
     for t in tl.static_range(KBEST):
         first = (labels == 0) & (copy == 0)
-        store_where_held(best_ptr + t * B + b + labels * 0, (scale + best[t].to(tl.float64)).to(tl.float32), first)
+        store_where_held(best_ptr + t * B + b + labels * 0, (scale + best[t].to(tl.float64)).to(tl.float32) + nan,
+                         first)
         store_where_held(final_ptr + t * B + b + labels * 0, final[t], first)
 
 

@@ -17,12 +17,14 @@ from .forward import forward_sweep
 
 
 @triton.jit
-def traceback_kernel(best_duration_ptr, best_source_ptr, final_ptr, lengths_ptr, labels_ptr, starts_ptr,
+def traceback_kernel(best_duration_ptr, best_source_ptr, final_ptr, score_ptr, lengths_ptr, labels_ptr, starts_ptr,
                      T, C, KP: tl.constexpr):
     """Writes `labels (B, T)` int64 and `starts (B, T)` bool over `[0, L)`
-    (the caller fills the rest with -1 / False)."""
+    (the caller fills the rest with -1 / False), except where the score is
+    NaN (a NaN potential: no segmentation, as the reference rung gives)."""
     b = tl.program_id(0)
-    e = tl.load(lengths_ptr + b)
+    score = tl.load(score_ptr + b)
+    e = tl.where(score == score, tl.load(lengths_ptr + b), 0)
     b = b.to(tl.int64)
     table = b * (T + 1) * C
     row = b * T
@@ -47,6 +49,6 @@ def viterbi_decode(factors, num_warps: int | None = None):
                                                                      num_warps)
     labels = torch.full((B, T), -1, dtype=torch.int64, device=score.device)
     starts = torch.zeros((B, T), dtype=torch.int8, device=score.device)
-    traceback_kernel[(B,)](best_duration, best_source, last_label, factors.lengths, labels, starts,
+    traceback_kernel[(B,)](best_duration, best_source, last_label, score, factors.lengths, labels, starts,
                            T, C, KP=pad(K), num_warps=1)
     return score, labels, starts.bool()

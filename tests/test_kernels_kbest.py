@@ -171,6 +171,38 @@ def test_warp_counts_are_the_measured_best():
     assert kbest_num_warps(1, 1, 5) == 1 and kbest_num_warps(4, 2, 5) == 2
 
 
+@pytest.mark.parametrize("where", ["scores", "scores past the length", "start_scores", "start_scores at the length",
+                                   "end_scores", "transition", "duration", "start", "end"])
+@pytest.mark.filterwarnings("ignore:All-NaN slice encountered:RuntimeWarning")
+def test_nan_potentials_give_the_references_nan_not_a_finite_score(where):
+    """Without validation, a NaN potential gives what the reference rung
+    gives: NaN scores and no segmentation where a sequence reads it, the
+    other sequences' lists unchanged. (The kernels' maxima skip NaN; a NaN
+    the sequence reads would otherwise give a finite, wrong score.)"""
+    g = torch.Generator().manual_seed(5)
+    B, T, K, C = 2, 9, 3, 3
+    tensors = {"scores": torch.randn(B, T, C, generator=g), "transition": torch.randn(C, C, generator=g),
+               "duration": torch.randn(K, C, generator=g), "start": torch.randn(C, generator=g),
+               "end": torch.randn(C, generator=g), "start_scores": torch.randn(B, T, C, generator=g),
+               "end_scores": torch.randn(B, T, C, generator=g)}
+    name = where.split()[0]
+    index = {"scores": (1, 4, 1), "scores past the length": (1, 7, 1), "start_scores": (1, 3, 2),
+             "start_scores at the length": (1, 7, 0), "end_scores": (1, 5, 0), "transition": (2, 1),
+             "duration": (2, 0), "start": (1,), "end": (2,)}[where]
+    tensors[name][index] = float("nan")
+    lengths = torch.tensor([9, 7])
+    p = SemiMarkovPotentials(**{k: v.to(DEVICE) for k, v in tensors.items()}, lengths=lengths.to(DEVICE),
+                             validate_args=False)
+    for query in (lambda backend: viterbi(p, backend=backend), lambda backend: topk(p, 3, backend=backend)):
+        ours, theirs = query("triton"), query("reference")
+        torch.testing.assert_close(ours[0], theirs[0], equal_nan=True)
+        assert torch.equal(ours[1], theirs[1]) and torch.equal(ours[2], theirs[2])
+        poisoned = torch.isnan(ours[0]).reshape(-1, B).any(0).tolist()
+        assert poisoned == {"scores past the length": [False, False], "start_scores at the length": [False, False],
+                            "transition": [True, True], "duration": [True, True], "start": [True, True],
+                            "end": [True, True]}.get(where, [False, True])
+
+
 def test_bitwise_deterministic():
     p = converted(random_problem(3, 9, 4, 5, torch.tensor([9, 4, 7]), seed=32), DEVICE, torch.float32)
     assert_same_lists(topk(p, 5, backend="triton"), topk(p, 5, backend="triton"))
