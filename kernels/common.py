@@ -196,25 +196,41 @@ def by_previous_label(values, labels, sources, copy, exchange, CP: tl.constexpr,
 
 
 @triton.jit
-def keep_nan(seen, x):
-    """`seen` where `x` is a number, `x` where it is NaN (elementwise): for
-    :func:`nan_mark`'s inputs that a sweep reads one position at a time."""
-    return tl.where(x != x, x, seen)
+def boundary_nans(seen, start_score, end_score, e, length):
+    """`seen` (a label vector) with NaN where the boundary scores a sweep's
+    step at position `e` reads are NaN: `end_scores[e-1]`, and
+    `start_scores[e]` before the sequence's `length` (what
+    :func:`potential_nan_mark` takes)."""
+    start_score = tl.where(e < length, start_score, 0.0)
+    seen = tl.where(end_score != end_score, end_score, seen)
+    return tl.where(start_score != start_score, start_score, seen)
 
 
 @triton.jit
 def nan_mark(parts):
     """0.0, or NaN if one of the sweep tiles in `parts` (a tuple of label
     vectors and `(lists / S, G, S, CP / G)` tiles, float32 or float64)
-    holds a NaN: a float32 scalar that the Max and k-best sweeps add to
-    their scores. Their maxima skip NaN (`tl.maximum`'s default) where the
-    reference rung's propagate it, so a NaN potential would otherwise give
-    a finite, wrong score. A sum over the NaN entries alone, so `-inf` (a
-    forbidden move) does not count; one reduction across warps."""
+    holds a NaN, as a float32 scalar. A sum over the NaN entries alone, so
+    `-inf` (a forbidden move) does not count; one reduction across warps."""
     total = tl.sum(tl.where(parts[0] != parts[0], float("nan"), 0.0).to(tl.float32), axis=0, keep_dims=True)
     for j in tl.static_range(1, len(parts)):
         total += tl.sum(tl.where(parts[j] != parts[j], float("nan"), 0.0).to(tl.float32), axis=0, keep_dims=True)
     return tl.sum(total)
+
+
+@triton.jit
+def potential_nan_mark(durations, cum, v0, seen, transition, end, slots, labels, valid, CP: tl.constexpr):
+    """What the Max and k-best sweeps add to a sequence's scores: NaN if a
+    potential it read is NaN, else 0.0 (:func:`nan_mark`). Their maxima
+    skip NaN (`tl.maximum`'s default) where the reference rung's propagate
+    it, so a NaN potential would otherwise give a finite, wrong score. The
+    scores before the length are in `cum` (the prefix sum keeps a NaN to
+    the end), `start` and `start_scores[0]` in `v0`, the later boundary
+    scores in `seen` (:func:`boundary_nans`); `transition` and `end` are
+    the sweep's tiles, `durations` the sequence's
+    :func:`duration_ring`."""
+    table = load_where_held(durations + slots * CP + labels, valid, 0.0)
+    return nan_mark((cum, v0, seen, transition, end, table))
 
 
 @triton.jit

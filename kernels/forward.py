@@ -65,17 +65,17 @@ import triton.language as tl
 from .common import (
     LN2,
     LOG2E,
+    boundary_nans,
     boundary_row,
     by_previous_label,
     enter_factor,
     fast_exp2,
     fast_log2,
-    keep_nan,
     load_where_held,
-    nan_mark,
     pad,
     position_inputs,
     position_rows,
+    potential_nan_mark,
     reduce_max,
     reduce_min,
     reduce_sum,
@@ -145,7 +145,7 @@ def forward_sweep_kernel(
             scores_ptr, start_scores_ptr, end_scores_ptr, e, labels, C, T, START_SCORES, END_SCORES, True)
         cum, leave, enter = step_factors(cum, scores, end_score, start_score, mean)  # cum[e], leave[e-1], enter[e]
         if MAX and (START_SCORES or END_SCORES):
-            seen = keep_nan(keep_nan(seen, end_score), tl.where(e < length, start_score, 0.0))
+            seen = boundary_nans(seen, start_score, end_score, e, length)
 
         x = ring + duration
         a = tiled_sum(x, MAX)
@@ -180,9 +180,8 @@ def forward_sweep_kernel(
     first = (labels == 0) & (copy == 0)
     result = (scale + closing.to(tl.float64)).to(tl.float32)
     if MAX:
-        # NaN if a potential the sequence reads is NaN (the scores through cum, before each length)
-        durations = load_where_held(duration_ring_ptr + b * 4 * KP * CP + slots * CP + labels, valid, 0.0)
-        result += nan_mark((cum, v0, seen, transition, end, durations))
+        result += potential_nan_mark(duration_ring_ptr + b * 4 * KP * CP, cum, v0, seen, transition, end, slots,
+                                     labels, valid, CP)
     store_where_held(result_ptr + b + labels * 0, result, first)
     if MAX:
         store_where_held(final_ptr + b + labels * 0, first_at_max(lasts, closing, sources, CP).to(tl.int64), first)

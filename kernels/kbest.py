@@ -82,16 +82,16 @@ import triton
 import triton.language as tl
 
 from .common import (
+    boundary_nans,
     boundary_row,
     by_previous_label,
     duration_ring,
     enter_factor,
-    keep_nan,
     load_where_held,
-    nan_mark,
     pad,
     position_inputs,
     position_rows,
+    potential_nan_mark,
     reduce_max,
     reduce_min,
     sequence_inputs,
@@ -305,7 +305,7 @@ def kbest_sweep_kernel(
         next_longer = load_where_held(longer + (e & (KP - 1)) * CP, valid, 0.0)  # for position e + 1
         cum, leave, enter = step_factors(cum, scores, end_score, start_score, mean)  # cum[e], leave[e-1], enter[e]
         if START_SCORES or END_SCORES:
-            seen = keep_nan(keep_nan(seen, end_score), tl.where(e < length, start_score, 0.0))
+            seen = boundary_nans(seen, start_score, end_score, e, length)
 
         # alpha[e]: the segments from the newest start (d = 1), merged into the best of the older ones
         # (older_best, popped in the previous step)
@@ -354,8 +354,7 @@ def kbest_sweep_kernel(
     for j in tl.static_range(KBEST):
         closing = closing + (alpha[j] + end,)
     best, final = top_k_of_sorted_lists(closing, 0.0, labels, KK, CP, KBEST, 1, 3)
-    # NaN if a potential the sequence reads is NaN (the scores through cum, before its length)
-    nan = nan_mark((cum, v0, seen, transition, end, load_where_held(durations + slots * CP + labels, valid, 0.0)))
+    nan = potential_nan_mark(durations, cum, v0, seen, transition, end, slots, labels, valid, CP)
     for t in tl.static_range(KBEST):
         first = (labels == 0) & (copy == 0)
         store_where_held(best_ptr + t * B + b + labels * 0, (scale + best[t].to(tl.float64)).to(tl.float32) + nan,
