@@ -127,9 +127,11 @@ def forward_sweep_kernel(
     transition = load_where_held(transition_ptr + sources * C + labels, (sources < C) & valid, float("-inf"))
     start = load_where_held(start_ptr + labels, valid, float("-inf"))
     cum = tl.zeros(labels.shape, tl.float64)
-    v0 = start + enter_factor(cum, boundary_row(start_scores_ptr, 0, labels, C, T, START_SCORES, True))
+    first_start_score = boundary_row(start_scores_ptr, 0, labels, C, T, START_SCORES, True)
+    v0 = start + enter_factor(cum, first_start_score)
     scale = tl.zeros(labels.shape, tl.float64)  # the same in every entry
-    seen = tl.zeros(labels.shape, tl.float32)  # Max: NaN once a boundary score read was NaN
+    # Max: NaN once a boundary score read was NaN (start_scores[0] here)
+    seen = tl.where(first_start_score != first_start_score, first_start_score, 0.0)
     if TABLES and not MAX:
         store_where_held(v_table_ptr + table + labels, v0, stores)
         store_where_held(scale_ptr + b * (T + 1) + labels * 0, scale, (labels == 0) & (copy == 0))
@@ -180,8 +182,7 @@ def forward_sweep_kernel(
     first = (labels == 0) & (copy == 0)
     result = (scale + closing.to(tl.float64)).to(tl.float32)
     if MAX:
-        result += potential_nan_mark(duration_ring_ptr + b * 4 * KP * CP, cum, v0, seen, transition, end, slots,
-                                     labels, valid, CP)
+        result += potential_nan_mark(cum, seen)
     store_where_held(result_ptr + b + labels * 0, result, first)
     if MAX:
         store_where_held(final_ptr + b + labels * 0, first_at_max(lasts, closing, sources, CP).to(tl.int64), first)

@@ -97,6 +97,8 @@ from .common import (
     sequence_inputs,
     sizes,
     small,
+    small_factors,
+    small_factors_nan,
     step_factors,
     store_where_held,
     sweep_tile_indices,
@@ -282,7 +284,8 @@ def kbest_sweep_kernel(
     transition = load_where_held(transition_ptr + sources * C + labels, (sources < C) & valid, float("-inf"))
     start = load_where_held(start_ptr + labels, valid, float("-inf"))
     cum = tl.zeros(labels.shape, tl.float64)
-    v0 = start + enter_factor(cum, boundary_row(start_scores_ptr, 0, labels, C, T, START_SCORES, True))
+    first_start_score = boundary_row(start_scores_ptr, 0, labels, C, T, START_SCORES, True)
+    v0 = start + enter_factor(cum, first_start_score)
     ring = (tl.where(slots == 0, v0, float("-inf")),)
     newest = (v0,)
     alpha = (tl.full(labels.shape, float("-inf"), tl.float32),)
@@ -295,7 +298,8 @@ def kbest_sweep_kernel(
         older_best = older_best + (alpha[0],)
         older_from = older_from + (older_from[0],)
     scale = tl.zeros(labels.shape, tl.float64)  # the same in every entry
-    seen = tl.zeros(labels.shape, tl.float32)  # NaN once a boundary score read was NaN
+    # NaN once a boundary score read was NaN (start_scores[0] here)
+    seen = tl.where(first_start_score != first_start_score, first_start_score, 0.0)
     next_scores, next_end_score, next_start_score = position_rows(
         scores_ptr, start_scores_ptr, end_scores_ptr, 0, labels, C, T, START_SCORES, END_SCORES, True)
     for e in range(1, length + 1):
@@ -354,7 +358,7 @@ def kbest_sweep_kernel(
     for j in tl.static_range(KBEST):
         closing = closing + (alpha[j] + end,)
     best, final = top_k_of_sorted_lists(closing, 0.0, labels, KK, CP, KBEST, 1, 3)
-    nan = potential_nan_mark(durations, cum, v0, seen, transition, end, slots, labels, valid, CP)
+    nan = potential_nan_mark(cum, seen)
     for t in tl.static_range(KBEST):
         first = (labels == 0) & (copy == 0)
         store_where_held(best_ptr + t * B + b + labels * 0, (scale + best[t].to(tl.float64)).to(tl.float32) + nan,
@@ -363,16 +367,19 @@ def kbest_sweep_kernel(
 
 
 @triton.jit
-def kbest_traceback_kernel(duration_from_ptr, source_from_ptr, scores_ptr, final_ptr, lengths_ptr,
-                           labels_ptr, starts_ptr, B, T, C,
-                           KP: tl.constexpr, KK: tl.constexpr, KBEST: tl.constexpr):
+def kbest_traceback_kernel(duration_from_ptr, source_from_ptr, scores_ptr, final_ptr, duration_ptr, transition_ptr,
+                           start_ptr, end_ptr, lengths_ptr, labels_ptr, starts_ptr, B, T, K, C,
+                           KP: tl.constexpr, KK: tl.constexpr, KBEST: tl.constexpr, SMALL_BLOCK: tl.constexpr):
     """Program `q * B + b` writes the rank-`q` segmentation of sequence `b`
     into `labels (KBEST, B, T)` int64 and `starts (KBEST, B, T)` int8 over
     `[0, L)` (the caller fills them with -1 / 0, which a missing entry, of
-    score `-inf`, keeps)."""
+    score `-inf`, keeps, and so does a NaN score). The score becomes NaN
+    first if a small factor is (:func:`~.common.small_factors_nan`)."""
     chain = tl.program_id(0)
     b = chain % B
-    score = tl.load(scores_ptr + chain)
+    score = tl.load(scores_ptr + chain) + small_factors_nan(duration_ptr, transition_ptr, start_ptr, end_ptr, K, C,
+                                                            SMALL_BLOCK)
+    tl.store(scores_ptr + chain, score, mask=score != score)
     alive = (score > float("-inf")) & (score < float("inf"))
     e = tl.where(alive, tl.load(lengths_ptr + b).to(tl.int32), 0)
     table = b.to(tl.int64) * (T + 1) * C * KBEST
@@ -463,6 +470,8 @@ def kbest_decode(factors, k: int, num_warps: int | None = None):
         *inputs[:4], ring, small(factors.transition), small(factors.start),
         small(factors.end), factors.lengths, duration_from, source_from, scores, final, exchange,
         B, T, C, *inputs[4:], KP=KP, CP=CP, KK=KK, KBEST=k, G=G, S=S, num_warps=G, **flags)
-    kbest_traceback_kernel[(k * B,)](duration_from, source_from, scores, final, factors.lengths, labels, starts,
-                                     B, T, C, KP=KP, KK=KK, KBEST=k, num_warps=1)
+    small_tensors, block = small_factors(factors)
+    kbest_traceback_kernel[(k * B,)](duration_from, source_from, scores, final, *small_tensors, factors.lengths,
+                                     labels, starts, B, T, K, C, KP=KP, KK=KK, KBEST=k, SMALL_BLOCK=block,
+                                     num_warps=1)
     return scores, labels, starts.bool()

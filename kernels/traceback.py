@@ -12,18 +12,23 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import duration_ring, pad, sizes
+from .common import duration_ring, pad, sizes, small_factors, small_factors_nan
 from .forward import forward_sweep
 
 
 @triton.jit
-def traceback_kernel(best_duration_ptr, best_source_ptr, final_ptr, score_ptr, lengths_ptr, labels_ptr, starts_ptr,
-                     T, C, KP: tl.constexpr):
+def traceback_kernel(best_duration_ptr, best_source_ptr, final_ptr, score_ptr, duration_ptr, transition_ptr, start_ptr,
+                     end_ptr, lengths_ptr, labels_ptr, starts_ptr, T, K, C, KP: tl.constexpr,
+                     SMALL_BLOCK: tl.constexpr):
     """Writes `labels (B, T)` int64 and `starts (B, T)` bool over `[0, L)`
     (the caller fills the rest with -1 / False), except where the score is
-    NaN (a NaN potential: no segmentation, as the reference rung gives)."""
+    NaN (a NaN potential: no segmentation, as the reference rung gives).
+    The score becomes NaN first if a small factor is
+    (:func:`~.common.small_factors_nan`)."""
     b = tl.program_id(0)
-    score = tl.load(score_ptr + b)
+    score = tl.load(score_ptr + b) + small_factors_nan(duration_ptr, transition_ptr, start_ptr, end_ptr, K, C,
+                                                       SMALL_BLOCK)
+    tl.store(score_ptr + b, score, mask=score != score)
     e = tl.where(score == score, tl.load(lengths_ptr + b), 0)
     b = b.to(tl.int64)
     table = b * (T + 1) * C
@@ -49,6 +54,7 @@ def viterbi_decode(factors, num_warps: int | None = None):
                                                                      num_warps)
     labels = torch.full((B, T), -1, dtype=torch.int64, device=score.device)
     starts = torch.zeros((B, T), dtype=torch.int8, device=score.device)
-    traceback_kernel[(B,)](best_duration, best_source, last_label, score, factors.lengths, labels, starts,
-                           T, C, KP=pad(K), num_warps=1)
+    small_tensors, block = small_factors(factors)
+    traceback_kernel[(B,)](best_duration, best_source, last_label, score, *small_tensors, factors.lengths, labels,
+                           starts, T, K, C, KP=pad(K), SMALL_BLOCK=block, num_warps=1)
     return score, labels, starts.bool()
