@@ -96,7 +96,6 @@ from .common import (
     reduce_min,
     sequence_inputs,
     sizes,
-    small,
     small_factors,
     small_factors_nan,
     step_factors,
@@ -466,11 +465,10 @@ def kbest_decode(factors, k: int, num_warps: int | None = None):
         return scores, labels, starts.bool()
     G, S = sweep_tiling(KP, CP, num_warps or kbest_num_warps(KP, CP, k))
     exchange = torch.empty((B, 2, k, CP), dtype=torch.float32, device=device)
+    small_tensors, block = small_factors(factors)  # (duration, transition, start, end)
     kbest_sweep_kernel[(B,)](
-        *inputs[:4], ring, small(factors.transition), small(factors.start),
-        small(factors.end), factors.lengths, duration_from, source_from, scores, final, exchange,
-        B, T, C, *inputs[4:], KP=KP, CP=CP, KK=KK, KBEST=k, G=G, S=S, num_warps=G, **flags)
-    small_tensors, block = small_factors(factors)
+        *inputs[:4], ring, *small_tensors[1:], factors.lengths, duration_from, source_from, scores, final,
+        exchange, B, T, C, *inputs[4:], KP=KP, CP=CP, KK=KK, KBEST=k, G=G, S=S, num_warps=G, **flags)
     kbest_traceback_kernel[(k * B,)](duration_from, source_from, scores, final, *small_tensors, factors.lengths,
                                      labels, starts, B, T, K, C, KP=KP, KK=KK, KBEST=k, SMALL_BLOCK=block,
                                      num_warps=1)
