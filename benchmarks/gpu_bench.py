@@ -507,10 +507,10 @@ def num_warps_sweep(device_inputs):
 def kbest_num_warps_sweep(device_inputs, k=5):
     """The k-best sweep and traceback per num_warps at :data:`KBEST_SWEEP_CONFIG` (the topk query's kernels)."""
     from semiring_semicrf.kernels.common import pad
-    from semiring_semicrf.kernels.kbest import kbest_decode, kbest_num_warps
+    from semiring_semicrf.kernels.kbest import crowds_processors, kbest_decode, kbest_num_warps
     shape = KBEST_SWEEP_CONFIG
     factors = potentials(device_inputs(shape)).factors()
-    row = {"chosen": kbest_num_warps(pad(shape[2]), pad(shape[3]), k)}
+    row = {"chosen": kbest_num_warps(pad(shape[2]), pad(shape[3]), k, crowds_processors(shape[0], DEVICE))}
     for w in (1, 2, 4, 8, 16):
         row[w] = median_time(lambda w=w: kbest_decode(factors, k, num_warps=w), 3.0)
     print(f"k-best num_warps {shape}, k = {k}: chosen {row['chosen']}; "

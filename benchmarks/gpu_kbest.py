@@ -38,7 +38,7 @@ def measure(shape, budget: float) -> dict:
     tensors = {k: v.to(DEVICE) for k, v in make_inputs(*shape).items()}
     factors = potentials(tensors).factors()
     KP, CP = pad(shape[2]), pad(shape[3])
-    shipped = kbest.kbest_num_warps(KP, CP, K_BEST)
+    shipped = kbest.kbest_num_warps(KP, CP, K_BEST, kbest.crowds_processors(shape[0], DEVICE))
     reference = kbest.kbest_decode(factors, K_BEST)[0]
     row: dict = {"shipped": shipped, "kernels": {}}
     for w in WARPS:

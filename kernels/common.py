@@ -123,12 +123,15 @@ def sweep_tile_indices(KP: tl.constexpr, CP: tl.constexpr, G: tl.constexpr, S: t
     vector holds the same value in each) and the label `g (CP / G) + l`;
     `slots` `(KP / S, G, S, CP / G)` the ring slot and `sources` `(CP / S, G,
     S, CP / G)` the previous label, both `x S + s` (the order
-    :func:`by_previous_label` relies on)."""
+    :func:`by_previous_label` relies on). Where `S` exceeds `KP` (or `CP`),
+    the tile has one row and lane `s` repeats slot `s mod KP` (label `s mod
+    CP`): the k-best sweep's whole-warp lists (:func:`~.kbest.kbest_tiling`);
+    a maximum, a top-k and a ring update are the same over the copies."""
     L: tl.constexpr = CP // G
     copy = tl.arange(0, S)[None, None, :, None] + tl.zeros((1, G, S, L), tl.int32)
     labels = tl.arange(0, G)[None, :, None, None] * L + tl.arange(0, L)[None, None, None, :] + copy * 0
-    slots = tl.arange(0, KP // S)[:, None, None, None] * S + copy
-    sources = tl.arange(0, CP // S)[:, None, None, None] * S + copy
+    slots = (tl.arange(0, max(1, KP // S))[:, None, None, None] * S + copy) & (KP - 1)
+    sources = (tl.arange(0, max(1, CP // S))[:, None, None, None] * S + copy) & (CP - 1)
     return copy, labels, slots, sources
 
 

@@ -41,9 +41,14 @@ few selects where `K` lists were popped. The sums are the same floats in
 the same order, so the outputs are the same bits.
 
 The tiles are laid out so that the pops' reductions never leave a warp
-(:func:`sweep_tiling`): each warp holds a group of labels, its lanes a
+(:func:`kbest_tiling`): each warp holds a group of labels, its lanes a
 few lists of each, a thread the rest of the lists in registers. A pop is
-then a few register maxima and shuffles, with no barrier; one barrier a
+then a few register maxima and shuffles, with no barrier. Up to 8 labels
+each warp holds one, its 32 lanes that label's lists: a pop's maximum
+over the lanes is then one `REDUX` on the floats' ordered integer bits
+(:func:`list_max`), where shuffles took three rounds, and each thread
+holds fewer lists (`topk(5)` at (1, 10^5, 64, 8): 147.6 ms on 8 warps
+against 175.0 on 2, with the same outputs, bit for bit). One barrier a
 position remains, where alpha (by label) is exchanged into alpha by
 previous label for the transition stage (:func:`~.common.by_previous_label`;
 a gather, which Triton makes shuffles, on one warp whose lanes are
@@ -92,7 +97,6 @@ from .common import (
     position_inputs,
     position_rows,
     potential_nan_mark,
-    reduce_max,
     reduce_min,
     sequence_inputs,
     sizes,
@@ -125,6 +129,31 @@ def kbest_limits_reason(potentials, k: int) -> str | None:
 
 
 @triton.jit
+def ordered_bits(x):
+    """The bits of float32 `x` as int32 in the same order (`-inf` lowest,
+    `-0.0` just below `0.0`), and back: the map is its own inverse."""
+    i = x.to(tl.int32, bitcast=True)
+    return i ^ ((i >> 31) & 0x7FFFFFFF)
+
+
+@triton.jit
+def list_max(x, A: tl.constexpr, B: tl.constexpr, WARP_LISTS: tl.constexpr):
+    """:func:`~.common.reduce_max` over the lists' axes `A` (in registers)
+    and `B` (across lanes). With `WARP_LISTS` (axis `B` is a whole warp's
+    32 lanes, :func:`kbest_tiling`), `B`'s maximum is taken on
+    :func:`ordered_bits`: one `REDUX` instruction, which Triton emits for a
+    whole warp's int32 maximum, where a float maximum is five rounds of
+    shuffles. A NaN the registers' maximum kept (all its entries NaN) may
+    then win, where a shuffle's maximum would skip it; the score is NaN
+    either way (:func:`~.common.potential_nan_mark`)."""
+    x = tl.max(x, axis=A, keep_dims=True)
+    if WARP_LISTS:
+        return ordered_bits(tl.max(ordered_bits(x), axis=B, keep_dims=True)).to(tl.float32, bitcast=True)
+    else:
+        return tl.max(x, axis=B, keep_dims=True)
+
+
+@triton.jit
 def rank_entry(lists, ptr, UPTO: tl.constexpr):
     """`lists[ptr]` elementwise, for `ptr <= UPTO` (`lists` a tuple of
     tiles, `ptr` an int32 tile of the broadcast shape)."""
@@ -144,13 +173,14 @@ def with_base(lists, base, KBEST: tl.constexpr):
 
 
 @triton.jit
-def pop_head(entries, values, winners, list_key, LISTS: tl.constexpr, A: tl.constexpr, B: tl.constexpr):
+def pop_head(entries, values, winners, list_key, LISTS: tl.constexpr, A: tl.constexpr, B: tl.constexpr,
+             WARP_LISTS: tl.constexpr):
     """One pop of :func:`top_k_of_sorted_lists`: the heads' (`entries[0]`)
     best and the key of its list appended to `values` and `winners` (the
     pops before), and the lists with the winner's moved one rank on (their
     first `len(entries) - 1` ranks, all a later pop can reach)."""
     head = entries[0]
-    value = reduce_max(head, A, B)
+    value = list_max(head, A, B, WARP_LISTS)
     winner = reduce_min(tl.where(head == value, list_key, LISTS), A, B)
     won = list_key == winner
     moved = ()
@@ -175,7 +205,7 @@ def keys_of_pops(winners, KK: tl.constexpr):
 
 @triton.jit
 def top_k_of_sorted_lists(lists, base, list_key, KK: tl.constexpr, LISTS: tl.constexpr, KBEST: tl.constexpr,
-                          A: tl.constexpr, B: tl.constexpr):
+                          A: tl.constexpr, B: tl.constexpr, WARP_LISTS: tl.constexpr):
     """The `KBEST` best of the sorted lists `lists[j] + base`, the lists
     along axes `A` and `B` of the broadcast shape, per index of the other
     axes (`lists` a tuple of `KBEST` tiles, rank `j` in `lists[j]`, each
@@ -194,14 +224,14 @@ def top_k_of_sorted_lists(lists, base, list_key, KK: tl.constexpr, LISTS: tl.con
     values = ()
     winners = ()
     for _ in tl.static_range(KBEST):
-        entries, values, winners = pop_head(entries, values, winners, list_key, LISTS, A, B)
+        entries, values, winners = pop_head(entries, values, winners, list_key, LISTS, A, B, WARP_LISTS)
     return values, keys_of_pops(winners, KK)
 
 
 @triton.jit
 def top_k_of_two_sets(lists, base, list_key, LISTS: tl.constexpr, other_lists, other_base, other_list_key,
                       OTHER_LISTS: tl.constexpr, KK: tl.constexpr, KBEST: tl.constexpr, A: tl.constexpr,
-                      B: tl.constexpr):
+                      B: tl.constexpr, WARP_LISTS: tl.constexpr):
     """:func:`top_k_of_sorted_lists` of two independent sets of lists (of
     one tile shape), `(values, keys, other_values, other_keys)`, their pops
     interleaved so that one set's instructions fill the other's waits on
@@ -213,9 +243,9 @@ def top_k_of_two_sets(lists, base, list_key, LISTS: tl.constexpr, other_lists, o
     other_values = ()
     other_winners = ()
     for _ in tl.static_range(KBEST):
-        entries, values, winners = pop_head(entries, values, winners, list_key, LISTS, A, B)
+        entries, values, winners = pop_head(entries, values, winners, list_key, LISTS, A, B, WARP_LISTS)
         other_entries, other_values, other_winners = pop_head(other_entries, other_values, other_winners,
-                                                              other_list_key, OTHER_LISTS, A, B)
+                                                              other_list_key, OTHER_LISTS, A, B, WARP_LISTS)
     return values, keys_of_pops(winners, KK), other_values, keys_of_pops(other_winners, KK)
 
 
@@ -248,7 +278,7 @@ def kbest_sweep_kernel(
         duration_from_ptr, source_from_ptr, best_ptr, final_ptr, exchange_ptr,
         B, T, C, scores_stride, start_stride, end_stride,
         KP: tl.constexpr, CP: tl.constexpr, KK: tl.constexpr, KBEST: tl.constexpr,
-        G: tl.constexpr, S: tl.constexpr,
+        G: tl.constexpr, S: tl.constexpr, WARP_LISTS: tl.constexpr,
         START_SCORES: tl.constexpr, END_SCORES: tl.constexpr):
     """One sequence per program. Writes the back-pointers
     `duration_from (B, T+1, C, KBEST)` (`(d-1) KK + rank` in `v[e-d, c]`)
@@ -257,8 +287,9 @@ def kbest_sweep_kernel(
     `final (KBEST, B)` (`c KK + rank` in `alpha[L, c]`); `exchange (B, 2,
     KBEST, CP)` float32 is scratch.
 
-    Tiles are 4-d, `(lists / S, G, S, labels / G)` (:func:`sweep_tiling`):
-    list `x S + s` (ring slot, or previous label), label `g (CP / G) + l`.
+    Tiles are 4-d, `(lists / S, G, S, labels / G)` (:func:`kbest_tiling`):
+    list `x S + s` (ring slot, or previous label), label `g (CP / G) + l`;
+    `WARP_LISTS` where a label's lists span a whole warp (:func:`list_max`).
     A label's vectors are `(1, G, S, CP / G)`, the same value in each `s`,
     so that every tensor has the tiles' layout and broadcasts without moving
     data. The one exchange between threads besides the reductions, alpha by
@@ -323,7 +354,7 @@ def kbest_sweep_kernel(
                                       True)
         best_by_source = by_source[0]
         # the best alpha over all labels, from the copy every warp now holds (no exchange between warps)
-        r = reduce_max(best_by_source, 0, 2)
+        r = list_max(best_by_source, 0, 2, WARP_LISTS)
         r = tl.where(r == float("-inf"), 0.0, r)
         older = ()
         for j in tl.static_range(KBEST):
@@ -331,7 +362,7 @@ def kbest_sweep_kernel(
         # u[e], and the starts before e at position e + 1 (everything alpha[e + 1] needs but v[e])
         u, u_from, best_of_older, from_older = top_k_of_two_sets(
             by_source, transition, sources, CP, older, next_longer, (e - slots) & (KP - 1), KP, KK, KBEST,
-            0, 2)
+            0, 2, WARP_LISTS)
         row = pointer_rows + e * C * KBEST
         new_ring = ()
         new_alpha = ()
@@ -356,7 +387,7 @@ def kbest_sweep_kernel(
     closing = ()
     for j in tl.static_range(KBEST):
         closing = closing + (alpha[j] + end,)
-    best, final = top_k_of_sorted_lists(closing, 0.0, labels, KK, CP, KBEST, 1, 3)
+    best, final = top_k_of_sorted_lists(closing, 0.0, labels, KK, CP, KBEST, 1, 3, False)
     nan = potential_nan_mark(cum, seen)
     for t in tl.static_range(KBEST):
         first = (labels == 0) & (copy == 0)
@@ -408,9 +439,45 @@ PAIRS_PER_WARP = 640
 ENTRIES_PER_THREAD = 160
 
 
-def kbest_num_warps(KP: int, CP: int, k: int) -> int:
-    """Warps (label groups, :func:`sweep_tiling`) for the sweep: at least
-    two, and the fewest that give each warp at most :data:`PAIRS_PER_WARP`
+#: Up to this many labels (padded), the sweep takes one warp a label (:func:`kbest_num_warps`).
+WARP_A_LABEL = 8
+
+
+def kbest_tiling(KP: int, CP: int, num_warps: int) -> tuple[int, int]:
+    """`(G, S)` of the sweep's tiles for `num_warps`: those of
+    :func:`~.common.sweep_tiling`, except where each warp holds one label
+    (`G = CP`): then its 32 lanes all hold that label's lists (`S = 32`,
+    slots and previous labels repeated where fewer,
+    :func:`~.common.sweep_tile_indices`), and a pop's maximum over the lanes
+    is one `REDUX` (:func:`list_max`)."""
+    G, S = sweep_tiling(KP, CP, num_warps)
+    return (G, 32) if G == CP else (G, S)
+
+
+def crowds_processors(sequences: int, device: torch.device | str) -> bool:
+    """Whether the sweep's `sequences` (one program each) are at least as
+    many as the CUDA device's multiprocessors (never under the interpreter)."""
+    device = torch.device(device)
+    return device.type == "cuda" and sequences >= torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def kbest_num_warps(KP: int, CP: int, k: int, crowded: bool = False) -> int:
+    """Warps (label groups, :func:`kbest_tiling`) for the sweep; `crowded`:
+    at least as many sequences as the GPU has multiprocessors.
+
+    Up to :data:`WARP_A_LABEL` labels and not crowded, one a label, so that
+    a pop's maximum is one `REDUX`, not three shuffle rounds of a few lanes
+    (where sequences share multiprocessors, the extra warps cost more than
+    they save: at (512, 1000, 8, 3) the sweep and traceback took 2.24 ms on
+    4 warps, a warp a label, against 2.08 on 2). On an H200, the public
+    `topk(5)` (scratch A/B, against the tiling below, same outputs bit for
+    bit): at (1, 10^5, 64, 8) 147.6 ms against 175.0, at (1, 10^4, 16, 4)
+    11.0 against 20.1, at (2, 3000, 40, 7) 5.18 against 6.08, at (64, 500,
+    8, 3) 1.14 against 1.16; `topk(16)` at (1, 10^5, 64, 8) 729 against
+    819 ms. With more labels a warp a label was slower: at (16, 2000, 16,
+    12) 4.61 against 4.13 ms, at (4, 1000, 32, 24) 3.50 against 2.69.
+
+    Else at least two, and the fewest that give each warp at most :data:`PAIRS_PER_WARP`
     (list, label) pairs a position and each thread at most
     :data:`ENTRIES_PER_THREAD` list entries (up to 16 warps, and while more
     warps still bring that down). Fewer warps leave each thread more lists
@@ -433,6 +500,8 @@ def kbest_num_warps(KP: int, CP: int, k: int) -> int:
         S = sweep_tiling(KP, CP, warps)[1]
         return (KP // S + CP // S) * k
 
+    if CP <= WARP_A_LABEL and not crowded:
+        return CP
     pairs = (KP + CP) * CP
     warps = min(2, CP)
     while warps < min(16, CP):
@@ -463,12 +532,13 @@ def kbest_decode(factors, k: int, num_warps: int | None = None):
     starts = torch.zeros((k, B, T), dtype=torch.int8, device=device)
     if B == 0:
         return scores, labels, starts.bool()
-    G, S = sweep_tiling(KP, CP, num_warps or kbest_num_warps(KP, CP, k))
+    G, S = kbest_tiling(KP, CP, num_warps or kbest_num_warps(KP, CP, k, crowds_processors(B, device)))
     exchange = torch.empty((B, 2, k, CP), dtype=torch.float32, device=device)
     small_tensors, block = small_factors(factors)  # (duration, transition, start, end)
     kbest_sweep_kernel[(B,)](
         *inputs[:4], ring, *small_tensors[1:], factors.lengths, duration_from, source_from, scores, final,
-        exchange, B, T, C, *inputs[4:], KP=KP, CP=CP, KK=KK, KBEST=k, G=G, S=S, num_warps=G, **flags)
+        exchange, B, T, C, *inputs[4:], KP=KP, CP=CP, KK=KK, KBEST=k, G=G, S=S, WARP_LISTS=S == 32 and G == CP,
+        num_warps=G, **flags)
     kbest_traceback_kernel[(k * B,)](duration_from, source_from, scores, final, *small_tensors, factors.lengths,
                                      labels, starts, B, T, K, C, KP=KP, KK=KK, KBEST=k, SMALL_BLOCK=block,
                                      num_warps=1)

@@ -123,21 +123,24 @@ def test_viterbi_and_kmax_scan_agree_with_the_first_list_entry():
 
 @pytest.mark.parametrize("K,C", [(3, 5), (9, 2), (5, 12)])
 def test_every_tiling_of_the_sweep_gives_the_same_lists(K, C):
-    """The sweep's 4-d tiles (`kernels.common.sweep_tiling`: label groups,
+    """The sweep's 4-d tiles (`kernels.kbest.kbest_tiling`: label groups,
     lanes per list, lists per thread) differ with the warp count; every
-    count gives the reference's lists, and all of them the same bits."""
-    from semiring_semicrf.kernels.common import pad, sweep_tiling
-    from semiring_semicrf.kernels.kbest import kbest_decode
+    count gives the reference's lists, and all of them the same bits. At
+    one warp a label, the lists span the warp's 32 lanes (repeated where
+    `K` or `C` is smaller) and a pop's maximum is taken on ordered integer
+    bits."""
+    from semiring_semicrf.kernels.common import pad
+    from semiring_semicrf.kernels.kbest import kbest_decode, kbest_tiling
     p = converted(random_problem(2, 7, K, C, torch.tensor([7, 4]), extras=True, seed=K * C), DEVICE, torch.float32)
     scores, labels, starts = topk(p, 4, backend="reference")
     first = kbest_decode(p.factors(), 4, num_warps=1)
     torch.testing.assert_close(first[0], scores)
     assert torch.equal(first[1], labels) and torch.equal(first[2], starts)
-    tilings = {sweep_tiling(pad(K), pad(C), 1)}
+    tilings = {kbest_tiling(pad(K), pad(C), 1)}
     for warps in (2, 4, 8, 16):
-        tilings.add(sweep_tiling(pad(K), pad(C), warps))
+        tilings.add(kbest_tiling(pad(K), pad(C), warps))
         assert_same_lists(kbest_decode(p.factors(), 4, num_warps=warps), first)
-    assert len(tilings) >= 2
+    assert len(tilings) >= 2 and (pad(C), 32) in tilings
 
 
 @pytest.mark.parametrize("K,C,k", [(6, 5, 6), (9, 2, 16), (1, 3, 3)])
@@ -162,13 +165,16 @@ def test_ties_over_a_rotating_ring_equal_the_reference(K, C, k):
 
 def test_warp_counts_are_the_measured_best():
     """`kbest_num_warps` picks, at the sizes measured on an H200 with k = 5
-    (its docstring), the count that measured fastest, and at k = 16 fewer
-    entries a thread."""
-    from semiring_semicrf.kernels.kbest import kbest_num_warps
-    best = {(32, 32): 4, (64, 8): 2, (16, 16): 2, (128, 32): 8, (8, 4): 2, (16, 64): 8}
+    (its docstring), the count that measured fastest: one warp a label up to
+    eight labels, then at k = 16 fewer entries a thread."""
+    from semiring_semicrf.kernels.kbest import kbest_num_warps, kbest_tiling
+    best = {(32, 32): 4, (64, 8): 8, (16, 16): 2, (128, 32): 8, (8, 4): 4, (16, 64): 8}
     assert {size: kbest_num_warps(*size, 5) for size in best} == best
     assert kbest_num_warps(32, 32, 10) == 4 and kbest_num_warps(32, 32, 16) == 8
     assert kbest_num_warps(1, 1, 5) == 1 and kbest_num_warps(4, 2, 5) == 2
+    assert kbest_num_warps(64, 8, 5, crowded=True) == 2 and kbest_num_warps(8, 4, 5, crowded=True) == 2
+    assert kbest_tiling(64, 8, 8) == (8, 32) and kbest_tiling(8, 4, 16) == (4, 32)
+    assert kbest_tiling(16, 16, 2) == (2, 4) and kbest_tiling(64, 8, 2) == (2, 8)
 
 
 @pytest.mark.parametrize("where", ["scores", "scores past the length", "start_scores", "start_scores at the length",
