@@ -278,7 +278,7 @@ def kbest_sweep_kernel(
         duration_from_ptr, source_from_ptr, best_ptr, final_ptr, exchange_ptr,
         B, T, C, scores_stride, start_stride, end_stride,
         KP: tl.constexpr, CP: tl.constexpr, KK: tl.constexpr, KBEST: tl.constexpr,
-        G: tl.constexpr, S: tl.constexpr, WARP_LISTS: tl.constexpr,
+        G: tl.constexpr, S: tl.constexpr,
         START_SCORES: tl.constexpr, END_SCORES: tl.constexpr):
     """One sequence per program. Writes the back-pointers
     `duration_from (B, T+1, C, KBEST)` (`(d-1) KK + rank` in `v[e-d, c]`)
@@ -289,12 +289,13 @@ def kbest_sweep_kernel(
 
     Tiles are 4-d, `(lists / S, G, S, labels / G)` (:func:`kbest_tiling`):
     list `x S + s` (ring slot, or previous label), label `g (CP / G) + l`;
-    `WARP_LISTS` where a label's lists span a whole warp (:func:`list_max`).
+    with `S = 32` a label's lists span a whole warp (:func:`list_max`).
     A label's vectors are `(1, G, S, CP / G)`, the same value in each `s`,
     so that every tensor has the tiles' layout and broadcasts without moving
     data. The one exchange between threads besides the reductions, alpha by
     label into alpha by previous label, goes through `exchange` (double
     buffered by the position's parity, one barrier a position)."""
+    WARP_LISTS: tl.constexpr = S == 32
     b = tl.program_id(0)
     length = tl.load(lengths_ptr + b).to(tl.int32)
     b64 = b.to(tl.int64)
@@ -537,8 +538,8 @@ def kbest_decode(factors, k: int, num_warps: int | None = None):
     small_tensors, block = small_factors(factors)  # (duration, transition, start, end)
     kbest_sweep_kernel[(B,)](
         *inputs[:4], ring, *small_tensors[1:], factors.lengths, duration_from, source_from, scores, final,
-        exchange, B, T, C, *inputs[4:], KP=KP, CP=CP, KK=KK, KBEST=k, G=G, S=S, WARP_LISTS=S == 32 and G == CP,
-        num_warps=G, **flags)
+        exchange, B, T, C, *inputs[4:], KP=KP, CP=CP, KK=KK, KBEST=k, G=G, S=S, num_warps=G,
+        **flags)
     kbest_traceback_kernel[(k * B,)](duration_from, source_from, scores, final, *small_tensors, factors.lengths,
                                      labels, starts, B, T, K, C, KP=KP, KK=KK, KBEST=k, SMALL_BLOCK=block,
                                      num_warps=1)
